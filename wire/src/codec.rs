@@ -1,0 +1,149 @@
+//! Splitting a byte stream into protocol frames, with limits.
+//!
+//! Every regular message is `tag: u8, len: i32 (including itself), body`.
+//! The proxy forwards frames unchanged, so all it needs from a frame is its
+//! tag and its extent; bodies are only decoded where Ferry acts on them.
+
+use thiserror::Error;
+
+/// Largest startup packet accepted (PostgreSQL itself uses 10,000 bytes).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+/// Why a frame could not be accepted.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length field is below its own size: the stream is not PostgreSQL.
+    #[error("invalid message length {0}")]
+    BadLength(i32),
+    /// The length exceeds the configured limit.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    /// A client sent a message type the protocol does not define.
+    #[error("unknown frontend message type 0x{0:02x}")]
+    UnknownTag(u8),
+}
+
+/// Message types a client may send after startup.
+pub fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'p' | b'Q' | b'S' | b'X'
+    )
+}
+
+/// Looks at the start of `buf` for one complete frame.
+///
+/// Returns `Ok(Some((tag, total_len)))` where `total_len` includes the tag
+/// byte, `Ok(None)` when more bytes are needed, or an error as soon as the
+/// header alone shows the frame is unacceptable (so an oversized message is
+/// refused before it is buffered).
+pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength(len));
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    if buf.len() < len + 1 {
+        return Ok(None);
+    }
+    Ok(Some((tag, len + 1)))
+}
+
+/// Like [`peek_frame`] but also refuses tags a client may not send.
+pub fn peek_frontend_frame(
+    buf: &[u8],
+    max_len: usize,
+) -> Result<Option<(u8, usize)>, FrameError> {
+    if let Some(&tag) = buf.first() {
+        if !is_frontend_tag(tag) {
+            return Err(FrameError::UnknownTag(tag));
+        }
+    }
+    peek_frame(buf, max_len)
+}
+
+/// Looks for a complete untagged startup packet (`len: i32, body`).
+pub fn peek_startup(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 8 {
+        return Err(FrameError::BadLength(len));
+    }
+    let len = len as usize;
+    if len > MAX_STARTUP_LEN {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_STARTUP_LEN,
+        });
+    }
+    Ok((buf.len() >= len).then_some(len))
+}
+
+/// Reads a NUL-terminated string from the front of `buf`, returning it and
+/// the rest.
+pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&buf[..end]).ok()?;
+    Some((s, &buf[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_and_partial_frames() {
+        let msg = [b'Q', 0, 0, 0, 9, b's', b'e', b'l', b'!', 0];
+        assert_eq!(peek_frame(&msg, 100), Ok(Some((b'Q', 10))));
+        assert_eq!(peek_frame(&msg[..7], 100), Ok(None));
+        assert_eq!(peek_frame(&msg[..3], 100), Ok(None));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_from_the_header() {
+        let max = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        assert_eq!(
+            peek_frame(&max, 1 << 20),
+            Err(FrameError::TooLarge {
+                len: i32::MAX as usize,
+                max: 1 << 20
+            })
+        );
+        assert_eq!(peek_frame(&[b'Q', 0, 0, 0, 3], 100), Err(FrameError::BadLength(3)));
+        assert_eq!(
+            peek_frame(&[b'Q', 0xff, 0xff, 0xff, 0xff], 100),
+            Err(FrameError::BadLength(-1))
+        );
+    }
+
+    #[test]
+    fn unknown_frontend_tags_are_refused() {
+        assert_eq!(
+            peek_frontend_frame(&[b'Z', 0, 0, 0, 4], 100),
+            Err(FrameError::UnknownTag(b'Z'))
+        );
+        assert_eq!(peek_frontend_frame(&[b'X', 0, 0, 0, 4], 100), Ok(Some((b'X', 5))));
+    }
+
+    #[test]
+    fn startup_limits() {
+        assert_eq!(peek_startup(&[0, 0, 0, 8, 4, 0xd2]), Ok(None));
+        assert_eq!(peek_startup(&[0, 0, 0, 2]), Err(FrameError::BadLength(2)));
+        assert!(matches!(peek_startup(&[0, 1, 0, 0]), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn cstr() {
+        assert_eq!(read_cstr(b"ab\0cd"), Some(("ab", &b"cd"[..])));
+        assert_eq!(read_cstr(b"ab"), None);
+    }
+}

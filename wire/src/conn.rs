@@ -1,0 +1,372 @@
+//! A raw connection to a PostgreSQL server.
+//!
+//! Client libraries wait for each response before sending the next request
+//! (COPY waits for CopyInResponse). Ferry's apply path writes a whole batch —
+//! BEGIN, ledger check, COPY data, apply statements, COMMIT — in one flight and
+//! then reads the answers, so it needs a connection that exposes the message
+//! stream. The proxy uses the same connection and then pumps raw frames.
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend::Message, frontend};
+use std::fmt;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and as whom to connect, parsed from a libpq-style DSN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl Target {
+    /// Parses `postgresql://user:pw@host:port/db` or `host=... port=...`.
+    pub fn from_dsn(dsn: &str) -> Result<Self, ConnError> {
+        let cfg: tokio_postgres::Config = dsn
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ConnError::Dsn(e.to_string()))?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(_) => return Err(ConnError::Dsn("unix sockets are not supported yet; use a TCP host".into())),
+            None => "127.0.0.1".to_string(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg
+            .get_user()
+            .ok_or_else(|| ConnError::Dsn("the DSN names no user".into()))?
+            .to_string();
+        let password = cfg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
+        Ok(Self {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        })
+    }
+
+    /// `host:port/dbname`, for logs and status (never the password).
+    pub fn describe(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.dbname)
+    }
+
+    /// A tokio-postgres configuration for control sessions.
+    pub fn pg_config(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(application_name)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// An error reported by the server, with the fields operators need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerError {
+    /// Decodes an ErrorResponse or NoticeResponse body.
+    pub fn from_fields(
+        fields: &mut postgres_protocol::message::backend::ErrorFields<'_>,
+    ) -> Self {
+        let mut e = ServerError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+        };
+        while let Ok(Some(f)) = fields.next() {
+            let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            match f.type_() {
+                b'V' => e.severity = v,
+                b'S' if e.severity.is_empty() => e.severity = v,
+                b'C' => e.code = v,
+                b'M' => e.message = v,
+                b'D' => e.detail = Some(v),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// Why talking to a server failed.
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("invalid DSN: {0}")]
+    Dsn(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("server authentication: {0}")]
+    Auth(String),
+    #[error("server: {0}")]
+    Server(ServerError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("server closed the connection")]
+    Closed,
+}
+
+/// An authenticated connection whose message stream Ferry drives itself.
+pub struct ServerConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// ParameterStatus values the server reported at startup.
+    pub params: Vec<(String, String)>,
+    /// The server's BackendKeyData, used to forward cancel requests.
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl ServerConn {
+    /// Connects, authenticates (trust, password, md5 or SCRAM-SHA-256) and
+    /// waits for the first ReadyForQuery. `extra` startup parameters (for
+    /// example a client's `application_name`) are passed through.
+    pub async fn connect(
+        target: &Target,
+        extra: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Self, ConnError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target, extra))
+            .await
+            .map_err(|_| ConnError::Timeout(timeout))?
+    }
+
+    async fn connect_inner(target: &Target, extra: &[(String, String)]) -> Result<Self, ConnError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            params: Vec::new(),
+            pid: 0,
+            secret: 0,
+        };
+        let mut out = BytesMut::new();
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", target.user.as_str()),
+            ("database", target.dbname.as_str()),
+        ];
+        for (k, v) in extra {
+            if k != "user" && k != "database" && k != "replication" {
+                params.push((k.as_str(), v.as_str()));
+            }
+        }
+        frontend::startup_message(params.iter().copied(), &mut out)?;
+        conn.write_all(&out).await?;
+        conn.authenticate(target).await?;
+        loop {
+            match conn.read_message().await? {
+                Message::ParameterStatus(p) => {
+                    let name = p.name().map_err(ConnError::Io)?.to_string();
+                    let value = p.value().map_err(ConnError::Io)?.to_string();
+                    conn.params.push((name, value));
+                }
+                Message::BackendKeyData(k) => {
+                    conn.pid = k.process_id();
+                    conn.secret = k.secret_key();
+                }
+                Message::ReadyForQuery(_) => return Ok(conn),
+                Message::ErrorResponse(e) => {
+                    return Err(ConnError::Server(ServerError::from_fields(&mut e.fields())))
+                }
+                Message::NoticeResponse(_) => {}
+                _ => return Err(ConnError::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, target: &Target) -> Result<(), ConnError> {
+        let password = || {
+            target
+                .password
+                .clone()
+                .ok_or_else(|| ConnError::Auth("the server asks for a password and the DSN has none".into()))
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let mut out = BytesMut::new();
+            match self.read_message().await? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut out)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        target.user.as_bytes(),
+                        password()?.as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechs = body.mechanisms();
+                    let mut found = false;
+                    while let Some(m) = mechs.next().map_err(ConnError::Io)? {
+                        found |= m == "SCRAM-SHA-256";
+                    }
+                    if !found {
+                        return Err(ConnError::Auth("server offers no SCRAM-SHA-256".into()));
+                    }
+                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ConnError::Protocol("SASL continue before start".into()))?;
+                    s.update(body.data()).map_err(|e| ConnError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| ConnError::Protocol("SASL final before start".into()))?;
+                    s.finish(body.data()).map_err(|e| ConnError::Auth(e.to_string()))?;
+                    continue;
+                }
+                Message::ErrorResponse(e) => {
+                    return Err(ConnError::Server(ServerError::from_fields(&mut e.fields())))
+                }
+                _ => {
+                    return Err(ConnError::Auth(
+                        "unsupported authentication method requested by the server".into(),
+                    ))
+                }
+            }
+            self.write_all(&out).await?;
+        }
+    }
+
+    /// Writes bytes (one or many messages) in one flight.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads the next whole backend message.
+    pub async fn read_message(&mut self) -> Result<Message, ConnError> {
+        loop {
+            if let Some(m) = Message::parse(&mut self.buf)? {
+                return Ok(m);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ConnError::Closed);
+            }
+        }
+    }
+
+    /// Runs a simple query and waits for ReadyForQuery; returns the first
+    /// error, if any, and the final transaction status.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<u8, ConnError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.write_all(&out).await?;
+        let (err, status) = self.read_until_ready(1).await?;
+        match err {
+            Some(e) => Err(ConnError::Server(e)),
+            None => Ok(status),
+        }
+    }
+
+    /// Reads messages until `count` ReadyForQuery messages have arrived.
+    /// Returns the first error seen and the last transaction status byte.
+    pub async fn read_until_ready(
+        &mut self,
+        count: usize,
+    ) -> Result<(Option<ServerError>, u8), ConnError> {
+        let mut seen = 0;
+        let mut first_err = None;
+        let mut status = b'I';
+        while seen < count {
+            match self.read_message().await? {
+                Message::ReadyForQuery(r) => {
+                    seen += 1;
+                    status = r.status();
+                }
+                Message::ErrorResponse(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(ServerError::from_fields(&mut e.fields()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok((first_err, status))
+    }
+
+    /// Hands over the socket and any bytes already read, for raw pumping.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
+    /// Whether the connection has unread buffered bytes.
+    pub fn has_buffered(&self) -> bool {
+        self.buf.has_remaining()
+    }
+}
+
+/// Sends a CancelRequest for `(pid, secret)` to the server at `target`.
+pub async fn send_cancel(target: &Target, pid: i32, secret: i32) -> Result<(), ConnError> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(pid, secret, &mut out);
+    stream.write_all(&out).await?;
+    // The server closes the connection when done; wait briefly for that.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_forms() {
+        let t = Target::from_dsn("postgresql://postgres:pw@127.0.0.1:5433/app").unwrap();
+        assert_eq!(t.port, 5433);
+        assert_eq!(t.dbname, "app");
+        assert_eq!(t.password.as_deref(), Some("pw"));
+        let t = Target::from_dsn("host=localhost port=5 user=u").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.dbname.as_str()), ("localhost", 5, "u"));
+        assert!(Target::from_dsn("postgresql://127.0.0.1/app").is_err());
+    }
+}
