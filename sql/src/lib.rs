@@ -1,1 +1,16 @@
-//! stub
+//! All SQL text Ferry generates lives here.
+//!
+//! Identifiers are always quoted with [`quote::ident`]; values (snapshots,
+//! batch ids, node names) are always bind parameters, never formatted into
+//! the text. Nothing here does I/O, so every statement is unit-testable.
+
+pub mod apply;
+pub mod batch;
+pub mod capture;
+pub mod catalog;
+pub mod model;
+pub mod quote;
+pub mod schema;
+pub mod verify;
+
+pub use model::{Column, TableName, TableShape};

@@ -1,0 +1,147 @@
+//! The shape of a replicated table, as read from the catalog, and the stable
+//! names of the objects Ferry creates for it.
+
+use crate::quote::ident;
+
+/// A schema-qualified table name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`, for SQL text.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+
+    /// A stem for the names of Ferry's per-table objects: readable, at most
+    /// 40 bytes, and unique per table through a hash of the full name (so two
+    /// tables whose sanitised names collide still get distinct objects).
+    pub fn stem(&self) -> String {
+        let full = format!("{}.{}", self.schema, self.name);
+        let mut readable: String = full
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        readable.truncate(30);
+        let exact = format!("{}\0{}", self.schema, self.name);
+        format!("{readable}_{:08x}", fnv1a(exact.as_bytes()))
+    }
+
+    /// The durable outbox on every node: `ferry.o_<stem>`.
+    pub fn outbox(&self) -> String {
+        format!("ferry.{}", ident(&format!("o_{}", self.stem())))
+    }
+
+    /// The per-session batch table: `pg_temp.b_<stem>`.
+    pub fn batch_temp(&self) -> String {
+        format!("pg_temp.{}", ident(&format!("b_{}", self.stem())))
+    }
+
+    /// A capture trigger function for one operation (`ins`, `upd`, `del`, `ref`).
+    pub fn capture_fn(&self, op: &str) -> String {
+        format!("ferry.{}", ident(&format!("c_{}_{op}", self.stem())))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// 32-bit FNV-1a: a stable, dependency-free hash for object names.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// A column as the catalog describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`, e.g. `numeric(10,2)`.
+    pub type_sql: String,
+    /// A stored generated column: recomputed on each node, never shipped.
+    pub generated: bool,
+    /// An identity column: inserted with OVERRIDING SYSTEM VALUE.
+    pub identity: bool,
+}
+
+/// Everything Ferry needs to know to capture, ship and apply one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableShape {
+    pub table: TableName,
+    pub columns: Vec<Column>,
+    /// The replication key: the primary key, else the narrowest unique index
+    /// on not-null columns. `None`: inserts replicate, updates and deletes
+    /// are refused.
+    pub key: Option<Vec<String>>,
+}
+
+impl TableShape {
+    /// The columns that travel in batches (all but generated ones).
+    pub fn shipped(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| !c.generated)
+    }
+
+    /// Names of the shipped columns.
+    pub fn shipped_names(&self) -> Vec<&str> {
+        self.shipped().map(|c| c.name.as_str()).collect()
+    }
+
+    /// Whether an INSERT needs OVERRIDING SYSTEM VALUE.
+    pub fn has_identity(&self) -> bool {
+        self.columns.iter().any(|c| c.identity)
+    }
+
+    /// The column list of the outbox and batch tables after their metadata.
+    pub fn column_defs(&self) -> String {
+        self.shipped()
+            .map(|c| format!("{} {}", ident(&c.name), c.type_sql))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sample() -> TableShape {
+    TableShape {
+        table: TableName::new("public", "Order Lines"),
+        columns: vec![
+            Column { name: "id".into(), type_sql: "bigint".into(), generated: false, identity: true },
+            Column { name: "order_id".into(), type_sql: "integer".into(), generated: false, identity: false },
+            Column { name: "qty".into(), type_sql: "numeric(10,2)".into(), generated: false, identity: false },
+            Column { name: "total".into(), type_sql: "numeric".into(), generated: true, identity: false },
+        ],
+        key: Some(vec!["id".into(), "order_id".into()]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_bounded_and_distinct() {
+        let a = TableName::new("public", "a.b");
+        let b = TableName::new("public.a", "b");
+        assert_ne!(a.stem(), b.stem());
+        let long = TableName::new("s", "x".repeat(63));
+        assert!(long.outbox().len() < 63 + 8);
+        assert_eq!(sample().table.quoted(), "\"public\".\"Order Lines\"");
+    }
+
+    #[test]
+    fn generated_columns_do_not_travel() {
+        assert_eq!(sample().shipped_names(), vec!["id", "order_id", "qty"]);
+    }
+}

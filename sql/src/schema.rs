@@ -1,0 +1,91 @@
+//! The `ferry` schema every node holds.
+//!
+//! Idempotent: `ferry init` and `ferry run` execute it on every node.
+
+/// Creates the schema, sequences, ledger, replica positions and the apply
+/// guard function.
+///
+/// - `ferry.capture_seq` orders captured rows for netting; it has no cache,
+///   so two transactions that touch the same key (and so serialise on its
+///   row lock) get increasing values.
+/// - `ferry.applied` is the replica's ledger: one row, the last batch applied
+///   and the master snapshot it reached. It is updated in the same
+///   transaction as the batch, so a batch is applied exactly once.
+/// - `ferry.replicas` is the master's record of each replica's position, for
+///   outbox clean-up and status across restarts.
+/// - `ferry.begin_apply` is the first statement of every apply transaction:
+///   it refuses a batch that was already applied (FR001) or that does not
+///   start where the ledger stands (FR002), which aborts the whole batch.
+pub const INSTALL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE SEQUENCE IF NOT EXISTS ferry.capture_seq AS bigint CACHE 1;
+CREATE SEQUENCE IF NOT EXISTS ferry.batch_ids AS bigint CACHE 1;
+CREATE TABLE IF NOT EXISTS ferry.applied (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    origin text NOT NULL,
+    batch_id bigint NOT NULL,
+    snap pg_snapshot NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ferry.replicas (
+    name text PRIMARY KEY,
+    batch_id bigint NOT NULL,
+    snap pg_snapshot NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text)
+RETURNS void LANGUAGE plpgsql AS $f$
+DECLARE
+    cur bigint;
+BEGIN
+    SELECT batch_id INTO cur FROM ferry.applied FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ferry: this replica has no ledger; run ferry init' USING ERRCODE = 'FR003';
+    END IF;
+    IF cur >= p_to THEN
+        RAISE EXCEPTION 'ferry: batch % already applied (ledger at %)', p_to, cur USING ERRCODE = 'FR001';
+    END IF;
+    IF cur <> p_from THEN
+        RAISE EXCEPTION 'ferry: ledger at batch % but batch % starts at %', cur, p_to, p_from
+            USING ERRCODE = 'FR002';
+    END IF;
+    UPDATE ferry.applied
+       SET origin = p_origin, batch_id = p_to, snap = p_snap::pg_snapshot, applied_at = now();
+END
+$f$;
+"#;
+
+/// SQLSTATE raised by `ferry.begin_apply` for a batch already applied.
+pub const ALREADY_APPLIED: &str = "FR001";
+/// SQLSTATE raised by `ferry.begin_apply` when the batch does not follow the ledger.
+pub const LEDGER_MISMATCH: &str = "FR002";
+
+/// The master's current snapshot, as text. Parameters: none.
+pub const CURRENT_SNAPSHOT: &str = "SELECT pg_current_snapshot()::text";
+
+/// Next batch id. Parameters: none.
+pub const NEXT_BATCH_ID: &str = "SELECT nextval('ferry.batch_ids')";
+
+/// A replica's ledger. Returns `(batch_id, snap)`.
+pub const READ_LEDGER: &str = "SELECT batch_id, snap::text FROM ferry.applied";
+
+/// Starts a replica's ledger at a master snapshot if it has none.
+/// Parameters: origin, snapshot text.
+pub const SEED_LEDGER: &str = "INSERT INTO ferry.applied (origin, batch_id, snap) \
+     VALUES ($1, 0, ($2::text)::pg_snapshot) ON CONFLICT (singleton) DO NOTHING";
+
+/// Records a replica's position on the master. Parameters: name, batch id, snapshot.
+pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, snap) \
+     VALUES ($1, $2, ($3::text)::pg_snapshot) \
+     ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, updated_at = now()";
+
+/// The positions recorded on the master. Returns `(name, batch_id, snap)`.
+pub const READ_POSITIONS: &str = "SELECT name, batch_id, snap::text FROM ferry.replicas";
+
+/// The oldest recorded replica position's xmin: every outbox row with an xid
+/// below it has reached every replica. Returns one nullable text value.
+/// Parameters: names of the configured replicas.
+pub const CLEANUP_HORIZON: &str = "SELECT min(pg_snapshot_xmin(snap))::text FROM ferry.replicas WHERE name = ANY($1)";
+
+/// Replica apply session settings, run once per session.
+pub const APPLY_SESSION_SETUP: &str = "SET session_replication_role = replica; SET application_name = 'ferry apply'";
