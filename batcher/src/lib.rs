@@ -1,1 +1,27 @@
-//! stub
+//! Ferry's replication path: capture, batch, ship, apply.
+//!
+//! - [`install`] puts the `ferry` schema and generated capture on the nodes.
+//! - [`cutter`] runs on the master: it cuts a batch between two snapshots,
+//!   materialises it into local temporary tables netted per key and copies
+//!   it out in binary.
+//! - [`apply`] runs one session per replica: it ships a batch in one flight
+//!   (COPY data, apply statements and COMMIT pipelined) into temporary
+//!   tables of the same shape and applies it in one transaction guarded by
+//!   the ledger, so each batch is applied exactly once.
+//! - [`run`] ties them together and keeps [`status`] and [`metrics`].
+
+pub mod apply;
+pub mod catalog;
+pub mod cutter;
+pub mod error;
+pub mod housekeeping;
+pub mod install;
+pub mod metrics;
+pub mod pattern;
+pub mod run;
+pub mod status;
+
+pub use error::BatchError;
+pub use metrics::Metrics;
+pub use run::{Batcher, BatcherConfig, NodeTarget};
+pub use status::{ReplicaStatus, ReplicationStatus, SharedStatus};

@@ -90,3 +90,12 @@ mod tests {
         assert!(!materialise(&s).contains("DISTINCT"));
     }
 }
+
+/// Outbox rows not visible in a replica's position (its pending rows).
+/// Parameter: the replica's snapshot.
+pub fn pending(shape: &TableShape) -> String {
+    format!(
+        "SELECT count(*) FROM {} WHERE NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)",
+        shape.table.outbox()
+    )
+}

@@ -85,7 +85,9 @@ pub const READ_POSITIONS: &str = "SELECT name, batch_id, snap::text FROM ferry.r
 /// The oldest recorded replica position's xmin: every outbox row with an xid
 /// below it has reached every replica. Returns one nullable text value.
 /// Parameters: names of the configured replicas.
-pub const CLEANUP_HORIZON: &str = "SELECT min(pg_snapshot_xmin(snap))::text FROM ferry.replicas WHERE name = ANY($1)";
+/// Null unless every named replica has a recorded position.
+pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) = cardinality($1::text[]) \
+     THEN min(pg_snapshot_xmin(snap))::text END FROM ferry.replicas WHERE name = ANY($1::text[])";
 
 /// Replica apply session settings, run once per session.
 pub const APPLY_SESSION_SETUP: &str = "SET session_replication_role = replica; SET application_name = 'ferry apply'";

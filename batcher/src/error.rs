@@ -1,0 +1,51 @@
+//! Errors of the replication path.
+
+use ferry_wire::{ConnError, ServerError};
+use thiserror::Error;
+
+/// Why a replication step failed. Each names the node it concerns.
+#[derive(Debug, Error)]
+pub enum BatchError {
+    #[error("node {node}: {source}")]
+    Pg {
+        node: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("node {node}: {source}")]
+    Conn {
+        node: String,
+        #[source]
+        source: ConnError,
+    },
+    #[error("node {node}: batch {batch} failed to apply: {error}")]
+    Apply {
+        node: String,
+        batch: i64,
+        error: ServerError,
+    },
+    #[error("replicated tables differ between nodes:\n  {}", .0.join("\n  "))]
+    SchemaMismatch(Vec<String>),
+    #[error("invalid table pattern {0:?}: use schema.table with * wildcards")]
+    Pattern(String),
+    #[error("node {node}: apply timed out after {secs}s")]
+    Timeout { node: String, secs: u64 },
+}
+
+impl BatchError {
+    /// Wraps a tokio-postgres error with the node's name.
+    pub fn pg(node: &str) -> impl FnOnce(tokio_postgres::Error) -> Self + '_ {
+        move |source| BatchError::Pg {
+            node: node.to_string(),
+            source,
+        }
+    }
+
+    /// Wraps a raw connection error with the node's name.
+    pub fn conn(node: &str) -> impl FnOnce(ConnError) -> Self + '_ {
+        move |source| BatchError::Conn {
+            node: node.to_string(),
+            source,
+        }
+    }
+}

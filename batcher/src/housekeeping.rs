@@ -1,0 +1,56 @@
+//! Periodic work on the master between cuts: outbox clean-up and backlog.
+//!
+//! Rows whose transaction id is below the oldest replica position's xmin
+//! have reached every replica and are deleted. The outbox tables carry
+//! aggressive autovacuum settings, so the space is reused at once instead
+//! of accumulating as bloat.
+
+use crate::BatchError;
+use ferry_sql::{batch, schema, TableShape};
+use tokio_postgres::Client;
+
+/// Deletes shipped rows; returns how many were removed.
+pub async fn clean(node: &str, client: &Client, shapes: &[TableShape], replicas: &[String]) -> Result<u64, BatchError> {
+    let horizon: Option<String> = client
+        .query_one(schema::CLEANUP_HORIZON, &[&replicas])
+        .await
+        .map_err(BatchError::pg(node))?
+        .get(0);
+    let Some(horizon) = horizon else { return Ok(0) };
+    let mut removed = 0;
+    for s in shapes {
+        removed += client
+            .execute(&batch::cleanup(s), &[&horizon])
+            .await
+            .map_err(BatchError::pg(node))?;
+    }
+    Ok(removed)
+}
+
+/// Rows in the outbox.
+pub async fn backlog(node: &str, client: &Client, shapes: &[TableShape]) -> Result<i64, BatchError> {
+    let mut total = 0;
+    for s in shapes {
+        let n: i64 = client
+            .query_one(&batch::backlog(s), &[])
+            .await
+            .map_err(BatchError::pg(node))?
+            .get(0);
+        total += n;
+    }
+    Ok(total)
+}
+
+/// Outbox rows a replica at `snap` has not applied.
+pub async fn pending(node: &str, client: &Client, shapes: &[TableShape], snap: &str) -> Result<i64, BatchError> {
+    let mut total = 0;
+    for s in shapes {
+        let n: i64 = client
+            .query_one(&batch::pending(s), &[&snap])
+            .await
+            .map_err(BatchError::pg(node))?
+            .get(0);
+        total += n;
+    }
+    Ok(total)
+}

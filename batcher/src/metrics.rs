@@ -1,0 +1,71 @@
+//! Prometheus metrics of the replication path.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// The `replica` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    pub replica: String,
+}
+
+impl ReplicaLabel {
+    pub fn new(name: &str) -> Self {
+        Self {
+            replica: name.to_string(),
+        }
+    }
+}
+
+/// Counters and gauges the batcher updates; registered once at start.
+#[derive(Clone)]
+pub struct Metrics {
+    pub batches_cut: Counter,
+    pub batches_applied: Family<ReplicaLabel, Counter>,
+    pub rows_shipped: Family<ReplicaLabel, Counter>,
+    pub bytes_shipped: Family<ReplicaLabel, Counter>,
+    pub apply_errors: Family<ReplicaLabel, Counter>,
+    pub apply_seconds: Histogram,
+    pub lag_batches: Family<ReplicaLabel, Gauge>,
+    pub lag_rows: Family<ReplicaLabel, Gauge>,
+    pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
+    pub outbox_rows: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `ferry_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            batches_cut: Counter::default(),
+            batches_applied: Family::default(),
+            rows_shipped: Family::default(),
+            bytes_shipped: Family::default(),
+            apply_errors: Family::default(),
+            apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            lag_batches: Family::default(),
+            lag_rows: Family::default(),
+            lag_seconds: Family::default(),
+            outbox_rows: Gauge::default(),
+        };
+        registry.register("ferry_batches_cut", "Batches cut on the master", m.batches_cut.clone());
+        registry.register("ferry_batches_applied", "Batches applied per replica", m.batches_applied.clone());
+        registry.register("ferry_rows_shipped", "Netted rows shipped per replica", m.rows_shipped.clone());
+        registry.register("ferry_bytes_shipped", "COPY bytes shipped per replica", m.bytes_shipped.clone());
+        registry.register("ferry_apply_errors", "Failed batch applies per replica", m.apply_errors.clone());
+        registry.register(
+            "ferry_apply_seconds",
+            "Time from sending a batch to its replica commit",
+            m.apply_seconds.clone(),
+        );
+        registry.register("ferry_lag_batches", "Batches cut but not applied per replica", m.lag_batches.clone());
+        registry.register("ferry_lag_rows", "Outbox rows a replica has not applied", m.lag_rows.clone());
+        registry.register("ferry_lag_seconds", "Seconds a replica is behind", m.lag_seconds.clone());
+        registry.register("ferry_outbox_rows", "Rows in the master's outbox", m.outbox_rows.clone());
+        m
+    }
+}

@@ -1,0 +1,316 @@
+//! The batcher's main loop: cut, ship to every replica, record, repeat.
+
+use crate::apply::{Applied, ApplySession};
+use crate::cutter::{Batch, Cutter};
+use crate::install::{connect, install_master, prepare_replica};
+use crate::metrics::{Metrics, ReplicaLabel};
+use crate::pattern::Pattern;
+use crate::status::{ReplicaStatus, SharedStatus};
+use crate::{housekeeping, BatchError};
+use ferry_sql::{schema, TableShape};
+use ferry_wire::Target;
+use futures_util::future::join_all;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+/// A node by name and connection target.
+#[derive(Clone, Debug)]
+pub struct NodeTarget {
+    pub name: String,
+    pub target: Target,
+}
+
+/// What the batcher needs to know; built by the binary from its config.
+#[derive(Clone, Debug)]
+pub struct BatcherConfig {
+    pub master: NodeTarget,
+    pub replicas: Vec<NodeTarget>,
+    pub include: Vec<Pattern>,
+    pub exclude: Vec<Pattern>,
+    /// Interval between cuts.
+    pub tick: Duration,
+    /// Interval between outbox clean-ups and backlog counts.
+    pub housekeeping: Duration,
+    /// A replica that does not finish a batch within this is dropped and
+    /// reconnected.
+    pub apply_timeout: Duration,
+}
+
+/// One replica as the loop tracks it.
+struct Replica {
+    node: NodeTarget,
+    session: Option<ApplySession>,
+    /// Ledger position: last applied batch id and master snapshot.
+    position: Option<(i64, String)>,
+    retry_at: Instant,
+    behind_since: Option<Instant>,
+    last_lag: Duration,
+    lag_rows: i64,
+    last_error: Option<String>,
+}
+
+/// Runs replication from the master to every replica until shut down.
+pub struct Batcher {
+    cfg: BatcherConfig,
+    status: SharedStatus,
+    metrics: Metrics,
+}
+
+impl Batcher {
+    pub fn new(cfg: BatcherConfig, status: SharedStatus, metrics: Metrics) -> Self {
+        Self { cfg, status, metrics }
+    }
+
+    /// Runs until `shutdown` turns true. A lost master connection restarts
+    /// the session after a pause; replicas reconnect on their own.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut replicas: Vec<Replica> = self
+            .cfg
+            .replicas
+            .iter()
+            .map(|n| Replica {
+                node: n.clone(),
+                session: None,
+                position: None,
+                retry_at: Instant::now(),
+                behind_since: None,
+                last_lag: Duration::ZERO,
+                lag_rows: 0,
+                last_error: None,
+            })
+            .collect();
+        loop {
+            let span = info_span!("batcher", node = %self.cfg.master.name);
+            let result = self.session(&mut replicas, &mut shutdown).instrument(span).await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(node = %self.cfg.master.name, error = %e, "batcher session failed; retrying in 1s");
+                    if let Ok(mut s) = self.status.write() {
+                        s.master_reachable = false;
+                        s.error = Some(e.to_string());
+                    }
+                    for r in &mut replicas {
+                        r.session = None;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&self, replicas: &mut [Replica], shutdown: &mut watch::Receiver<bool>) -> Result<(), BatchError> {
+        let master = &self.cfg.master;
+        let control = connect(&master.name, &master.target, "ferry control").await?;
+        let shapes = install_master(&master.name, &control, &self.cfg.include, &self.cfg.exclude).await?;
+        let batch_client = connect(&master.name, &master.target, "ferry batcher").await?;
+        let mut cutter = Cutter::new(&master.name, batch_client, &shapes).await?;
+        let last_batch: i64 = control
+            .query_one("SELECT last_value FROM ferry.batch_ids", &[])
+            .await
+            .map_err(BatchError::pg(&master.name))?
+            .get(0);
+        if let Ok(mut s) = self.status.write() {
+            s.master = master.name.clone();
+            s.master_reachable = true;
+            s.tables = shapes.len();
+            s.error = None;
+            s.last_batch = last_batch;
+        }
+        info!(tables = shapes.len(), replicas = replicas.len(), "replicating");
+        let names: Vec<String> = replicas.iter().map(|r| r.node.name.clone()).collect();
+        let mut last_batch = last_batch;
+        let mut next_housekeeping = Instant::now();
+        loop {
+            let tick_start = Instant::now();
+            for r in replicas.iter_mut() {
+                if r.session.is_none() && Instant::now() >= r.retry_at {
+                    self.connect_replica(r, &control, &shapes).await;
+                }
+            }
+            // Replicas standing at the same ledger position share one cut.
+            let mut groups: BTreeMap<i64, String> = BTreeMap::new();
+            for r in replicas.iter() {
+                if let (Some(_), Some((id, snap))) = (&r.session, &r.position) {
+                    groups.entry(*id).or_insert_with(|| snap.clone());
+                }
+            }
+            for (from, snap) in groups {
+                if let Some(batch) = cutter.cut(from, &snap).await? {
+                    self.metrics.batches_cut.inc();
+                    last_batch = last_batch.max(batch.id);
+                    self.ship(&batch, replicas, &shapes, cutter.client()).await?;
+                }
+            }
+            for r in replicas.iter_mut() {
+                let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);
+                if applied < last_batch && r.behind_since.is_none() {
+                    r.behind_since = Some(Instant::now());
+                }
+            }
+            if Instant::now() >= next_housekeeping {
+                next_housekeeping = Instant::now() + self.cfg.housekeeping;
+                housekeeping::clean(&master.name, &control, &shapes, &names).await?;
+                let backlog = housekeeping::backlog(&master.name, &control, &shapes).await?;
+                self.metrics.outbox_rows.set(backlog);
+                for r in replicas.iter_mut() {
+                    if let Some((_, snap)) = &r.position {
+                        r.lag_rows = housekeeping::pending(&master.name, &control, &shapes, snap).await?;
+                    }
+                }
+                if let Ok(mut s) = self.status.write() {
+                    s.outbox_backlog = backlog;
+                }
+            }
+            self.publish(replicas, last_batch);
+            let wait = self.cfg.tick.saturating_sub(tick_start.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Opens a replica's apply session, checking and preparing it first.
+    async fn connect_replica(&self, r: &mut Replica, master: &tokio_postgres::Client, shapes: &[TableShape]) {
+        let name = r.node.name.clone();
+        let result = async {
+            let control = connect(&name, &r.node.target, "ferry control").await?;
+            prepare_replica(
+                (&self.cfg.master.name, master),
+                shapes,
+                (&name, &control),
+                &self.cfg.include,
+                &self.cfg.exclude,
+            )
+            .await?;
+            let mut session = ApplySession::open(&name, &r.node.target, shapes).await?;
+            let position = session.ledger().await?;
+            Ok::<_, BatchError>((session, position))
+        }
+        .await;
+        match result {
+            Ok((session, position)) => {
+                info!(node = %name, batch = position.0, "replica connected");
+                r.session = Some(session);
+                r.position = Some(position);
+                r.last_error = None;
+            }
+            Err(e) => {
+                if r.last_error.as_deref() != Some(&e.to_string()) {
+                    warn!(node = %name, error = %e, "replica unavailable; retrying");
+                }
+                r.last_error = Some(e.to_string());
+                r.retry_at = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// Ships one batch to every replica standing at its start, concurrently.
+    async fn ship(
+        &self,
+        batch: &Batch,
+        replicas: &mut [Replica],
+        shapes: &[TableShape],
+        master: &tokio_postgres::Client,
+    ) -> Result<(), BatchError> {
+        let origin = &self.cfg.master.name;
+        let timeout = self.cfg.apply_timeout;
+        let targets: Vec<&mut Replica> = replicas
+            .iter_mut()
+            .filter(|r| r.session.is_some() && r.position.as_ref().map(|p| p.0) == Some(batch.from))
+            .collect();
+        let results = join_all(targets.into_iter().map(|r| async move {
+            let span = info_span!("apply", node = %r.node.name, batch = batch.id);
+            let started = Instant::now();
+            let result = match r.session.as_mut() {
+                Some(session) => match tokio::time::timeout(timeout, session.apply(origin, batch, shapes))
+                    .instrument(span)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(BatchError::Timeout {
+                        node: r.node.name.clone(),
+                        secs: timeout.as_secs(),
+                    }),
+                },
+                None => return (r, Ok(Applied::Already), started),
+            };
+            (r, result, started)
+        }))
+        .await;
+        for (r, result, started) in results {
+            let label = ReplicaLabel::new(&r.node.name);
+            match result {
+                Ok(how) => {
+                    self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+                    if how == Applied::Now {
+                        self.metrics.batches_applied.get_or_create(&label).inc();
+                        self.metrics.rows_shipped.get_or_create(&label).inc_by(batch.rows());
+                        self.metrics.bytes_shipped.get_or_create(&label).inc_by(batch.bytes());
+                    }
+                    r.position = Some((batch.id, batch.snap.clone()));
+                    r.behind_since = None;
+                    r.last_lag = batch.cut_at.elapsed();
+                    r.last_error = None;
+                    master
+                        .execute(schema::RECORD_POSITION, &[&r.node.name, &batch.id, &batch.snap])
+                        .await
+                        .map_err(BatchError::pg(&self.cfg.master.name))?;
+                }
+                Err(e) => {
+                    warn!(node = %r.node.name, batch = batch.id, error = %e, "batch not applied; replica paused");
+                    self.metrics.apply_errors.get_or_create(&label).inc();
+                    r.last_error = Some(e.to_string());
+                    r.session = None;
+                    r.retry_at = Instant::now()
+                        + if matches!(e, BatchError::Apply { .. }) {
+                            Duration::from_secs(5)
+                        } else {
+                            Duration::from_secs(1)
+                        };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, replicas: &[Replica], last_batch: i64) {
+        let statuses: Vec<ReplicaStatus> = replicas
+            .iter()
+            .map(|r| {
+                let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);
+                let lag_seconds = r
+                    .behind_since
+                    .map(|t| t.elapsed())
+                    .unwrap_or(r.last_lag)
+                    .as_secs_f64();
+                let label = ReplicaLabel::new(&r.node.name);
+                let lag_batches = (last_batch - applied).max(0);
+                self.metrics.lag_batches.get_or_create(&label).set(lag_batches);
+                self.metrics.lag_rows.get_or_create(&label).set(r.lag_rows);
+                self.metrics.lag_seconds.get_or_create(&label).set(lag_seconds);
+                ReplicaStatus {
+                    name: r.node.name.clone(),
+                    reachable: r.session.is_some(),
+                    applied_batch: applied,
+                    lag_batches,
+                    lag_rows: r.lag_rows,
+                    lag_seconds,
+                    last_error: r.last_error.clone(),
+                }
+            })
+            .collect();
+        if let Ok(mut s) = self.status.write() {
+            s.last_batch = last_batch;
+            s.replicas = statuses;
+            s.master_reachable = true;
+            s.error = None;
+        }
+    }
+}

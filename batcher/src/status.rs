@@ -1,0 +1,34 @@
+//! The replication state the admin endpoint shows.
+
+use serde::Serialize;
+use std::sync::{Arc, RwLock};
+
+/// One replica as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaStatus {
+    pub name: String,
+    pub reachable: bool,
+    /// Last batch id in the replica's ledger.
+    pub applied_batch: i64,
+    pub lag_batches: i64,
+    pub lag_rows: i64,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+/// The replication path as a whole.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicationStatus {
+    pub master: String,
+    pub master_reachable: bool,
+    /// Highest batch id cut so far.
+    pub last_batch: i64,
+    /// Rows in the master's outbox (shipped rows are removed).
+    pub outbox_backlog: i64,
+    pub tables: usize,
+    pub replicas: Vec<ReplicaStatus>,
+    pub error: Option<String>,
+}
+
+/// Shared between the batcher (writer) and the admin endpoint (reader).
+pub type SharedStatus = Arc<RwLock<ReplicationStatus>>;
