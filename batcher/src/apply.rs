@@ -41,7 +41,11 @@ pub struct ApplySession {
 
 impl ApplySession {
     /// Connects and prepares the session: replica role, temporary tables.
-    pub async fn open(node: &str, target: &Target, shapes: &[TableShape]) -> Result<Self, BatchError> {
+    pub async fn open(
+        node: &str,
+        target: &Target,
+        shapes: &[TableShape],
+    ) -> Result<Self, BatchError> {
         let mut conn = ServerConn::connect(target, &[], Duration::from_secs(5))
             .await
             .map_err(BatchError::conn(node))?;
@@ -50,7 +54,9 @@ impl ApplySession {
             setup.push(';');
             setup += &batch::create_temp(s);
         }
-        conn.simple_query(&setup).await.map_err(BatchError::conn(node))?;
+        conn.simple_query(&setup)
+            .await
+            .map_err(BatchError::conn(node))?;
         Ok(Self {
             node: node.to_string(),
             conn,
@@ -62,10 +68,18 @@ impl ApplySession {
     pub async fn ledger(&mut self) -> Result<(i64, String), BatchError> {
         let mut out = BytesMut::new();
         frontend::query(schema::READ_LEDGER, &mut out).map_err(io(&self.node))?;
-        self.conn.write_all(&out).await.map_err(BatchError::conn(&self.node))?;
+        self.conn
+            .write_all(&out)
+            .await
+            .map_err(BatchError::conn(&self.node))?;
         let mut row = None;
         loop {
-            match self.conn.read_message().await.map_err(BatchError::conn(&self.node))? {
+            match self
+                .conn
+                .read_message()
+                .await
+                .map_err(BatchError::conn(&self.node))?
+            {
                 Message::DataRow(body) => {
                     let buf = body.buffer();
                     let mut cols = Vec::new();
@@ -77,7 +91,10 @@ impl ApplySession {
                 }
                 Message::ErrorResponse(e) => {
                     let e = ferry_wire::ServerError::from_fields(&mut e.fields());
-                    self.conn.read_until_ready(1).await.map_err(BatchError::conn(&self.node))?;
+                    self.conn
+                        .read_until_ready(1)
+                        .await
+                        .map_err(BatchError::conn(&self.node))?;
                     return Err(BatchError::Conn {
                         node: self.node.clone(),
                         source: ferry_wire::ConnError::Server(e),
@@ -89,9 +106,14 @@ impl ApplySession {
         }
         let cols = row.ok_or_else(|| BatchError::Conn {
             node: self.node.clone(),
-            source: ferry_wire::ConnError::Protocol("the replica has no ledger row; run ferry init".into()),
+            source: ferry_wire::ConnError::Protocol(
+                "the replica has no ledger row; run ferry init".into(),
+            ),
         })?;
-        match (cols.first().cloned().flatten(), cols.get(1).cloned().flatten()) {
+        match (
+            cols.first().cloned().flatten(),
+            cols.get(1).cloned().flatten(),
+        ) {
             (Some(id), Some(snap)) => Ok((id.parse().unwrap_or(0), snap)),
             _ => Err(BatchError::Conn {
                 node: self.node.clone(),
@@ -101,15 +123,30 @@ impl ApplySession {
     }
 
     /// Ships and applies one batch in one round trip.
-    pub async fn apply(&mut self, origin: &str, b: &Batch, shapes: &[TableShape]) -> Result<Applied, BatchError> {
+    pub async fn apply(
+        &mut self,
+        origin: &str,
+        b: &Batch,
+        shapes: &[TableShape],
+    ) -> Result<Applied, BatchError> {
         let node = self.node.clone();
         let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
         let mut ready = 0;
         frontend::query("BEGIN", &mut out).map_err(io(&node))?;
         ready += 1;
-        let params = [origin.to_string(), b.from.to_string(), b.id.to_string(), b.snap.clone()];
-        frontend::parse("", "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4)", [], &mut out)
-            .map_err(io(&node))?;
+        let params = [
+            origin.to_string(),
+            b.from.to_string(),
+            b.id.to_string(),
+            b.snap.clone(),
+        ];
+        frontend::parse(
+            "",
+            "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4)",
+            [],
+            &mut out,
+        )
+        .map_err(io(&node))?;
         frontend::bind(
             "",
             "",
@@ -144,8 +181,15 @@ impl ApplySession {
         frontend::query(&statements, &mut out).map_err(io(&node))?;
         ready += 1;
 
-        self.conn.write_all(&out).await.map_err(BatchError::conn(&node))?;
-        let (error, status) = self.conn.read_until_ready(ready).await.map_err(BatchError::conn(&node))?;
+        self.conn
+            .write_all(&out)
+            .await
+            .map_err(BatchError::conn(&node))?;
+        let (error, status) = self
+            .conn
+            .read_until_ready(ready)
+            .await
+            .map_err(BatchError::conn(&node))?;
         if status != b'I' {
             self.conn
                 .simple_query("ROLLBACK")
@@ -162,7 +206,7 @@ impl ApplySession {
             Some(error) => Err(BatchError::Apply {
                 node,
                 batch: b.id,
-                error,
+                error: Box::new(error),
             }),
         }
     }
@@ -175,6 +219,8 @@ fn io(node: &str) -> impl Fn(std::io::Error) -> BatchError + '_ {
     }
 }
 
-fn fallible_next<I: fallible_iterator::FallibleIterator>(it: &mut I) -> Result<Option<I::Item>, I::Error> {
+fn fallible_next<I: fallible_iterator::FallibleIterator>(
+    it: &mut I,
+) -> Result<Option<I::Item>, I::Error> {
     it.next()
 }

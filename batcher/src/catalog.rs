@@ -56,7 +56,11 @@ pub async fn shape(client: &Client, node: &str, t: &TableName) -> Result<TableSh
 }
 
 /// Differences between the master's tables and a replica's, one line each.
-pub fn differences(master: &[TableShape], replica_name: &str, replica: &[TableShape]) -> Vec<String> {
+pub fn differences(
+    master: &[TableShape],
+    replica_name: &str,
+    replica: &[TableShape],
+) -> Vec<String> {
     let mut out = Vec::new();
     for m in master {
         match replica.iter().find(|r| r.table == m.table) {
@@ -65,7 +69,14 @@ pub fn differences(master: &[TableShape], replica_name: &str, replica: &[TableSh
                 let cols = |s: &TableShape| {
                     s.columns
                         .iter()
-                        .map(|c| format!("{} {}{}", c.name, c.type_sql, if c.generated { " generated" } else { "" }))
+                        .map(|c| {
+                            format!(
+                                "{} {}{}",
+                                c.name,
+                                c.type_sql,
+                                if c.generated { " generated" } else { "" }
+                            )
+                        })
                         .collect::<Vec<_>>()
                 };
                 let (mc, rc) = (cols(m), cols(r));

@@ -62,7 +62,11 @@ pub struct Cutter {
 
 impl Cutter {
     /// Prepares the session: temporary tables and statements, once.
-    pub async fn new(node: &str, client: Client, shapes: &[TableShape]) -> Result<Self, BatchError> {
+    pub async fn new(
+        node: &str,
+        client: Client,
+        shapes: &[TableShape],
+    ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
         let mut setup = String::from("SET application_name = 'ferry batcher';");
         for s in shapes {
@@ -73,8 +77,18 @@ impl Cutter {
         let mut materialise = Vec::new();
         let mut copy_out = Vec::new();
         for s in shapes {
-            materialise.push(client.prepare(&batch::materialise(s)).await.map_err(err(node))?);
-            copy_out.push(client.prepare(&batch::copy_out(s)).await.map_err(err(node))?);
+            materialise.push(
+                client
+                    .prepare(&batch::materialise(s))
+                    .await
+                    .map_err(err(node))?,
+            );
+            copy_out.push(
+                client
+                    .prepare(&batch::copy_out(s))
+                    .await
+                    .map_err(err(node))?,
+            );
         }
         Ok(Self {
             node: node.to_string(),
@@ -91,7 +105,11 @@ impl Cutter {
 
     /// Cuts the batch of everything committed since `from_snap` (the cut
     /// the replicas at ledger `from_id` stand at). `None` if nothing changed.
-    pub async fn cut(&mut self, from_id: i64, from_snap: &str) -> Result<Option<Batch>, BatchError> {
+    pub async fn cut(
+        &mut self,
+        from_id: i64,
+        from_snap: &str,
+    ) -> Result<Option<Batch>, BatchError> {
         let node = self.node.clone();
         let err = || BatchError::pg(&node);
         self.client
@@ -99,14 +117,22 @@ impl Cutter {
             .await
             .map_err(err())?;
         let result = self.cut_in_transaction(from_id, from_snap).await;
-        let end = if result.as_ref().is_ok_and(|b| b.is_some()) { "COMMIT" } else { "ROLLBACK" };
+        let end = if result.as_ref().is_ok_and(|b| b.is_some()) {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
         let ended = self.client.batch_execute(end).await.map_err(err());
         let batch = result?;
         ended?;
         Ok(batch)
     }
 
-    async fn cut_in_transaction(&mut self, from_id: i64, from_snap: &str) -> Result<Option<Batch>, BatchError> {
+    async fn cut_in_transaction(
+        &mut self,
+        from_id: i64,
+        from_snap: &str,
+    ) -> Result<Option<Batch>, BatchError> {
         let node = self.node.clone();
         let err = || BatchError::pg(&node);
         let cut_at = Instant::now();

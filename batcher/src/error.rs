@@ -22,7 +22,7 @@ pub enum BatchError {
     Apply {
         node: String,
         batch: i64,
-        error: ServerError,
+        error: Box<ServerError>,
     },
     #[error("replicated tables differ between nodes:\n  {}", .0.join("\n  "))]
     SchemaMismatch(Vec<String>),

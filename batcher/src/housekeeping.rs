@@ -10,7 +10,12 @@ use ferry_sql::{batch, schema, TableShape};
 use tokio_postgres::Client;
 
 /// Deletes shipped rows; returns how many were removed.
-pub async fn clean(node: &str, client: &Client, shapes: &[TableShape], replicas: &[String]) -> Result<u64, BatchError> {
+pub async fn clean(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+    replicas: &[String],
+) -> Result<u64, BatchError> {
     let horizon: Option<String> = client
         .query_one(schema::CLEANUP_HORIZON, &[&replicas])
         .await
@@ -28,7 +33,11 @@ pub async fn clean(node: &str, client: &Client, shapes: &[TableShape], replicas:
 }
 
 /// Rows in the outbox.
-pub async fn backlog(node: &str, client: &Client, shapes: &[TableShape]) -> Result<i64, BatchError> {
+pub async fn backlog(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+) -> Result<i64, BatchError> {
     let mut total = 0;
     for s in shapes {
         let n: i64 = client
@@ -42,7 +51,12 @@ pub async fn backlog(node: &str, client: &Client, shapes: &[TableShape]) -> Resu
 }
 
 /// Outbox rows a replica at `snap` has not applied.
-pub async fn pending(node: &str, client: &Client, shapes: &[TableShape], snap: &str) -> Result<i64, BatchError> {
+pub async fn pending(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+    snap: &str,
+) -> Result<i64, BatchError> {
     let mut total = 0;
     for s in shapes {
         let n: i64 = client

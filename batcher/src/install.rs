@@ -16,12 +16,19 @@ pub async fn install_master(
 ) -> Result<Vec<TableShape>, BatchError> {
     let shapes = replicated_tables(client, node, include, exclude).await?;
     install_on(node, client, &shapes).await?;
-    info!(node, tables = shapes.len(), "schema and capture installed on the master");
+    info!(
+        node,
+        tables = shapes.len(),
+        "schema and capture installed on the master"
+    );
     Ok(shapes)
 }
 
 async fn install_on(node: &str, client: &Client, shapes: &[TableShape]) -> Result<(), BatchError> {
-    client.batch_execute(schema::INSTALL).await.map_err(BatchError::pg(node))?;
+    client
+        .batch_execute(schema::INSTALL)
+        .await
+        .map_err(BatchError::pg(node))?;
     for s in shapes {
         client
             .batch_execute(&capture::install(s))
@@ -78,7 +85,11 @@ pub async fn prepare_replica(
 }
 
 /// Connects a control session with tokio-postgres (no TLS yet).
-pub async fn connect(node: &str, target: &ferry_wire::Target, app: &str) -> Result<Client, BatchError> {
+pub async fn connect(
+    node: &str,
+    target: &ferry_wire::Target,
+    app: &str,
+) -> Result<Client, BatchError> {
     let (client, conn) = target
         .pg_config(app)
         .connect(tokio_postgres::NoTls)

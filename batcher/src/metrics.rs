@@ -52,20 +52,56 @@ impl Metrics {
             lag_seconds: Family::default(),
             outbox_rows: Gauge::default(),
         };
-        registry.register("ferry_batches_cut", "Batches cut on the master", m.batches_cut.clone());
-        registry.register("ferry_batches_applied", "Batches applied per replica", m.batches_applied.clone());
-        registry.register("ferry_rows_shipped", "Netted rows shipped per replica", m.rows_shipped.clone());
-        registry.register("ferry_bytes_shipped", "COPY bytes shipped per replica", m.bytes_shipped.clone());
-        registry.register("ferry_apply_errors", "Failed batch applies per replica", m.apply_errors.clone());
+        registry.register(
+            "ferry_batches_cut",
+            "Batches cut on the master",
+            m.batches_cut.clone(),
+        );
+        registry.register(
+            "ferry_batches_applied",
+            "Batches applied per replica",
+            m.batches_applied.clone(),
+        );
+        registry.register(
+            "ferry_rows_shipped",
+            "Netted rows shipped per replica",
+            m.rows_shipped.clone(),
+        );
+        registry.register(
+            "ferry_bytes_shipped",
+            "COPY bytes shipped per replica",
+            m.bytes_shipped.clone(),
+        );
+        registry.register(
+            "ferry_apply_errors",
+            "Failed batch applies per replica",
+            m.apply_errors.clone(),
+        );
         registry.register(
             "ferry_apply_seconds",
             "Time from sending a batch to its replica commit",
             m.apply_seconds.clone(),
         );
-        registry.register("ferry_lag_batches", "Batches cut but not applied per replica", m.lag_batches.clone());
-        registry.register("ferry_lag_rows", "Outbox rows a replica has not applied", m.lag_rows.clone());
-        registry.register("ferry_lag_seconds", "Seconds a replica is behind", m.lag_seconds.clone());
-        registry.register("ferry_outbox_rows", "Rows in the master's outbox", m.outbox_rows.clone());
+        registry.register(
+            "ferry_lag_batches",
+            "Batches cut but not applied per replica",
+            m.lag_batches.clone(),
+        );
+        registry.register(
+            "ferry_lag_rows",
+            "Outbox rows a replica has not applied",
+            m.lag_rows.clone(),
+        );
+        registry.register(
+            "ferry_lag_seconds",
+            "Seconds a replica is behind",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "ferry_outbox_rows",
+            "Rows in the master's outbox",
+            m.outbox_rows.clone(),
+        );
         m
     }
 }

@@ -60,7 +60,11 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(cfg: BatcherConfig, status: SharedStatus, metrics: Metrics) -> Self {
-        Self { cfg, status, metrics }
+        Self {
+            cfg,
+            status,
+            metrics,
+        }
     }
 
     /// Runs until `shutdown` turns true. A lost master connection restarts
@@ -83,7 +87,10 @@ impl Batcher {
             .collect();
         loop {
             let span = info_span!("batcher", node = %self.cfg.master.name);
-            let result = self.session(&mut replicas, &mut shutdown).instrument(span).await;
+            let result = self
+                .session(&mut replicas, &mut shutdown)
+                .instrument(span)
+                .await;
             match result {
                 Ok(()) => return,
                 Err(e) => {
@@ -104,10 +111,15 @@ impl Batcher {
         }
     }
 
-    async fn session(&self, replicas: &mut [Replica], shutdown: &mut watch::Receiver<bool>) -> Result<(), BatchError> {
+    async fn session(
+        &self,
+        replicas: &mut [Replica],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), BatchError> {
         let master = &self.cfg.master;
         let control = connect(&master.name, &master.target, "ferry control").await?;
-        let shapes = install_master(&master.name, &control, &self.cfg.include, &self.cfg.exclude).await?;
+        let shapes =
+            install_master(&master.name, &control, &self.cfg.include, &self.cfg.exclude).await?;
         let batch_client = connect(&master.name, &master.target, "ferry batcher").await?;
         let mut cutter = Cutter::new(&master.name, batch_client, &shapes).await?;
         let last_batch: i64 = control
@@ -122,7 +134,11 @@ impl Batcher {
             s.error = None;
             s.last_batch = last_batch;
         }
-        info!(tables = shapes.len(), replicas = replicas.len(), "replicating");
+        info!(
+            tables = shapes.len(),
+            replicas = replicas.len(),
+            "replicating"
+        );
         let names: Vec<String> = replicas.iter().map(|r| r.node.name.clone()).collect();
         let mut last_batch = last_batch;
         let mut next_housekeeping = Instant::now();
@@ -144,7 +160,8 @@ impl Batcher {
                 if let Some(batch) = cutter.cut(from, &snap).await? {
                     self.metrics.batches_cut.inc();
                     last_batch = last_batch.max(batch.id);
-                    self.ship(&batch, replicas, &shapes, cutter.client()).await?;
+                    self.ship(&batch, replicas, &shapes, cutter.client())
+                        .await?;
                 }
             }
             for r in replicas.iter_mut() {
@@ -160,7 +177,8 @@ impl Batcher {
                 self.metrics.outbox_rows.set(backlog);
                 for r in replicas.iter_mut() {
                     if let Some((_, snap)) = &r.position {
-                        r.lag_rows = housekeeping::pending(&master.name, &control, &shapes, snap).await?;
+                        r.lag_rows =
+                            housekeeping::pending(&master.name, &control, &shapes, snap).await?;
                     }
                 }
                 if let Ok(mut s) = self.status.write() {
@@ -177,7 +195,12 @@ impl Batcher {
     }
 
     /// Opens a replica's apply session, checking and preparing it first.
-    async fn connect_replica(&self, r: &mut Replica, master: &tokio_postgres::Client, shapes: &[TableShape]) {
+    async fn connect_replica(
+        &self,
+        r: &mut Replica,
+        master: &tokio_postgres::Client,
+        shapes: &[TableShape],
+    ) {
         let name = r.node.name.clone();
         let result = async {
             let control = connect(&name, &r.node.target, "ferry control").await?;
@@ -229,16 +252,18 @@ impl Batcher {
             let span = info_span!("apply", node = %r.node.name, batch = batch.id);
             let started = Instant::now();
             let result = match r.session.as_mut() {
-                Some(session) => match tokio::time::timeout(timeout, session.apply(origin, batch, shapes))
-                    .instrument(span)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(BatchError::Timeout {
-                        node: r.node.name.clone(),
-                        secs: timeout.as_secs(),
-                    }),
-                },
+                Some(session) => {
+                    match tokio::time::timeout(timeout, session.apply(origin, batch, shapes))
+                        .instrument(span)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(BatchError::Timeout {
+                            node: r.node.name.clone(),
+                            secs: timeout.as_secs(),
+                        }),
+                    }
+                }
                 None => return (r, Ok(Applied::Already), started),
             };
             (r, result, started)
@@ -248,18 +273,29 @@ impl Batcher {
             let label = ReplicaLabel::new(&r.node.name);
             match result {
                 Ok(how) => {
-                    self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .apply_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     if how == Applied::Now {
                         self.metrics.batches_applied.get_or_create(&label).inc();
-                        self.metrics.rows_shipped.get_or_create(&label).inc_by(batch.rows());
-                        self.metrics.bytes_shipped.get_or_create(&label).inc_by(batch.bytes());
+                        self.metrics
+                            .rows_shipped
+                            .get_or_create(&label)
+                            .inc_by(batch.rows());
+                        self.metrics
+                            .bytes_shipped
+                            .get_or_create(&label)
+                            .inc_by(batch.bytes());
                     }
                     r.position = Some((batch.id, batch.snap.clone()));
                     r.behind_since = None;
                     r.last_lag = batch.cut_at.elapsed();
                     r.last_error = None;
                     master
-                        .execute(schema::RECORD_POSITION, &[&r.node.name, &batch.id, &batch.snap])
+                        .execute(
+                            schema::RECORD_POSITION,
+                            &[&r.node.name, &batch.id, &batch.snap],
+                        )
                         .await
                         .map_err(BatchError::pg(&self.cfg.master.name))?;
                 }
@@ -292,9 +328,15 @@ impl Batcher {
                     .as_secs_f64();
                 let label = ReplicaLabel::new(&r.node.name);
                 let lag_batches = (last_batch - applied).max(0);
-                self.metrics.lag_batches.get_or_create(&label).set(lag_batches);
+                self.metrics
+                    .lag_batches
+                    .get_or_create(&label)
+                    .set(lag_batches);
                 self.metrics.lag_rows.get_or_create(&label).set(r.lag_rows);
-                self.metrics.lag_seconds.get_or_create(&label).set(lag_seconds);
+                self.metrics
+                    .lag_seconds
+                    .get_or_create(&label)
+                    .set(lag_seconds);
                 ReplicaStatus {
                     name: r.node.name.clone(),
                     reachable: r.session.is_some(),

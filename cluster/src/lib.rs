@@ -1,1 +1,71 @@
-//! stub
+//! The nodes of a Ferry cluster and who plays which role.
+//!
+//! For now the node with the best (lowest) configured priority is the
+//! master and every other node is a replica; health checks, fencing epochs
+//! and failover by recorded priority build on this (see DESIGN.md).
+
+use ferry_wire::Target;
+use thiserror::Error;
+
+/// A configured node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub target: Target,
+    /// Lower is preferred as master.
+    pub priority: i32,
+}
+
+/// Which node is master and which are replicas.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub master: Node,
+    pub replicas: Vec<Node>,
+}
+
+/// Why no topology can be formed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ClusterError {
+    #[error("no nodes configured")]
+    NoNodes,
+}
+
+impl Topology {
+    /// The best-priority node is master; ties go to the node listed first.
+    pub fn by_priority(nodes: &[Node]) -> Result<Self, ClusterError> {
+        let best = nodes
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, n)| (n.priority, *i))
+            .map(|(i, _)| i)
+            .ok_or(ClusterError::NoNodes)?;
+        let mut replicas = nodes.to_vec();
+        let master = replicas.remove(best);
+        Ok(Self { master, replicas })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, priority: i32) -> Node {
+        Node {
+            name: name.into(),
+            target: Target::from_dsn("postgresql://u@h/db").unwrap(),
+            priority,
+        }
+    }
+
+    #[test]
+    fn lowest_priority_wins_ties_by_order() {
+        let t = Topology::by_priority(&[node("a", 2), node("b", 1), node("c", 1)]).unwrap();
+        assert_eq!(t.master.name, "b");
+        let names: Vec<_> = t.replicas.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(
+            Topology::by_priority(&[]).err(),
+            Some(ClusterError::NoNodes)
+        );
+    }
+}

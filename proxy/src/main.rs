@@ -1,1 +1,111 @@
-fn main() {}
+//! The `ferry` command line.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Ferry keeps several independent PostgreSQL servers identical: point
+/// applications at it instead of the database.
+#[derive(Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy, the batcher and the admin endpoint.
+    Run {
+        #[arg(long, short, env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Install the ferry schema and capture on every node (idempotent).
+    Init {
+        #[arg(long, short, env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show the cluster at a glance, from a running Ferry's admin endpoint.
+    Status {
+        /// Admin endpoint base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare every replicated table on every replica with the master.
+    Verify {
+        #[arg(long, short, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// Keep comparing for up to this many seconds until all are equal
+        /// (replicas follow the master asynchronously).
+        #[arg(long, default_value_t = 0)]
+        retry_for: u64,
+    },
+    /// Create a local three-node cluster, run Ferry in front of it with a
+    /// sample workload, and keep it running until Ctrl-C.
+    Demo {
+        /// Data directory for the three servers and the configuration.
+        #[arg(long, default_value = ".ferry-demo")]
+        dir: PathBuf,
+        /// First of three consecutive ports for the servers.
+        #[arg(long, default_value_t = 5433)]
+        base_port: u16,
+        /// Proxy address.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+        /// Admin endpoint address.
+        #[arg(long, default_value = "127.0.0.1:9930")]
+        admin: String,
+        /// Stop after the sample workload instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => commands::run::run(&config).await,
+            Command::Init { config } => commands::init::run(&config).await,
+            Command::Status { admin, json } => commands::status::run(&admin, json).await,
+            Command::Verify { config, retry_for } => {
+                commands::verify::run(&config, retry_for).await
+            }
+            Command::Demo {
+                dir,
+                base_port,
+                listen,
+                admin,
+                no_wait,
+            } => commands::demo::run(&dir, base_port, &listen, &admin, no_wait).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

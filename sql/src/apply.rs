@@ -6,7 +6,10 @@ use crate::quote::{ident, list};
 
 /// Receives a binary batch table produced by [`crate::batch::copy_out`].
 pub fn copy_in(shape: &TableShape) -> String {
-    format!("COPY {} FROM STDIN (FORMAT binary)", shape.table.batch_temp())
+    format!(
+        "COPY {} FROM STDIN (FORMAT binary)",
+        shape.table.batch_temp()
+    )
 }
 
 /// Deletes then upserts from the batch table. Keys are netted on the master,
@@ -18,7 +21,11 @@ pub fn apply(shape: &TableShape) -> String {
     let temp = shape.table.batch_temp();
     let names = shape.shipped_names();
     let cols = list(names.iter().copied(), "");
-    let overriding = if shape.has_identity() { " OVERRIDING SYSTEM VALUE" } else { "" };
+    let overriding = if shape.has_identity() {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
     match &shape.key {
         Some(key) => {
             let on = key
@@ -63,7 +70,9 @@ mod tests {
     fn upsert_by_key_with_identity_override() {
         let sql = apply(&sample());
         assert!(sql.contains("OVERRIDING SYSTEM VALUE"));
-        assert!(sql.contains("ON CONFLICT (\"id\", \"order_id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""));
+        assert!(sql.contains(
+            "ON CONFLICT (\"id\", \"order_id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""
+        ));
         assert!(sql.contains("t.\"id\" = b.\"id\" AND t.\"order_id\" = b.\"order_id\""));
         assert!(!sql.contains("total"));
     }

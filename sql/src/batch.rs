@@ -24,7 +24,10 @@ const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
 
 /// Whether an outbox holds anything since the cut. Parameter: previous cut.
 pub fn has_changes(shape: &TableShape) -> String {
-    format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {SINCE_CUT})", shape.table.outbox())
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE {SINCE_CUT})",
+        shape.table.outbox()
+    )
 }
 
 /// Fills the batch table from the outbox: for a keyed table, the last image
@@ -52,7 +55,10 @@ pub fn materialise(shape: &TableShape) -> String {
 /// Streams the batch table out in binary. The replica reads it with
 /// [`crate::apply::copy_in`] into a table of the same shape.
 pub fn copy_out(shape: &TableShape) -> String {
-    format!("COPY {} TO STDOUT (FORMAT binary)", shape.table.batch_temp())
+    format!(
+        "COPY {} TO STDOUT (FORMAT binary)",
+        shape.table.batch_temp()
+    )
 }
 
 /// Removes outbox rows every replica has. Parameter: the horizon xid8 as
@@ -69,6 +75,14 @@ pub fn backlog(shape: &TableShape) -> String {
     format!("SELECT count(*) FROM {}", shape.table.outbox())
 }
 
+/// Outbox rows not visible in a replica's position (its pending rows).
+/// Parameter: the replica's snapshot.
+pub fn pending(shape: &TableShape) -> String {
+    format!(
+        "SELECT count(*) FROM {} WHERE NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)",
+        shape.table.outbox()
+    )
+}
 
 #[cfg(test)]
 mod tests {
@@ -89,13 +103,4 @@ mod tests {
         s.key = None;
         assert!(!materialise(&s).contains("DISTINCT"));
     }
-}
-
-/// Outbox rows not visible in a replica's position (its pending rows).
-/// Parameter: the replica's snapshot.
-pub fn pending(shape: &TableShape) -> String {
-    format!(
-        "SELECT count(*) FROM {} WHERE NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)",
-        shape.table.outbox()
-    )
 }

@@ -48,7 +48,13 @@ pub fn install(shape: &TableShape) -> String {
         f = t.capture_fn("ins"),
         ins = row('U', &new_cols, "ferry_new n", "")
     );
-    sql += &trig("ferry_capture_ins", "AFTER", "INSERT", "REFERENCING NEW TABLE AS ferry_new ", &t.capture_fn("ins"));
+    sql += &trig(
+        "ferry_capture_ins",
+        "AFTER",
+        "INSERT",
+        "REFERENCING NEW TABLE AS ferry_new ",
+        &t.capture_fn("ins"),
+    );
     match &shape.key {
         Some(key) => {
             let same_key = key
@@ -77,7 +83,13 @@ pub fn install(shape: &TableShape) -> String {
                 f = t.capture_fn("del"),
                 del = row('D', &old_cols, "ferry_old o", "")
             );
-            sql += &trig("ferry_capture_del", "AFTER", "DELETE", "REFERENCING OLD TABLE AS ferry_old ", &t.capture_fn("del"));
+            sql += &trig(
+                "ferry_capture_del",
+                "AFTER",
+                "DELETE",
+                "REFERENCING OLD TABLE AS ferry_old ",
+                &t.capture_fn("del"),
+            );
         }
         None => {
             sql += &format!(
@@ -87,7 +99,13 @@ pub fn install(shape: &TableShape) -> String {
                  END $ferry$;\n",
                 f = t.capture_fn("ref"),
             );
-            sql += &trig("ferry_capture_upd", "BEFORE", "UPDATE OR DELETE", "", &t.capture_fn("ref"));
+            sql += &trig(
+                "ferry_capture_upd",
+                "BEFORE",
+                "UPDATE OR DELETE",
+                "",
+                &t.capture_fn("ref"),
+            );
             sql += &format!("DROP TRIGGER IF EXISTS ferry_capture_del ON {target};\n");
         }
     }
@@ -98,7 +116,13 @@ pub fn install(shape: &TableShape) -> String {
          END $ferry$;\n",
         f = t.capture_fn("trn"),
     );
-    sql += &trig("ferry_capture_trn", "BEFORE", "TRUNCATE", "", &t.capture_fn("trn"));
+    sql += &trig(
+        "ferry_capture_trn",
+        "BEFORE",
+        "TRUNCATE",
+        "",
+        &t.capture_fn("trn"),
+    );
     sql
 }
 

@@ -30,7 +30,13 @@ impl TableName {
         let full = format!("{}.{}", self.schema, self.name);
         let mut readable: String = full
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         readable.truncate(30);
         let exact = format!("{}\0{}", self.schema, self.name);
@@ -61,7 +67,9 @@ impl std::fmt::Display for TableName {
 
 /// 32-bit FNV-1a: a stable, dependency-free hash for object names.
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// A column as the catalog describes it.
@@ -117,10 +125,30 @@ pub(crate) fn sample() -> TableShape {
     TableShape {
         table: TableName::new("public", "Order Lines"),
         columns: vec![
-            Column { name: "id".into(), type_sql: "bigint".into(), generated: false, identity: true },
-            Column { name: "order_id".into(), type_sql: "integer".into(), generated: false, identity: false },
-            Column { name: "qty".into(), type_sql: "numeric(10,2)".into(), generated: false, identity: false },
-            Column { name: "total".into(), type_sql: "numeric".into(), generated: true, identity: false },
+            Column {
+                name: "id".into(),
+                type_sql: "bigint".into(),
+                generated: false,
+                identity: true,
+            },
+            Column {
+                name: "order_id".into(),
+                type_sql: "integer".into(),
+                generated: false,
+                identity: false,
+            },
+            Column {
+                name: "qty".into(),
+                type_sql: "numeric(10,2)".into(),
+                generated: false,
+                identity: false,
+            },
+            Column {
+                name: "total".into(),
+                type_sql: "numeric".into(),
+                generated: true,
+                identity: false,
+            },
         ],
         key: Some(vec!["id".into(), "order_id".into()]),
     }

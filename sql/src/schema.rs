@@ -90,4 +90,5 @@ pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) = cardinality($1::t
      THEN min(pg_snapshot_xmin(snap))::text END FROM ferry.replicas WHERE name = ANY($1::text[])";
 
 /// Replica apply session settings, run once per session.
-pub const APPLY_SESSION_SETUP: &str = "SET session_replication_role = replica; SET application_name = 'ferry apply'";
+pub const APPLY_SESSION_SETUP: &str =
+    "SET session_replication_role = replica; SET application_name = 'ferry apply'";

@@ -119,7 +119,12 @@ mod tests {
                 use fallible_iterator::FallibleIterator;
                 let fields: Vec<(u8, String)> = body
                     .fields()
-                    .map(|f| Ok((f.type_(), String::from_utf8_lossy(f.value_bytes()).into_owned())))
+                    .map(|f| {
+                        Ok((
+                            f.type_(),
+                            String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        ))
+                    })
                     .collect()
                     .unwrap();
                 assert!(fields.contains(&(b'C', "28P01".into())));
@@ -130,6 +135,9 @@ mod tests {
             Message::BackendKeyData(k) => assert_eq!((k.process_id(), k.secret_key()), (1, 2)),
             _ => panic!("not key data"),
         }
-        assert!(matches!(Message::parse(&mut buf).unwrap().unwrap(), Message::ReadyForQuery(_)));
+        assert!(matches!(
+            Message::parse(&mut buf).unwrap().unwrap(),
+            Message::ReadyForQuery(_)
+        ));
     }
 }

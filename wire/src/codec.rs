@@ -27,7 +27,19 @@ pub enum FrameError {
 pub fn is_frontend_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'p' | b'Q' | b'S' | b'X'
+        b'B' | b'C'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'D'
+            | b'E'
+            | b'H'
+            | b'F'
+            | b'P'
+            | b'p'
+            | b'Q'
+            | b'S'
+            | b'X'
     )
 }
 
@@ -57,10 +69,7 @@ pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, Fra
 }
 
 /// Like [`peek_frame`] but also refuses tags a client may not send.
-pub fn peek_frontend_frame(
-    buf: &[u8],
-    max_len: usize,
-) -> Result<Option<(u8, usize)>, FrameError> {
+pub fn peek_frontend_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if let Some(&tag) = buf.first() {
         if !is_frontend_tag(tag) {
             return Err(FrameError::UnknownTag(tag));
@@ -96,6 +105,61 @@ pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
     Some((s, &buf[end + 1..]))
 }
 
+/// Walks a client's message stream as it arrives, checking each header
+/// (tag and length) without holding whole messages: a large COPY or Bind
+/// streams through, and a hostile length is refused as soon as its header
+/// is seen.
+#[derive(Debug, Default)]
+pub struct FrameScanner {
+    /// Bytes of the current message body still to pass.
+    remaining: usize,
+}
+
+impl FrameScanner {
+    /// Returns how many bytes at the front of `buf` may be forwarded now,
+    /// calling `on_tag` for each message that starts in them. Bytes after
+    /// that are an incomplete header and must be kept for the next call.
+    pub fn advance(
+        &mut self,
+        buf: &[u8],
+        max_len: usize,
+        mut on_tag: impl FnMut(u8),
+    ) -> Result<usize, FrameError> {
+        let mut at = 0;
+        loop {
+            if self.remaining > 0 {
+                let take = self.remaining.min(buf.len() - at);
+                at += take;
+                self.remaining -= take;
+                if self.remaining > 0 {
+                    return Ok(at);
+                }
+            }
+            let rest = &buf[at..];
+            if rest.is_empty() {
+                return Ok(at);
+            }
+            if !is_frontend_tag(rest[0]) {
+                return Err(FrameError::UnknownTag(rest[0]));
+            }
+            if rest.len() < 5 {
+                return Ok(at);
+            }
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            if len < 4 {
+                return Err(FrameError::BadLength(len));
+            }
+            let len = len as usize;
+            if len > max_len {
+                return Err(FrameError::TooLarge { len, max: max_len });
+            }
+            on_tag(rest[0]);
+            at += 5;
+            self.remaining = len - 4;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +182,10 @@ mod tests {
                 max: 1 << 20
             })
         );
-        assert_eq!(peek_frame(&[b'Q', 0, 0, 0, 3], 100), Err(FrameError::BadLength(3)));
+        assert_eq!(
+            peek_frame(&[b'Q', 0, 0, 0, 3], 100),
+            Err(FrameError::BadLength(3))
+        );
         assert_eq!(
             peek_frame(&[b'Q', 0xff, 0xff, 0xff, 0xff], 100),
             Err(FrameError::BadLength(-1))
@@ -131,14 +198,51 @@ mod tests {
             peek_frontend_frame(&[b'Z', 0, 0, 0, 4], 100),
             Err(FrameError::UnknownTag(b'Z'))
         );
-        assert_eq!(peek_frontend_frame(&[b'X', 0, 0, 0, 4], 100), Ok(Some((b'X', 5))));
+        assert_eq!(
+            peek_frontend_frame(&[b'X', 0, 0, 0, 4], 100),
+            Ok(Some((b'X', 5)))
+        );
     }
 
     #[test]
     fn startup_limits() {
         assert_eq!(peek_startup(&[0, 0, 0, 8, 4, 0xd2]), Ok(None));
         assert_eq!(peek_startup(&[0, 0, 0, 2]), Err(FrameError::BadLength(2)));
-        assert!(matches!(peek_startup(&[0, 1, 0, 0]), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            peek_startup(&[0, 1, 0, 0]),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn scanner_streams_bodies_and_waits_for_headers() {
+        let mut sc = FrameScanner::default();
+        let mut tags = Vec::new();
+        // A Query of 10 bytes, split across three reads, then a Sync.
+        let msg = [
+            b'Q', 0, 0, 0, 9, b'a', b'b', b'c', b'd', 0, b'S', 0, 0, 0, 4,
+        ];
+        assert_eq!(sc.advance(&msg[..3], 100, |t| tags.push(t)), Ok(0));
+        assert_eq!(sc.advance(&msg[..7], 100, |t| tags.push(t)), Ok(7));
+        assert_eq!(sc.advance(&msg[7..], 100, |t| tags.push(t)), Ok(8));
+        assert_eq!(tags, vec![b'Q', b'S']);
+    }
+
+    #[test]
+    fn scanner_refuses_bad_headers() {
+        let mut sc = FrameScanner::default();
+        assert_eq!(
+            sc.advance(&[b'Q', 0x7f, 0xff, 0xff, 0xff], 1000, |_| {}),
+            Err(FrameError::TooLarge {
+                len: i32::MAX as usize,
+                max: 1000
+            })
+        );
+        let mut sc = FrameScanner::default();
+        assert_eq!(
+            sc.advance(&[0x00, 1, 2], 1000, |_| {}),
+            Err(FrameError::UnknownTag(0))
+        );
     }
 
     #[test]

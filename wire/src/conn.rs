@@ -34,7 +34,11 @@ impl Target {
             .map_err(|e: tokio_postgres::Error| ConnError::Dsn(e.to_string()))?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(_) => return Err(ConnError::Dsn("unix sockets are not supported yet; use a TCP host".into())),
+            Some(_) => {
+                return Err(ConnError::Dsn(
+                    "unix sockets are not supported yet; use a TCP host".into(),
+                ))
+            }
             None => "127.0.0.1".to_string(),
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
@@ -97,9 +101,7 @@ impl fmt::Display for ServerError {
 
 impl ServerError {
     /// Decodes an ErrorResponse or NoticeResponse body.
-    pub fn from_fields(
-        fields: &mut postgres_protocol::message::backend::ErrorFields<'_>,
-    ) -> Self {
+    pub fn from_fields(fields: &mut postgres_protocol::message::backend::ErrorFields<'_>) -> Self {
         let mut e = ServerError {
             severity: String::new(),
             code: String::new(),
@@ -204,17 +206,20 @@ impl ServerConn {
                     return Err(ConnError::Server(ServerError::from_fields(&mut e.fields())))
                 }
                 Message::NoticeResponse(_) => {}
-                _ => return Err(ConnError::Protocol("unexpected message during startup".into())),
+                _ => {
+                    return Err(ConnError::Protocol(
+                        "unexpected message during startup".into(),
+                    ))
+                }
             }
         }
     }
 
     async fn authenticate(&mut self, target: &Target) -> Result<(), ConnError> {
         let password = || {
-            target
-                .password
-                .clone()
-                .ok_or_else(|| ConnError::Auth("the server asks for a password and the DSN has none".into()))
+            target.password.clone().ok_or_else(|| {
+                ConnError::Auth("the server asks for a password and the DSN has none".into())
+            })
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -249,14 +254,16 @@ impl ServerConn {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| ConnError::Protocol("SASL continue before start".into()))?;
-                    s.update(body.data()).map_err(|e| ConnError::Auth(e.to_string()))?;
+                    s.update(body.data())
+                        .map_err(|e| ConnError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut out)?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
                     let mut s = scram
                         .take()
                         .ok_or_else(|| ConnError::Protocol("SASL final before start".into()))?;
-                    s.finish(body.data()).map_err(|e| ConnError::Auth(e.to_string()))?;
+                    s.finish(body.data())
+                        .map_err(|e| ConnError::Auth(e.to_string()))?;
                     continue;
                 }
                 Message::ErrorResponse(e) => {
@@ -321,10 +328,8 @@ impl ServerConn {
                     seen += 1;
                     status = r.status();
                 }
-                Message::ErrorResponse(e) => {
-                    if first_err.is_none() {
-                        first_err = Some(ServerError::from_fields(&mut e.fields()));
-                    }
+                Message::ErrorResponse(e) if first_err.is_none() => {
+                    first_err = Some(ServerError::from_fields(&mut e.fields()));
                 }
                 _ => {}
             }
@@ -366,7 +371,10 @@ mod tests {
         assert_eq!(t.dbname, "app");
         assert_eq!(t.password.as_deref(), Some("pw"));
         let t = Target::from_dsn("host=localhost port=5 user=u").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.dbname.as_str()), ("localhost", 5, "u"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.dbname.as_str()),
+            ("localhost", 5, "u")
+        );
         assert!(Target::from_dsn("postgresql://127.0.0.1/app").is_err());
     }
 }

@@ -91,13 +91,17 @@ impl ScramServer {
     /// server-first message to send in AuthenticationSASLContinue.
     pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(Self, String), ScramError> {
         let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("utf-8"))?;
-        let (cb, rest) = text.split_once(',').ok_or(ScramError::Malformed("gs2 header"))?;
+        let (cb, rest) = text
+            .split_once(',')
+            .ok_or(ScramError::Malformed("gs2 header"))?;
         match cb {
             "n" | "y" => {}
             c if c.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("gs2 flag")),
         }
-        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("gs2 header"))?;
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("gs2 header"))?;
         let gs2_header = format!("{cb},{authzid},");
         // PostgreSQL ignores the user name in the SCRAM message (it was in
         // the startup packet) but requires the nonce.
@@ -148,7 +152,9 @@ impl ScramServer {
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce mismatch"));
         }
-        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof"))?;
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Malformed("proof"))?;
         if proof.len() != 32 {
             return Err(ScramError::WrongPassword);
         }
@@ -181,7 +187,9 @@ mod tests {
         let verifier = Verifier::from_password(stored);
         let mut client = ScramSha256::new(typed.as_bytes(), ChannelBinding::unsupported());
         let (server, first) = ScramServer::start(verifier, client.message())?;
-        client.update(first.as_bytes()).map_err(|_| ScramError::Malformed("client"))?;
+        client
+            .update(first.as_bytes())
+            .map_err(|_| ScramError::Malformed("client"))?;
         let fin = server.finish(client.message())?;
         client
             .finish(fin.as_bytes())

@@ -108,11 +108,17 @@ mod tests {
 
     #[test]
     fn special_codes() {
-        assert_eq!(parse_startup(&SSL_REQUEST.to_be_bytes()), Ok(StartupPacket::SslRequest));
+        assert_eq!(
+            parse_startup(&SSL_REQUEST.to_be_bytes()),
+            Ok(StartupPacket::SslRequest)
+        );
         let mut c = CANCEL_REQUEST.to_be_bytes().to_vec();
         c.extend_from_slice(&7i32.to_be_bytes());
         c.extend_from_slice(&9i32.to_be_bytes());
-        assert_eq!(parse_startup(&c), Ok(StartupPacket::Cancel { pid: 7, secret: 9 }));
+        assert_eq!(
+            parse_startup(&c),
+            Ok(StartupPacket::Cancel { pid: 7, secret: 9 })
+        );
     }
 
     #[test]

@@ -1,0 +1,23 @@
+//! One file per `ferry` command.
+
+pub mod demo;
+pub mod init;
+pub mod run;
+pub mod status;
+pub mod verify;
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

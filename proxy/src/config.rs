@@ -1,0 +1,412 @@
+//! Ferry's configuration: a TOML file, then `FERRY_...` environment
+//! overrides, then validation that names the offending key.
+
+use ferry_batcher::pattern::Pattern;
+use ferry_wire::Target;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use thiserror::Error;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// `[proxy]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the PostgreSQL-protocol listener binds.
+    pub listen: String,
+    /// How clients authenticate: `scram-sha-256` or `md5`.
+    pub auth: String,
+    /// Largest client message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Timeout for connecting and authenticating to a server, in ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6432".into(),
+            auth: "scram-sha-256".into(),
+            max_message_bytes: 256 << 20,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP admin endpoint.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9930".into(),
+        }
+    }
+}
+
+/// `[[nodes]]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// libpq-style connection string; its user needs superuser rights.
+    pub dsn: String,
+    /// Lower is preferred as master.
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+}
+
+fn default_priority() -> i32 {
+    100
+}
+
+/// `[replication]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// `async` (sync mode comes with a later release).
+    pub mode: String,
+    /// `schema.table` patterns of replicated tables, `*` as wildcard.
+    pub tables: Vec<String>,
+    /// Patterns excluded from `tables`.
+    pub exclude: Vec<String>,
+    /// Interval between batch cuts, in ms.
+    pub tick_ms: u64,
+    /// Interval between outbox clean-ups, in ms.
+    pub housekeeping_ms: u64,
+    /// A replica that takes longer than this to apply one batch is
+    /// disconnected and retried, in ms.
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            mode: "async".into(),
+            tables: vec!["public.*".into()],
+            exclude: Vec::new(),
+            tick_ms: 20,
+            housekeeping_ms: 1000,
+            apply_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[[users]]`: who may connect to Ferry.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plaintext, or a SCRAM verifier (`SCRAM-SHA-256$...`) as PostgreSQL stores it.
+    pub password: String,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin` and
+/// `replication` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
+/// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
+/// `-` as `_`.
+fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let norm = |s: &str| s.to_ascii_uppercase().replace('-', "_");
+    for (k, v) in env {
+        let Some(rest) = k.strip_prefix("FERRY_") else {
+            continue;
+        };
+        for section in ["proxy", "admin", "replication"] {
+            let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let table = doc
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(table) = table.as_table_mut() else {
+                return Err(invalid(section, "must be a table"));
+            };
+            let value = match key.as_str() {
+                "tables" | "exclude" => toml::Value::Array(
+                    v.split(',')
+                        .map(|s| toml::Value::String(s.trim().to_string()))
+                        .collect(),
+                ),
+                _ => match v.parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => toml::Value::String(v.clone()),
+                },
+            };
+            table.insert(key, value);
+        }
+        for (list, field, key_name) in [("nodes", "NODE_", "name"), ("users", "USER_", "name")] {
+            let Some(spec) = rest.strip_prefix(field) else {
+                continue;
+            };
+            let Some(items) = doc.get_mut(list).and_then(|v| v.as_array_mut()) else {
+                continue;
+            };
+            for item in items.iter_mut().filter_map(|i| i.as_table_mut()) {
+                let name = item
+                    .get(key_name)
+                    .and_then(|n| n.as_str())
+                    .map(norm)
+                    .unwrap_or_default();
+                let Some(attr) = spec.strip_prefix(&format!("{name}_")) else {
+                    continue;
+                };
+                let attr = attr.to_ascii_lowercase();
+                let value = match attr.as_str() {
+                    "priority" => toml::Value::Integer(
+                        v.parse()
+                            .map_err(|_| invalid(k.clone(), "must be an integer"))?,
+                    ),
+                    _ => toml::Value::String(v.clone()),
+                };
+                item.insert(attr, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::parse(&text, &env)
+    }
+
+    /// Parses TOML text with the given environment.
+    pub fn parse(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut doc, env)?;
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every key that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.proxy.listen.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "proxy.listen",
+                format!("{e}: expected host:port, e.g. 127.0.0.1:6432"),
+            )
+        })?;
+        self.admin.listen.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "admin.listen",
+                format!("{e}: expected host:port, e.g. 127.0.0.1:9930"),
+            )
+        })?;
+        if !matches!(self.proxy.auth.as_str(), "scram-sha-256" | "md5") {
+            return Err(invalid(
+                "proxy.auth",
+                "must be \"scram-sha-256\" or \"md5\"",
+            ));
+        }
+        if self.proxy.max_message_bytes < 8192 {
+            return Err(invalid("proxy.max_message_bytes", "must be at least 8192"));
+        }
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one [[nodes]] entry is required"));
+        }
+        let mut names = HashSet::new();
+        let mut db = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty()
+                || !n
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    "must be non-empty letters, digits, _ or -",
+                ));
+            }
+            if !names.insert(n.name.as_str()) {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node name {:?}", n.name),
+                ));
+            }
+            let t = Target::from_dsn(&n.dsn)
+                .map_err(|e| invalid(format!("nodes[{i}].dsn"), e.to_string()))?;
+            if let Some(d) = &db {
+                if *d != t.dbname {
+                    return Err(invalid(
+                        format!("nodes[{i}].dsn"),
+                        format!("database {:?} differs from {:?}: every node must name the same database", t.dbname, d),
+                    ));
+                }
+            }
+            db = Some(t.dbname);
+        }
+        if self.replication.mode != "async" {
+            return Err(invalid(
+                "replication.mode",
+                format!(
+                    "{:?} is not supported yet; use \"async\"",
+                    self.replication.mode
+                ),
+            ));
+        }
+        if self.replication.tables.is_empty() {
+            return Err(invalid(
+                "replication.tables",
+                "name at least one pattern, e.g. \"public.*\"",
+            ));
+        }
+        for (key, list) in [
+            ("replication.tables", &self.replication.tables),
+            ("replication.exclude", &self.replication.exclude),
+        ] {
+            for p in list {
+                Pattern::parse(p).map_err(|e| invalid(key, e.to_string()))?;
+            }
+        }
+        if self.replication.tick_ms == 0
+            || self.replication.housekeeping_ms == 0
+            || self.replication.apply_timeout_ms == 0
+        {
+            return Err(invalid(
+                "replication",
+                "tick_ms, housekeeping_ms and apply_timeout_ms must be positive",
+            ));
+        }
+        let mut users = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() || !users.insert(u.name.as_str()) {
+                return Err(invalid(
+                    format!("users[{i}].name"),
+                    "must be non-empty and unique",
+                ));
+            }
+            if u.password.starts_with("SCRAM-SHA-256$") {
+                ferry_wire::scram::Verifier::parse(&u.password)
+                    .map_err(|e| invalid(format!("users[{i}].password"), e.to_string()))?;
+                if self.proxy.auth == "md5" {
+                    return Err(invalid(
+                        format!("users[{i}].password"),
+                        "md5 authentication needs the plaintext password, not a SCRAM verifier",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[nodes]]
+name = "a"
+dsn = "postgresql://postgres@127.0.0.1:5433/app"
+priority = 1
+[[nodes]]
+name = "b"
+dsn = "postgresql://postgres@127.0.0.1:5434/app"
+priority = 2
+[[users]]
+name = "app"
+password = "secret"
+"#;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::parse(BASE, &[]).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:6432");
+        assert_eq!(c.replication.tables, vec!["public.*"]);
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = vec![
+            ("FERRY_PROXY_LISTEN".to_string(), "0.0.0.0:7000".to_string()),
+            (
+                "FERRY_REPLICATION_TABLES".to_string(),
+                "app.*, public.t".to_string(),
+            ),
+            (
+                "FERRY_NODE_B_DSN".to_string(),
+                "postgresql://postgres@h:1/app".to_string(),
+            ),
+            ("FERRY_NODE_B_PRIORITY".to_string(), "0".to_string()),
+            ("FERRY_USER_APP_PASSWORD".to_string(), "other".to_string()),
+        ];
+        let c = Config::parse(BASE, &env).unwrap();
+        assert_eq!(c.proxy.listen, "0.0.0.0:7000");
+        assert_eq!(c.replication.tables, vec!["app.*", "public.t"]);
+        assert_eq!(c.nodes[1].dsn, "postgresql://postgres@h:1/app");
+        assert_eq!(c.nodes[1].priority, 0);
+        assert_eq!(c.users[0].password, "other");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse(&format!("[proxy]\nlisten = \"nowhere\"\n{BASE}"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("proxy.listen:"), "{e}");
+        let e = Config::parse(&format!("[proxy]\nlisten_port = 1\n{BASE}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = Config::parse(&BASE.replace("5434/app", "5434/other"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("nodes[1].dsn:"), "{e}");
+        let e =
+            Config::parse(&format!("{BASE}\n[replication]\nmode = \"sync\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("replication.mode:"), "{e}");
+        let e = Config::parse(&BASE.replace("name = \"b\"", "name = \"a\""), &[]).unwrap_err();
+        assert!(e.to_string().contains("duplicate"), "{e}");
+        assert!(Config::parse("", &[]).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The PostgreSQL-protocol front end that applications connect to.
+//!
+//! - [`startup`]: the startup phase — SSL/GSS refusal, cancel requests,
+//!   client authentication against `[[users]]`.
+//! - [`session`]: one client session: a server connection on the master
+//!   and the frame pump between them.
+//! - [`cancel`]: the keys clients cancel with, mapped to server keys.
+//! - [`listener`]: the accept loop.
+
+pub mod cancel;
+pub mod listener;
+pub mod session;
+pub mod startup;
+
+use bytes::BytesMut;
+use ferry_wire::backend;
+use tokio::io::AsyncWriteExt;
+
+/// Sends a FATAL error to a client that is about to be disconnected; a
+/// failure to deliver it changes nothing.
+pub(crate) async fn fatal<W: AsyncWriteExt + Unpin>(w: &mut W, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    backend::error_response(&mut out, "FATAL", code, message);
+    let _ = w.write_all(&out).await;
+    let _ = w.flush().await;
+}

@@ -1,0 +1,236 @@
+//! One client session: authenticate, open a server connection on the
+//! master, then pump frames both ways until either side ends.
+//!
+//! Client → server traffic goes through a [`FrameScanner`] that checks every
+//! header (known message type, sane length) while bodies stream through
+//! unbuffered; server → client traffic is forwarded as it arrives. Notices,
+//! notifications, parameter changes and errors therefore reach the client
+//! unchanged, and extended-protocol pipelines and COPY pass intact.
+
+use super::cancel::{CancelRegistry, ServerKey};
+use super::fatal;
+use super::startup::{self, AuthMethod, Startup, UserDb};
+use bytes::{Buf, BytesMut};
+use ferry_wire::conn::send_cancel;
+use ferry_wire::startup::StartupPacket;
+use ferry_wire::{backend, FrameScanner, ServerConn, Target};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Time a client has to complete startup and authentication.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Front-end metrics.
+#[derive(Clone, Default)]
+pub struct FrontendMetrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub protocol_errors: Counter,
+}
+
+impl FrontendMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "ferry_client_connections",
+            "Open client sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "ferry_client_connections_accepted",
+            "Client sessions accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "ferry_client_protocol_errors",
+            "Client connections closed for a protocol violation",
+            m.protocol_errors.clone(),
+        );
+        m
+    }
+}
+
+/// What every session shares.
+pub struct Shared {
+    pub users: UserDb,
+    pub auth: AuthMethod,
+    pub master_name: String,
+    pub master: Target,
+    pub max_message: usize,
+    pub connect_timeout: Duration,
+    pub cancels: CancelRegistry,
+    pub metrics: FrontendMetrics,
+}
+
+/// Serves one accepted connection to its end.
+pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
+    let _ = client.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8192);
+    let started = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        startup::run(&mut client, &mut buf, &shared.users, shared.auth),
+    )
+    .await;
+    let params = match started {
+        Err(_) => {
+            fatal(&mut client, "08P01", "startup timed out").await;
+            return;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.protocol_errors.inc();
+            debug!(error = %e, "client dropped during startup");
+            return;
+        }
+        Ok(Ok(Startup::Closed)) => return,
+        Ok(Ok(Startup::Cancel { pid, secret })) => {
+            if let Some(key) = shared.cancels.lookup(pid, secret) {
+                if let Err(e) = send_cancel(&key.target, key.pid, key.secret).await {
+                    warn!(error = %e, "cancel request could not be delivered");
+                }
+            }
+            return;
+        }
+        Ok(Ok(Startup::Client { params })) => params,
+    };
+    let user = StartupPacket::param(&params, "user")
+        .unwrap_or_default()
+        .to_string();
+    let database = StartupPacket::param(&params, "database")
+        .unwrap_or(&user)
+        .to_string();
+    if database != shared.master.dbname {
+        fatal(
+            &mut client,
+            "3D000",
+            &format!(
+                "database \"{database}\" does not exist (Ferry serves \"{}\")",
+                shared.master.dbname
+            ),
+        )
+        .await;
+        return;
+    }
+    let server = match ServerConn::connect(&shared.master, &params, shared.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(node = %shared.master_name, error = %e, "cannot open a server session");
+            fatal(
+                &mut client,
+                "08006",
+                &format!(
+                    "could not connect to master node {}: {e}",
+                    shared.master_name
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let (pid, secret) = shared.cancels.register(ServerKey {
+        target: shared.master.clone(),
+        pid: server.pid,
+        secret: server.secret,
+    });
+    let span = info_span!("session", session = pid, node = %shared.master_name, user = %user);
+    shared.metrics.connections.inc();
+    shared.metrics.connections_total.inc();
+    async {
+        let mut out = BytesMut::new();
+        for (k, v) in &server.params {
+            backend::parameter_status(&mut out, k, v);
+        }
+        backend::backend_key_data(&mut out, pid, secret);
+        backend::ready_for_query(&mut out, b'I');
+        if client.write_all(&out).await.is_ok() {
+            debug!("session started");
+            match pump(&mut client, buf, server, shared.max_message).await {
+                Ok(end) => debug!(?end, "session ended"),
+                Err(PumpError::Protocol(e)) => {
+                    shared.metrics.protocol_errors.inc();
+                    info!(error = %e, "client sent an invalid message; closing");
+                    fatal(
+                        &mut client,
+                        "08P01",
+                        &format!("invalid frontend message: {e}"),
+                    )
+                    .await;
+                }
+                Err(PumpError::Io(e)) => debug!(error = %e, "session I/O ended"),
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    shared.cancels.remove(pid);
+    shared.metrics.connections.dec();
+}
+
+/// How a session ended normally.
+#[derive(Debug)]
+enum End {
+    Terminated,
+    ClientGone,
+    ServerGone,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    #[error("{0}")]
+    Protocol(ferry_wire::FrameError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn pump(
+    client: &mut TcpStream,
+    mut cbuf: BytesMut,
+    server: ServerConn,
+    max: usize,
+) -> Result<End, PumpError> {
+    let (mut server, pending) = server.into_parts();
+    if !pending.is_empty() {
+        client.write_all(&pending).await?;
+    }
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let to_server = async {
+        let mut scanner = FrameScanner::default();
+        loop {
+            let mut terminated = false;
+            let n = scanner
+                .advance(&cbuf, max, |tag| terminated |= tag == b'X')
+                .map_err(PumpError::Protocol)?;
+            if n > 0 {
+                sw.write_all(&cbuf[..n]).await?;
+                cbuf.advance(n);
+            }
+            if terminated {
+                return Ok(End::Terminated);
+            }
+            cbuf.reserve(16 * 1024);
+            if cr.read_buf(&mut cbuf).await? == 0 {
+                return Ok(End::ClientGone);
+            }
+        }
+    };
+    let to_client = async {
+        let mut b = vec![0u8; 64 * 1024];
+        loop {
+            let n = sr.read(&mut b).await?;
+            if n == 0 {
+                return Ok(End::ServerGone);
+            }
+            cw.write_all(&b[..n]).await?;
+        }
+    };
+    tokio::select! {
+        r = to_server => r,
+        r = to_client => r,
+    }
+}

@@ -1,0 +1,270 @@
+//! The startup phase of a client connection: everything before the first
+//! ReadyForQuery. Ferry answers SSL and GSS requests with 'N', forwards
+//! cancel requests, and authenticates the client itself against
+//! `[[users]]` with SCRAM-SHA-256 or md5.
+
+use super::fatal;
+use bytes::{Buf, BytesMut};
+use ferry_wire::backend;
+use ferry_wire::codec::{peek_frame, peek_startup, read_cstr};
+use ferry_wire::scram::{ScramServer, Verifier};
+use ferry_wire::startup::{parse_startup, StartupPacket};
+use std::collections::HashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest message accepted before authentication completes.
+const MAX_AUTH_MESSAGE: usize = 8192;
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+}
+
+/// A user's stored credential.
+#[derive(Clone)]
+pub struct Credential {
+    verifier: Verifier,
+    plaintext: Option<String>,
+}
+
+/// The users Ferry accepts, from `[[users]]`.
+#[derive(Clone, Default)]
+pub struct UserDb {
+    users: HashMap<String, Credential>,
+}
+
+impl UserDb {
+    /// Builds the table from (name, password or SCRAM verifier) pairs.
+    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let users = users
+            .into_iter()
+            .map(|(name, pw)| {
+                let cred = match Verifier::parse(pw) {
+                    Ok(verifier) => Credential {
+                        verifier,
+                        plaintext: None,
+                    },
+                    Err(_) => Credential {
+                        verifier: Verifier::from_password(pw),
+                        plaintext: Some(pw.to_string()),
+                    },
+                };
+                (name.to_string(), cred)
+            })
+            .collect();
+        Self { users }
+    }
+}
+
+/// What the startup phase produced.
+pub enum Startup {
+    /// An authenticated client with its startup parameters.
+    Client { params: Vec<(String, String)> },
+    /// A cancel request (the connection carries nothing else).
+    Cancel { pid: i32, secret: i32 },
+    /// The connection ended or was refused (the client was told why).
+    Closed,
+}
+
+/// Why a client was disconnected during startup.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Runs the startup phase on a fresh connection.
+pub async fn run(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    users: &UserDb,
+    method: AuthMethod,
+) -> Result<Startup, StartupError> {
+    let params = loop {
+        let packet = match read_startup(stream, buf).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(Startup::Closed),
+            Err(e) => {
+                fatal(stream, "08P01", &format!("invalid startup packet: {e}")).await;
+                return Err(e);
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(b"N").await?;
+            }
+            StartupPacket::Cancel { pid, secret } => return Ok(Startup::Cancel { pid, secret }),
+            StartupPacket::Startup { minor, params } => {
+                if minor > 0 {
+                    let unknown: Vec<&str> = params
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .filter(|k| k.starts_with("_pq_."))
+                        .collect();
+                    let mut out = BytesMut::new();
+                    backend::negotiate_protocol_version(&mut out, &unknown);
+                    stream.write_all(&out).await?;
+                }
+                break params;
+            }
+        }
+    };
+    let Some(user) = StartupPacket::param(&params, "user").map(str::to_string) else {
+        fatal(
+            stream,
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
+        return Ok(Startup::Closed);
+    };
+    let cred = users.users.get(&user);
+    let ok = match method {
+        AuthMethod::ScramSha256 => scram(stream, buf, cred).await?,
+        AuthMethod::Md5 => md5(stream, buf, &user, cred).await?,
+    };
+    if !ok {
+        fatal(
+            stream,
+            "28P01",
+            &format!("password authentication failed for user \"{user}\""),
+        )
+        .await;
+        return Ok(Startup::Closed);
+    }
+    Ok(Startup::Client { params })
+}
+
+async fn read_startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupPacket>, StartupError> {
+    loop {
+        match peek_startup(buf) {
+            Ok(Some(len)) => {
+                let packet = buf.split_to(len);
+                return parse_startup(&packet[4..])
+                    .map(Some)
+                    .map_err(|e| StartupError::Protocol(e.to_string()));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StartupError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads one password-class message ('p') during authentication.
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<BytesMut>, StartupError> {
+    loop {
+        match peek_frame(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some((b'p', len))) => {
+                let mut msg = buf.split_to(len);
+                msg.advance(5);
+                return Ok(Some(msg));
+            }
+            Ok(Some((tag, _))) => {
+                return Err(StartupError::Protocol(format!(
+                    "expected a password message, got message type 0x{tag:02x}"
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StartupError::Protocol(e.to_string())),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn scram(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cred: Option<&Credential>,
+) -> Result<bool, StartupError> {
+    // An unknown user goes through the same exchange against a random
+    // verifier, so the answer does not reveal which users exist.
+    let verifier = cred
+        .map(|c| c.verifier.clone())
+        .unwrap_or_else(|| Verifier::from_password(&format!("{:x}", rand::random::<u128>())));
+    let mut out = BytesMut::new();
+    backend::auth_sasl(&mut out);
+    stream.write_all(&out).await?;
+    let Some(initial) = read_password_message(stream, buf).await? else {
+        return Ok(false);
+    };
+    let (mech, rest) = read_cstr(&initial)
+        .ok_or_else(|| StartupError::Protocol("malformed SASLInitialResponse".into()))?;
+    if mech != "SCRAM-SHA-256" || rest.len() < 4 {
+        return Err(StartupError::Protocol(format!(
+            "unsupported SASL mechanism {mech:?}"
+        )));
+    }
+    let data = &rest[4..];
+    let (server, first) = match ScramServer::start(verifier, data) {
+        Ok(x) => x,
+        Err(e) => return Err(StartupError::Protocol(e.to_string())),
+    };
+    out.clear();
+    backend::auth_sasl_continue(&mut out, first.as_bytes());
+    stream.write_all(&out).await?;
+    let Some(fin) = read_password_message(stream, buf).await? else {
+        return Ok(false);
+    };
+    match server.finish(&fin) {
+        Ok(final_msg) if cred.is_some() => {
+            out.clear();
+            backend::auth_sasl_final(&mut out, final_msg.as_bytes());
+            backend::auth_ok(&mut out);
+            stream.write_all(&out).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+async fn md5(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    cred: Option<&Credential>,
+) -> Result<bool, StartupError> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = BytesMut::new();
+    backend::auth_md5(&mut out, salt);
+    stream.write_all(&out).await?;
+    let Some(msg) = read_password_message(stream, buf).await? else {
+        return Ok(false);
+    };
+    let (given, _) = read_cstr(&msg)
+        .ok_or_else(|| StartupError::Protocol("malformed password message".into()))?;
+    let Some(password) = cred.and_then(|c| c.plaintext.as_deref()) else {
+        return Ok(false);
+    };
+    let expected =
+        postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+    if given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+    {
+        out.clear();
+        backend::auth_ok(&mut out);
+        stream.write_all(&out).await?;
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
