@@ -5,4 +5,3 @@
 pub mod app;
 pub mod config;
 pub mod frontend;
-pub mod localpg;

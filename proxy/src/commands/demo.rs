@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use ferry::app::App;
 use ferry::config::Config;
-use ferry::localpg::{InitOptions, LocalServer, PgBinaries};
+use ferry_localpg::{InitOptions, LocalServer, PgBinaries};
 use std::path::Path;
 use std::process::ExitCode;
 use tokio_postgres::NoTls;

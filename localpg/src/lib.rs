@@ -228,7 +228,7 @@ impl LocalServer {
         let mut conf = format!(
             "\n# written by ferry\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\n",
             self.port,
-            self.datadir.display()
+            self.socket_dir()
         );
         if fast {
             conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 64MB\nmax_wal_size = 1GB\n";
@@ -236,6 +236,17 @@ impl LocalServer {
         let path = self.datadir.join("postgresql.auto.conf");
         std::fs::write(&path, conf).map_err(io_err(&path))?;
         self.chown(&path)
+    }
+
+    /// Where the server's Unix socket lives: the data directory, unless its
+    /// path is too long for a socket name (about 100 bytes), then /tmp.
+    pub fn socket_dir(&self) -> String {
+        let dir = self.datadir.display().to_string();
+        if dir.len() > 80 {
+            "/tmp".into()
+        } else {
+            dir
+        }
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -292,10 +303,12 @@ impl LocalServer {
         }
     }
 
-    /// Runs SQL with psql against a database (for set-up steps).
+    /// Runs SQL with psql against a database (for set-up steps), over the
+    /// server's Unix socket, where local connections are trusted.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, LocalPgError> {
         let psql = self.bins.bin("psql");
         let port = self.port.to_string();
+        let socket_dir = self.socket_dir();
         let out = run(
             &psql,
             &[
@@ -304,7 +317,7 @@ impl LocalServer {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-h",
-                "127.0.0.1",
+                &socket_dir,
                 "-p",
                 &port,
                 "-U",

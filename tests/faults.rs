@@ -1,0 +1,161 @@
+//! Faults injected for real: kill -9 of Ferry while batches are applied,
+//! a replica stopped and started again, a master restart.
+
+use ferry_testkit::{Cluster, Options};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `events` has no key: applying a batch twice would duplicate its rows,
+/// and skipping one would lose them, so its row count proves exactly-once.
+const SCHEMA: &str = "CREATE TABLE events (n bigint NOT NULL, writer int NOT NULL);
+                      CREATE TABLE counters (id int PRIMARY KEY, value bigint NOT NULL);
+                      INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g;";
+
+fn cluster(nodes: usize) -> Cluster {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes,
+            schema: SCHEMA.into(),
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    c
+}
+
+/// Writes small transactions straight to the master (Ferry may be down;
+/// capture does not depend on it) until stopped; returns rows written.
+fn writer(url: String, id: i32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut n = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            c.batch_execute(&format!(
+                "BEGIN; INSERT INTO events SELECT g, {id} FROM generate_series({}, {}) g; \
+                 UPDATE counters SET value = value + 1 WHERE id = {}; COMMIT",
+                n + 1,
+                n + 10,
+                id % 10 + 1
+            ))
+            .await
+            .unwrap();
+            n += 10;
+        }
+        n
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_ferry_mid_apply_loses_no_batch_and_applies_none_twice() {
+    let mut c = cluster(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|i| writer(c.node_url(0), i, stop.clone()))
+        .collect();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.kill_ferry();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.start_ferry();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    assert!(
+        written > 100,
+        "the load was too small to mean anything: {written}"
+    );
+    c.wait_equal(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    for i in 1..3 {
+        let r = c.node_client(i).await;
+        let row = r
+            .query_one(
+                "SELECT count(*), count(DISTINCT (n, writer)) FROM events",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(all, written, "replica {i}: rows missing or applied twice");
+        assert_eq!(distinct, written);
+        let batch: i64 = r
+            .query_one("SELECT batch_id FROM ferry.applied", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(batch > 0);
+    }
+    let (ok, table) = c.verify(5);
+    assert!(ok, "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_catches_up_from_where_it_was() {
+    let c = cluster(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(c.proxy_url(), 1, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.servers[2].stop().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let doc: serde_json::Value = serde_json::from_str(&c.status_json().unwrap()).unwrap();
+    let node_c = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "c")
+        .unwrap()
+        .clone();
+    assert_eq!(node_c["reachable"], false, "{doc}");
+    assert!(node_c["last_error"].is_string(), "{doc}");
+    assert!(
+        doc["outbox_backlog"].as_i64().unwrap() > 0,
+        "the outbox keeps what c has not applied: {doc}"
+    );
+    c.servers[2].start().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = w.await.unwrap();
+    c.wait_equal(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    let n: i64 = c
+        .node_client(2)
+        .await
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_resumes_after_a_master_restart() {
+    let c = cluster(2);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO events VALUES (1, 0)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.servers[0].stop().unwrap();
+    c.servers[0].start().unwrap();
+    // The old session died with the server; a new one works and replicates.
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO events VALUES (2, 0)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+}

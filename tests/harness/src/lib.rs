@@ -1,0 +1,391 @@
+//! The integration-test harness.
+//!
+//! A [`Cluster`] is a set of real PostgreSQL servers (started from one
+//! initdb template, copied per node for speed) in a temporary directory,
+//! plus a real `ferry run` process in front of them. Everything is stopped
+//! and removed when the cluster is dropped. Comparisons of replicas are made
+//! here independently of Ferry's own `verify`.
+
+use ferry_localpg::{free_port, InitOptions, LocalServer, PgBinaries};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+/// User and password clients use to reach Ferry in tests.
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "secret";
+/// The replicated database.
+pub const DB: &str = "app";
+
+fn bins() -> &'static PgBinaries {
+    static BINS: OnceLock<PgBinaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        PgBinaries::find().expect("PostgreSQL server binaries (install postgresql)")
+    })
+}
+
+/// An initdb'd data directory that nodes are copied from; made once per
+/// machine and reused by every test process.
+fn template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let base = std::env::temp_dir().join("ferry-testkit");
+        let marker_name = format!(
+            "template-{}",
+            bins().bindir.display().to_string().replace('/', "_")
+        );
+        let dir = base.join(&marker_name);
+        if dir.join("ferry-template-ok").exists() {
+            return dir;
+        }
+        std::fs::create_dir_all(&base).expect("temp dir");
+        let staging = base.join(format!("{marker_name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let server = LocalServer::new(bins(), &staging, 1);
+        server
+            .init(&InitOptions {
+                password: None,
+                fast: true,
+            })
+            .expect("initdb of the test template");
+        std::fs::write(staging.join("ferry-template-ok"), "").expect("marker");
+        // Another process may have won the race; either copy is good.
+        if std::fs::rename(&staging, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        dir
+    })
+}
+
+/// How to build a cluster.
+pub struct Options {
+    pub nodes: usize,
+    /// SQL run on every node before Ferry starts (replicas hold the schema).
+    pub schema: String,
+    /// A password for the servers' `postgres` user (SCRAM on loopback).
+    pub server_password: Option<String>,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_config: String,
+    /// Environment for the ferry process (`FERRY_...` overrides).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            schema: String::new(),
+            server_password: None,
+            extra_config: String::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Real servers and a real Ferry.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub servers: Vec<LocalServer>,
+    pub names: Vec<String>,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    server_password: Option<String>,
+    ferry_bin: PathBuf,
+    ferry: Option<Child>,
+    ferry_starts: usize,
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Creates, starts and prepares the servers, and writes the config.
+    pub fn new(ferry_bin: &str, opts: Options) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-test-{}-{}",
+            std::process::id(),
+            free_port().unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let names: Vec<String> = (0..opts.nodes)
+            .map(|i| ((b'a' + i as u8) as char).to_string())
+            .collect();
+        let mut servers = Vec::new();
+        for name in &names {
+            let port = free_port().expect("free port");
+            let s = LocalServer::new(bins(), dir.join(name), port);
+            match &opts.server_password {
+                None => s.init_from(template(), true).expect("copy template"),
+                Some(pw) => s
+                    .init(&InitOptions {
+                        password: Some(pw.clone()),
+                        fast: true,
+                    })
+                    .expect("initdb"),
+            }
+            s.start().expect("start server");
+            s.psql("postgres", &format!("CREATE DATABASE {DB}"))
+                .expect("create database");
+            if !opts.schema.is_empty() {
+                s.psql(DB, &opts.schema).expect("schema");
+            }
+            servers.push(s);
+        }
+        let proxy_port = free_port().expect("port");
+        let admin_port = free_port().expect("port");
+        let mut toml = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [replication]\ntables = [\"public.*\"]\ntick_ms = 20\nhousekeeping_ms = 200\n\
+             [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+        );
+        for (i, (s, name)) in servers.iter().zip(&names).enumerate() {
+            toml += &format!(
+                "[[nodes]]\nname = \"{name}\"\ndsn = \"{}\"\npriority = {}\n",
+                s.dsn(DB, opts.server_password.as_deref()),
+                i + 1
+            );
+        }
+        // Appended keys land in the last table: extra config starts its own.
+        toml += &opts.extra_config;
+        let config_path = dir.join("ferry.toml");
+        std::fs::write(&config_path, toml).expect("config");
+        Cluster {
+            dir,
+            servers,
+            names,
+            proxy_port,
+            admin_port,
+            config_path,
+            server_password: opts.server_password,
+            ferry_bin: PathBuf::from(ferry_bin),
+            ferry: None,
+            ferry_starts: 0,
+            env: opts.env,
+        }
+    }
+
+    /// Starts `ferry run` and waits until its admin endpoint is healthy.
+    pub fn start_ferry(&mut self) {
+        self.ferry_starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("ferry-{}.log", self.ferry_starts)))
+            .expect("log");
+        let child = Command::new(&self.ferry_bin)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("FERRY_LOG", "info,ferry=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry");
+        self.ferry = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self
+                .status_json()
+                .map(|s| s.contains("\"role\":\"replica\"") || self.names.len() == 1)
+                .unwrap_or(false)
+                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ferry did not come up; log:\n{}", self.ferry_log());
+    }
+
+    /// The current ferry process's log.
+    pub fn ferry_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("ferry-{}.log", self.ferry_starts)))
+            .unwrap_or_default()
+    }
+
+    /// kill -9 of the ferry process.
+    pub fn kill_ferry(&mut self) {
+        if let Some(mut c) = self.ferry.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `ferry <args>` and returns its output.
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(&self.ferry_bin)
+            .args(args)
+            .output()
+            .expect("run ferry")
+    }
+
+    /// `ferry status --json` from the running instance.
+    pub fn status_json(&self) -> Option<String> {
+        let out = self.ferry(&[
+            "status",
+            "--json",
+            "--admin",
+            &format!("http://127.0.0.1:{}", self.admin_port),
+        ]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GET a path of the admin endpoint: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin endpoint");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("response");
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// `ferry verify` (exit status and printed table).
+    pub fn verify(&self, retry_for: u64) -> (bool, String) {
+        let out = self.ferry(&[
+            "verify",
+            "--config",
+            &self.config_path.display().to_string(),
+            "--retry-for",
+            &retry_for.to_string(),
+        ]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// URL for clients of the proxy.
+    pub fn proxy_url(&self) -> String {
+        format!(
+            "postgresql://{USER}:{PASSWORD}@127.0.0.1:{}/{DB}",
+            self.proxy_port
+        )
+    }
+
+    /// URL of a node's server, bypassing Ferry.
+    pub fn node_url(&self, i: usize) -> String {
+        self.servers[i].dsn(DB, self.server_password.as_deref())
+    }
+
+    /// A client through the proxy.
+    pub async fn proxy_client(&self) -> Client {
+        connect(&self.proxy_url()).await
+    }
+
+    /// A client straight to node `i`.
+    pub async fn node_client(&self, i: usize) -> Client {
+        connect(&self.node_url(i)).await
+    }
+
+    /// Waits until every replica holds exactly the master's rows in every
+    /// user table, compared here by an ordered text digest (not Ferry's own
+    /// checksum). Returns the last difference on timeout.
+    pub async fn wait_equal(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut clients = Vec::new();
+        for i in 0..self.servers.len() {
+            clients.push(self.node_client(i).await);
+        }
+        loop {
+            let diff = diff_nodes(&clients, &self.names).await;
+            match diff {
+                None => return Ok(()),
+                Some(d) if Instant::now() >= deadline => return Err(d),
+                Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Runs SQL on one node with psql.
+    pub fn psql(&self, i: usize, sql: &str) -> String {
+        self.servers[i].psql(DB, sql).expect("psql")
+    }
+
+    /// The directory of this cluster.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+async fn digest(c: &Client) -> Vec<(String, i64, String)> {
+    let tables: Vec<String> = c
+        .query(
+            "SELECT quote_ident(table_name) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let row = c
+            .query_one(
+                &format!("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM public.{t} x"),
+                &[],
+            )
+            .await
+            .expect("digest");
+        out.push((t, row.get(0), row.get(1)));
+    }
+    out
+}
+
+async fn diff_nodes(clients: &[Client], names: &[String]) -> Option<String> {
+    let master = digest(&clients[0]).await;
+    for (c, name) in clients.iter().zip(names).skip(1) {
+        let d = digest(c).await;
+        if d != master {
+            return Some(format!(
+                "{name} differs from {}:\n master {master:?}\n {name} {d:?}",
+                names[0]
+            ));
+        }
+    }
+    None
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_ferry();
+        for s in &self.servers {
+            // A stopped (SIGSTOP) server must be continued to be stopped.
+            let _ = s.signal("CONT");
+            let _ = s.stop();
+        }
+        if std::env::var_os("FERRY_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
