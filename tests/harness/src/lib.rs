@@ -111,7 +111,21 @@ impl Cluster {
         let names: Vec<String> = (0..opts.nodes)
             .map(|i| ((b'a' + i as u8) as char).to_string())
             .collect();
-        let mut servers = Vec::new();
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            servers: Vec::new(),
+            names: names.clone(),
+            proxy_port: free_port().expect("port"),
+            admin_port: free_port().expect("port"),
+            config_path: dir.join("ferry.toml"),
+            server_password: opts.server_password.clone(),
+            ferry_bin: PathBuf::from(ferry_bin),
+            ferry: None,
+            ferry_starts: 0,
+            env: opts.env.clone(),
+        };
+        // Each server joins the cluster as soon as it runs, so a failing
+        // step below still stops it (Drop).
         for name in &names {
             let port = free_port().expect("free port");
             let s = LocalServer::new(bins(), dir.join(name), port);
@@ -125,15 +139,15 @@ impl Cluster {
                     .expect("initdb"),
             }
             s.start().expect("start server");
+            cluster.servers.push(s.clone());
             s.psql("postgres", &format!("CREATE DATABASE {DB}"))
                 .expect("create database");
             if !opts.schema.is_empty() {
                 s.psql(DB, &opts.schema).expect("schema");
             }
-            servers.push(s);
         }
-        let proxy_port = free_port().expect("port");
-        let admin_port = free_port().expect("port");
+        let (proxy_port, admin_port, servers) =
+            (cluster.proxy_port, cluster.admin_port, &cluster.servers);
         let mut toml = format!(
             "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
              [replication]\ntables = [\"public.*\"]\ntick_ms = 20\nhousekeeping_ms = 200\n\
@@ -148,21 +162,8 @@ impl Cluster {
         }
         // Appended keys land in the last table: extra config starts its own.
         toml += &opts.extra_config;
-        let config_path = dir.join("ferry.toml");
-        std::fs::write(&config_path, toml).expect("config");
-        Cluster {
-            dir,
-            servers,
-            names,
-            proxy_port,
-            admin_port,
-            config_path,
-            server_password: opts.server_password,
-            ferry_bin: PathBuf::from(ferry_bin),
-            ferry: None,
-            ferry_starts: 0,
-            env: opts.env,
-        }
+        std::fs::write(&cluster.config_path, toml).expect("config");
+        cluster
     }
 
     /// Starts `ferry run` and waits until its admin endpoint is healthy.
