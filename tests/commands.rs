@@ -143,3 +143,21 @@ fn init_is_idempotent_and_names_what_differs_between_nodes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing on b"));
 }
+
+#[test]
+fn benchmark_script_starts_and_parses_its_options() {
+    let script = root().join("benchmarks/run");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--quick"));
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--no-such-option")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
