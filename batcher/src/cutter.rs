@@ -98,11 +98,6 @@ impl Cutter {
         })
     }
 
-    /// The control session, for positions and housekeeping between cuts.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Cuts the batch of everything committed since `from_snap` (the cut
     /// the replicas at ledger `from_id` stand at). `None` if nothing changed.
     pub async fn cut(

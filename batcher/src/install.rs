@@ -30,10 +30,32 @@ async fn install_on(node: &str, client: &Client, shapes: &[TableShape]) -> Resul
         .await
         .map_err(BatchError::pg(node))?;
     for s in shapes {
-        client
-            .batch_execute(&capture::install(s))
+        let sql = capture::install(s);
+        let fingerprint = capture::fingerprint(&sql);
+        let name = s.table.to_string();
+        let installed: Option<String> = client
+            .query_opt(schema::READ_CAPTURE, &[&name])
             .await
-            .map_err(BatchError::pg(node))?;
+            .map_err(BatchError::pg(node))?
+            .map(|r| r.get(0));
+        if installed.as_deref() == Some(fingerprint.as_str()) {
+            continue;
+        }
+        let result = async {
+            client
+                .batch_execute(&format!("BEGIN; {}{sql}", capture::lock_for_install(s)))
+                .await?;
+            client
+                .execute(schema::RECORD_CAPTURE, &[&name, &fingerprint])
+                .await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(BatchError::pg(node)(e));
+        }
+        info!(node, table = %name, "capture installed");
     }
     Ok(())
 }

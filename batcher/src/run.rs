@@ -160,8 +160,7 @@ impl Batcher {
                 if let Some(batch) = cutter.cut(from, &snap).await? {
                     self.metrics.batches_cut.inc();
                     last_batch = last_batch.max(batch.id);
-                    self.ship(&batch, replicas, &shapes, cutter.client())
-                        .await?;
+                    self.ship(&batch, replicas, &shapes).await;
                 }
             }
             for r in replicas.iter_mut() {
@@ -172,6 +171,17 @@ impl Batcher {
             }
             if Instant::now() >= next_housekeeping {
                 next_housekeeping = Instant::now() + self.cfg.housekeeping;
+                // Positions on the master only bound clean-up (each replica's
+                // ledger is the truth), so recording them once per pass is
+                // enough; a stale one merely keeps rows a little longer.
+                for r in replicas.iter() {
+                    if let Some((id, snap)) = &r.position {
+                        control
+                            .execute(schema::RECORD_POSITION, &[&r.node.name, id, snap])
+                            .await
+                            .map_err(BatchError::pg(&master.name))?;
+                    }
+                }
                 housekeeping::clean(&master.name, &control, &shapes, &names).await?;
                 let backlog = housekeeping::backlog(&master.name, &control, &shapes).await?;
                 self.metrics.outbox_rows.set(backlog);
@@ -235,13 +245,7 @@ impl Batcher {
     }
 
     /// Ships one batch to every replica standing at its start, concurrently.
-    async fn ship(
-        &self,
-        batch: &Batch,
-        replicas: &mut [Replica],
-        shapes: &[TableShape],
-        master: &tokio_postgres::Client,
-    ) -> Result<(), BatchError> {
+    async fn ship(&self, batch: &Batch, replicas: &mut [Replica], shapes: &[TableShape]) {
         let origin = &self.cfg.master.name;
         let timeout = self.cfg.apply_timeout;
         let targets: Vec<&mut Replica> = replicas
@@ -291,13 +295,6 @@ impl Batcher {
                     r.behind_since = None;
                     r.last_lag = batch.cut_at.elapsed();
                     r.last_error = None;
-                    master
-                        .execute(
-                            schema::RECORD_POSITION,
-                            &[&r.node.name, &batch.id, &batch.snap],
-                        )
-                        .await
-                        .map_err(BatchError::pg(&self.cfg.master.name))?;
                 }
                 Err(e) => {
                     warn!(node = %r.node.name, batch = batch.id, error = %e, "batch not applied; replica paused");
@@ -313,7 +310,6 @@ impl Batcher {
                 }
             }
         }
-        Ok(())
     }
 
     fn publish(&self, replicas: &[Replica], last_batch: i64) {

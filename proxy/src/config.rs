@@ -43,6 +43,9 @@ pub struct ProxyConfig {
     pub max_message_bytes: usize,
     /// Timeout for connecting and authenticating to a server, in ms.
     pub connect_timeout_ms: u64,
+    /// Worker threads; 0 = half the cores, at least one. A proxy shares
+    /// the machine with servers and clients more often than not.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -52,6 +55,7 @@ impl Default for ProxyConfig {
             auth: "scram-sha-256".into(),
             max_message_bytes: 256 << 20,
             connect_timeout_ms: 5000,
+            workers: 0,
         }
     }
 }
@@ -207,6 +211,19 @@ fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), Conf
         }
     }
     Ok(())
+}
+
+impl ProxyConfig {
+    /// The number of worker threads to run.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (cores / 2).max(1)
+    }
 }
 
 impl Config {

@@ -74,7 +74,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // `run` sizes its runtime from the configuration, so load that first.
+    let run_config = match &cli.command {
+        Command::Run { config } => match ferry::config::Config::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("ferry: configuration {}: {e}", config.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let workers = run_config
+        .as_ref()
+        .map(|c| c.proxy.worker_threads())
+        .unwrap_or_else(|| ferry::config::ProxyConfig::default().worker_threads());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -86,7 +102,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => commands::run::run(&config).await,
+            Command::Run { .. } => match run_config {
+                Some(cfg) => commands::run::run(cfg).await,
+                None => Ok(ExitCode::FAILURE),
+            },
             Command::Init { config } => commands::init::run(&config).await,
             Command::Status { admin, json } => commands::status::run(&admin, json).await,
             Command::Verify { config, retry_for } => {

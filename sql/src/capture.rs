@@ -13,21 +13,46 @@ use crate::quote::{ident, list};
 /// for a TRUNCATE of a replicated table (not replicated yet).
 pub const REFUSED: &str = "55000";
 
+/// A stable fingerprint of generated SQL (64-bit FNV-1a, hex), stored with
+/// the installed capture so that an unchanged one is left alone.
+pub fn fingerprint(sql: &str) -> String {
+    let h = sql.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// Takes the table's lock before anything else, in the order writers take
+/// theirs (table, then outbox), so installing under load cannot deadlock
+/// with them; gives up after `lock_timeout` rather than queue behind a long
+/// transaction. Runs inside the install transaction.
+pub fn lock_for_install(shape: &TableShape) -> String {
+    format!(
+        "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;\n",
+        shape.table.quoted()
+    )
+}
+
 /// The statements that install (or refresh) capture for one table.
 pub fn install(shape: &TableShape) -> String {
     let t = &shape.table;
     let outbox = t.outbox();
     let cols = list(shape.shipped_names(), "");
     let new_cols = list(shape.shipped_names(), "n.");
-    let old_cols = list(shape.shipped_names(), "o.");
+    let old_cols = list(shape.shipped_names(), "OLD.");
     let target = t.quoted();
     let display = t.to_string().replace('\'', "''").replace('%', "%%");
     let header = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp";
-    let row = |op: char, alias: &str, src: &str, filter: &str| {
+    // One sequence value per statement: a statement never changes the same
+    // key twice, and statements of conflicting transactions are ordered by
+    // the row locks they wait for, so (key, _seq) orders every change.
+    let statement_fn = |name: &str, op: char, src: &str| {
         format!(
-            "INSERT INTO {outbox} (_seq, _xid, _op, {cols}) \
-             SELECT nextval('ferry.capture_seq'), pg_current_xact_id(), '{op}', {alias} \
-             FROM {src}{filter};"
+            "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
+             DECLARE s bigint := nextval('ferry.capture_seq'::regclass); x xid8 := pg_current_xact_id(); \
+             BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) SELECT s, x, '{op}', {new_cols} FROM {src} n; \
+             RETURN NULL; END $ferry$;\n",
+            f = t.capture_fn(name),
         )
     };
     let mut sql = format!(
@@ -35,60 +60,68 @@ pub fn install(shape: &TableShape) -> String {
          WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0);\n",
         defs = shape.column_defs()
     );
-    let trig = |name: &str, timing: &str, event: &str, referencing: &str, func: &str| {
+    // The cut reads only rows at or above the previous cut's xmin: an index
+    // keeps that a range scan however much the outbox holds.
+    sql += &format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {outbox} (_xid);\n",
+        ident(&format!("o_{}_xid", t.stem()))
+    );
+    let trig = |name: &str, timing: &str, event: &str, tail: &str, func: &str| {
         format!(
-            "CREATE OR REPLACE TRIGGER {name} {timing} {event} ON {target} {referencing}\
-             FOR EACH STATEMENT EXECUTE FUNCTION {func}();\n",
+            "CREATE OR REPLACE TRIGGER {name} {timing} {event} ON {target} {tail} EXECUTE FUNCTION {func}();\n",
             name = ident(name)
         )
     };
+    let stmt = "FOR EACH STATEMENT";
     // Inserts replicate for every table.
-    sql += &format!(
-        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ BEGIN {ins} RETURN NULL; END $ferry$;\n",
-        f = t.capture_fn("ins"),
-        ins = row('U', &new_cols, "ferry_new n", "")
-    );
+    sql += &statement_fn("ins", 'U', "ferry_new");
     sql += &trig(
         "ferry_capture_ins",
         "AFTER",
         "INSERT",
-        "REFERENCING NEW TABLE AS ferry_new ",
+        &format!("REFERENCING NEW TABLE AS ferry_new {stmt}"),
         &t.capture_fn("ins"),
     );
     match &shape.key {
         Some(key) => {
-            let same_key = key
-                .iter()
-                .map(|k| format!("n.{k} = o.{k}", k = ident(k)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            // An UPDATE that changes a key: transition tables cannot pair old
-            // and new rows, so old keys that no longer exist are deletions.
-            let gone = format!(" o WHERE NOT EXISTS (SELECT 1 FROM ferry_new n WHERE {same_key})");
-            sql += &format!(
-                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ BEGIN {del} {ins} RETURN NULL; END $ferry$;\n",
-                f = t.capture_fn("upd"),
-                del = row('D', &old_cols, "ferry_old", &gone),
-                ins = row('U', &new_cols, "ferry_new n", "")
-            );
+            sql += &statement_fn("upd", 'U', "ferry_new");
             sql += &trig(
                 "ferry_capture_upd",
                 "AFTER",
                 "UPDATE",
-                "REFERENCING OLD TABLE AS ferry_old NEW TABLE AS ferry_new ",
+                &format!("REFERENCING NEW TABLE AS ferry_new {stmt}"),
                 &t.capture_fn("upd"),
             );
-            sql += &format!(
-                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ BEGIN {del} RETURN NULL; END $ferry$;\n",
-                f = t.capture_fn("del"),
-                del = row('D', &old_cols, "ferry_old o", "")
-            );
+            sql += &statement_fn("del", 'D', "ferry_old");
             sql += &trig(
                 "ferry_capture_del",
                 "AFTER",
                 "DELETE",
-                "REFERENCING OLD TABLE AS ferry_old ",
+                &format!("REFERENCING OLD TABLE AS ferry_old {stmt}"),
                 &t.capture_fn("del"),
+            );
+            // An UPDATE that changes a key also deletes the old key. Only
+            // such rows fire this (the WHEN clause is evaluated in C), and
+            // row triggers fire before statement triggers, so the deletion
+            // takes the lower sequence number: keys that swap net correctly.
+            let changed = key
+                .iter()
+                .map(|k| format!("OLD.{k} IS DISTINCT FROM NEW.{k}", k = ident(k)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            sql += &format!(
+                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
+                 BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) \
+                 VALUES (nextval('ferry.capture_seq'::regclass), pg_current_xact_id(), 'D', {old_cols}); \
+                 RETURN NULL; END $ferry$;\n",
+                f = t.capture_fn("key"),
+            );
+            sql += &trig(
+                "ferry_capture_key",
+                "AFTER",
+                "UPDATE",
+                &format!("FOR EACH ROW WHEN ({changed})"),
+                &t.capture_fn("key"),
             );
         }
         None => {
@@ -103,10 +136,11 @@ pub fn install(shape: &TableShape) -> String {
                 "ferry_capture_upd",
                 "BEFORE",
                 "UPDATE OR DELETE",
-                "",
+                stmt,
                 &t.capture_fn("ref"),
             );
             sql += &format!("DROP TRIGGER IF EXISTS ferry_capture_del ON {target};\n");
+            sql += &format!("DROP TRIGGER IF EXISTS ferry_capture_key ON {target};\n");
         }
     }
     sql += &format!(
@@ -120,7 +154,7 @@ pub fn install(shape: &TableShape) -> String {
         "ferry_capture_trn",
         "BEFORE",
         "TRUNCATE",
-        "",
+        stmt,
         &t.capture_fn("trn"),
     );
     sql
@@ -137,7 +171,7 @@ mod tests {
         assert!(sql.contains("AFTER INSERT ON \"public\".\"Order Lines\" REFERENCING NEW TABLE"));
         assert!(sql.contains("AFTER UPDATE"));
         assert!(sql.contains("AFTER DELETE"));
-        assert!(sql.contains("n.\"id\" = o.\"id\" AND n.\"order_id\" = o.\"order_id\""));
+        assert!(sql.contains("WHEN (OLD.\"id\" IS DISTINCT FROM NEW.\"id\" OR OLD.\"order_id\" IS DISTINCT FROM NEW.\"order_id\")"));
         // generated column never captured
         assert!(!sql.contains("\"total\""));
     }

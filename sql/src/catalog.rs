@@ -24,7 +24,7 @@ pub const KEY: &str = "SELECT array_agg(a.attname::text ORDER BY k.ord) \
      FROM pg_index i \
      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-     WHERE i.indrelid = ($1::text)::regclass AND i.indisunique AND i.indisvalid \
+     WHERE i.indrelid = ($1::text)::regclass AND i.indisunique AND i.indisvalid AND i.indimmediate \
        AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts \
      GROUP BY i.indexrelid, i.indisprimary \
      HAVING bool_and(a.attnotnull) \

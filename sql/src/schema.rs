@@ -13,6 +13,8 @@
 ///   transaction as the batch, so a batch is applied exactly once.
 /// - `ferry.replicas` is the master's record of each replica's position, for
 ///   outbox clean-up and status across restarts.
+/// - `ferry.capture` records which generated capture each table has, so
+///   an unchanged one is not reinstalled (reinstalling takes locks).
 /// - `ferry.begin_apply` is the first statement of every apply transaction:
 ///   it refuses a batch that was already applied (FR001) or that does not
 ///   start where the ledger stands (FR002), which aborts the whole batch.
@@ -32,6 +34,11 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     batch_id bigint NOT NULL,
     snap pg_snapshot NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ferry.capture (
+    table_name text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text)
 RETURNS void LANGUAGE plpgsql AS $f$
@@ -54,6 +61,13 @@ BEGIN
 END
 $f$;
 "#;
+
+/// The fingerprint of the capture installed for a table. Parameter: table.
+pub const READ_CAPTURE: &str = "SELECT fingerprint FROM ferry.capture WHERE table_name = $1";
+
+/// Records the capture installed for a table. Parameters: table, fingerprint.
+pub const RECORD_CAPTURE: &str = "INSERT INTO ferry.capture (table_name, fingerprint) VALUES ($1, $2) \
+     ON CONFLICT (table_name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, installed_at = now()";
 
 /// SQLSTATE raised by `ferry.begin_apply` for a batch already applied.
 pub const ALREADY_APPLIED: &str = "FR001";

@@ -1,14 +1,10 @@
 //! `ferry run`: proxy, batcher and admin endpoint until a stop signal.
 
-use anyhow::Context;
 use ferry::app::App;
 use ferry::config::Config;
-use std::path::Path;
 use std::process::ExitCode;
 
-pub async fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    let cfg =
-        Config::load(config).with_context(|| format!("configuration {}", config.display()))?;
+pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let app = App::start(&cfg).await?;
     super::stop_signal().await;
     tracing::info!("stopping");
