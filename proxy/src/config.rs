@@ -117,7 +117,7 @@ impl Default for ReplicationConfig {
             mode: "async".into(),
             tables: vec!["public.*".into()],
             exclude: Vec::new(),
-            tick_ms: 20,
+            tick_ms: 50,
             housekeeping_ms: 1000,
             apply_timeout_ms: 30_000,
         }

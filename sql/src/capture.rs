@@ -42,14 +42,21 @@ pub fn install(shape: &TableShape) -> String {
     let old_cols = list(shape.shipped_names(), "OLD.");
     let target = t.quoted();
     let display = t.to_string().replace('\'', "''").replace('%', "%%");
-    let header = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp";
+    // SECURITY DEFINER so that any role that may write a table may capture
+    // into Ferry's outbox without being granted access to it. No per-call
+    // `SET search_path` (it costs a GUC save/restore and two search-path
+    // cache invalidations per statement): instead every name the body
+    // resolves is schema-qualified, so a caller's search_path cannot
+    // substitute a function, type or table.
+    let header = "LANGUAGE plpgsql SECURITY DEFINER";
     // One sequence value per statement: a statement never changes the same
     // key twice, and statements of conflicting transactions are ordered by
     // the row locks they wait for, so (key, _seq) orders every change.
     let statement_fn = |name: &str, op: char, src: &str| {
         format!(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
-             DECLARE s bigint := nextval('ferry.capture_seq'::regclass); x xid8 := pg_current_xact_id(); \
+             DECLARE s pg_catalog.int8 := pg_catalog.nextval('ferry.capture_seq'::pg_catalog.regclass); \
+             x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); \
              BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) SELECT s, x, '{op}', {new_cols} FROM {src} n; \
              RETURN NULL; END $ferry$;\n",
             f = t.capture_fn(name),
@@ -112,7 +119,7 @@ pub fn install(shape: &TableShape) -> String {
             sql += &format!(
                 "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
                  BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) \
-                 VALUES (nextval('ferry.capture_seq'::regclass), pg_current_xact_id(), 'D', {old_cols}); \
+                 VALUES (pg_catalog.nextval('ferry.capture_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(), 'D', {old_cols}); \
                  RETURN NULL; END $ferry$;\n",
                 f = t.capture_fn("key"),
             );
