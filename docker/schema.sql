@@ -1,5 +1,6 @@
--- The sample schema every node starts with (DDL is not replicated yet:
--- replicas must hold the replicated tables before Ferry starts).
+-- The sample schema every node starts with, in `ferry demo` and in
+-- docker-compose.yml (DDL is not replicated yet: replicas must hold the
+-- replicated tables before Ferry starts).
 CREATE TABLE accounts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     owner text NOT NULL,
@@ -11,4 +12,16 @@ CREATE TABLE orders (
     account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     placed_at timestamptz NOT NULL DEFAULT now(),
     note text
+);
+CREATE TABLE order_lines (
+    order_id uuid NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+    line int NOT NULL,
+    sku text NOT NULL,
+    qty int NOT NULL,
+    price numeric(10,2) NOT NULL,
+    PRIMARY KEY (order_id, line)
+);
+CREATE TABLE audit_log (
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    what text NOT NULL
 );

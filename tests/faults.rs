@@ -1,7 +1,7 @@
 //! Faults injected for real: kill -9 of Ferry while batches are applied,
 //! a replica stopped and started again, a master restart.
 
-use ferry_testkit::{Cluster, Options};
+use ferry_testkit::Cluster;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +13,7 @@ const SCHEMA: &str = "CREATE TABLE events (n bigint NOT NULL, writer int NOT NUL
                       INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g;";
 
 fn cluster(nodes: usize) -> Cluster {
-    let mut c = Cluster::new(
-        env!("CARGO_BIN_EXE_ferry"),
-        Options {
-            nodes,
-            schema: SCHEMA.into(),
-            ..Default::default()
-        },
-    );
-    c.start_ferry();
-    c
+    Cluster::started(env!("CARGO_BIN_EXE_ferry"), nodes, SCHEMA)
 }
 
 /// Writes small transactions straight to the master (Ferry may be down;

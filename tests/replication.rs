@@ -2,7 +2,7 @@
 //! through Ferry (or behind its back) reaches every replica, whole
 //! transactions only, in any commit order.
 
-use ferry_testkit::{Cluster, Options};
+use ferry_testkit::Cluster;
 use futures_util::SinkExt;
 use std::time::Duration;
 
@@ -41,16 +41,7 @@ CREATE TABLE kv (k text PRIMARY KEY, v text);
 "#;
 
 fn cluster(nodes: usize) -> Cluster {
-    let mut c = Cluster::new(
-        env!("CARGO_BIN_EXE_ferry"),
-        Options {
-            nodes,
-            schema: SCHEMA.into(),
-            ..Default::default()
-        },
-    );
-    c.start_ferry();
-    c
+    Cluster::started(env!("CARGO_BIN_EXE_ferry"), nodes, SCHEMA)
 }
 
 /// A small deterministic generator, so a failing run can be repeated.

@@ -17,6 +17,7 @@
 use crate::cutter::Batch;
 use crate::BatchError;
 use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
 use ferry_sql::{apply, batch, schema, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
@@ -84,7 +85,7 @@ impl ApplySession {
                     let buf = body.buffer();
                     let mut cols = Vec::new();
                     let mut ranges = body.ranges();
-                    while let Ok(Some(r)) = fallible_next(&mut ranges) {
+                    while let Ok(Some(r)) = ranges.next() {
                         cols.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
                     }
                     row = Some(cols);
@@ -217,10 +218,4 @@ fn io(node: &str) -> impl Fn(std::io::Error) -> BatchError + '_ {
         node: node.to_string(),
         source: ferry_wire::ConnError::Io(e),
     }
-}
-
-fn fallible_next<I: fallible_iterator::FallibleIterator>(
-    it: &mut I,
-) -> Result<Option<I::Item>, I::Error> {
-    it.next()
 }

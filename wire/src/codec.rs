@@ -43,6 +43,20 @@ pub fn is_frontend_tag(tag: u8) -> bool {
     )
 }
 
+/// Checks a message header's length field against the limit; returns the
+/// body length (after the length word itself).
+fn check_length(header: [u8; 4], max_len: usize) -> Result<usize, FrameError> {
+    let len = i32::from_be_bytes(header);
+    if len < 4 {
+        return Err(FrameError::BadLength(len));
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    Ok(len - 4)
+}
+
 /// Looks at the start of `buf` for one complete frame.
 ///
 /// Returns `Ok(Some((tag, total_len)))` where `total_len` includes the tag
@@ -53,29 +67,9 @@ pub fn peek_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, Fra
     if buf.len() < 5 {
         return Ok(None);
     }
-    let tag = buf[0];
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 {
-        return Err(FrameError::BadLength(len));
-    }
-    let len = len as usize;
-    if len > max_len {
-        return Err(FrameError::TooLarge { len, max: max_len });
-    }
-    if buf.len() < len + 1 {
-        return Ok(None);
-    }
-    Ok(Some((tag, len + 1)))
-}
-
-/// Like [`peek_frame`] but also refuses tags a client may not send.
-pub fn peek_frontend_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    if let Some(&tag) = buf.first() {
-        if !is_frontend_tag(tag) {
-            return Err(FrameError::UnknownTag(tag));
-        }
-    }
-    peek_frame(buf, max_len)
+    let body = check_length([buf[1], buf[2], buf[3], buf[4]], max_len)?;
+    let total = 5 + body;
+    Ok((buf.len() >= total).then_some((buf[0], total)))
 }
 
 /// Looks for a complete untagged startup packet (`len: i32, body`).
@@ -145,17 +139,9 @@ impl FrameScanner {
             if rest.len() < 5 {
                 return Ok(at);
             }
-            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-            if len < 4 {
-                return Err(FrameError::BadLength(len));
-            }
-            let len = len as usize;
-            if len > max_len {
-                return Err(FrameError::TooLarge { len, max: max_len });
-            }
+            self.remaining = check_length([rest[1], rest[2], rest[3], rest[4]], max_len)?;
             on_tag(rest[0]);
             at += 5;
-            self.remaining = len - 4;
         }
     }
 }
@@ -189,18 +175,6 @@ mod tests {
         assert_eq!(
             peek_frame(&[b'Q', 0xff, 0xff, 0xff, 0xff], 100),
             Err(FrameError::BadLength(-1))
-        );
-    }
-
-    #[test]
-    fn unknown_frontend_tags_are_refused() {
-        assert_eq!(
-            peek_frontend_frame(&[b'Z', 0, 0, 0, 4], 100),
-            Err(FrameError::UnknownTag(b'Z'))
-        );
-        assert_eq!(
-            peek_frontend_frame(&[b'X', 0, 0, 0, 4], 100),
-            Ok(Some((b'X', 5)))
         );
     }
 

@@ -12,33 +12,9 @@ use tokio_postgres::NoTls;
 const NODES: [&str; 3] = ["a", "b", "c"];
 
 /// The sample application schema, created on every node (until DDL
-/// replication exists, replicas must hold the schema already).
-const SCHEMA: &str = r#"
-CREATE TABLE accounts (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    owner text NOT NULL,
-    balance numeric(12,2) NOT NULL DEFAULT 0,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE orders (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    placed_at timestamptz NOT NULL DEFAULT now(),
-    note text
-);
-CREATE TABLE order_lines (
-    order_id uuid NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
-    line int NOT NULL,
-    sku text NOT NULL,
-    qty int NOT NULL,
-    price numeric(10,2) NOT NULL,
-    PRIMARY KEY (order_id, line)
-);
-CREATE TABLE audit_log (
-    at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    what text NOT NULL
-);
-"#;
+/// replication exists, replicas must hold the schema already). The same
+/// file initialises the servers of docker-compose.yml.
+const SCHEMA: &str = include_str!("../../../docker/schema.sql");
 
 pub async fn run(
     dir: &Path,

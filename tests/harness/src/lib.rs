@@ -166,6 +166,20 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster of `nodes` servers holding `schema`, with Ferry started.
+    pub fn started(ferry_bin: &str, nodes: usize, schema: &str) -> Cluster {
+        let mut c = Cluster::new(
+            ferry_bin,
+            Options {
+                nodes,
+                schema: schema.into(),
+                ..Default::default()
+            },
+        );
+        c.start_ferry();
+        c
+    }
+
     /// Starts `ferry run` and waits until its admin endpoint is healthy.
     pub fn start_ferry(&mut self) {
         self.ferry_starts += 1;
