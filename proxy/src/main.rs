@@ -89,11 +89,16 @@ fn main() -> ExitCode {
         .as_ref()
         .map(|c| c.proxy.worker_threads())
         .unwrap_or_else(|| ferry::config::ProxyConfig::default().worker_threads());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, without the work-stealing
+    // scheduler's synchronisation on every wake-up.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cannot start the runtime: {e}");
