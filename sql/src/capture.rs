@@ -33,6 +33,16 @@ pub fn lock_for_install(shape: &TableShape) -> String {
     )
 }
 
+/// A trigger function that refuses the statement with SQLSTATE [`REFUSED`].
+/// `raise` is the RAISE format string and its arguments, closed quote
+/// included (`msg', args` or `msg'`), with `%` and quotes already escaped.
+fn refusal(function: &str, raise: &str, hint: &str) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ferry$ BEGIN \
+         RAISE EXCEPTION '{raise} USING ERRCODE = '{REFUSED}', HINT = '{hint}'; END $ferry$;\n"
+    )
+}
+
 /// The statements that install (or refresh) capture for one table.
 pub fn install(shape: &TableShape) -> String {
     let t = &shape.table;
@@ -133,12 +143,10 @@ pub fn install(shape: &TableShape) -> String {
             );
         }
         None => {
-            sql += &format!(
-                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $ferry$ BEGIN \
-                 RAISE EXCEPTION 'cannot % table \"{display}\" because it has no primary key or unique not-null key', lower(TG_OP) \
-                 USING ERRCODE = '{REFUSED}', HINT = 'Ferry replicates updates and deletes by key: add a primary key, or exclude the table from replication.tables.'; \
-                 END $ferry$;\n",
-                f = t.capture_fn("ref"),
+            sql += &refusal(
+                &t.capture_fn("ref"),
+                &format!("cannot % table \"{display}\" because it has no primary key or unique not-null key', lower(TG_OP)"),
+                "Ferry replicates updates and deletes by key: add a primary key, or exclude the table from replication.tables.",
             );
             sql += &trig(
                 "ferry_capture_upd",
@@ -151,12 +159,10 @@ pub fn install(shape: &TableShape) -> String {
             sql += &format!("DROP TRIGGER IF EXISTS ferry_capture_key ON {target};\n");
         }
     }
-    sql += &format!(
-        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $ferry$ BEGIN \
-         RAISE EXCEPTION 'cannot truncate table \"{display}\": TRUNCATE is not replicated yet' \
-         USING ERRCODE = '{REFUSED}', HINT = 'Use DELETE, or exclude the table from replication.tables.'; \
-         END $ferry$;\n",
-        f = t.capture_fn("trn"),
+    sql += &refusal(
+        &t.capture_fn("trn"),
+        &format!("cannot truncate table \"{display}\": TRUNCATE is not replicated yet'"),
+        "Use DELETE, or exclude the table from replication.tables.",
     );
     sql += &trig(
         "ferry_capture_trn",
