@@ -13,10 +13,11 @@ fn root() -> &'static Path {
 #[test]
 fn demo_creates_a_cluster_replicates_a_workload_and_stops_cleanly() {
     let dir = std::env::temp_dir().join(format!("ferry-demo-test-{}", std::process::id()));
-    let base = ferry_localpg::free_port()
-        .unwrap()
-        .saturating_sub(3)
-        .max(20000);
+    // The demo's three servers listen on base, base+1, base+2: take them
+    // from the harness's port counter in order.
+    let base = ferry_localpg::free_port().unwrap();
+    assert_eq!(ferry_localpg::free_port(), Some(base + 1));
+    assert_eq!(ferry_localpg::free_port(), Some(base + 2));
     let proxy = ferry_localpg::free_port().unwrap();
     let admin = ferry_localpg::free_port().unwrap();
     let args = |d: &Path| {

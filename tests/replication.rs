@@ -38,6 +38,7 @@ CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE OR DELETE ON orders
 CREATE FUNCTION bump_balances(pct numeric) RETURNS void LANGUAGE sql AS
     $$ UPDATE accounts SET balance = balance * (1 + pct / 100) $$;
 CREATE TABLE kv (k text PRIMARY KEY, v text);
+CREATE TABLE "Odd ""Name"" $ferry$ 100%" ("Key Col" int PRIMARY KEY, "it's" text);
 "#;
 
 fn cluster(nodes: usize) -> Cluster {
@@ -317,4 +318,34 @@ async fn status_metrics_and_health_report_the_replicas() {
     assert!(m.contains("ferry_apply_seconds_bucket"), "{m}");
     assert!(m.contains("ferry_client_connections"), "{m}");
     assert_eq!(c.admin_get("/health").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_are_quoted_everywhere() {
+    let c = cluster(2);
+    let client = c.proxy_client().await;
+    let t = r#""Odd ""Name"" $ferry$ 100%""#;
+    client
+        .batch_execute(&format!(r#"INSERT INTO {t} VALUES (1, 'a'), (2, 'b'); UPDATE {t} SET "it's" = 'c' WHERE "Key Col" = 1; UPDATE {t} SET "Key Col" = 3 WHERE "Key Col" = 2"#))
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    let rows: Vec<(i32, String)> = c
+        .node_client(1)
+        .await
+        .query(
+            &format!(r#"SELECT "Key Col", "it's" FROM {t} ORDER BY 1"#),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, "c".to_string()), (3, "b".to_string())]);
+    let err = client
+        .batch_execute(&format!("TRUNCATE {t}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"));
 }

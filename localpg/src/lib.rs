@@ -123,12 +123,30 @@ fn run(program: &Path, args: &[&str], as_postgres: bool) -> Result<Output, Local
     Ok(out)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free TCP port on 127.0.0.1 for a server or a proxy to listen on.
+///
+/// Ports come from a per-process counter in 20000–32767, below the
+/// kernel's ephemeral range: asking the kernel for port 0 and releasing it
+/// races with parallel tests (another server can take the port before
+/// ours binds it), and ephemeral ports are also what outgoing connections
+/// use. Each candidate is checked by binding it.
 pub fn free_port() -> Option<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .ok()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 600) * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (n - 20_000) % 12_768;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Some(port as u16);
+        }
+    }
+    None
 }
 
 /// Settings for a new data directory.

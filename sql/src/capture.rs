@@ -36,11 +36,23 @@ pub fn lock_for_install(shape: &TableShape) -> String {
 /// A trigger function that refuses the statement with SQLSTATE [`REFUSED`].
 /// `raise` is the RAISE format string and its arguments, closed quote
 /// included (`msg', args` or `msg'`), with `%` and quotes already escaped.
-fn refusal(function: &str, raise: &str, hint: &str) -> String {
+fn refusal(function: &str, q: &str, raise: &str, hint: &str) -> String {
     format!(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ferry$ BEGIN \
-         RAISE EXCEPTION '{raise} USING ERRCODE = '{REFUSED}', HINT = '{hint}'; END $ferry$;\n"
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {q} BEGIN \
+         RAISE EXCEPTION '{raise} USING ERRCODE = '{REFUSED}', HINT = '{hint}'; END {q};\n"
     )
+}
+
+/// The dollar-quote tag for a table's function bodies: derived from the
+/// table's and its columns' names, so no name that appears in a body can
+/// contain it and end the quoting early.
+fn dollar_tag(shape: &TableShape) -> String {
+    let mut names = format!("{}\0{}", shape.table.schema, shape.table.name);
+    for c in &shape.columns {
+        names.push('\0');
+        names.push_str(&c.name);
+    }
+    format!("$ferry_{}$", &fingerprint(&names)[..12])
 }
 
 /// The statements that install (or refresh) capture for one table.
@@ -59,16 +71,17 @@ pub fn install(shape: &TableShape) -> String {
     // resolves is schema-qualified, so a caller's search_path cannot
     // substitute a function, type or table.
     let header = "LANGUAGE plpgsql SECURITY DEFINER";
+    let q = dollar_tag(shape);
     // One sequence value per statement: a statement never changes the same
     // key twice, and statements of conflicting transactions are ordered by
     // the row locks they wait for, so (key, _seq) orders every change.
     let statement_fn = |name: &str, op: char, src: &str| {
         format!(
-            "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
+            "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS {q} \
              DECLARE s pg_catalog.int8 := pg_catalog.nextval('ferry.capture_seq'::pg_catalog.regclass); \
              x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); \
              BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) SELECT s, x, '{op}', {new_cols} FROM {src} n; \
-             RETURN NULL; END $ferry$;\n",
+             RETURN NULL; END {q};\n",
             f = t.capture_fn(name),
         )
     };
@@ -128,10 +141,10 @@ pub fn install(shape: &TableShape) -> String {
                 .collect::<Vec<_>>()
                 .join(" OR ");
             sql += &format!(
-                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS $ferry$ \
+                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS {q} \
                  BEGIN INSERT INTO {outbox} (_seq, _xid, _op, {cols}) \
                  VALUES (pg_catalog.nextval('ferry.capture_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(), 'D', {old_cols}); \
-                 RETURN NULL; END $ferry$;\n",
+                 RETURN NULL; END {q};\n",
                 f = t.capture_fn("key"),
             );
             sql += &trig(
@@ -145,6 +158,7 @@ pub fn install(shape: &TableShape) -> String {
         None => {
             sql += &refusal(
                 &t.capture_fn("ref"),
+                &q,
                 &format!("cannot % table \"{display}\" because it has no primary key or unique not-null key', lower(TG_OP)"),
                 "Ferry replicates updates and deletes by key: add a primary key, or exclude the table from replication.tables.",
             );
@@ -161,6 +175,7 @@ pub fn install(shape: &TableShape) -> String {
     }
     sql += &refusal(
         &t.capture_fn("trn"),
+        &q,
         &format!("cannot truncate table \"{display}\": TRUNCATE is not replicated yet'"),
         "Use DELETE, or exclude the table from replication.tables.",
     );
@@ -188,6 +203,17 @@ mod tests {
         assert!(sql.contains("WHEN (OLD.\"id\" IS DISTINCT FROM NEW.\"id\" OR OLD.\"order_id\" IS DISTINCT FROM NEW.\"order_id\")"));
         // generated column never captured
         assert!(!sql.contains("\"total\""));
+    }
+
+    #[test]
+    fn dollar_quoting_survives_names_that_contain_it() {
+        let mut s = sample();
+        s.table.name = "odd$ferry$name".into();
+        let sql = install(&s);
+        let tag = dollar_tag(&s);
+        assert_ne!(tag, "$ferry$");
+        assert!(!s.table.name.contains(&tag));
+        assert_eq!(sql.matches(&tag).count() % 2, 0);
     }
 
     #[test]
