@@ -98,45 +98,42 @@ impl Cutter {
         })
     }
 
+    /// Wraps a server error with this session's node name.
+    fn pg(&self) -> impl FnOnce(tokio_postgres::Error) -> BatchError + '_ {
+        BatchError::pg(&self.node)
+    }
+
     /// Cuts the batch of everything committed since `from_snap` (the cut
     /// the replicas at ledger `from_id` stand at). `None` if nothing changed.
-    pub async fn cut(
-        &mut self,
-        from_id: i64,
-        from_snap: &str,
-    ) -> Result<Option<Batch>, BatchError> {
-        let node = self.node.clone();
-        let err = || BatchError::pg(&node);
+    pub async fn cut(&self, from_id: i64, from_snap: &str) -> Result<Option<Batch>, BatchError> {
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
-            .map_err(err())?;
+            .map_err(self.pg())?;
         let result = self.cut_in_transaction(from_id, from_snap).await;
         let end = if result.as_ref().is_ok_and(|b| b.is_some()) {
             "COMMIT"
         } else {
             "ROLLBACK"
         };
-        let ended = self.client.batch_execute(end).await.map_err(err());
+        let ended = self.client.batch_execute(end).await.map_err(self.pg());
         let batch = result?;
         ended?;
         Ok(batch)
     }
 
     async fn cut_in_transaction(
-        &mut self,
+        &self,
         from_id: i64,
         from_snap: &str,
     ) -> Result<Option<Batch>, BatchError> {
-        let node = self.node.clone();
-        let err = || BatchError::pg(&node);
         let cut_at = Instant::now();
         // First statement: fixes the transaction snapshot, which is the cut.
         let snap: String = self
             .client
             .query_one(schema::CURRENT_SNAPSHOT, &[])
             .await
-            .map_err(err())?
+            .map_err(self.pg())?
             .get(0);
         // Pipelined: tokio-postgres sends all of them before reading replies.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&from_snap];
@@ -146,7 +143,7 @@ impl Cutter {
                 .map(|stmt| self.client.execute(stmt, &params)),
         )
         .await
-        .map_err(err())?;
+        .map_err(self.pg())?;
         if counts.iter().all(|&n| n == 0) {
             return Ok(None);
         }
@@ -154,7 +151,7 @@ impl Cutter {
             .client
             .query_one(schema::NEXT_BATCH_ID, &[])
             .await
-            .map_err(err())?
+            .map_err(self.pg())?
             .get(0);
         let mut parts = Vec::new();
         for (table, &rows) in counts.iter().enumerate() {
@@ -165,8 +162,8 @@ impl Cutter {
                 .client
                 .copy_out(&self.copy_out[table])
                 .await
-                .map_err(err())?;
-            let data: Vec<Bytes> = stream.try_collect().await.map_err(err())?;
+                .map_err(self.pg())?;
+            let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
             parts.push(TablePart { table, rows, data });
         }
         Ok(Some(Batch {

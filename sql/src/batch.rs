@@ -22,14 +22,6 @@ pub fn create_temp(shape: &TableShape) -> String {
 const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
      AND NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)";
 
-/// Whether an outbox holds anything since the cut. Parameter: previous cut.
-pub fn has_changes(shape: &TableShape) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE {SINCE_CUT})",
-        shape.table.outbox()
-    )
-}
-
 /// Fills the batch table from the outbox: for a keyed table, the last image
 /// (or deletion) of each key in capture order; for a keyless one, every
 /// inserted row. Parameter: previous cut.

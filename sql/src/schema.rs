@@ -93,9 +93,6 @@ pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, s
      VALUES ($1, $2, ($3::text)::pg_snapshot) \
      ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, updated_at = now()";
 
-/// The positions recorded on the master. Returns `(name, batch_id, snap)`.
-pub const READ_POSITIONS: &str = "SELECT name, batch_id, snap::text FROM ferry.replicas";
-
 /// The oldest recorded replica position's xmin: every outbox row with an xid
 /// below it has reached every replica. Returns one nullable text value.
 /// Parameters: names of the configured replicas.

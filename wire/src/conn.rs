@@ -6,7 +6,7 @@
 //! then reads the answers, so it needs a connection that exposes the message
 //! stream. The proxy uses the same connection and then pumps raw frames.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend::Message, frontend};
@@ -340,11 +340,6 @@ impl ServerConn {
     /// Hands over the socket and any bytes already read, for raw pumping.
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.stream, self.buf)
-    }
-
-    /// Whether the connection has unread buffered bytes.
-    pub fn has_buffered(&self) -> bool {
-        self.buf.has_remaining()
     }
 }
 
