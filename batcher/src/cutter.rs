@@ -68,7 +68,11 @@ impl Cutter {
         shapes: &[TableShape],
     ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
-        let mut setup = String::from("SET application_name = 'ferry batcher';");
+        // Custom plans: the cut's `_xid >= xmin(previous cut)` can then use
+        // the outbox index with the actual value (a generic plan cannot).
+        let mut setup = String::from(
+            "SET application_name = 'ferry batcher'; SET plan_cache_mode = force_custom_plan;",
+        );
         for s in shapes {
             setup += &batch::create_temp(s);
             setup.push(';');
