@@ -146,19 +146,24 @@ fn init_is_idempotent_and_names_what_differs_between_nodes() {
 }
 
 #[test]
-fn benchmark_script_starts_and_parses_its_options() {
-    let script = root().join("benchmarks/run");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--quick"));
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--no-such-option")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+fn benchmark_scripts_start_and_parse_their_options() {
+    for (script, option) in [
+        ("benchmarks/run", "--quick"),
+        ("benchmarks/capture-cost", "--rounds"),
+    ] {
+        let script = root().join(script);
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(option));
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("--no-such-option")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+    }
 }
