@@ -56,6 +56,8 @@ impl Batch {
 pub struct Cutter {
     node: String,
     client: Client,
+    snapshot: Statement,
+    next_id: Statement,
     materialise: Vec<Statement>,
     copy_out: Vec<Statement>,
 }
@@ -78,6 +80,14 @@ impl Cutter {
             setup.push(';');
         }
         client.batch_execute(&setup).await.map_err(err(node))?;
+        let snapshot = client
+            .prepare(schema::CURRENT_SNAPSHOT)
+            .await
+            .map_err(err(node))?;
+        let next_id = client
+            .prepare(schema::NEXT_BATCH_ID)
+            .await
+            .map_err(err(node))?;
         let mut materialise = Vec::new();
         let mut copy_out = Vec::new();
         for s in shapes {
@@ -97,6 +107,8 @@ impl Cutter {
         Ok(Self {
             node: node.to_string(),
             client,
+            snapshot,
+            next_id,
             materialise,
             copy_out,
         })
@@ -109,67 +121,51 @@ impl Cutter {
 
     /// Cuts the batch of everything committed since `from_snap` (the cut
     /// the replicas at ledger `from_id` stand at). `None` if nothing changed.
+    ///
+    /// Two round trips to the master (a sync commit waits for them): the
+    /// first flight opens the transaction, takes its snapshot — the cut —
+    /// and materialises every table; the second takes a batch id, copies
+    /// out the tables that have rows and ends the transaction.
     pub async fn cut(&self, from_id: i64, from_snap: &str) -> Result<Option<Batch>, BatchError> {
-        self.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(self.pg())?;
-        let result = self.cut_in_transaction(from_id, from_snap).await;
-        let end = if result.as_ref().is_ok_and(|b| b.is_some()) {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        let ended = self.client.batch_execute(end).await.map_err(self.pg());
-        let batch = result?;
-        ended?;
-        Ok(batch)
-    }
-
-    async fn cut_in_transaction(
-        &self,
-        from_id: i64,
-        from_snap: &str,
-    ) -> Result<Option<Batch>, BatchError> {
         let cut_at = Instant::now();
-        // First statement: fixes the transaction snapshot, which is the cut.
-        let snap: String = self
-            .client
-            .query_one(schema::CURRENT_SNAPSHOT, &[])
-            .await
-            .map_err(self.pg())?
-            .get(0);
-        // Pipelined: tokio-postgres sends all of them before reading replies.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&from_snap];
-        let counts = try_join_all(
-            self.materialise
-                .iter()
-                .map(|stmt| self.client.execute(stmt, &params)),
-        )
-        .await
-        .map_err(self.pg())?;
-        if counts.iter().all(|&n| n == 0) {
-            return Ok(None);
-        }
-        let id: i64 = self
-            .client
-            .query_one(schema::NEXT_BATCH_ID, &[])
-            .await
-            .map_err(self.pg())?
-            .get(0);
-        let mut parts = Vec::new();
-        for (table, &rows) in counts.iter().enumerate() {
-            if rows == 0 {
-                continue;
+        // join! polls in argument order, so the requests go out in this
+        // order in one write: BEGIN, then the snapshot (the transaction's
+        // first statement, which fixes it), then the materialisations.
+        let (begun, snap, counts) = tokio::join!(
+            self.client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+            self.client.query_one(&self.snapshot, &[]),
+            try_join_all(
+                self.materialise
+                    .iter()
+                    .map(|stmt| self.client.execute(stmt, &params)),
+            ),
+        );
+        let first = begun.and(snap).and_then(|snap| Ok((snap, counts?)));
+        let (snap, counts) = match first {
+            Ok((row, counts)) if counts.iter().any(|&n| n > 0) => (row.get::<_, String>(0), counts),
+            other => {
+                let ended = self.client.batch_execute("ROLLBACK").await;
+                other.map_err(self.pg())?;
+                ended.map_err(self.pg())?;
+                return Ok(None);
             }
-            let stream = self
-                .client
-                .copy_out(&self.copy_out[table])
-                .await
-                .map_err(self.pg())?;
-            let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
-            parts.push(TablePart { table, rows, data });
-        }
+        };
+        let (id, parts, ended) = tokio::join!(
+            self.client.query_one(&self.next_id, &[]),
+            try_join_all(counts.iter().enumerate().filter(|(_, &rows)| rows > 0).map(
+                |(table, &rows)| async move {
+                    let stream = self.client.copy_out(&self.copy_out[table]).await?;
+                    let data: Vec<Bytes> = stream.try_collect().await?;
+                    Ok::<_, tokio_postgres::Error>(TablePart { table, rows, data })
+                }
+            ),),
+            self.client.batch_execute("COMMIT"),
+        );
+        let id: i64 = id.map_err(self.pg())?.get(0);
+        let parts = parts.map_err(self.pg())?;
+        ended.map_err(self.pg())?;
         Ok(Some(Batch {
             from: from_id,
             id,

@@ -9,6 +9,8 @@
 //!   tables of the same shape and applies it in one transaction guarded by
 //!   the ledger, so each batch is applied exactly once.
 //! - [`run`] ties them together and keeps [`status`] and [`metrics`].
+//! - [`sync`] lets client sessions wait until `k` replicas hold their
+//!   commits (synchronous mode).
 
 pub mod apply;
 pub mod catalog;
@@ -20,8 +22,10 @@ pub mod metrics;
 pub mod pattern;
 pub mod run;
 pub mod status;
+pub mod sync;
 
 pub use error::BatchError;
 pub use metrics::Metrics;
 pub use run::{Batcher, BatcherConfig, NodeTarget};
 pub use status::{ReplicaStatus, ReplicationStatus, SharedStatus};
+pub use sync::{Fallback, Outcome, SyncPoint};

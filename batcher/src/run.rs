@@ -6,11 +6,13 @@ use crate::install::{connect, install_master, prepare_replica};
 use crate::metrics::{Metrics, ReplicaLabel};
 use crate::pattern::Pattern;
 use crate::status::{ReplicaStatus, SharedStatus};
+use crate::sync::SyncPoint;
 use crate::{housekeeping, BatchError};
 use ferry_sql::{schema, TableShape};
 use ferry_wire::Target;
 use futures_util::future::join_all;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
@@ -36,6 +38,8 @@ pub struct BatcherConfig {
     /// A replica that does not finish a batch within this is dropped and
     /// reconnected.
     pub apply_timeout: Duration,
+    /// Synchronous commit, when `mode = "sync"`.
+    pub sync: Option<Arc<SyncPoint>>,
 }
 
 /// One replica as the loop tracks it.
@@ -49,6 +53,8 @@ struct Replica {
     last_lag: Duration,
     lag_rows: i64,
     last_error: Option<String>,
+    /// Tick through which this replica has applied everything.
+    applied_tick: u64,
 }
 
 /// Runs replication from the master to every replica until shut down.
@@ -83,6 +89,7 @@ impl Batcher {
                 last_lag: Duration::ZERO,
                 lag_rows: 0,
                 last_error: None,
+                applied_tick: 0,
             })
             .collect();
         loop {
@@ -149,6 +156,8 @@ impl Batcher {
                     self.connect_replica(r, &control, &shapes).await;
                 }
             }
+            // Every cut of this tick takes its snapshot after this point.
+            let tick = self.cfg.sync.as_ref().map_or(0, |s| s.start_tick());
             // Replicas standing at the same ledger position share one cut.
             let mut groups: BTreeMap<i64, String> = BTreeMap::new();
             for r in replicas.iter() {
@@ -157,11 +166,36 @@ impl Batcher {
                 }
             }
             for (from, snap) in groups {
-                if let Some(batch) = cutter.cut(from, &snap).await? {
-                    self.metrics.batches_cut.inc();
-                    last_batch = last_batch.max(batch.id);
-                    self.ship(&batch, replicas, &shapes).await;
+                match cutter.cut(from, &snap).await? {
+                    Some(batch) => {
+                        self.metrics.batches_cut.inc();
+                        last_batch = last_batch.max(batch.id);
+                        self.ship(&batch, replicas, &shapes, tick).await;
+                    }
+                    None => {
+                        // Nothing committed since their position: they hold
+                        // everything this tick's snapshot shows.
+                        for r in replicas.iter_mut() {
+                            if r.session.is_some() && r.position.as_ref().map(|p| p.0) == Some(from)
+                            {
+                                r.applied_tick = tick;
+                            }
+                        }
+                    }
                 }
+            }
+            if let Some(sync) = &self.cfg.sync {
+                let applied: Vec<u64> = replicas
+                    .iter()
+                    .map(|r| {
+                        if r.session.is_some() {
+                            r.applied_tick
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                sync.report(&applied);
             }
             for r in replicas.iter_mut() {
                 let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);
@@ -197,8 +231,15 @@ impl Batcher {
             }
             self.publish(replicas, last_batch);
             let wait = self.cfg.tick.saturating_sub(tick_start.elapsed());
+            let kicked = async {
+                match &self.cfg.sync {
+                    Some(sync) => sync.until_kicked().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = kicked => {}
                 _ = shutdown.changed() => return Ok(()),
             }
         }
@@ -245,7 +286,13 @@ impl Batcher {
     }
 
     /// Ships one batch to every replica standing at its start, concurrently.
-    async fn ship(&self, batch: &Batch, replicas: &mut [Replica], shapes: &[TableShape]) {
+    async fn ship(
+        &self,
+        batch: &Batch,
+        replicas: &mut [Replica],
+        shapes: &[TableShape],
+        tick: u64,
+    ) {
         let origin = &self.cfg.master.name;
         let timeout = self.cfg.apply_timeout;
         let targets: Vec<&mut Replica> = replicas
@@ -292,6 +339,7 @@ impl Batcher {
                             .inc_by(batch.bytes());
                     }
                     r.position = Some((batch.id, batch.snap.clone()));
+                    r.applied_tick = tick;
                     r.behind_since = None;
                     r.last_lag = batch.cut_at.elapsed();
                     r.last_error = None;

@@ -9,7 +9,9 @@ use crate::frontend::startup::{AuthMethod, UserDb};
 use ferry_admin::StatusSource;
 use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;
-use ferry_batcher::{BatchError, Batcher, BatcherConfig, Metrics, NodeTarget, SharedStatus};
+use ferry_batcher::{
+    BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
+};
 use ferry_cluster::{Node, Topology};
 use ferry_wire::Target;
 use prometheus_client::registry::Registry;
@@ -109,6 +111,7 @@ struct AppStatus {
     replication: SharedStatus,
     registry: Registry,
     frontend: FrontendMetrics,
+    sync: Option<Arc<SyncPoint>>,
 }
 
 impl StatusSource for AppStatus {
@@ -142,7 +145,12 @@ impl StatusSource for AppStatus {
         }
         serde_json::json!({
             "master": self.topology.master.name,
-            "mode": "async",
+            "mode": if self.sync.is_some() { "sync" } else { "async" },
+            "sync": self.sync.as_ref().map(|s| serde_json::json!({
+                "replicas_required": s.replicas_required(),
+                "degraded": s.is_degraded(),
+                "waiting_commits": s.waiting(),
+            })),
             "last_batch": r.last_batch,
             "outbox_backlog": r.outbox_backlog,
             "tables": r.tables,
@@ -208,6 +216,18 @@ impl App {
         let frontend_metrics = FrontendMetrics::register(&mut registry);
         let status = SharedStatus::default();
         let (tx, rx) = watch::channel(false);
+        let sync = (cfg.replication.mode == "sync").then(|| {
+            let fallback = if cfg.replication.sync_fallback == "async" {
+                Fallback::Async(Duration::from_millis(cfg.replication.sync_timeout_ms))
+            } else {
+                Fallback::Wait
+            };
+            Arc::new(SyncPoint::new(
+                cfg.replication.sync_replicas,
+                fallback,
+                &mut registry,
+            ))
+        });
 
         let node = |n: &Node| NodeTarget {
             name: n.name.clone(),
@@ -222,6 +242,7 @@ impl App {
                 tick: Duration::from_millis(cfg.replication.tick_ms),
                 housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
                 apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
+                sync: sync.clone(),
             },
             status.clone(),
             metrics,
@@ -243,12 +264,14 @@ impl App {
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
             cancels: CancelRegistry::default(),
             metrics: frontend_metrics.clone(),
+            sync: sync.clone(),
         });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
             topology: topo.clone(),
             replication: status,
             registry,
             frontend: frontend_metrics,
+            sync,
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(batcher.run(rx.clone())));

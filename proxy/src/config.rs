@@ -96,8 +96,18 @@ fn default_priority() -> i32 {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
-    /// `async` (sync mode comes with a later release).
+    /// `async` (a commit returns when the master has it) or `sync` (when
+    /// `sync_replicas` replicas have applied it too).
     pub mode: String,
+    /// Replicas that must have applied a commit before a client hears of it
+    /// in `sync` mode.
+    pub sync_replicas: usize,
+    /// `wait` (commits wait for the replicas however long it takes) or
+    /// `async` (after `sync_timeout_ms`, commits continue without them,
+    /// logged and shown, until enough replicas are current again).
+    pub sync_fallback: String,
+    /// How long a commit waits before the `async` fallback applies, in ms.
+    pub sync_timeout_ms: u64,
     /// `schema.table` patterns of replicated tables, `*` as wildcard.
     pub tables: Vec<String>,
     /// Patterns excluded from `tables`.
@@ -115,6 +125,9 @@ impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
             mode: "async".into(),
+            sync_replicas: 1,
+            sync_fallback: "wait".into(),
+            sync_timeout_ms: 5_000,
             tables: vec!["public.*".into()],
             exclude: Vec::new(),
             tick_ms: 50,
@@ -308,14 +321,43 @@ impl Config {
             }
             db = Some(t.dbname);
         }
-        if self.replication.mode != "async" {
-            return Err(invalid(
-                "replication.mode",
-                format!(
-                    "{:?} is not supported yet; use \"async\"",
-                    self.replication.mode
-                ),
-            ));
+        match self.replication.mode.as_str() {
+            "async" => {}
+            "sync" => {
+                let replicas = self.nodes.len().saturating_sub(1);
+                if self.replication.sync_replicas == 0 || self.replication.sync_replicas > replicas
+                {
+                    return Err(invalid(
+                        "replication.sync_replicas",
+                        format!(
+                            "must be between 1 and the number of replicas ({replicas}), not {}",
+                            self.replication.sync_replicas
+                        ),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "replication.mode",
+                    format!("{other:?} is not a mode; use \"async\" or \"sync\""),
+                ))
+            }
+        }
+        match self.replication.sync_fallback.as_str() {
+            "wait" => {}
+            "async" if self.replication.sync_timeout_ms > 0 => {}
+            "async" => {
+                return Err(invalid(
+                    "replication.sync_timeout_ms",
+                    "must be positive with sync_fallback = \"async\"",
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    "replication.sync_fallback",
+                    format!("{other:?} is not a fallback; use \"wait\" or \"async\""),
+                ))
+            }
         }
         if self.replication.tables.is_empty() {
             return Err(invalid(
@@ -420,8 +462,28 @@ password = "secret"
         let e = Config::parse(&BASE.replace("5434/app", "5434/other"), &[]).unwrap_err();
         assert!(e.to_string().starts_with("nodes[1].dsn:"), "{e}");
         let e =
-            Config::parse(&format!("{BASE}\n[replication]\nmode = \"sync\"\n"), &[]).unwrap_err();
+            Config::parse(&format!("{BASE}\n[replication]\nmode = \"semi\"\n"), &[]).unwrap_err();
         assert!(e.to_string().starts_with("replication.mode:"), "{e}");
+        let e = Config::parse(
+            &format!("{BASE}\n[replication]\nmode = \"sync\"\nsync_replicas = 5\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("replication.sync_replicas:"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &format!("{BASE}\n[replication]\nmode = \"sync\"\nsync_fallback = \"maybe\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("replication.sync_fallback:"),
+            "{e}"
+        );
+        let ok = Config::parse(&format!("{BASE}\n[replication]\nmode = \"sync\"\n"), &[]);
+        assert!(ok.is_ok(), "{ok:?}");
         let e = Config::parse(&BASE.replace("name = \"b\"", "name = \"a\""), &[]).unwrap_err();
         assert!(e.to_string().contains("duplicate"), "{e}");
         assert!(Config::parse("", &[]).is_err());

@@ -3,11 +3,15 @@
 //! Identifiers are always quoted with [`quote::ident`]; values (snapshots,
 //! batch ids, node names) are always bind parameters, never formatted into
 //! the text. Nothing here does I/O, so every statement is unit-testable.
+//!
+//! [`classify`] goes the other way: it tells what a client's statement may
+//! do (read, write, transaction control, session state).
 
 pub mod apply;
 pub mod batch;
 pub mod capture;
 pub mod catalog;
+pub mod classify;
 pub mod model;
 pub mod quote;
 pub mod schema;

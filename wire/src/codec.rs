@@ -107,9 +107,74 @@ pub fn read_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
 pub struct FrameScanner {
     /// Bytes of the current message body still to pass.
     remaining: usize,
+    /// Accept any message type (the server's side of the conversation).
+    backend: bool,
+}
+
+/// One step of [`FrameScanner::step`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// This many bytes at the front may be forwarded as they are.
+    Pass(usize),
+    /// A whole message the caller asked to see is at the front: `tag`, and
+    /// `len` bytes including tag and length word.
+    Frame { tag: u8, len: usize },
+    /// Nothing can be decided before more bytes arrive.
+    More,
 }
 
 impl FrameScanner {
+    /// A scanner for server messages, which accepts every message type.
+    pub fn backend() -> Self {
+        Self {
+            remaining: 0,
+            backend: true,
+        }
+    }
+
+    /// Like [`advance`](Self::advance), but stops at each message for which
+    /// `whole(tag)` holds until all of it is in `buf`, and hands it to the
+    /// caller; other messages stream through. Call it again on the bytes
+    /// after what it returned.
+    pub fn step(
+        &mut self,
+        buf: &[u8],
+        max_len: usize,
+        whole: impl Fn(u8) -> bool,
+    ) -> Result<Step, FrameError> {
+        if self.remaining > 0 {
+            if buf.is_empty() {
+                return Ok(Step::More);
+            }
+            let take = self.remaining.min(buf.len());
+            self.remaining -= take;
+            return Ok(Step::Pass(take));
+        }
+        if buf.is_empty() {
+            return Ok(Step::More);
+        }
+        if !self.backend && !is_frontend_tag(buf[0]) {
+            return Err(FrameError::UnknownTag(buf[0]));
+        }
+        if buf.len() < 5 {
+            return Ok(Step::More);
+        }
+        let body = check_length([buf[1], buf[2], buf[3], buf[4]], max_len)?;
+        if whole(buf[0]) {
+            return Ok(if buf.len() >= 5 + body {
+                Step::Frame {
+                    tag: buf[0],
+                    len: 5 + body,
+                }
+            } else {
+                Step::More
+            });
+        }
+        let take = body.min(buf.len() - 5);
+        self.remaining = body - take;
+        Ok(Step::Pass(5 + take))
+    }
+
     /// Returns how many bytes at the front of `buf` may be forwarded now,
     /// calling `on_tag` for each message that starts in them. Bytes after
     /// that are an incomplete header and must be kept for the next call.
@@ -133,7 +198,7 @@ impl FrameScanner {
             if rest.is_empty() {
                 return Ok(at);
             }
-            if !is_frontend_tag(rest[0]) {
+            if !self.backend && !is_frontend_tag(rest[0]) {
                 return Err(FrameError::UnknownTag(rest[0]));
             }
             if rest.len() < 5 {
@@ -216,6 +281,40 @@ mod tests {
         assert_eq!(
             sc.advance(&[0x00, 1, 2], 1000, |_| {}),
             Err(FrameError::UnknownTag(0))
+        );
+    }
+
+    #[test]
+    fn step_hands_over_whole_frames_and_streams_the_rest() {
+        let mut sc = FrameScanner::default();
+        // A DataRow-like 'd' of 6 body bytes, then a Query, split.
+        let msg = [
+            b'd', 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, b'Q', 0, 0, 0, 6, b'x', 0,
+        ];
+        let want_q = |t: u8| t == b'Q';
+        assert_eq!(sc.step(&msg[..7], 100, want_q), Ok(Step::Pass(7)));
+        assert_eq!(sc.step(&msg[7..9], 100, want_q), Ok(Step::Pass(2)));
+        assert_eq!(sc.step(&msg[9..14], 100, want_q), Ok(Step::Pass(2)));
+        assert_eq!(sc.step(&msg[11..15], 100, want_q), Ok(Step::More));
+        assert_eq!(
+            sc.step(&msg[11..], 100, want_q),
+            Ok(Step::Frame { tag: b'Q', len: 7 })
+        );
+        assert_eq!(
+            sc.step(&[0x00, 0, 0, 0, 4], 100, want_q),
+            Err(FrameError::UnknownTag(0))
+        );
+        let mut be = FrameScanner::backend();
+        assert_eq!(
+            be.step(&[b'Z', 0, 0, 0, 5, b'I'], 100, |t| t == b'Z'),
+            Ok(Step::Frame { tag: b'Z', len: 6 })
+        );
+        assert_eq!(
+            be.step(&[b'Z', 0x7f, 0, 0, 0], 100, |_| false),
+            Err(FrameError::TooLarge {
+                len: 0x7f00_0000,
+                max: 100
+            })
         );
     }
 

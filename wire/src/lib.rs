@@ -11,5 +11,5 @@ pub mod conn;
 pub mod scram;
 pub mod startup;
 
-pub use codec::{FrameError, FrameScanner, MAX_STARTUP_LEN};
+pub use codec::{FrameError, FrameScanner, Step, MAX_STARTUP_LEN};
 pub use conn::{ConnError, ServerConn, ServerError, Target};

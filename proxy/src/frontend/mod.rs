@@ -4,10 +4,12 @@
 //!   client authentication against `[[users]]`.
 //! - [`session`]: one client session: a server connection on the master
 //!   and the frame pump between them.
+//! - [`commit_tracker`]: which commits wait for sync replicas.
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
 //! - [`listener`]: the accept loop.
 
 pub mod cancel;
+pub mod commit_tracker;
 pub mod listener;
 pub mod session;
 pub mod startup;

@@ -8,16 +8,18 @@
 //! unchanged, and extended-protocol pipelines and COPY pass intact.
 
 use super::cancel::{CancelRegistry, ServerKey};
+use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::fatal;
 use super::startup::{self, AuthMethod, Startup, UserDb};
 use bytes::{Buf, BytesMut};
+use ferry_batcher::{Outcome, SyncPoint};
 use ferry_wire::conn::send_cancel;
 use ferry_wire::startup::StartupPacket;
-use ferry_wire::{backend, FrameScanner, ServerConn, Target};
+use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,6 +68,8 @@ pub struct Shared {
     pub connect_timeout: Duration,
     pub cancels: CancelRegistry,
     pub metrics: FrontendMetrics,
+    /// Set in synchronous mode: commits wait for the replicas here.
+    pub sync: Option<Arc<SyncPoint>>,
 }
 
 /// Serves one accepted connection to its end.
@@ -149,7 +153,13 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         backend::ready_for_query(&mut out, b'I');
         if client.write_all(&out).await.is_ok() {
             debug!("session started");
-            match pump(&mut client, buf, server, shared.max_message).await {
+            let pumped = match &shared.sync {
+                Some(sync) => {
+                    pump_tracked(&mut client, buf, server, shared.max_message, sync).await
+                }
+                None => pump(&mut client, buf, server, shared.max_message).await,
+            };
+            match pumped {
                 Ok(end) => debug!(?end, "session ended"),
                 Err(PumpError::Protocol(e)) => {
                     shared.metrics.protocol_errors.inc();
@@ -227,6 +237,113 @@ async fn pump(
                 return Ok(End::ServerGone);
             }
             cw.write_all(&b[..n]).await?;
+        }
+    };
+    tokio::select! {
+        r = to_server => r,
+        r = to_client => r,
+    }
+}
+
+/// Largest server message the tracked pump accepts (PostgreSQL's own limit
+/// for a field is 1 GB; a DataRow may carry several).
+const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
+
+/// The synchronous-mode pump: like [`pump`], but both directions are read
+/// message by message so that a [`CommitTracker`] can see the statements
+/// and their outcomes, and the ReadyForQuery that ends a writing commit is
+/// held until the sync replicas have it. Everything before it reaches the
+/// client at once; everything after it waits behind it, in order.
+async fn pump_tracked(
+    client: &mut TcpStream,
+    mut cbuf: BytesMut,
+    server: ServerConn,
+    max: usize,
+    sync: &SyncPoint,
+) -> Result<End, PumpError> {
+    let (mut server, pending) = server.into_parts();
+    if !pending.is_empty() {
+        client.write_all(&pending).await?;
+    }
+    let tracker = Mutex::new(CommitTracker::default());
+    let track = || {
+        tracker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let to_server = async {
+        let mut scanner = FrameScanner::default();
+        loop {
+            let mut at = 0;
+            let mut terminated = false;
+            loop {
+                let step = scanner
+                    .step(&cbuf[at..], max, |t| t == b'X' || client_wants(t))
+                    .map_err(PumpError::Protocol)?;
+                match step {
+                    Step::Pass(n) => at += n,
+                    Step::Frame { tag: b'X', len } => {
+                        at += len;
+                        terminated = true;
+                        break;
+                    }
+                    Step::Frame { tag, len } => {
+                        // Recorded before the server can answer it.
+                        track().client_message(tag, &cbuf[at + 5..at + len]);
+                        at += len;
+                    }
+                    Step::More => break,
+                }
+            }
+            if at > 0 {
+                sw.write_all(&cbuf[..at]).await?;
+                cbuf.advance(at);
+            }
+            if terminated {
+                return Ok(End::Terminated);
+            }
+            cbuf.reserve(16 * 1024);
+            if cr.read_buf(&mut cbuf).await? == 0 {
+                return Ok(End::ClientGone);
+            }
+        }
+    };
+    let to_client = async {
+        let mut sbuf = BytesMut::with_capacity(64 * 1024);
+        let mut scanner = FrameScanner::backend();
+        loop {
+            sbuf.reserve(16 * 1024);
+            if sr.read_buf(&mut sbuf).await? == 0 {
+                return Ok(End::ServerGone);
+            }
+            let mut at = 0;
+            loop {
+                let step = scanner
+                    .step(&sbuf[at..], SERVER_MAX_MESSAGE, server_wants)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                match step {
+                    Step::Pass(n) => at += n,
+                    Step::Frame { tag, len } => {
+                        let hold = track().server_message(tag, &sbuf[at + 5..at + len]);
+                        if hold {
+                            cw.write_all(&sbuf[..at]).await?;
+                            sbuf.advance(at);
+                            at = 0;
+                            if sync.wait_for_commit().await == Outcome::Degraded {
+                                debug!("commit acknowledged without sync replicas (fallback)");
+                            }
+                        }
+                        at += len;
+                    }
+                    Step::More => break,
+                }
+            }
+            if at > 0 {
+                cw.write_all(&sbuf[..at]).await?;
+                sbuf.advance(at);
+            }
         }
     };
     tokio::select! {

@@ -1,0 +1,246 @@
+//! Synchronous commit: the meeting point of client sessions that wait for
+//! their commits to reach `k` replicas and the batcher that ships them.
+//!
+//! The batcher numbers its ticks. A tick's cuts take their snapshots after
+//! the tick number was raised, so a transaction whose commit a session saw
+//! complete before it read tick number `t` is in a batch cut at tick `t + 1`
+//! or earlier. The batcher publishes, after each tick, the highest tick
+//! through which at least `k` replicas have applied everything; a session
+//! waits for that to reach `t + 1`. Many sessions waiting for the same tick
+//! share its batch (group commit), and a waiting session wakes the batcher
+//! so it cuts at once instead of at its next tick.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+/// What a session does when `k` replicas do not confirm in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Keep waiting, however long it takes.
+    Wait,
+    /// After the timeout, acknowledge without the replicas and keep doing so
+    /// (asynchronous, logged and shown) until `k` replicas are current again.
+    Async(Duration),
+}
+
+/// How a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `k` replicas applied the transaction's batch.
+    Replicated,
+    /// Acknowledged without them (asynchronous fallback in effect).
+    Degraded,
+}
+
+/// Shared by the batcher and every client session.
+pub struct SyncPoint {
+    k: usize,
+    fallback: Fallback,
+    /// Ticks started by the batcher.
+    started: AtomicU64,
+    /// Highest tick through which `k` replicas have applied everything.
+    confirmed: watch::Sender<u64>,
+    /// Wakes the batcher for an immediate cut.
+    kick: Notify,
+    degraded: AtomicBool,
+    metrics: SyncMetrics,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Default)]
+struct SyncMetrics {
+    waits: Counter,
+    fallbacks: Counter,
+    waiting: Gauge,
+    degraded: Gauge,
+}
+
+impl std::fmt::Debug for SyncPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncPoint")
+            .field("k", &self.k)
+            .field("fallback", &self.fallback)
+            .field("started", &self.started)
+            .field("confirmed", &*self.confirmed.borrow())
+            .field("degraded", &self.degraded)
+            .finish()
+    }
+}
+
+impl SyncPoint {
+    /// `k` replicas must confirm each writing commit.
+    pub fn new(k: usize, fallback: Fallback, registry: &mut Registry) -> Self {
+        let metrics = SyncMetrics::default();
+        registry.register(
+            "ferry_sync_commit_waits",
+            "Commits that waited for sync replicas",
+            metrics.waits.clone(),
+        );
+        registry.register(
+            "ferry_sync_fallbacks",
+            "Commits acknowledged without sync replicas (sync_fallback = async)",
+            metrics.fallbacks.clone(),
+        );
+        registry.register(
+            "ferry_sync_waiting",
+            "Commits waiting for sync replicas now",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "ferry_sync_degraded",
+            "1 while sync replication has fallen back to async",
+            metrics.degraded.clone(),
+        );
+        Self {
+            k,
+            fallback,
+            started: AtomicU64::new(0),
+            confirmed: watch::channel(0).0,
+            kick: Notify::new(),
+            degraded: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Replicas that must confirm.
+    pub fn replicas_required(&self) -> usize {
+        self.k
+    }
+
+    /// Whether commits are currently acknowledged without replicas.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    /// Commits waiting now.
+    pub fn waiting(&self) -> i64 {
+        self.metrics.waiting.get()
+    }
+
+    /// Called by a session after the master confirmed a commit that may
+    /// have written, before the client hears of it.
+    pub async fn wait_for_commit(&self) -> Outcome {
+        let need = self.started.load(Ordering::SeqCst) + 1;
+        let mut rx = self.confirmed.subscribe();
+        if *rx.borrow() >= need {
+            return Outcome::Replicated;
+        }
+        self.metrics.waits.inc();
+        if self.is_degraded() {
+            self.metrics.fallbacks.inc();
+            self.kick.notify_one();
+            return Outcome::Degraded;
+        }
+        self.metrics.waiting.inc();
+        self.kick.notify_one();
+        let reached = rx.wait_for(|&t| t >= need);
+        let outcome = match self.fallback {
+            Fallback::Wait => {
+                let _ = reached.await;
+                Outcome::Replicated
+            }
+            Fallback::Async(limit) => match tokio::time::timeout(limit, reached).await {
+                Ok(_) => Outcome::Replicated,
+                Err(_) => {
+                    self.metrics.fallbacks.inc();
+                    if !self.degraded.swap(true, Ordering::SeqCst) {
+                        self.metrics.degraded.set(1);
+                        warn!(
+                            replicas_required = self.k,
+                            timeout_ms = limit.as_millis() as u64,
+                            "sync replication degraded: fewer than the required replicas confirm; \
+                             commits continue asynchronously"
+                        );
+                    }
+                    Outcome::Degraded
+                }
+            },
+        };
+        self.metrics.waiting.dec();
+        outcome
+    }
+
+    /// The batcher starts a tick; returns its number.
+    pub fn start_tick(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The batcher waits for its next tick, or less when a commit waits.
+    pub async fn until_kicked(&self) {
+        self.kick.notified().await
+    }
+
+    /// The batcher reports, per replica, the tick through which it has
+    /// applied everything (0 for one that is not current).
+    pub fn report(&self, applied: &[u64]) {
+        let mut sorted: Vec<u64> = applied.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let point = if self.k == 0 {
+            self.started.load(Ordering::SeqCst)
+        } else {
+            sorted.get(self.k - 1).copied().unwrap_or(0)
+        };
+        self.confirmed.send_if_modified(|t| {
+            let moved = point > *t;
+            if moved {
+                *t = point;
+            }
+            moved
+        });
+        // Back to synchronous once k replicas hold the latest tick.
+        let current = point > 0 && point >= self.started.load(Ordering::SeqCst);
+        if current && self.degraded.swap(false, Ordering::SeqCst) {
+            self.metrics.degraded.set(0);
+            info!(
+                replicas_required = self.k,
+                "sync replication restored: the required replicas are current"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_commit_waits_for_the_next_tick_on_k_replicas() {
+        let sync = Arc::new(SyncPoint::new(2, Fallback::Wait, &mut Registry::default()));
+        let t1 = sync.start_tick();
+        sync.report(&[t1, t1, t1]);
+        let waiter = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.wait_for_commit().await }
+        });
+        tokio::task::yield_now().await;
+        let t2 = sync.start_tick();
+        sync.report(&[t2, t1, 0]); // one replica is not enough
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        sync.report(&[t2, t2, 0]);
+        assert_eq!(waiter.await.ok(), Some(Outcome::Replicated));
+    }
+
+    #[tokio::test]
+    async fn async_fallback_degrades_then_recovers() {
+        let sync = SyncPoint::new(
+            1,
+            Fallback::Async(Duration::from_millis(30)),
+            &mut Registry::default(),
+        );
+        let t = sync.start_tick();
+        sync.report(&[0]);
+        assert_eq!(sync.wait_for_commit().await, Outcome::Degraded);
+        assert!(sync.is_degraded());
+        // While degraded, commits do not wait at all.
+        assert_eq!(sync.wait_for_commit().await, Outcome::Degraded);
+        sync.report(&[t]);
+        assert!(!sync.is_degraded());
+    }
+}
