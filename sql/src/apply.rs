@@ -12,11 +12,27 @@ pub fn copy_in(shape: &TableShape) -> String {
     )
 }
 
-/// Deletes then upserts from the batch table. Keys are netted on the master,
-/// so each key appears at most once and the order of the two is free.
-/// Runs with `session_replication_role = replica`: capture triggers, user
+/// Deletes the keys the batch deletes (keyed tables only; a keyless table
+/// only ever receives inserts). Keys are netted on the master, so each key
+/// appears at most once and the order of delete and upsert is free. Runs
+/// with `session_replication_role = replica`: capture triggers, user
 /// triggers and foreign-key actions do not fire again.
-pub fn apply(shape: &TableShape) -> String {
+pub fn delete(shape: &TableShape) -> Option<String> {
+    let key = shape.key.as_ref()?;
+    let on = key
+        .iter()
+        .map(|k| format!("t.{k} = b.{k}", k = ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    Some(format!(
+        "DELETE FROM {t} AS t USING {temp} AS b WHERE b._op = 'D' AND {on}",
+        t = shape.table.quoted(),
+        temp = shape.table.batch_temp()
+    ))
+}
+
+/// Inserts the batch's current row images, updating rows whose key exists.
+pub fn upsert(shape: &TableShape) -> String {
     let t = shape.table.quoted();
     let temp = shape.table.batch_temp();
     let names = shape.shipped_names();
@@ -28,11 +44,6 @@ pub fn apply(shape: &TableShape) -> String {
     };
     match &shape.key {
         Some(key) => {
-            let on = key
-                .iter()
-                .map(|k| format!("t.{k} = b.{k}", k = ident(k)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
             let non_key: Vec<&str> = names
                 .iter()
                 .copied()
@@ -51,14 +62,18 @@ pub fn apply(shape: &TableShape) -> String {
                 )
             };
             format!(
-                "DELETE FROM {t} AS t USING {temp} AS b WHERE b._op = 'D' AND {on}; \
-                 INSERT INTO {t} AS t ({cols}){overriding} SELECT {cols} FROM {temp} WHERE _op = 'U' \
+                "INSERT INTO {t} AS t ({cols}){overriding} SELECT {cols} FROM {temp} WHERE _op = 'U' \
                  ON CONFLICT ({keys}) {conflict}",
                 keys = list(key.iter().map(String::as_str), "")
             )
         }
         None => format!("INSERT INTO {t} ({cols}){overriding} SELECT {cols} FROM {temp}"),
     }
+}
+
+/// Both apply statements of a table, in order.
+pub fn apply(shape: &TableShape) -> Vec<String> {
+    delete(shape).into_iter().chain([upsert(shape)]).collect()
 }
 
 #[cfg(test)]
@@ -68,7 +83,7 @@ mod tests {
 
     #[test]
     fn upsert_by_key_with_identity_override() {
-        let sql = apply(&sample());
+        let sql = apply(&sample()).join("; ");
         assert!(sql.contains("OVERRIDING SYSTEM VALUE"));
         assert!(sql.contains(
             "ON CONFLICT (\"id\", \"order_id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""
@@ -81,6 +96,6 @@ mod tests {
     fn all_key_table_does_nothing_on_conflict() {
         let mut s = sample();
         s.columns.truncate(2);
-        assert!(apply(&s).contains("DO NOTHING"));
+        assert!(upsert(&s).contains("DO NOTHING"));
     }
 }

@@ -101,5 +101,19 @@ pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) = cardinality($1::t
      THEN min(pg_snapshot_xmin(snap))::text END FROM ferry.replicas WHERE name = ANY($1::text[])";
 
 /// Replica apply session settings, run once per session.
+///
+/// The apply statements are prepared once per session and read only the
+/// batch tables, whose size changes from batch to batch; without hash and
+/// merge joins their cached plans stay key lookups into the real table,
+/// whatever size the batch had when they were planned.
 pub const APPLY_SESSION_SETUP: &str =
-    "SET session_replication_role = replica; SET application_name = 'ferry apply'";
+    "SET session_replication_role = replica; SET application_name = 'ferry apply'; \
+     SET enable_hashjoin = off; SET enable_mergejoin = off";
+
+/// Starts and ends a batch's transaction (prepared in the apply session).
+pub const APPLY_BEGIN: &str = "BEGIN";
+pub const APPLY_COMMIT: &str = "COMMIT";
+
+/// The ledger guard every apply transaction starts with. Parameters:
+/// origin node, from batch id, batch id, snapshot (all text).
+pub const BEGIN_APPLY: &str = "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4)";
