@@ -9,6 +9,7 @@
 //! SELECT ferry.begin_apply(origin, from, to, snap)
 //! COPY pg_temp.b_x FROM STDIN (FORMAT binary)   CopyData… CopyDone   (per table)
 //! DELETE …; INSERT … ON CONFLICT …                                   (per table)
+//! SELECT setval(…) for sequences behind the master's positions
 //! COMMIT
 //! Sync
 //! ```
@@ -24,7 +25,7 @@ use crate::cutter::Batch;
 use crate::BatchError;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use ferry_sql::{apply, batch, schema, TableShape};
+use ferry_sql::{apply, batch, schema, sequences, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -70,6 +71,7 @@ impl ApplySession {
         prepare(BEGIN, schema::APPLY_BEGIN)?;
         prepare(GUARD, schema::BEGIN_APPLY)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
+        prepare(SEQUENCES, sequences::ADVANCE)?;
         for (i, shape) in shapes.iter().enumerate() {
             prepare(&copy_name(i), &apply::copy_in(shape))?;
             for (j, sql) in apply::apply(shape).iter().enumerate() {
@@ -185,6 +187,15 @@ impl ApplySession {
                 run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
             }
         }
+        if !b.sequences.is_empty() {
+            let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
+            let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
+            let params = [
+                sequences::array_literal(&names),
+                sequences::array_literal(&positions),
+            ];
+            run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
+        }
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
         frontend::sync(&mut out);
         let ready = 1;
@@ -224,6 +235,7 @@ impl ApplySession {
 const BEGIN: &str = "ferry_begin";
 const GUARD: &str = "ferry_guard";
 const COMMIT: &str = "ferry_commit";
+const SEQUENCES: &str = "ferry_sequences";
 
 fn copy_name(table: usize) -> String {
     format!("ferry_copy_{table}")

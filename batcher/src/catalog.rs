@@ -4,7 +4,7 @@
 
 use crate::pattern::{selected, Pattern};
 use crate::BatchError;
-use ferry_sql::{catalog, Column, TableName, TableShape};
+use ferry_sql::{catalog, sequences, Column, TableName, TableShape};
 use tokio_postgres::Client;
 
 /// The replicated tables on a node, with their shapes, sorted by name.
@@ -26,6 +26,28 @@ pub async fn replicated_tables(
         }
     }
     Ok(shapes)
+}
+
+/// The replicated sequences on a node (matched by the same patterns as
+/// tables), as regclass texts.
+pub async fn replicated_sequences(
+    client: &Client,
+    node: &str,
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<Vec<String>, BatchError> {
+    let rows = client
+        .query(sequences::LIST, &[])
+        .await
+        .map_err(BatchError::pg(node))?;
+    Ok(rows
+        .iter()
+        .filter(|row| {
+            let t = TableName::new(row.get::<_, String>(1), row.get::<_, String>(2));
+            selected(&t, include, exclude)
+        })
+        .map(|row| row.get::<_, String>(0))
+        .collect())
 }
 
 /// One table's columns and replication key.

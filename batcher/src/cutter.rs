@@ -11,6 +11,7 @@ use bytes::Bytes;
 use ferry_sql::{batch, schema, TableShape};
 use futures_util::future::try_join_all;
 use futures_util::TryStreamExt;
+use std::sync::Mutex;
 use std::time::Instant;
 use tokio_postgres::{Client, Statement};
 
@@ -33,6 +34,9 @@ pub struct Batch {
     /// The master snapshot this batch reaches, as text.
     pub snap: String,
     pub parts: Vec<TablePart>,
+    /// Every replicated sequence's position on the master, as
+    /// `(regclass text, last value)`.
+    pub sequences: Vec<(String, i64)>,
     pub cut_at: Instant,
 }
 
@@ -60,6 +64,10 @@ pub struct Cutter {
     next_id: Statement,
     materialise: Vec<Statement>,
     copy_out: Vec<Statement>,
+    /// Replicated sequences, and the positions the last batch carried.
+    sequences: Vec<String>,
+    read_sequences: Statement,
+    shipped_sequences: Mutex<Vec<Option<i64>>>,
 }
 
 impl Cutter {
@@ -68,6 +76,7 @@ impl Cutter {
         node: &str,
         client: Client,
         shapes: &[TableShape],
+        sequences: Vec<String>,
     ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
         // Custom plans: the cut's `_xid >= xmin(previous cut)` can then use
@@ -86,6 +95,10 @@ impl Cutter {
             .map_err(err(node))?;
         let next_id = client
             .prepare(schema::NEXT_BATCH_ID)
+            .await
+            .map_err(err(node))?;
+        let read_sequences = client
+            .prepare(ferry_sql::sequences::READ)
             .await
             .map_err(err(node))?;
         let mut materialise = Vec::new();
@@ -111,6 +124,9 @@ impl Cutter {
             next_id,
             materialise,
             copy_out,
+            shipped_sequences: Mutex::new(vec![None; sequences.len()]),
+            sequences,
+            read_sequences,
         })
     }
 
@@ -132,7 +148,7 @@ impl Cutter {
         // join! polls in argument order, so the requests go out in this
         // order in one write: BEGIN, then the snapshot (the transaction's
         // first statement, which fixes it), then the materialisations.
-        let (begun, snap, counts) = tokio::join!(
+        let (begun, snap, counts, positions) = tokio::join!(
             self.client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
             self.client.query_one(&self.snapshot, &[]),
@@ -141,10 +157,35 @@ impl Cutter {
                     .iter()
                     .map(|stmt| self.client.execute(stmt, &params)),
             ),
+            // Read after the snapshot: at least every value the batch's
+            // transactions used.
+            async {
+                if self.sequences.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows = self
+                    .client
+                    .query(&self.read_sequences, &[&self.sequences])
+                    .await?;
+                Ok(rows.iter().map(|r| r.get::<_, Option<i64>>(0)).collect())
+            },
         );
-        let first = begun.and(snap).and_then(|snap| Ok((snap, counts?)));
-        let (snap, counts) = match first {
-            Ok((row, counts)) if counts.iter().any(|&n| n > 0) => (row.get::<_, String>(0), counts),
+        let first = begun
+            .and(snap)
+            .and_then(|snap| Ok((snap, counts?, positions?)));
+        let sequences_moved = |positions: &Vec<Option<i64>>| {
+            let shipped = self
+                .shipped_sequences
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *positions != *shipped
+        };
+        let (snap, counts, positions) = match first {
+            Ok((row, counts, positions))
+                if counts.iter().any(|&n| n > 0) || sequences_moved(&positions) =>
+            {
+                (row.get::<_, String>(0), counts, positions)
+            }
             other => {
                 let ended = self.client.batch_execute("ROLLBACK").await;
                 other.map_err(self.pg())?;
@@ -166,11 +207,22 @@ impl Cutter {
         let id: i64 = id.map_err(self.pg())?.get(0);
         let parts = parts.map_err(self.pg())?;
         ended.map_err(self.pg())?;
+        let sequences = self
+            .sequences
+            .iter()
+            .zip(&positions)
+            .filter_map(|(name, pos)| pos.map(|p| (name.clone(), p)))
+            .collect();
+        *self
+            .shipped_sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = positions;
         Ok(Some(Batch {
             from: from_id,
             id,
             snap,
             parts,
+            sequences,
             cut_at,
         }))
     }

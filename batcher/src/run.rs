@@ -128,7 +128,14 @@ impl Batcher {
         let shapes =
             install_master(&master.name, &control, &self.cfg.include, &self.cfg.exclude).await?;
         let batch_client = connect(&master.name, &master.target, "ferry batcher").await?;
-        let cutter = Cutter::new(&master.name, batch_client, &shapes).await?;
+        let sequences = crate::catalog::replicated_sequences(
+            &control,
+            &master.name,
+            &self.cfg.include,
+            &self.cfg.exclude,
+        )
+        .await?;
+        let cutter = Cutter::new(&master.name, batch_client, &shapes, sequences).await?;
         let last_batch: i64 = control
             .query_one("SELECT last_value FROM ferry.batch_ids", &[])
             .await

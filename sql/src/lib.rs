@@ -15,6 +15,7 @@ pub mod classify;
 pub mod model;
 pub mod quote;
 pub mod schema;
+pub mod sequences;
 pub mod verify;
 
 pub use model::{Column, TableName, TableShape};

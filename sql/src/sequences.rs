@@ -1,0 +1,70 @@
+//! Sequence positions travel with the batches.
+//!
+//! Rows carry the values a sequence handed out, but not the sequence
+//! itself: a replica promoted later would hand the same values out again.
+//! So every batch also carries the master's current position of every
+//! replicated sequence, read after the cut's snapshot (sequences are not
+//! transactional, so the position read is at least every value used by the
+//! transactions in the batch), and the replica moves its sequences forward
+//! to them — never back.
+
+/// Sequences outside the system schemas, as `(regclass text, schema, name)`;
+/// the batcher keeps those its table patterns match (serial and identity
+/// sequences live in their table's schema).
+pub const LIST: &str = "SELECT c.oid::regclass::text, n.nspname::text, c.relname::text \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'S' \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry') \
+       AND n.nspname NOT LIKE 'pg\\_temp%' \
+     ORDER BY 1";
+
+/// Current positions, in the order given; NULL for a sequence never used
+/// (or dropped since). Parameter: regclass texts as `text[]`.
+pub const READ: &str = "SELECT pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(u.s)) \
+     FROM unnest($1::text[]) WITH ORDINALITY AS u(s, i) ORDER BY u.i";
+
+/// On a replica: moves each named sequence forward to the master's
+/// position, leaving one that is already there (or beyond) alone; a
+/// sequence the replica lacks is skipped. Parameters: regclass texts and
+/// positions, as `text[]` and `bigint[]` (text format).
+pub const ADVANCE: &str = "SELECT count(pg_catalog.setval(r.c, u.pos, true)) \
+     FROM unnest($1::text[], $2::bigint[]) AS u(name, pos) \
+     CROSS JOIN LATERAL (SELECT pg_catalog.to_regclass(u.name) AS c) r \
+     WHERE r.c IS NOT NULL \
+       AND u.pos > COALESCE(pg_catalog.pg_sequence_last_value(r.c), u.pos - 1)";
+
+/// A PostgreSQL array literal of the given elements, each double-quoted
+/// with `"` and `\` escaped, for a text-format array parameter.
+pub fn array_literal<S: AsRef<str>>(items: &[S]) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for ch in item.as_ref().chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_every_element() {
+        assert_eq!(array_literal::<&str>(&[]), "{}");
+        assert_eq!(
+            array_literal(&["public.s", "\"Odd\"\"Name\".\"x,y\"", "a\\b"]),
+            r#"{"public.s","\"Odd\"\"Name\".\"x,y\"","a\\b"}"#
+        );
+        assert_eq!(array_literal(&["1", "-5"]), r#"{"1","-5"}"#);
+    }
+}
