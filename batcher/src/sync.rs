@@ -1,5 +1,6 @@
-//! Synchronous commit: the meeting point of client sessions that wait for
-//! their commits to reach `k` replicas and the batcher that ships them.
+//! Synchronous commit and causal reads: the meeting point of client
+//! sessions that wait for their commits to reach `k` replicas (or want to
+//! know which replica already has them) and the batcher that ships them.
 //!
 //! The batcher numbers its ticks. A tick's cuts take their snapshots after
 //! the tick number was raised, so a transaction whose commit a session saw
@@ -45,6 +46,9 @@ pub struct SyncPoint {
     started: AtomicU64,
     /// Highest tick through which `k` replicas have applied everything.
     confirmed: watch::Sender<u64>,
+    /// Per replica (in configuration order), the tick through which it has
+    /// applied everything.
+    applied: Vec<AtomicU64>,
     /// Wakes the batcher for an immediate cut.
     kick: Notify,
     degraded: AtomicBool,
@@ -73,9 +77,44 @@ impl std::fmt::Debug for SyncPoint {
 }
 
 impl SyncPoint {
-    /// `k` replicas must confirm each writing commit.
-    pub fn new(k: usize, fallback: Fallback, registry: &mut Registry) -> Self {
+    /// `k` replicas (of `replicas`) must confirm each writing commit; with
+    /// `k = 0` nothing waits and the point only tracks which replica holds
+    /// what (for causal reads).
+    pub fn new(k: usize, fallback: Fallback, replicas: usize, registry: &mut Registry) -> Self {
         let metrics = SyncMetrics::default();
+        if k > 0 {
+            metrics.register(registry);
+        }
+        Self {
+            k,
+            fallback,
+            started: AtomicU64::new(0),
+            confirmed: watch::channel(0).0,
+            applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
+            kick: Notify::new(),
+            degraded: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// The tick a commit that completed on the master just now needs: a
+    /// replica that applied everything through it has the commit.
+    pub fn commit_tick(&self) -> u64 {
+        self.started.load(Ordering::SeqCst) + 1
+    }
+
+    /// Whether replica `i` (configuration order) has applied everything
+    /// through `tick`.
+    pub fn replica_has(&self, i: usize, tick: u64) -> bool {
+        self.applied
+            .get(i)
+            .is_some_and(|a| a.load(Ordering::SeqCst) >= tick)
+    }
+}
+
+impl SyncMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "ferry_sync_commit_waits",
             "Commits that waited for sync replicas",
@@ -96,17 +135,10 @@ impl SyncPoint {
             "1 while sync replication has fallen back to async",
             metrics.degraded.clone(),
         );
-        Self {
-            k,
-            fallback,
-            started: AtomicU64::new(0),
-            confirmed: watch::channel(0).0,
-            kick: Notify::new(),
-            degraded: AtomicBool::new(false),
-            metrics,
-        }
     }
+}
 
+impl SyncPoint {
     /// Replicas that must confirm.
     pub fn replicas_required(&self) -> usize {
         self.k
@@ -125,7 +157,7 @@ impl SyncPoint {
     /// Called by a session after the master confirmed a commit that may
     /// have written, before the client hears of it.
     pub async fn wait_for_commit(&self) -> Outcome {
-        let need = self.started.load(Ordering::SeqCst) + 1;
+        let need = self.commit_tick();
         let mut rx = self.confirmed.subscribe();
         if *rx.borrow() >= need {
             return Outcome::Replicated;
@@ -178,6 +210,9 @@ impl SyncPoint {
     /// The batcher reports, per replica, the tick through which it has
     /// applied everything (0 for one that is not current).
     pub fn report(&self, applied: &[u64]) {
+        for (slot, &tick) in self.applied.iter().zip(applied) {
+            slot.store(tick, Ordering::SeqCst);
+        }
         let mut sorted: Vec<u64> = applied.to_vec();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         let point = if self.k == 0 {
@@ -211,7 +246,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_waits_for_the_next_tick_on_k_replicas() {
-        let sync = Arc::new(SyncPoint::new(2, Fallback::Wait, &mut Registry::default()));
+        let sync = Arc::new(SyncPoint::new(
+            2,
+            Fallback::Wait,
+            3,
+            &mut Registry::default(),
+        ));
         let t1 = sync.start_tick();
         sync.report(&[t1, t1, t1]);
         let waiter = tokio::spawn({
@@ -225,6 +265,10 @@ mod tests {
         assert!(!waiter.is_finished());
         sync.report(&[t2, t2, 0]);
         assert_eq!(waiter.await.ok(), Some(Outcome::Replicated));
+        // Which replica holds what, for causal reads.
+        assert!(sync.replica_has(0, t2) && sync.replica_has(1, t2));
+        assert!(!sync.replica_has(2, 1) && !sync.replica_has(7, 0));
+        assert_eq!(sync.commit_tick(), t2 + 1);
     }
 
     #[tokio::test]
@@ -232,6 +276,7 @@ mod tests {
         let sync = SyncPoint::new(
             1,
             Fallback::Async(Duration::from_millis(30)),
+            1,
             &mut Registry::default(),
         );
         let t = sync.start_tick();

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::listener;
+use crate::frontend::read_routing::{ReadMetrics, ReadMode, ReadRouting};
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
 use ferry_admin::StatusSource;
@@ -216,18 +217,46 @@ impl App {
         let frontend_metrics = FrontendMetrics::register(&mut registry);
         let status = SharedStatus::default();
         let (tx, rx) = watch::channel(false);
-        let sync = (cfg.replication.mode == "sync").then(|| {
+        // Batcher ticks are counted when commits wait for replicas (sync
+        // mode) or reads need to know which replica has what (causal).
+        let sync_mode = cfg.replication.mode == "sync";
+        let ticks = (sync_mode || cfg.proxy.reads != "master").then(|| {
             let fallback = if cfg.replication.sync_fallback == "async" {
                 Fallback::Async(Duration::from_millis(cfg.replication.sync_timeout_ms))
             } else {
                 Fallback::Wait
             };
+            let k = if sync_mode {
+                cfg.replication.sync_replicas
+            } else {
+                0
+            };
             Arc::new(SyncPoint::new(
-                cfg.replication.sync_replicas,
+                k,
                 fallback,
+                topo.replicas.len(),
                 &mut registry,
             ))
         });
+        let sync = ticks.clone().filter(|_| sync_mode);
+        let reads = match (cfg.proxy.reads.as_str(), &ticks) {
+            ("replicas" | "causal", Some(ticks)) => Some(Arc::new(ReadRouting {
+                mode: if cfg.proxy.reads == "causal" {
+                    ReadMode::Causal
+                } else {
+                    ReadMode::Replicas
+                },
+                replicas: topo
+                    .replicas
+                    .iter()
+                    .map(|n| (n.name.clone(), n.target.clone()))
+                    .collect(),
+                ticks: ticks.clone(),
+                metrics: ReadMetrics::register(&mut registry),
+                connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
+            })),
+            _ => None,
+        };
 
         let node = |n: &Node| NodeTarget {
             name: n.name.clone(),
@@ -242,7 +271,7 @@ impl App {
                 tick: Duration::from_millis(cfg.replication.tick_ms),
                 housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
                 apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
-                sync: sync.clone(),
+                sync: ticks.clone(),
             },
             status.clone(),
             metrics,
@@ -265,6 +294,7 @@ impl App {
             cancels: CancelRegistry::default(),
             metrics: frontend_metrics.clone(),
             sync: sync.clone(),
+            reads,
         });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
             topology: topo.clone(),

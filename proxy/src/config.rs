@@ -46,6 +46,10 @@ pub struct ProxyConfig {
     /// Worker threads; 0 = half the cores, at least one. A proxy shares
     /// the machine with servers and clients more often than not.
     pub workers: usize,
+    /// Where read-only statements outside transactions go: `master`,
+    /// `replicas` (any replica, whatever its lag) or `causal` (a replica
+    /// that has the session's last commit).
+    pub reads: String,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +60,7 @@ impl Default for ProxyConfig {
             max_message_bytes: 256 << 20,
             connect_timeout_ms: 5000,
             workers: 0,
+            reads: "master".into(),
         }
     }
 }
@@ -343,6 +348,21 @@ impl Config {
                 ))
             }
         }
+        match self.proxy.reads.as_str() {
+            "master" => {}
+            "replicas" | "causal" if self.nodes.len() > 1 => {}
+            "replicas" | "causal" => {
+                return Err(invalid("proxy.reads", "needs at least one replica node"))
+            }
+            other => {
+                return Err(invalid(
+                    "proxy.reads",
+                    format!(
+                        "{other:?} is not a choice; use \"master\", \"replicas\" or \"causal\""
+                    ),
+                ))
+            }
+        }
         match self.replication.sync_fallback.as_str() {
             "wait" => {}
             "async" if self.replication.sync_timeout_ms > 0 => {}
@@ -482,6 +502,8 @@ password = "secret"
             e.to_string().starts_with("replication.sync_fallback:"),
             "{e}"
         );
+        let e = Config::parse(BASE, &[("FERRY_PROXY_READS".into(), "nearest".into())]).unwrap_err();
+        assert!(e.to_string().starts_with("proxy.reads:"), "{e}");
         let ok = Config::parse(&format!("{BASE}\n[replication]\nmode = \"sync\"\n"), &[]);
         assert!(ok.is_ok(), "{ok:?}");
         let e = Config::parse(&BASE.replace("name = \"b\"", "name = \"a\""), &[]).unwrap_err();

@@ -53,8 +53,36 @@ pub fn classify(sql: &str) -> Kind {
         if let Some(kind) = by_first_words(&scan.first, &scan.second) {
             return kind;
         }
+        // A SELECT without parentheses calls no function and holds no
+        // subquery; without FOR or INTO it neither locks nor creates a
+        // table: a read, without the cost of a parse (the common
+        // `SELECT ... FROM t WHERE k = ...` of every read-heavy workload).
+        if scan.first == "select" && !scan.paren && !scan.for_or_into {
+            return Kind::Read;
+        }
     }
     parsed(sql)
+}
+
+/// Whether a statement ties the session to the master for good: temporary
+/// tables and advisory locks live in one server session, so later reads
+/// must see the same one. (`SET`, `PREPARE`, `LISTEN` and the like are
+/// [`Kind::Session`] and pin too.)
+pub fn pins_session(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if lower.contains("pg_advisory") {
+        return true;
+    }
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words
+        .windows(2)
+        .any(|w| w[0] == "create" && matches!(w[1], "temp" | "temporary" | "local" | "global"))
+        || words
+            .windows(2)
+            .any(|w| w[0] == "into" && matches!(w[1], "temp" | "temporary"))
 }
 
 /// Decides from the first two words where that is certain; `None` means
@@ -315,6 +343,10 @@ struct Scan {
     second: String,
     /// Unterminated quotes or comments: leave it to the server.
     confused: bool,
+    /// A `(` outside quotes and comments.
+    paren: bool,
+    /// The word FOR or INTO anywhere.
+    for_or_into: bool,
 }
 
 /// Splits on `;` outside quotes, dollar quotes and comments, and records the
@@ -377,8 +409,12 @@ fn scan(sql: &str) -> Scan {
                 if i < b.len() && b[i] == b'\'' {
                     continue;
                 }
+                let w = &sql[start..i];
+                if w.eq_ignore_ascii_case("for") || w.eq_ignore_ascii_case("into") {
+                    s.for_or_into = true;
+                }
                 if s.statements == 0 {
-                    let word = sql[start..i].to_ascii_lowercase();
+                    let word = w.to_ascii_lowercase();
                     match words {
                         0 => s.first = word,
                         1 => s.second = word,
@@ -390,6 +426,7 @@ fn scan(sql: &str) -> Scan {
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
+                s.paren |= c == b'(';
                 content = true;
                 words = 2;
                 i += 1;
@@ -496,6 +533,9 @@ mod tests {
             "DO $$ BEGIN END $$",
             "SELECT * FROM (SELECT * FROM t FOR SHARE) s",
             "SELECT public.count(a) FROM t",
+            "SELECT a FROM t FOR UPDATE",
+            "SELECT a INTO b FROM t",
+            "SELECT a FROM t WHERE b = f (1)",
         ] {
             assert_eq!(classify(sql), Kind::Write, "{sql}");
         }
@@ -515,9 +555,21 @@ mod tests {
             "SELECT ';' AS semi, $$;$$ AS d -- ; comment\n",
             "/* leading; comment */ SELECT 1",
             "SELECT E'it\\'s; fine'",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "select a, b from t where c = 'for (x)' -- into\n",
         ] {
             assert_eq!(classify(sql), Kind::Read, "{sql}");
         }
+    }
+
+    #[test]
+    fn pinning_statements() {
+        assert!(pins_session("CREATE TEMP TABLE x (a int)"));
+        assert!(pins_session("create temporary table x as select 1"));
+        assert!(pins_session("SELECT pg_advisory_lock(1)"));
+        assert!(pins_session("SELECT * INTO TEMP t FROM u"));
+        assert!(!pins_session("SELECT * FROM temperatures"));
+        assert!(!pins_session("CREATE TABLE temp (a int)"));
     }
 
     #[test]

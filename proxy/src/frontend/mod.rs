@@ -5,12 +5,14 @@
 //! - [`session`]: one client session: a server connection on the master
 //!   and the frame pump between them.
 //! - [`commit_tracker`]: which commits wait for sync replicas.
+//! - [`read_routing`]: reads on replicas (`proxy.reads`).
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
 //! - [`listener`]: the accept loop.
 
 pub mod cancel;
 pub mod commit_tracker;
 pub mod listener;
+pub mod read_routing;
 pub mod session;
 pub mod startup;
 

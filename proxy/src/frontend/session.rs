@@ -10,6 +10,7 @@
 use super::cancel::{CancelRegistry, ServerKey};
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::fatal;
+use super::read_routing::{pump_routed, ReadRouting, RoutedSession};
 use super::startup::{self, AuthMethod, Startup, UserDb};
 use bytes::{Buf, BytesMut};
 use ferry_batcher::{Outcome, SyncPoint};
@@ -70,6 +71,8 @@ pub struct Shared {
     pub metrics: FrontendMetrics,
     /// Set in synchronous mode: commits wait for the replicas here.
     pub sync: Option<Arc<SyncPoint>>,
+    /// Set when reads may go to replicas.
+    pub reads: Option<Arc<ReadRouting>>,
 }
 
 /// Serves one accepted connection to its end.
@@ -153,11 +156,26 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         backend::ready_for_query(&mut out, b'I');
         if client.write_all(&out).await.is_ok() {
             debug!("session started");
-            let pumped = match &shared.sync {
-                Some(sync) => {
+            let pumped = match (&shared.reads, &shared.sync) {
+                (Some(reads), sync) => {
+                    pump_routed(
+                        &mut client,
+                        buf,
+                        server,
+                        shared.max_message,
+                        RoutedSession {
+                            params: &params,
+                            routing: reads,
+                            sync: sync.as_deref(),
+                            session_id: pid,
+                        },
+                    )
+                    .await
+                }
+                (None, Some(sync)) => {
                     pump_tracked(&mut client, buf, server, shared.max_message, sync).await
                 }
-                None => pump(&mut client, buf, server, shared.max_message).await,
+                (None, None) => pump(&mut client, buf, server, shared.max_message).await,
             };
             match pumped {
                 Ok(end) => debug!(?end, "session ended"),
@@ -183,14 +201,14 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
 
 /// How a session ended normally.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     Terminated,
     ClientGone,
     ServerGone,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum PumpError {
+pub(crate) enum PumpError {
     #[error("{0}")]
     Protocol(ferry_wire::FrameError),
     #[error("{0}")]
@@ -247,7 +265,7 @@ async fn pump(
 
 /// Largest server message the tracked pump accepts (PostgreSQL's own limit
 /// for a field is 1 GB; a DataRow may carry several).
-const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
+pub(crate) const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
 
 /// The synchronous-mode pump: like [`pump`], but both directions are read
 /// message by message so that a [`CommitTracker`] can see the statements

@@ -1,0 +1,399 @@
+//! Reads on replicas (`proxy.reads = "replicas"` or `"causal"`).
+//!
+//! A session keeps its master connection and, from its first routed read
+//! on, one connection to a replica. Each simple-protocol Query that is
+//! certainly a read ([`ferry_sql::classify`]) and arrives while the session
+//! is idle outside a transaction, not pinned, with nothing outstanding, may
+//! go to the replica; everything else goes to the master:
+//!
+//! - `replicas`: the replica serves it whatever its lag;
+//! - `causal`: only if the replica has applied the session's last writing
+//!   commit (the batcher tick that commit needed; see
+//!   [`ferry_batcher::SyncPoint`]), so a session always reads its own
+//!   writes.
+//!
+//! `SET`, `PREPARE`, `LISTEN`, temporary tables and advisory locks pin the
+//! session to the master for good (they live in one server session).
+//! Extended-protocol statements always go to the master.
+//!
+//! Every Query, Sync and FunctionCall produces one ReadyForQuery; a queue
+//! of their destinations, in order, tells the client side which server
+//! answers next, so answers reach the client in the order it asked.
+
+use super::commit_tracker::{client_wants, server_wants, CommitTracker};
+use super::session::{End, PumpError, SERVER_MAX_MESSAGE};
+use bytes::{Buf, BytesMut};
+use ferry_batcher::SyncPoint;
+use ferry_sql::classify::{classify, pins_session, Kind};
+use ferry_wire::codec::read_cstr;
+use ferry_wire::{FrameScanner, ServerConn, Step, Target};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+/// `proxy.reads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Any replica, whatever its lag.
+    Replicas,
+    /// A replica that has the session's last commit.
+    Causal,
+}
+
+/// Read-routing counters.
+#[derive(Clone, Default)]
+pub struct ReadMetrics {
+    pub replica: Counter,
+    pub master: Counter,
+}
+
+impl ReadMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "ferry_reads_replica",
+            "Read-only statements served by a replica",
+            m.replica.clone(),
+        );
+        registry.register(
+            "ferry_reads_master",
+            "Read-only statements outside transactions served by the master \
+             (no replica qualified, or the session is pinned)",
+            m.master.clone(),
+        );
+        m
+    }
+}
+
+/// What every routing session shares.
+pub struct ReadRouting {
+    pub mode: ReadMode,
+    /// Replicas in configuration order (the batcher's order).
+    pub replicas: Vec<(String, Target)>,
+    /// Which replica has applied which batcher tick.
+    pub ticks: Arc<SyncPoint>,
+    pub metrics: ReadMetrics,
+    pub connect_timeout: Duration,
+}
+
+/// Which server answers a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dest {
+    Master,
+    Replica,
+}
+
+/// One session's routing state, shared by its two directions.
+struct Route {
+    tracker: CommitTracker,
+    /// Destinations of the ReadyForQuery messages still owed, in order.
+    queue: VecDeque<Dest>,
+    /// The master's last transaction status.
+    status: u8,
+    pinned: bool,
+    /// Causal: the tick the session's last writing commit needs.
+    need: u64,
+}
+
+/// The session's replica connection, handed from the client side (which
+/// opens it) to the server side (which reads it).
+type ReplicaReader = (OwnedReadHalf, BytesMut);
+
+/// What a routed session needs besides its connections.
+pub(crate) struct RoutedSession<'a> {
+    /// The client's startup parameters, for the replica connection.
+    pub params: &'a [(String, String)],
+    pub routing: &'a ReadRouting,
+    /// Sync mode: commits of writes wait here, as in [`super::session`].
+    pub sync: Option<&'a SyncPoint>,
+    /// Spreads sessions over the replicas.
+    pub session_id: i32,
+}
+
+/// Pumps a session whose reads may go to a replica.
+pub(crate) async fn pump_routed(
+    client: &mut TcpStream,
+    mut cbuf: BytesMut,
+    server: ServerConn,
+    max: usize,
+    session: RoutedSession<'_>,
+) -> Result<End, PumpError> {
+    let RoutedSession {
+        params,
+        routing,
+        sync,
+        session_id,
+    } = session;
+    let (mut server, pending) = server.into_parts();
+    if !pending.is_empty() {
+        client.write_all(&pending).await?;
+    }
+    let route = Mutex::new(Route {
+        tracker: CommitTracker::default(),
+        queue: VecDeque::new(),
+        status: b'I',
+        pinned: false,
+        need: 0,
+    });
+    let lock = || route.lock().unwrap_or_else(|p| p.into_inner());
+    let handover: Mutex<Option<ReplicaReader>> = Mutex::new(None);
+    let queued = Notify::new();
+    // Spread sessions over the replicas.
+    let replica_index = if routing.replicas.is_empty() {
+        None
+    } else {
+        Some(session_id.unsigned_abs() as usize % routing.replicas.len())
+    };
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+
+    let to_server = async {
+        let mut scanner = FrameScanner::default();
+        let mut replica_w: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+        let mut replica_down_until: Option<Instant> = None;
+        loop {
+            let mut at = 0;
+            let mut terminated = false;
+            loop {
+                let step = scanner
+                    .step(&cbuf[at..], max, |t| t == b'X' || client_wants(t))
+                    .map_err(PumpError::Protocol)?;
+                match step {
+                    Step::Pass(n) => at += n,
+                    Step::Frame { tag: b'X', len } => {
+                        at += len;
+                        terminated = true;
+                        break;
+                    }
+                    Step::Frame { tag: b'Q', len } => {
+                        let body = &cbuf[at + 5..at + len];
+                        let sql = read_cstr(body).map_or("", |(s, _)| s);
+                        let candidate = {
+                            let mut r = lock();
+                            let kind = classify(sql);
+                            if kind == Kind::Session || pins_session(sql) {
+                                r.pinned = true;
+                            }
+                            let idle = r.status == b'I' && r.queue.is_empty();
+                            let read_here = kind == Kind::Read && idle && !r.pinned;
+                            let up = replica_down_until.is_none_or(|t| Instant::now() >= t);
+                            let chosen = replica_index.filter(|&i| {
+                                read_here
+                                    && up
+                                    && (routing.mode == ReadMode::Replicas
+                                        || routing.ticks.replica_has(i, r.need))
+                            });
+                            if chosen.is_none() {
+                                if read_here {
+                                    routing.metrics.master.inc();
+                                }
+                                r.tracker.client_message(b'Q', body);
+                                r.queue.push_back(Dest::Master);
+                            }
+                            chosen
+                        };
+                        let Some(i) = candidate else {
+                            at += len;
+                            continue;
+                        };
+                        if replica_w.is_none() {
+                            let (name, target) = &routing.replicas[i];
+                            match ServerConn::connect(target, params, routing.connect_timeout).await
+                            {
+                                Ok(conn) => {
+                                    let (stream, pending) = conn.into_parts();
+                                    let (rr, rw) = stream.into_split();
+                                    *handover.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        Some((rr, pending));
+                                    replica_w = Some(rw);
+                                    debug!(node = %name, "read connection opened");
+                                }
+                                Err(e) => {
+                                    warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
+                                    replica_down_until =
+                                        Some(Instant::now() + Duration::from_secs(5));
+                                    let body = &cbuf[at + 5..at + len];
+                                    let mut r = lock();
+                                    routing.metrics.master.inc();
+                                    r.tracker.client_message(b'Q', body);
+                                    r.queue.push_back(Dest::Master);
+                                    at += len;
+                                    continue;
+                                }
+                            }
+                        }
+                        // Everything before this Query goes to the master
+                        // first; then the Query to the replica.
+                        if at > 0 {
+                            sw.write_all(&cbuf[..at]).await?;
+                            cbuf.advance(at);
+                            at = 0;
+                        }
+                        lock().queue.push_back(Dest::Replica);
+                        queued.notify_one();
+                        routing.metrics.replica.inc();
+                        if let Some(w) = replica_w.as_mut() {
+                            w.write_all(&cbuf[..len]).await?;
+                        }
+                        cbuf.advance(len);
+                    }
+                    Step::Frame { tag, len } => {
+                        let mut r = lock();
+                        r.tracker.client_message(tag, &cbuf[at + 5..at + len]);
+                        if matches!(tag, b'S' | b'F') {
+                            r.queue.push_back(Dest::Master);
+                        }
+                        at += len;
+                    }
+                    Step::More => break,
+                }
+            }
+            if at > 0 {
+                sw.write_all(&cbuf[..at]).await?;
+                cbuf.advance(at);
+            }
+            if terminated {
+                return Ok(End::Terminated);
+            }
+            cbuf.reserve(16 * 1024);
+            if cr.read_buf(&mut cbuf).await? == 0 {
+                return Ok(End::ClientGone);
+            }
+        }
+    };
+
+    let to_client = async {
+        let mut mbuf = BytesMut::with_capacity(64 * 1024);
+        let mut mscan = FrameScanner::backend();
+        let mut replica: Option<(OwnedReadHalf, BytesMut, FrameScanner)> = None;
+        loop {
+            let front = lock().queue.front().copied();
+            if front == Some(Dest::Replica) {
+                if replica.is_none() {
+                    replica = handover
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                        .map(|(r, b)| (r, b, FrameScanner::backend()));
+                }
+                let Some((rr, rbuf, rscan)) = replica.as_mut() else {
+                    return Err(PumpError::Io(std::io::Error::other(
+                        "read routed to a replica without a connection",
+                    )));
+                };
+                loop {
+                    let mut at = 0;
+                    let mut done = false;
+                    loop {
+                        let step = rscan
+                            .step(&rbuf[at..], SERVER_MAX_MESSAGE, |t| t == b'Z')
+                            .map_err(invalid_data)?;
+                        match step {
+                            Step::Pass(n) => at += n,
+                            Step::Frame { len, .. } => {
+                                at += len;
+                                done = true;
+                                break;
+                            }
+                            Step::More => break,
+                        }
+                    }
+                    if at > 0 {
+                        cw.write_all(&rbuf[..at]).await?;
+                        rbuf.advance(at);
+                    }
+                    if done {
+                        lock().queue.pop_front();
+                        break;
+                    }
+                    rbuf.reserve(16 * 1024);
+                    if rr.read_buf(rbuf).await? == 0 {
+                        return Err(PumpError::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the replica serving this session's reads closed the connection",
+                        )));
+                    }
+                }
+                continue;
+            }
+            // The master's turn (or nothing is owed: notifications).
+            let mut at = 0;
+            let mut switch = false;
+            loop {
+                let step = mscan
+                    .step(&mbuf[at..], SERVER_MAX_MESSAGE, server_wants)
+                    .map_err(invalid_data)?;
+                match step {
+                    Step::Pass(n) => at += n,
+                    Step::Frame { tag, len } => {
+                        let body = &mbuf[at + 5..at + len];
+                        let (hold, next_replica) = {
+                            let mut r = lock();
+                            let commit = r.tracker.server_message(tag, body);
+                            if tag == b'Z' {
+                                r.status = body.first().copied().unwrap_or(b'I');
+                                if r.queue.front() == Some(&Dest::Master) {
+                                    r.queue.pop_front();
+                                }
+                                if commit {
+                                    r.need = routing.ticks.commit_tick();
+                                }
+                            }
+                            let next = r.queue.front() == Some(&Dest::Replica);
+                            (commit && sync.is_some(), tag == b'Z' && next)
+                        };
+                        if hold {
+                            cw.write_all(&mbuf[..at]).await?;
+                            mbuf.advance(at);
+                            at = 0;
+                            if let Some(sync) = sync {
+                                sync.wait_for_commit().await;
+                            }
+                        }
+                        at += len;
+                        if next_replica {
+                            switch = true;
+                            break;
+                        }
+                    }
+                    Step::More => break,
+                }
+            }
+            if at > 0 {
+                cw.write_all(&mbuf[..at]).await?;
+                mbuf.advance(at);
+            }
+            if switch {
+                continue;
+            }
+            mbuf.reserve(16 * 1024);
+            let idle = lock().queue.is_empty();
+            let n = if idle {
+                tokio::select! {
+                    n = sr.read_buf(&mut mbuf) => n?,
+                    _ = queued.notified() => continue,
+                }
+            } else {
+                sr.read_buf(&mut mbuf).await?
+            };
+            if n == 0 {
+                return Ok(End::ServerGone);
+            }
+        }
+    };
+    tokio::select! {
+        r = to_server => r,
+        r = to_client => r,
+    }
+}
+
+fn invalid_data(e: ferry_wire::FrameError) -> PumpError {
+    PumpError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

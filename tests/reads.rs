@@ -1,0 +1,154 @@
+//! Reads on replicas: `proxy.reads = "causal"` never lets a session miss
+//! its own write; reads inside transactions and in pinned sessions stay on
+//! the master. `SHOW port` tells which server answered.
+
+use ferry_testkit::{Cluster, Options};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const SCHEMA: &str = "CREATE TABLE mine (id bigint PRIMARY KEY);
+                      CREATE TABLE noise (id int PRIMARY KEY, v bigint NOT NULL);
+                      INSERT INTO noise SELECT g, 0 FROM generate_series(1, 20) g;";
+
+fn cluster(reads: &str) -> Cluster {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 3,
+            schema: SCHEMA.into(),
+            env: vec![("FERRY_PROXY_READS".into(), reads.into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    c
+}
+
+/// The first column of the first row of a simple query (simple protocol:
+/// the kind of statement Ferry may route).
+async fn one(client: &Client, sql: &str) -> String {
+    for m in client.simple_query(sql).await.unwrap() {
+        if let SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap_or_default().to_string();
+        }
+    }
+    panic!("no row from {sql}");
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_reads_never_miss_the_session_s_own_writes() {
+    let c = cluster("causal");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut noise = Vec::new();
+    for w in 0..2 {
+        let client = c.proxy_client().await;
+        let stop = stop.clone();
+        noise.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .batch_execute(&format!(
+                        "UPDATE noise SET v = v + 1 WHERE id = {}",
+                        (n * 2 + w) % 20 + 1
+                    ))
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let client = c.proxy_client().await;
+    let (_, before) = c.admin_get("/metrics");
+    for id in 1..=10_000i64 {
+        client
+            .batch_execute(&format!("INSERT INTO mine VALUES ({id})"))
+            .await
+            .unwrap();
+        if id % 50 == 0 {
+            // Give the replicas time to apply it: this read may go there.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = one(
+            &client,
+            &format!("SELECT count(*) FROM mine WHERE id = {id}"),
+        )
+        .await;
+        assert_eq!(seen, "1", "read {id} missed the session's own write");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for n in noise {
+        n.await.unwrap();
+    }
+    let (_, after) = c.admin_get("/metrics");
+    let on_replicas =
+        metric(&after, "ferry_reads_replica_total") - metric(&before, "ferry_reads_replica_total");
+    let on_master =
+        metric(&after, "ferry_reads_master_total") - metric(&before, "ferry_reads_master_total");
+    assert!(on_replicas >= 100, "replicas served {on_replicas} reads");
+    assert!(on_master > 0, "reads right after a write go to the master");
+    assert_eq!(on_replicas + on_master, 10_000);
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() {
+    let c = cluster("replicas");
+    let master_port = c.servers[0].port.to_string();
+    let replica_ports: Vec<String> = c.servers[1..].iter().map(|s| s.port.to_string()).collect();
+    let client = c.proxy_client().await;
+    // A plain read outside a transaction: a replica.
+    let port = one(&client, "SHOW port").await;
+    assert!(replica_ports.contains(&port), "served by {port}");
+    // Inside a transaction: the master, for every statement.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(one(&client, "SHOW port").await, master_port);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert!(replica_ports.contains(&one(&client, "SHOW port").await));
+    // Writes and statements that may write: the master.
+    assert_eq!(
+        one(
+            &client,
+            "INSERT INTO mine VALUES (1) RETURNING current_setting('port')"
+        )
+        .await,
+        master_port
+    );
+    // Extended protocol: the master.
+    let row = client
+        .query_one("SELECT current_setting('port')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), master_port);
+    // A session that sets something is pinned to the master from then on.
+    let pinned = c.proxy_client().await;
+    assert!(replica_ports.contains(&one(&pinned, "SHOW port").await));
+    pinned
+        .batch_execute("SET application_name = 'pinned'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(one(&pinned, "SHOW port").await, master_port);
+    }
+    // So is one with a temporary table, which exists only there.
+    let temp = c.proxy_client().await;
+    temp.batch_execute("CREATE TEMP TABLE scratch (a int); INSERT INTO scratch VALUES (7)")
+        .await
+        .unwrap();
+    assert_eq!(one(&temp, "SELECT a FROM scratch").await, "7");
+    let (_, metrics) = c.admin_get("/metrics");
+    assert!(
+        metric(&metrics, "ferry_reads_replica_total") >= 3,
+        "{metrics}"
+    );
+}
