@@ -430,3 +430,89 @@ async fn sequence_positions_travel_with_the_batches() {
         "f"
     );
 }
+
+/// A schema change applied on every node while Ferry is stopped: at its
+/// next start capture follows the new columns (the outbox gains them
+/// first, so writes on the master never fail) and the new column
+/// replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_follows_a_column_added_on_every_node_between_runs() {
+    let mut c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE items (id int PRIMARY KEY, name text);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'one')")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.kill_ferry();
+    // Rows written while Ferry is away are captured with the old columns.
+    c.psql(0, "INSERT INTO items VALUES (2, 'two')");
+    for i in 0..2 {
+        c.psql(i, "ALTER TABLE items ADD COLUMN price numeric");
+    }
+    c.start_ferry();
+    let client = c.proxy_client().await;
+    client
+        .batch_execute(
+            "INSERT INTO items VALUES (3, 'three', 9.5); UPDATE items SET price = 1 WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        c.psql(1, "SELECT string_agg(id || ':' || coalesce(price::text, '-'), ',' ORDER BY id) FROM items").trim(),
+        "1:1,2:-,3:9.5"
+    );
+}
+
+/// A schema change made on the master behind Ferry's back is reported (log
+/// and /status), capture follows it at once, and only replicas whose tables
+/// now differ pause, until the same change is made there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_on_the_master_is_reported_and_pauses_replicas_that_differ() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE items (id int PRIMARY KEY, name text);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'one')")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.psql(0, "ALTER TABLE items ADD COLUMN price numeric");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = c.status_json().unwrap_or_default();
+        if s.contains("ALTER TABLE")
+            && s.contains("public.items")
+            && s.contains("columns differ on b")
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reported: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.contains("\"schema_changes\":[{"), "{status}");
+    assert!(c
+        .ferry_log()
+        .contains("Ferry does not replicate schema changes yet"));
+    // The master keeps taking writes, with the new column captured.
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (2, 'two', 2.5)")
+        .await
+        .unwrap();
+    // The operator makes the same change on the replica: shipping resumes.
+    c.psql(1, "ALTER TABLE items ADD COLUMN price numeric");
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        c.psql(1, "SELECT price FROM items WHERE id = 2").trim(),
+        "2.5"
+    );
+}

@@ -28,6 +28,8 @@ pub enum BatchError {
     SchemaMismatch(Vec<String>),
     #[error("invalid table pattern {0:?}: use schema.table with * wildcards")]
     Pattern(String),
+    #[error("the replicated tables changed on the master ({0}); re-checking every node")]
+    SchemaChanged(String),
     #[error("node {node}: apply timed out after {secs}s")]
     Timeout { node: String, secs: u64 },
 }

@@ -5,7 +5,7 @@ use crate::cutter::{Batch, Cutter};
 use crate::install::{connect, install_master, prepare_replica};
 use crate::metrics::{Metrics, ReplicaLabel};
 use crate::pattern::Pattern;
-use crate::status::{ReplicaStatus, SharedStatus};
+use crate::status::{ReplicaStatus, SchemaChange, SharedStatus};
 use crate::sync::SyncPoint;
 use crate::{housekeeping, BatchError};
 use ferry_sql::{schema, TableShape};
@@ -154,6 +154,13 @@ impl Batcher {
             "replicating"
         );
         let names: Vec<String> = replicas.iter().map(|r| r.node.name.clone()).collect();
+        // Schema changes are reported from here on; earlier ones were
+        // already taken into account by the install above.
+        let mut seen_ddl: i64 = control
+            .query_one(schema::LAST_DDL, &[])
+            .await
+            .map_err(BatchError::pg(&master.name))?
+            .get(0);
         let mut last_batch = last_batch;
         let mut next_housekeeping = Instant::now();
         loop {
@@ -223,6 +230,7 @@ impl Batcher {
                             .map_err(BatchError::pg(&master.name))?;
                     }
                 }
+                self.check_schema(&control, &shapes, &mut seen_ddl).await?;
                 housekeeping::clean(&master.name, &control, &shapes, &names).await?;
                 let backlog = housekeeping::backlog(&master.name, &control, &shapes).await?;
                 self.metrics.outbox_rows.set(backlog);
@@ -250,6 +258,65 @@ impl Batcher {
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Reports schema changes logged on the master since `seen`; when they
+    /// changed the replicated tables, ends the session so that the next one
+    /// reinstalls capture for the new shapes and re-checks every replica (a
+    /// replica whose tables now differ is paused with the differences
+    /// until the same change is made there).
+    async fn check_schema(
+        &self,
+        control: &tokio_postgres::Client,
+        shapes: &[TableShape],
+        seen: &mut i64,
+    ) -> Result<(), BatchError> {
+        let node = &self.cfg.master.name;
+        let rows = control
+            .query(schema::READ_DDL_LOG, &[&*seen])
+            .await
+            .map_err(BatchError::pg(node))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<SchemaChange> = rows
+            .iter()
+            .map(|r| SchemaChange {
+                at: r.get(1),
+                tag: r.get(2),
+                object: r.get(3),
+                query: r.get(4),
+            })
+            .collect();
+        *seen = rows.last().map_or(*seen, |r| r.get(0));
+        let now =
+            crate::catalog::replicated_tables(control, node, &self.cfg.include, &self.cfg.exclude)
+                .await?;
+        let changed = now.as_slice() != shapes;
+        if let Ok(mut s) = self.status.write() {
+            s.schema_changes.extend(changes.iter().cloned());
+            let excess = s.schema_changes.len().saturating_sub(20);
+            s.schema_changes.drain(..excess);
+        }
+        for c in &changes {
+            if changed {
+                warn!(node = %node, tag = %c.tag, object = %c.object, query = %c.query,
+                    "schema change on the master: Ferry does not replicate schema changes yet; \
+                     make the same change on every replica (shipping pauses for replicas whose tables differ)");
+            } else {
+                info!(node = %node, tag = %c.tag, object = %c.object,
+                    "schema change on the master leaves the replicated tables as they were");
+            }
+        }
+        if changed {
+            let what = changes
+                .iter()
+                .map(|c| format!("{} {}", c.tag, c.object))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(BatchError::SchemaChanged(what));
+        }
+        Ok(())
     }
 
     /// Opens a replica's apply session, checking and preparing it first.

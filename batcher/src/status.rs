@@ -16,6 +16,16 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// A schema change logged on the master (Ferry does not replicate DDL
+/// yet; it reports it and re-checks the nodes).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SchemaChange {
+    pub at: String,
+    pub tag: String,
+    pub object: String,
+    pub query: String,
+}
+
 /// The replication path as a whole.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicationStatus {
@@ -28,6 +38,8 @@ pub struct ReplicationStatus {
     pub tables: usize,
     pub replicas: Vec<ReplicaStatus>,
     pub error: Option<String>,
+    /// The latest schema changes seen on the master (newest last).
+    pub schema_changes: Vec<SchemaChange>,
 }
 
 /// Shared between the batcher (writer) and the admin endpoint (reader).

@@ -157,6 +157,7 @@ impl StatusSource for AppStatus {
             "tables": r.tables,
             "client_connections": self.frontend.connections.get(),
             "nodes": nodes,
+            "schema_changes": r.schema_changes,
         })
     }
 

@@ -90,6 +90,16 @@ pub fn install(shape: &TableShape) -> String {
          WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0);\n",
         defs = shape.column_defs()
     );
+    // A table that gained columns since its outbox was created (capture is
+    // reinstalled when the table's shape changes): the outbox gains them
+    // too, before the new capture functions write them.
+    let add: Vec<String> = shape
+        .shipped()
+        .map(|c| format!("ADD COLUMN IF NOT EXISTS {} {}", ident(&c.name), c.type_sql))
+        .collect();
+    if !add.is_empty() {
+        sql += &format!("ALTER TABLE {outbox} {};\n", add.join(", "));
+    }
     // The cut reads only rows at or above the previous cut's xmin: with
     // this index that is a range scan however large a backlog a down
     // replica leaves behind. It costs about 2.5 us per captured statement
