@@ -255,8 +255,6 @@ async fn keyless_tables_take_inserts_and_refuse_updates_by_name() {
     assert!(db.message().contains("public.audit"), "{}", db.message());
     let err = client.execute("DELETE FROM audit", &[]).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("55000"));
-    let err = client.batch_execute("TRUNCATE kv").await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("55000"));
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     let n: i64 = c
         .node_client(1)
@@ -343,11 +341,13 @@ async fn hostile_identifiers_are_quoted_everywhere() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(rows, vec![(1, "c".to_string()), (3, "b".to_string())]);
-    let err = client
+    // TRUNCATE replicates too, whatever the name.
+    client
         .batch_execute(&format!("TRUNCATE {t}"))
         .await
-        .unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("55000"));
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(c.psql(1, &format!("SELECT count(*) FROM {t}")).trim(), "0");
 }
 
 /// A replica promoted by hand hands out sequence values above every value
@@ -515,4 +515,132 @@ async fn a_schema_change_on_the_master_is_reported_and_pauses_replicas_that_diff
         c.psql(1, "SELECT price FROM items WHERE id = 2").trim(),
         "2.5"
     );
+}
+
+/// TRUNCATE travels in order with the row changes around it: rows written
+/// before it (in the same transaction, or committed just before in the
+/// same batch window) are gone on the replica, rows written after it stay;
+/// tables truncated together with foreign keys between them, and keyless
+/// tables, included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_is_replicated_in_order_with_the_rows_around_it() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         CREATE TABLE child (id int PRIMARY KEY, p int NOT NULL REFERENCES parent);
+         CREATE TABLE notes (v text);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute(
+            "INSERT INTO parent SELECT g, 'old' FROM generate_series(1, 50) g; \
+             INSERT INTO child SELECT g, g FROM generate_series(1, 50) g; \
+             INSERT INTO notes VALUES ('old')",
+        )
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    // Within one batch window: a committed update, then a transaction that
+    // writes, truncates and writes again.
+    client
+        .batch_execute(
+            "UPDATE parent SET v = 'updated' WHERE id = 7; \
+             BEGIN; \
+             INSERT INTO parent VALUES (100, 'before'); INSERT INTO notes VALUES ('before'); \
+             TRUNCATE parent, child; TRUNCATE notes; \
+             INSERT INTO parent VALUES (7, 'after'), (8, 'after'); \
+             INSERT INTO child VALUES (1, 7); INSERT INTO notes VALUES ('after'); \
+             COMMIT; \
+             UPDATE parent SET v = 'later' WHERE id = 8",
+        )
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    let rows = |sql: &str| c.psql(1, sql).trim().to_string();
+    assert_eq!(
+        rows("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM parent"),
+        "7=after,8=later"
+    );
+    assert_eq!(
+        rows("SELECT string_agg(id || '>' || p, ',') FROM child"),
+        "1>7"
+    );
+    assert_eq!(rows("SELECT string_agg(v, ',') FROM notes"), "after");
+    // And across batches: a plain TRUNCATE on its own.
+    client.batch_execute("TRUNCATE child").await.unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rows("SELECT count(*) FROM child"), "0");
+}
+
+/// A batch that fails on one replica stops shipping to that replica only,
+/// with the error, the batch id and the failing statement in /status; the
+/// other replica goes on, and the paused one catches up once the cause is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_on_one_replica_pauses_that_replica_only() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        3,
+        "CREATE TABLE items (id int PRIMARY KEY, name text);",
+    );
+    // Only replica b refuses duplicate names.
+    c.psql(1, "CREATE UNIQUE INDEX items_name_on_b ON items (name)");
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'same'), (2, 'same')")
+        .await
+        .unwrap();
+    let node_b = |c: &Cluster| -> serde_json::Value {
+        let s: serde_json::Value =
+            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
+        s["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "b").cloned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let b = loop {
+        let b = node_b(&c);
+        if b["failed_statement"].is_string() {
+            break b;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure shown: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        b["failed_statement"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("INSERT INTO \"public\".\"items\"")),
+        "{b}"
+    );
+    assert!(b["failed_batch"].as_i64().is_some_and(|id| id > 0), "{b}");
+    assert!(
+        b["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("items_name_on_b")),
+        "{b}"
+    );
+    // Replica c has everything; later writes keep reaching it.
+    client
+        .batch_execute("INSERT INTO items VALUES (3, 'other')")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.psql(2, "SELECT count(*) FROM items").trim() != "3" {
+        assert!(std::time::Instant::now() < deadline, "replica c stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.psql(1, "SELECT count(*) FROM items").trim(), "0");
+    // The cause removed, b catches up and the failure is cleared.
+    c.psql(1, "DROP INDEX items_name_on_b");
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node_b(&c)["failed_statement"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "failure not cleared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -45,6 +45,10 @@ pub enum Applied {
 pub struct ApplySession {
     node: String,
     conn: ServerConn,
+    /// Per table, the text of its prepared COPY and apply statements (to
+    /// name the one that failed).
+    copy_sql: Vec<String>,
+    apply_sql: Vec<Vec<String>>,
 }
 
 impl ApplySession {
@@ -72,9 +76,11 @@ impl ApplySession {
         prepare(GUARD, schema::BEGIN_APPLY)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
-        for (i, shape) in shapes.iter().enumerate() {
-            prepare(&copy_name(i), &apply::copy_in(shape))?;
-            for (j, sql) in apply::apply(shape).iter().enumerate() {
+        let copy_sql: Vec<String> = shapes.iter().map(apply::copy_in).collect();
+        let apply_sql: Vec<Vec<String>> = shapes.iter().map(apply::apply).collect();
+        for (i, copy) in copy_sql.iter().enumerate() {
+            prepare(&copy_name(i), copy)?;
+            for (j, sql) in apply_sql[i].iter().enumerate() {
                 prepare(&apply_name(i, j), sql)?;
             }
         }
@@ -93,6 +99,8 @@ impl ApplySession {
         Ok(Self {
             node: node.to_string(),
             conn,
+            copy_sql,
+            apply_sql,
         })
     }
 
@@ -156,13 +164,10 @@ impl ApplySession {
     }
 
     /// Ships and applies one batch in one round trip.
-    pub async fn apply(
-        &mut self,
-        origin: &str,
-        b: &Batch,
-        shapes: &[TableShape],
-    ) -> Result<Applied, BatchError> {
+    pub async fn apply(&mut self, origin: &str, b: &Batch) -> Result<Applied, BatchError> {
         let node = self.node.clone();
+        // The statements in the order they run, each completing once.
+        let mut sent: Vec<&str> = vec![schema::APPLY_BEGIN, schema::BEGIN_APPLY];
         let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
         let params = [
             origin.to_string(),
@@ -174,6 +179,7 @@ impl ApplySession {
         run(GUARD, &params, &mut out).map_err(io(&node))?;
         for part in &b.parts {
             run(&copy_name(part.table), &[], &mut out).map_err(io(&node))?;
+            sent.push(self.copy_sql.get(part.table).map_or("COPY", String::as_str));
             for chunk in &part.data {
                 frontend::CopyData::new(&chunk[..])
                     .map_err(io(&node))?
@@ -182,9 +188,15 @@ impl ApplySession {
             frontend::copy_done(&mut out);
         }
         for part in &b.parts {
-            let statements = apply::apply(&shapes[part.table]).len();
-            for j in 0..statements {
+            for (j, sql) in self
+                .apply_sql
+                .get(part.table)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
+                sent.push(sql);
             }
         }
         if !b.sequences.is_empty() {
@@ -195,10 +207,11 @@ impl ApplySession {
                 sequences::array_literal(&positions),
             ];
             run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
+            sent.push(sequences::ADVANCE);
         }
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
+        sent.push(schema::APPLY_COMMIT);
         frontend::sync(&mut out);
-        let ready = 1;
 
         self.conn
             .write_all(&out)
@@ -206,7 +219,7 @@ impl ApplySession {
             .map_err(BatchError::conn(&node))?;
         let (error, status) = self
             .conn
-            .read_until_ready(ready)
+            .read_pipeline()
             .await
             .map_err(BatchError::conn(&node))?;
         if status != b'I' {
@@ -221,11 +234,12 @@ impl ApplySession {
                 node,
                 source: ferry_wire::ConnError::Protocol("batch transaction did not end".into()),
             }),
-            Some(e) if e.code == schema::ALREADY_APPLIED => Ok(Applied::Already),
-            Some(error) => Err(BatchError::Apply {
+            Some((e, _)) if e.code == schema::ALREADY_APPLIED => Ok(Applied::Already),
+            Some((error, at)) => Err(BatchError::Apply {
                 node,
                 batch: b.id,
                 error: Box::new(error),
+                statement: sent.get(at).copied().unwrap_or("COMMIT").to_string(),
             }),
         }
     }

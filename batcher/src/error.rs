@@ -18,11 +18,13 @@ pub enum BatchError {
         #[source]
         source: ConnError,
     },
-    #[error("node {node}: batch {batch} failed to apply: {error}")]
+    #[error("node {node}: batch {batch} failed to apply: {error} (statement: {statement})")]
     Apply {
         node: String,
         batch: i64,
         error: Box<ServerError>,
+        /// The statement of the batch that failed.
+        statement: String,
     },
     #[error("replicated tables differ between nodes:\n  {}", .0.join("\n  "))]
     SchemaMismatch(Vec<String>),

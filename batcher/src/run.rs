@@ -55,6 +55,8 @@ struct Replica {
     last_error: Option<String>,
     /// Tick through which this replica has applied everything.
     applied_tick: u64,
+    /// The batch that last failed to apply, and its failing statement.
+    failed: Option<(i64, String)>,
 }
 
 /// Runs replication from the master to every replica until shut down.
@@ -90,6 +92,7 @@ impl Batcher {
                 lag_rows: 0,
                 last_error: None,
                 applied_tick: 0,
+                failed: None,
             })
             .collect();
         loop {
@@ -184,7 +187,7 @@ impl Batcher {
                     Some(batch) => {
                         self.metrics.batches_cut.inc();
                         last_batch = last_batch.max(batch.id);
-                        self.ship(&batch, replicas, &shapes, tick).await;
+                        self.ship(&batch, replicas, tick).await;
                     }
                     None => {
                         // Nothing committed since their position: they hold
@@ -360,13 +363,7 @@ impl Batcher {
     }
 
     /// Ships one batch to every replica standing at its start, concurrently.
-    async fn ship(
-        &self,
-        batch: &Batch,
-        replicas: &mut [Replica],
-        shapes: &[TableShape],
-        tick: u64,
-    ) {
+    async fn ship(&self, batch: &Batch, replicas: &mut [Replica], tick: u64) {
         let origin = &self.cfg.master.name;
         let timeout = self.cfg.apply_timeout;
         let targets: Vec<&mut Replica> = replicas
@@ -378,7 +375,7 @@ impl Batcher {
             let started = Instant::now();
             let result = match r.session.as_mut() {
                 Some(session) => {
-                    match tokio::time::timeout(timeout, session.apply(origin, batch, shapes))
+                    match tokio::time::timeout(timeout, session.apply(origin, batch))
                         .instrument(span)
                         .await
                     {
@@ -414,12 +411,16 @@ impl Batcher {
                     }
                     r.position = Some((batch.id, batch.snap.clone()));
                     r.applied_tick = tick;
+                    r.failed = None;
                     r.behind_since = None;
                     r.last_lag = batch.cut_at.elapsed();
                     r.last_error = None;
                 }
                 Err(e) => {
                     warn!(node = %r.node.name, batch = batch.id, error = %e, "batch not applied; replica paused");
+                    if let BatchError::Apply { statement, .. } = &e {
+                        r.failed = Some((batch.id, statement.clone()));
+                    }
                     self.metrics.apply_errors.get_or_create(&label).inc();
                     r.last_error = Some(e.to_string());
                     r.session = None;
@@ -463,6 +464,8 @@ impl Batcher {
                     lag_rows: r.lag_rows,
                     lag_seconds,
                     last_error: r.last_error.clone(),
+                    failed_batch: r.failed.as_ref().map(|f| f.0),
+                    failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
                 }
             })
             .collect();

@@ -14,6 +14,10 @@ pub struct ReplicaStatus {
     pub lag_rows: i64,
     pub lag_seconds: f64,
     pub last_error: Option<String>,
+    /// When a batch failed to apply (the replica is paused and retried):
+    /// its id and the statement that failed.
+    pub failed_batch: Option<i64>,
+    pub failed_statement: Option<String>,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL

@@ -142,6 +142,8 @@ impl StatusSource for AppStatus {
                 "lag_rows": s.map(|s| s.lag_rows).unwrap_or(0),
                 "lag_seconds": s.map(|s| s.lag_seconds).unwrap_or(0.0),
                 "last_error": s.and_then(|s| s.last_error.clone()),
+                "failed_batch": s.and_then(|s| s.failed_batch),
+                "failed_statement": s.and_then(|s| s.failed_statement.clone()),
             }));
         }
         serde_json::json!({

@@ -67,13 +67,32 @@ pub fn upsert(shape: &TableShape) -> String {
                 keys = list(key.iter().map(String::as_str), "")
             )
         }
-        None => format!("INSERT INTO {t} ({cols}){overriding} SELECT {cols} FROM {temp}"),
+        None => format!(
+            "INSERT INTO {t} ({cols}){overriding} SELECT {cols} FROM {temp} WHERE _op = 'U'"
+        ),
     }
 }
 
-/// Both apply statements of a table, in order.
+/// Empties the table when the batch carries a TRUNCATE marker for it (the
+/// batch then holds only changes made after the TRUNCATE). A DELETE rather
+/// than TRUNCATE: it runs inside the batch transaction with foreign-key
+/// triggers off (replica role), whatever other tables the master truncated
+/// with it.
+pub fn truncate(shape: &TableShape) -> String {
+    format!(
+        "DELETE FROM {} WHERE EXISTS (SELECT FROM {} WHERE _op = 'T')",
+        shape.table.quoted(),
+        shape.table.batch_temp()
+    )
+}
+
+/// The apply statements of a table, in order.
 pub fn apply(shape: &TableShape) -> Vec<String> {
-    delete(shape).into_iter().chain([upsert(shape)]).collect()
+    [truncate(shape)]
+        .into_iter()
+        .chain(delete(shape))
+        .chain([upsert(shape)])
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,21 +25,29 @@ const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
 /// Fills the batch table from the outbox: for a keyed table, the last image
 /// (or deletion) of each key in capture order; for a keyless one, every
 /// inserted row. Parameter: previous cut.
+///
+/// If the table was truncated in the window, only its last TRUNCATE marker
+/// and the changes after it count (the marker's key columns are NULL, so
+/// it forms a group of its own; real keys are never NULL).
 pub fn materialise(shape: &TableShape) -> String {
     let cols = list(shape.shipped_names(), "");
     let temp = shape.table.batch_temp();
     let outbox = shape.table.outbox();
+    let since_truncate = format!(
+        "_seq >= coalesce((SELECT max(_seq) FROM {outbox} WHERE {SINCE_CUT} AND _op = 'T'), 0)"
+    );
     match &shape.key {
         Some(key) => {
             let key = list(key.iter().map(String::as_str), "");
             format!(
                 "INSERT INTO {temp} (_op, {cols}) \
                  SELECT DISTINCT ON ({key}) _op, {cols} FROM {outbox} \
-                 WHERE {SINCE_CUT} ORDER BY {key}, _seq DESC"
+                 WHERE {SINCE_CUT} AND {since_truncate} ORDER BY {key}, _seq DESC"
             )
         }
         None => format!(
-            "INSERT INTO {temp} (_op, {cols}) SELECT _op, {cols} FROM {outbox} WHERE {SINCE_CUT} ORDER BY _seq"
+            "INSERT INTO {temp} (_op, {cols}) SELECT _op, {cols} FROM {outbox} \
+             WHERE {SINCE_CUT} AND {since_truncate} ORDER BY _seq"
         ),
     }
 }

@@ -9,8 +9,7 @@
 use crate::model::TableShape;
 use crate::quote::{ident, list};
 
-/// SQLSTATE for an UPDATE or DELETE refused on a table without a key, and
-/// for a TRUNCATE of a replicated table (not replicated yet).
+/// SQLSTATE for an UPDATE or DELETE refused on a table without a key.
 pub const REFUSED: &str = "55000";
 
 /// A stable fingerprint of generated SQL (64-bit FNV-1a, hex), stored with
@@ -184,11 +183,17 @@ pub fn install(shape: &TableShape) -> String {
             sql += &format!("DROP TRIGGER IF EXISTS ferry_capture_key ON {target};\n");
         }
     }
-    sql += &refusal(
-        &t.capture_fn("trn"),
-        &q,
-        &format!("cannot truncate table \"{display}\": TRUNCATE is not replicated yet'"),
-        "Use DELETE, or exclude the table from replication.tables.",
+    // TRUNCATE: a marker row (operation 'T', no data) taken after the
+    // statement holds its ACCESS EXCLUSIVE lock, so every change made to the
+    // table before it has a lower sequence value and every one after it a
+    // higher one; the batch keeps only the latter and tells the replica to
+    // empty the table first.
+    sql += &format!(
+        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger {header} AS {q} \
+         BEGIN INSERT INTO {outbox} (_seq, _xid, _op) \
+         VALUES (pg_catalog.nextval('ferry.capture_seq'::pg_catalog.regclass), pg_catalog.pg_current_xact_id(), 'T'); \
+         RETURN NULL; END {q};\n",
+        f = t.capture_fn("trn"),
     );
     sql += &trig(
         "ferry_capture_trn",

@@ -337,6 +337,25 @@ impl ServerConn {
         Ok((first_err, status))
     }
 
+    /// Like [`read_until_ready`](Self::read_until_ready) for one
+    /// ReadyForQuery, also counting the CommandComplete messages before the
+    /// first error: in a pipeline of statements that each complete once,
+    /// that count is the index of the statement that failed.
+    pub async fn read_pipeline(&mut self) -> Result<(Option<(ServerError, usize)>, u8), ConnError> {
+        let mut completed = 0;
+        let mut first_err = None;
+        loop {
+            match self.read_message().await? {
+                Message::ReadyForQuery(r) => return Ok((first_err, r.status())),
+                Message::CommandComplete(_) if first_err.is_none() => completed += 1,
+                Message::ErrorResponse(e) if first_err.is_none() => {
+                    first_err = Some((ServerError::from_fields(&mut e.fields()), completed));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Hands over the socket and any bytes already read, for raw pumping.
     pub fn into_parts(self) -> (TcpStream, BytesMut) {
         (self.stream, self.buf)
