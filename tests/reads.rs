@@ -152,3 +152,42 @@ async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() 
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fails_costs_one_read_not_the_session() {
+    let c = cluster("replicas");
+    let master_port = c.servers[0].port.to_string();
+    let client = c.proxy_client().await;
+    let port = one(&client, "SHOW port").await;
+    let i = c
+        .servers
+        .iter()
+        .position(|s| s.port.to_string() == port)
+        .expect("a replica answered");
+    assert!(i > 0);
+    c.servers[i].stop().unwrap();
+    // At most one read fails (08006, retriable); the session stays usable
+    // and its reads go elsewhere.
+    let mut errors = 0;
+    for _ in 0..5 {
+        match client.simple_query("SHOW port").await {
+            Ok(messages) => {
+                let answered = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                assert_eq!(answered.as_deref(), Some(master_port.as_str()));
+            }
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("08006"), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors <= 1, "{errors} reads failed");
+    client
+        .batch_execute("INSERT INTO mine VALUES (42)")
+        .await
+        .unwrap();
+    c.servers[i].start().unwrap();
+}

@@ -26,7 +26,7 @@ use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
 use ferry_wire::codec::read_cstr;
-use ferry_wire::{FrameScanner, ServerConn, Step, Target};
+use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use std::collections::VecDeque;
@@ -100,6 +100,9 @@ struct Route {
     pinned: bool,
     /// Causal: the tick the session's last writing commit needs.
     need: u64,
+    /// The replica connection failed; the client side drops it and reads
+    /// go to the master until a new one is opened.
+    replica_broken: bool,
 }
 
 /// The session's replica connection, handed from the client side (which
@@ -141,6 +144,7 @@ pub(crate) async fn pump_routed(
         status: b'I',
         pinned: false,
         need: 0,
+        replica_broken: false,
     });
     let lock = || route.lock().unwrap_or_else(|p| p.into_inner());
     let handover: Mutex<Option<ReplicaReader>> = Mutex::new(None);
@@ -177,6 +181,10 @@ pub(crate) async fn pump_routed(
                         let sql = read_cstr(body).map_or("", |(s, _)| s);
                         let candidate = {
                             let mut r = lock();
+                            if std::mem::take(&mut r.replica_broken) {
+                                replica_w = None;
+                                replica_down_until = Some(Instant::now() + REPLICA_RETRY);
+                            }
                             let kind = classify(sql);
                             if kind == Kind::Session || pins_session(sql) {
                                 r.pinned = true;
@@ -217,8 +225,7 @@ pub(crate) async fn pump_routed(
                                 }
                                 Err(e) => {
                                     warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
-                                    replica_down_until =
-                                        Some(Instant::now() + Duration::from_secs(5));
+                                    replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                                     let body = &cbuf[at + 5..at + len];
                                     let mut r = lock();
                                     routing.metrics.master.inc();
@@ -236,13 +243,27 @@ pub(crate) async fn pump_routed(
                             cbuf.advance(at);
                             at = 0;
                         }
-                        lock().queue.push_back(Dest::Replica);
-                        queued.notify_one();
-                        routing.metrics.replica.inc();
-                        if let Some(w) = replica_w.as_mut() {
-                            w.write_all(&cbuf[..len]).await?;
+                        let sent = match replica_w.as_mut() {
+                            Some(w) => w.write_all(&cbuf[..len]).await.is_ok(),
+                            None => false,
+                        };
+                        if sent {
+                            lock().queue.push_back(Dest::Replica);
+                            queued.notify_one();
+                            routing.metrics.replica.inc();
+                            cbuf.advance(len);
+                        } else {
+                            // The replica is gone: this read goes to the
+                            // master with whatever follows it.
+                            warn!(node = %routing.replicas[i].0, "replica connection for reads failed; using the master");
+                            replica_w = None;
+                            replica_down_until = Some(Instant::now() + REPLICA_RETRY);
+                            let mut r = lock();
+                            routing.metrics.master.inc();
+                            r.tracker.client_message(b'Q', &cbuf[5..len]);
+                            r.queue.push_back(Dest::Master);
+                            at = len;
                         }
-                        cbuf.advance(len);
                     }
                     Step::Frame { tag, len } => {
                         let mut r = lock();
@@ -288,37 +309,32 @@ pub(crate) async fn pump_routed(
                         "read routed to a replica without a connection",
                     )));
                 };
-                loop {
-                    let mut at = 0;
-                    let mut done = false;
-                    loop {
-                        let step = rscan
-                            .step(&rbuf[at..], SERVER_MAX_MESSAGE, |t| t == b'Z')
-                            .map_err(invalid_data)?;
-                        match step {
-                            Step::Pass(n) => at += n,
-                            Step::Frame { len, .. } => {
-                                at += len;
-                                done = true;
-                                break;
-                            }
-                            Step::More => break,
-                        }
-                    }
-                    if at > 0 {
-                        cw.write_all(&rbuf[..at]).await?;
-                        rbuf.advance(at);
-                    }
-                    if done {
+                match relay_replica_answer(rr, rbuf, rscan, &mut cw).await {
+                    Ok(()) => {
                         lock().queue.pop_front();
-                        break;
                     }
-                    rbuf.reserve(16 * 1024);
-                    if rr.read_buf(rbuf).await? == 0 {
-                        return Err(PumpError::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionAborted,
-                            "the replica serving this session's reads closed the connection",
-                        )));
+                    Err(e) => {
+                        // The read did not complete on the replica: the
+                        // client gets an error for it (and may retry), the
+                        // session goes on with the master.
+                        let name = replica_index.map_or("?", |i| routing.replicas[i].0.as_str());
+                        warn!(node = %name, error = %e, "replica failed during a read; the session continues on the master");
+                        let mut out = BytesMut::new();
+                        backend::error_response(
+                            &mut out,
+                            "ERROR",
+                            "08006",
+                            &format!(
+                                "the replica {name} serving this read failed ({e}); \
+                                 the statement did not complete, retry it"
+                            ),
+                        );
+                        backend::ready_for_query(&mut out, b'I');
+                        cw.write_all(&out).await?;
+                        replica = None;
+                        let mut r = lock();
+                        r.queue.pop_front();
+                        r.replica_broken = true;
                     }
                 }
                 continue;
@@ -394,6 +410,96 @@ pub(crate) async fn pump_routed(
     }
 }
 
+/// How long a session leaves a failed replica alone.
+const REPLICA_RETRY: Duration = Duration::from_secs(5);
+
+/// Forwards one answer (up to and including its ReadyForQuery) from the
+/// replica. Fails, without forwarding it, on a FATAL or PANIC error (the
+/// replica is shutting down or crashed) and on a broken connection.
+async fn relay_replica_answer(
+    rr: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    rscan: &mut FrameScanner,
+    cw: &mut tokio::net::tcp::WriteHalf<'_>,
+) -> Result<(), std::io::Error> {
+    loop {
+        let mut at = 0;
+        let mut done = false;
+        loop {
+            let step = rscan
+                .step(&rbuf[at..], SERVER_MAX_MESSAGE, |t| t == b'Z' || t == b'E')
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            match step {
+                Step::Pass(n) => at += n,
+                Step::Frame { tag: b'E', len } => {
+                    if fatal_error(&rbuf[at + 5..at + len]) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the replica ended the connection",
+                        ));
+                    }
+                    at += len;
+                }
+                Step::Frame { len, .. } => {
+                    at += len;
+                    done = true;
+                    break;
+                }
+                Step::More => break,
+            }
+        }
+        if at > 0 {
+            cw.write_all(&rbuf[..at]).await?;
+            rbuf.advance(at);
+        }
+        if done {
+            return Ok(());
+        }
+        rbuf.reserve(16 * 1024);
+        if rr.read_buf(rbuf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the replica closed the connection",
+            ));
+        }
+    }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn fatal_error(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some((value, after)) = read_cstr(tail) else {
+            break;
+        };
+        if field == b'V' || field == b'S' {
+            return matches!(value, "FATAL" | "PANIC");
+        }
+        rest = after;
+    }
+    false
+}
+
 fn invalid_data(e: ferry_wire::FrameError) -> PumpError {
     PumpError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_errors_are_told_from_others() {
+        let mut fatal = BytesMut::new();
+        backend::error_response(&mut fatal, "FATAL", "57P01", "terminating connection");
+        let mut plain = BytesMut::new();
+        backend::error_response(&mut plain, "ERROR", "42P01", "no such table");
+        assert!(fatal_error(&fatal[5..]));
+        assert!(!fatal_error(&plain[5..]));
+        assert!(!fatal_error(b""));
+        assert!(!fatal_error(b"S"));
+    }
 }
