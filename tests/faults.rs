@@ -113,7 +113,29 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         "the outbox keeps what c has not applied: {doc}"
     );
     c.servers[2].start().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once caught up, c joins b: both stand at the same batch while writes
+    // go on (one cut serves every replica again, not one cut per replica).
+    let applied = |doc: &serde_json::Value, name: &str| {
+        doc["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name))
+            .and_then(|n| n["applied_batch"].as_i64())
+            .unwrap_or(-1)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut together = 0;
+    while together < 5 {
+        let doc: serde_json::Value =
+            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
+        let (b, cc) = (applied(&doc, "b"), applied(&doc, "c"));
+        together = if b > 0 && b == cc { together + 1 } else { 0 };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas did not join: b at {b}, c at {cc}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!w.is_finished(), "the writer kept writing meanwhile");
     stop.store(true, Ordering::Relaxed);
     let written = w.await.unwrap();
     c.wait_equal(Duration::from_secs(20))

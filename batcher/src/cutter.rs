@@ -64,6 +64,8 @@ pub struct Cutter {
     next_id: Statement,
     materialise: Vec<Statement>,
     copy_out: Vec<Statement>,
+    /// Empties every batch table (between two groups of one cut).
+    empty_batch_tables: String,
     /// Replicated sequences, and the positions the last batch carried.
     sequences: Vec<String>,
     read_sequences: Statement,
@@ -124,6 +126,7 @@ impl Cutter {
             next_id,
             materialise,
             copy_out,
+            empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
             sequences,
             read_sequences,
@@ -135,16 +138,40 @@ impl Cutter {
         BatchError::pg(&self.node)
     }
 
-    /// Cuts the batch of everything committed since `from_snap` (the cut
-    /// the replicas at ledger `from_id` stand at). `None` if nothing changed.
+    /// Cuts, at one snapshot, the batches that bring every group of
+    /// replicas — those standing at the same ledger position `(batch id,
+    /// snapshot)` — to one new position: all of them or none (nothing
+    /// changed for any). Groups that catch up after an outage thus join the
+    /// others instead of being cut separately ever after; a group for which
+    /// nothing changed gets an empty batch (a ledger step).
     ///
-    /// Two round trips to the master (a sync commit waits for them): the
-    /// first flight opens the transaction, takes its snapshot — the cut —
-    /// and materialises every table; the second takes a batch id, copies
-    /// out the tables that have rows and ends the transaction.
-    pub async fn cut(&self, from_id: i64, from_snap: &str) -> Result<Option<Batch>, BatchError> {
+    /// One group costs two round trips to the master (a sync commit waits
+    /// for them): the first flight opens the transaction, takes its
+    /// snapshot — the cut — and materialises every table; the second copies
+    /// out the tables that have rows, takes the batch id and commits. Each
+    /// further group adds a round trip to empty and refill the batch tables
+    /// and one to copy them out.
+    pub async fn cut(&self, groups: &[(i64, String)]) -> Result<Vec<Batch>, BatchError> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.cut_groups(groups).await {
+            Ok(Some(batches)) => Ok(batches),
+            other => {
+                let ended = self.client.batch_execute("ROLLBACK").await;
+                other?;
+                ended.map_err(self.pg())?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// The cut's transaction; `None` (or an error) leaves it for the caller
+    /// to roll back.
+    async fn cut_groups(&self, groups: &[(i64, String)]) -> Result<Option<Vec<Batch>>, BatchError> {
         let cut_at = Instant::now();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&from_snap];
+        let first = &groups[0].1;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [first];
         // join! polls in argument order, so the requests go out in this
         // order in one write: BEGIN, then the snapshot (the transaction's
         // first statement, which fixes it), then the materialisations.
@@ -170,60 +197,88 @@ impl Cutter {
                 Ok(rows.iter().map(|r| r.get::<_, Option<i64>>(0)).collect())
             },
         );
-        let first = begun
-            .and(snap)
-            .and_then(|snap| Ok((snap, counts?, positions?)));
-        let sequences_moved = |positions: &Vec<Option<i64>>| {
+        begun.map_err(self.pg())?;
+        let snap: String = snap.map_err(self.pg())?.get(0);
+        let mut counts = counts.map_err(self.pg())?;
+        let positions: Vec<Option<i64>> = positions.map_err(self.pg())?;
+        let moved = {
             let shipped = self
                 .shipped_sequences
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            *positions != *shipped
+            positions != *shipped
         };
-        let (snap, counts, positions) = match first {
-            Ok((row, counts, positions))
-                if counts.iter().any(|&n| n > 0) || sequences_moved(&positions) =>
-            {
-                (row.get::<_, String>(0), counts, positions)
+        let mut parts: Vec<Vec<TablePart>> = Vec::new();
+        for (g, (_, from_snap)) in groups.iter().enumerate() {
+            if g > 0 {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [from_snap];
+                let (emptied, refilled) = tokio::join!(
+                    self.client.batch_execute(&self.empty_batch_tables),
+                    try_join_all(
+                        self.materialise
+                            .iter()
+                            .map(|stmt| self.client.execute(stmt, &params)),
+                    ),
+                );
+                emptied.map_err(self.pg())?;
+                counts = refilled.map_err(self.pg())?;
             }
-            other => {
-                let ended = self.client.batch_execute("ROLLBACK").await;
-                other.map_err(self.pg())?;
-                ended.map_err(self.pg())?;
+            let here = counts.iter().any(|&n| n > 0);
+            if g + 1 < groups.len() {
+                parts.push(if here {
+                    self.copy_outs(&counts).await.map_err(self.pg())?
+                } else {
+                    Vec::new()
+                });
+                continue;
+            }
+            if !(here || moved || parts.iter().any(|p| !p.is_empty())) {
                 return Ok(None);
             }
-        };
-        let (id, parts, ended) = tokio::join!(
-            self.client.query_one(&self.next_id, &[]),
-            try_join_all(counts.iter().enumerate().filter(|(_, &rows)| rows > 0).map(
-                |(table, &rows)| async move {
-                    let stream = self.client.copy_out(&self.copy_out[table]).await?;
-                    let data: Vec<Bytes> = stream.try_collect().await?;
-                    Ok::<_, tokio_postgres::Error>(TablePart { table, rows, data })
-                }
-            ),),
-            self.client.batch_execute("COMMIT"),
-        );
-        let id: i64 = id.map_err(self.pg())?.get(0);
-        let parts = parts.map_err(self.pg())?;
-        ended.map_err(self.pg())?;
-        let sequences = self
-            .sequences
-            .iter()
-            .zip(&positions)
-            .filter_map(|(name, pos)| pos.map(|p| (name.clone(), p)))
-            .collect();
-        *self
-            .shipped_sequences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = positions;
-        Ok(Some(Batch {
-            from: from_id,
-            id,
-            snap,
-            parts,
-            sequences,
-            cut_at,
-        }))
+            let (id, last, ended) = tokio::join!(
+                self.client.query_one(&self.next_id, &[]),
+                self.copy_outs(&counts),
+                self.client.batch_execute("COMMIT"),
+            );
+            let id: i64 = id.map_err(self.pg())?.get(0);
+            parts.push(last.map_err(self.pg())?);
+            ended.map_err(self.pg())?;
+            let sequences: Vec<(String, i64)> = self
+                .sequences
+                .iter()
+                .zip(&positions)
+                .filter_map(|(name, pos)| pos.map(|p| (name.clone(), p)))
+                .collect();
+            *self
+                .shipped_sequences
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = positions;
+            let batches = groups
+                .iter()
+                .zip(parts)
+                .map(|((from, _), parts)| Batch {
+                    from: *from,
+                    id,
+                    snap: snap.clone(),
+                    parts,
+                    sequences: sequences.clone(),
+                    cut_at,
+                })
+                .collect();
+            return Ok(Some(batches));
+        }
+        Ok(None)
+    }
+
+    /// Copies out the batch tables that have rows, pipelined.
+    async fn copy_outs(&self, counts: &[u64]) -> Result<Vec<TablePart>, tokio_postgres::Error> {
+        try_join_all(counts.iter().enumerate().filter(|(_, &rows)| rows > 0).map(
+            |(table, &rows)| async move {
+                let stream = self.client.copy_out(&self.copy_out[table]).await?;
+                let data: Vec<Bytes> = stream.try_collect().await?;
+                Ok(TablePart { table, rows, data })
+            },
+        ))
+        .await
     }
 }

@@ -175,31 +175,29 @@ impl Batcher {
             }
             // Every cut of this tick takes its snapshot after this point.
             let tick = self.cfg.sync.as_ref().map_or(0, |s| s.start_tick());
-            // Replicas standing at the same ledger position share one cut.
+            // Replicas standing at the same ledger position form a group;
+            // one cut brings every group to the same new position.
             let mut groups: BTreeMap<i64, String> = BTreeMap::new();
             for r in replicas.iter() {
                 if let (Some(_), Some((id, snap))) = (&r.session, &r.position) {
                     groups.entry(*id).or_insert_with(|| snap.clone());
                 }
             }
-            for (from, snap) in groups {
-                match cutter.cut(from, &snap).await? {
-                    Some(batch) => {
-                        self.metrics.batches_cut.inc();
-                        last_batch = last_batch.max(batch.id);
-                        self.ship(&batch, replicas, tick).await;
-                    }
-                    None => {
-                        // Nothing committed since their position: they hold
-                        // everything this tick's snapshot shows.
-                        for r in replicas.iter_mut() {
-                            if r.session.is_some() && r.position.as_ref().map(|p| p.0) == Some(from)
-                            {
-                                r.applied_tick = tick;
-                            }
-                        }
+            let groups: Vec<(i64, String)> = groups.into_iter().collect();
+            let batches = cutter.cut(&groups).await?;
+            if batches.is_empty() {
+                // Nothing committed since any position: every replica holds
+                // everything this tick's snapshot shows.
+                for r in replicas.iter_mut() {
+                    if r.session.is_some() {
+                        r.applied_tick = tick;
                     }
                 }
+            }
+            for batch in &batches {
+                self.metrics.batches_cut.inc();
+                last_batch = last_batch.max(batch.id);
+                self.ship(batch, replicas, tick).await;
             }
             if let Some(sync) = &self.cfg.sync {
                 let applied: Vec<u64> = replicas

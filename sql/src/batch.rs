@@ -14,6 +14,16 @@ pub fn create_temp(shape: &TableShape) -> String {
     )
 }
 
+/// Empties every batch table inside the cut's transaction, so that one cut
+/// can materialise the windows of several groups of replicas in turn.
+pub fn empty_all(shapes: &[TableShape]) -> String {
+    let temps: Vec<String> = shapes.iter().map(|s| s.table.batch_temp()).collect();
+    if temps.is_empty() {
+        return "SELECT 1".into();
+    }
+    format!("TRUNCATE {}", temps.join(", "))
+}
+
 /// The condition selecting outbox rows of transactions visible in the
 /// reading transaction's snapshot but not in `$1` (the previous cut). The
 /// reading transaction's own snapshot is the new cut, so this selects
