@@ -4,9 +4,9 @@
 use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::listener;
-use crate::frontend::read_routing::{ReadMetrics, ReadMode, ReadRouting};
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
+use crate::frontend::tracked_pump::{ReadMetrics, ReadMode, ReadRouting};
 use ferry_admin::StatusSource;
 use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;

@@ -5,16 +5,17 @@
 //! - [`session`]: one client session: a server connection on the master
 //!   and the frame pump between them.
 //! - [`commit_tracker`]: which commits wait for sync replicas.
-//! - [`read_routing`]: reads on replicas (`proxy.reads`).
+//! - [`tracked_pump`]: sessions followed message by message: sync-mode
+//!   commit holds and reads on replicas (`proxy.reads`).
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
 //! - [`listener`]: the accept loop.
 
 pub mod cancel;
 pub mod commit_tracker;
 pub mod listener;
-pub mod read_routing;
 pub mod session;
 pub mod startup;
+pub mod tracked_pump;
 
 use bytes::BytesMut;
 use ferry_wire::backend;

@@ -1,5 +1,7 @@
 //! One client session: authenticate, open a server connection on the
-//! master, then pump frames both ways until either side ends.
+//! master, then pump frames both ways until either side ends. Sessions in
+//! sync mode or with reads on replicas use the pump in
+//! [`super::tracked_pump`]; the others this one.
 //!
 //! Client → server traffic goes through a [`FrameScanner`] that checks every
 //! header (known message type, sane length) while bodies stream through
@@ -8,19 +10,18 @@
 //! unchanged, and extended-protocol pipelines and COPY pass intact.
 
 use super::cancel::{CancelRegistry, ServerKey};
-use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::fatal;
-use super::read_routing::{pump_routed, ReadRouting, RoutedSession};
 use super::startup::{self, AuthMethod, Startup, UserDb};
+use super::tracked_pump::{pump_routed, ReadRouting, RoutedSession};
 use bytes::{Buf, BytesMut};
-use ferry_batcher::{Outcome, SyncPoint};
+use ferry_batcher::SyncPoint;
 use ferry_wire::conn::send_cancel;
 use ferry_wire::startup::StartupPacket;
-use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
+use ferry_wire::{backend, FrameScanner, ServerConn, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -156,26 +157,22 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         backend::ready_for_query(&mut out, b'I');
         if client.write_all(&out).await.is_ok() {
             debug!("session started");
-            let pumped = match (&shared.reads, &shared.sync) {
-                (Some(reads), sync) => {
-                    pump_routed(
-                        &mut client,
-                        buf,
-                        server,
-                        shared.max_message,
-                        RoutedSession {
-                            params: &params,
-                            routing: reads,
-                            sync: sync.as_deref(),
-                            session_id: pid,
-                        },
-                    )
-                    .await
-                }
-                (None, Some(sync)) => {
-                    pump_tracked(&mut client, buf, server, shared.max_message, sync).await
-                }
-                (None, None) => pump(&mut client, buf, server, shared.max_message).await,
+            let pumped = if shared.reads.is_some() || shared.sync.is_some() {
+                pump_routed(
+                    &mut client,
+                    buf,
+                    server,
+                    shared.max_message,
+                    RoutedSession {
+                        params: &params,
+                        routing: shared.reads.as_deref(),
+                        sync: shared.sync.as_deref(),
+                        session_id: pid,
+                    },
+                )
+                .await
+            } else {
+                pump(&mut client, buf, server, shared.max_message).await
             };
             match pumped {
                 Ok(end) => debug!(?end, "session ended"),
@@ -255,113 +252,6 @@ async fn pump(
                 return Ok(End::ServerGone);
             }
             cw.write_all(&b[..n]).await?;
-        }
-    };
-    tokio::select! {
-        r = to_server => r,
-        r = to_client => r,
-    }
-}
-
-/// Largest server message the tracked pump accepts (PostgreSQL's own limit
-/// for a field is 1 GB; a DataRow may carry several).
-pub(crate) const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
-
-/// The synchronous-mode pump: like [`pump`], but both directions are read
-/// message by message so that a [`CommitTracker`] can see the statements
-/// and their outcomes, and the ReadyForQuery that ends a writing commit is
-/// held until the sync replicas have it. Everything before it reaches the
-/// client at once; everything after it waits behind it, in order.
-async fn pump_tracked(
-    client: &mut TcpStream,
-    mut cbuf: BytesMut,
-    server: ServerConn,
-    max: usize,
-    sync: &SyncPoint,
-) -> Result<End, PumpError> {
-    let (mut server, pending) = server.into_parts();
-    if !pending.is_empty() {
-        client.write_all(&pending).await?;
-    }
-    let tracker = Mutex::new(CommitTracker::default());
-    let track = || {
-        tracker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let to_server = async {
-        let mut scanner = FrameScanner::default();
-        loop {
-            let mut at = 0;
-            let mut terminated = false;
-            loop {
-                let step = scanner
-                    .step(&cbuf[at..], max, |t| t == b'X' || client_wants(t))
-                    .map_err(PumpError::Protocol)?;
-                match step {
-                    Step::Pass(n) => at += n,
-                    Step::Frame { tag: b'X', len } => {
-                        at += len;
-                        terminated = true;
-                        break;
-                    }
-                    Step::Frame { tag, len } => {
-                        // Recorded before the server can answer it.
-                        track().client_message(tag, &cbuf[at + 5..at + len]);
-                        at += len;
-                    }
-                    Step::More => break,
-                }
-            }
-            if at > 0 {
-                sw.write_all(&cbuf[..at]).await?;
-                cbuf.advance(at);
-            }
-            if terminated {
-                return Ok(End::Terminated);
-            }
-            cbuf.reserve(16 * 1024);
-            if cr.read_buf(&mut cbuf).await? == 0 {
-                return Ok(End::ClientGone);
-            }
-        }
-    };
-    let to_client = async {
-        let mut sbuf = BytesMut::with_capacity(64 * 1024);
-        let mut scanner = FrameScanner::backend();
-        loop {
-            sbuf.reserve(16 * 1024);
-            if sr.read_buf(&mut sbuf).await? == 0 {
-                return Ok(End::ServerGone);
-            }
-            let mut at = 0;
-            loop {
-                let step = scanner
-                    .step(&sbuf[at..], SERVER_MAX_MESSAGE, server_wants)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                match step {
-                    Step::Pass(n) => at += n,
-                    Step::Frame { tag, len } => {
-                        let hold = track().server_message(tag, &sbuf[at + 5..at + len]);
-                        if hold {
-                            cw.write_all(&sbuf[..at]).await?;
-                            sbuf.advance(at);
-                            at = 0;
-                            if sync.wait_for_commit().await == Outcome::Degraded {
-                                debug!("commit acknowledged without sync replicas (fallback)");
-                            }
-                        }
-                        at += len;
-                    }
-                    Step::More => break,
-                }
-            }
-            if at > 0 {
-                cw.write_all(&sbuf[..at]).await?;
-                sbuf.advance(at);
-            }
         }
     };
     tokio::select! {

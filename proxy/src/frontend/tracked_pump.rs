@@ -1,7 +1,11 @@
-//! Reads on replicas (`proxy.reads = "replicas"` or `"causal"`).
+//! The pump of sessions that Ferry follows message by message: in sync mode
+//! (commits that may have written wait for the sync replicas, see
+//! [`super::commit_tracker`]) and with reads on replicas (`proxy.reads =
+//! "replicas"` or `"causal"`). Other sessions use the plain byte pump in
+//! [`super::session`].
 //!
-//! A session keeps its master connection and, from its first routed read
-//! on, one connection to a replica. Each simple-protocol Query that is
+//! With read routing, a session keeps its master connection and, from its
+//! first routed read on, one connection to a replica. Each simple-protocol Query that is
 //! certainly a read ([`ferry_sql::classify`]) and arrives while the session
 //! is idle outside a transaction, not pinned, with nothing outstanding, may
 //! go to the replica; everything else goes to the master:
@@ -21,7 +25,7 @@
 //! answers next, so answers reach the client in the order it asked.
 
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
-use super::session::{End, PumpError, SERVER_MAX_MESSAGE};
+use super::session::{End, PumpError};
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
@@ -113,14 +117,15 @@ type ReplicaReader = (OwnedReadHalf, BytesMut);
 pub(crate) struct RoutedSession<'a> {
     /// The client's startup parameters, for the replica connection.
     pub params: &'a [(String, String)],
-    pub routing: &'a ReadRouting,
+    /// Set when reads may go to replicas.
+    pub routing: Option<&'a ReadRouting>,
     /// Sync mode: commits of writes wait here, as in [`super::session`].
     pub sync: Option<&'a SyncPoint>,
     /// Spreads sessions over the replicas.
     pub session_id: i32,
 }
 
-/// Pumps a session whose reads may go to a replica.
+/// Pumps a followed session (sync mode, read routing, or both).
 pub(crate) async fn pump_routed(
     client: &mut TcpStream,
     mut cbuf: BytesMut,
@@ -150,11 +155,9 @@ pub(crate) async fn pump_routed(
     let handover: Mutex<Option<ReplicaReader>> = Mutex::new(None);
     let queued = Notify::new();
     // Spread sessions over the replicas.
-    let replica_index = if routing.replicas.is_empty() {
-        None
-    } else {
-        Some(session_id.unsigned_abs() as usize % routing.replicas.len())
-    };
+    let replica_index = routing
+        .filter(|r| !r.replicas.is_empty())
+        .map(|r| session_id.unsigned_abs() as usize % r.replicas.len());
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
 
@@ -192,14 +195,14 @@ pub(crate) async fn pump_routed(
                             let idle = r.status == b'I' && r.queue.is_empty();
                             let read_here = kind == Kind::Read && idle && !r.pinned;
                             let up = replica_down_until.is_none_or(|t| Instant::now() >= t);
-                            let chosen = replica_index.filter(|&i| {
+                            let chosen = routing.zip(replica_index).filter(|&(routing, i)| {
                                 read_here
                                     && up
                                     && (routing.mode == ReadMode::Replicas
                                         || routing.ticks.replica_has(i, r.need))
                             });
                             if chosen.is_none() {
-                                if read_here {
+                                if let (true, Some(routing)) = (read_here, routing) {
                                     routing.metrics.master.inc();
                                 }
                                 r.tracker.client_message(b'Q', body);
@@ -207,7 +210,7 @@ pub(crate) async fn pump_routed(
                             }
                             chosen
                         };
-                        let Some(i) = candidate else {
+                        let Some((routing, i)) = candidate else {
                             at += len;
                             continue;
                         };
@@ -317,7 +320,9 @@ pub(crate) async fn pump_routed(
                         // The read did not complete on the replica: the
                         // client gets an error for it (and may retry), the
                         // session goes on with the master.
-                        let name = replica_index.map_or("?", |i| routing.replicas[i].0.as_str());
+                        let name = routing
+                            .zip(replica_index)
+                            .map_or("?", |(routing, i)| routing.replicas[i].0.as_str());
                         warn!(node = %name, error = %e, "replica failed during a read; the session continues on the master");
                         let mut out = BytesMut::new();
                         backend::error_response(
@@ -358,7 +363,7 @@ pub(crate) async fn pump_routed(
                                 if r.queue.front() == Some(&Dest::Master) {
                                     r.queue.pop_front();
                                 }
-                                if commit {
+                                if let (true, Some(routing)) = (commit, routing) {
                                     r.need = routing.ticks.commit_tick();
                                 }
                             }
@@ -409,6 +414,10 @@ pub(crate) async fn pump_routed(
         r = to_client => r,
     }
 }
+
+/// Largest server message the tracked pump accepts (PostgreSQL's own limit
+/// for a field is 1 GB; a DataRow may carry several).
+const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
 
 /// How long a session leaves a failed replica alone.
 const REPLICA_RETRY: Duration = Duration::from_secs(5);
