@@ -38,7 +38,8 @@ pub struct BatcherConfig {
     /// A replica that does not finish a batch within this is dropped and
     /// reconnected.
     pub apply_timeout: Duration,
-    /// Synchronous commit, when `mode = "sync"`.
+    /// Tick bookkeeping for synchronous commit (`mode = "sync"`) and
+    /// causal reads: which replica has applied which tick.
     pub sync: Option<Arc<SyncPoint>>,
 }
 
@@ -106,7 +107,9 @@ impl Batcher {
                 Err(e) => {
                     warn!(node = %self.cfg.master.name, error = %e, "batcher session failed; retrying in 1s");
                     if let Ok(mut s) = self.status.write() {
-                        s.master_reachable = false;
+                        // A session restarted for a schema change still
+                        // reaches the master.
+                        s.master_reachable = matches!(e, BatchError::SchemaChanged(_));
                         s.error = Some(e.to_string());
                     }
                     for r in &mut replicas {
