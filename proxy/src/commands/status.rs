@@ -65,6 +65,43 @@ pub fn render(doc: &serde_json::Value) -> String {
             n["last_error"].as_str().unwrap_or(""),
         );
     }
+    if let Some(sync) = doc["sync"].as_object() {
+        out += &format!(
+            "\nsync: {} replica(s) required, {} commit(s) waiting{}\n",
+            sync.get("replicas_required")
+                .unwrap_or(&serde_json::Value::Null),
+            sync.get("waiting_commits")
+                .unwrap_or(&serde_json::Value::Null),
+            if sync.get("degraded").and_then(|d| d.as_bool()) == Some(true) {
+                ", DEGRADED: commits continue without the replicas"
+            } else {
+                ""
+            }
+        );
+    }
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        if let Some(statement) = n["failed_statement"].as_str() {
+            out += &format!(
+                "\n{}: batch {} failed to apply (retried); failing statement: {}\n",
+                n["name"].as_str().unwrap_or("?"),
+                n["failed_batch"],
+                statement
+            );
+        }
+    }
+    let changes = doc["schema_changes"].as_array().map_or(&[][..], |c| &c[..]);
+    if !changes.is_empty() {
+        out +=
+            "\nschema changes seen on the master (not replicated; make them on every replica):\n";
+        for c in changes.iter().rev().take(5) {
+            out += &format!(
+                "  {} {} {}\n",
+                c["at"].as_str().unwrap_or("?"),
+                c["tag"].as_str().unwrap_or("?"),
+                c["object"].as_str().unwrap_or("?")
+            );
+        }
+    }
     out
 }
 
@@ -77,4 +114,35 @@ pub async fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", render(&doc));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_sync_failures_and_schema_changes() {
+        let doc = serde_json::json!({
+            "master": "a", "mode": "sync", "last_batch": 9, "outbox_backlog": 0, "tables": 1,
+            "client_connections": 2,
+            "sync": {"replicas_required": 1, "degraded": true, "waiting_commits": 0},
+            "nodes": [
+                {"name": "a", "role": "master", "reachable": true},
+                {"name": "b", "role": "replica", "reachable": true, "failed_batch": 7,
+                 "failed_statement": "INSERT INTO t", "last_error": "duplicate key"}
+            ],
+            "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q"}]
+        });
+        let text = render(&doc);
+        assert!(text.contains("mode sync"), "{text}");
+        assert!(text.contains("DEGRADED"), "{text}");
+        assert!(text.contains("b: batch 7 failed to apply"), "{text}");
+        assert!(text.contains("INSERT INTO t"), "{text}");
+        assert!(text.contains("ALTER TABLE public.t"), "{text}");
+        let quiet = render(&serde_json::json!({"nodes": []}));
+        assert!(
+            !quiet.contains("sync:") && !quiet.contains("schema changes"),
+            "{quiet}"
+        );
+    }
 }
