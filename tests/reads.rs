@@ -191,3 +191,35 @@ async fn a_replica_that_fails_costs_one_read_not_the_session() {
         .unwrap();
     c.servers[i].start().unwrap();
 }
+
+/// A statement that looks like a read but writes (a view over a volatile
+/// function) fails on the replica, read-only there, instead of changing it
+/// behind the master's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_writes_after_all_cannot_change_a_replica() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 2,
+            schema: format!(
+                "{SCHEMA}
+                 CREATE FUNCTION sneaky() RETURNS bigint LANGUAGE sql VOLATILE
+                   AS 'INSERT INTO mine VALUES (999) RETURNING id';
+                 CREATE VIEW looks_harmless AS SELECT sneaky() AS id;"
+            ),
+            env: vec![("FERRY_PROXY_READS".into(), "replicas".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let client = c.proxy_client().await;
+    let err = client
+        .simple_query("SELECT id FROM looks_harmless")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+    assert_eq!(c.psql(1, "SELECT count(*) FROM mine").trim(), "0");
+    assert_eq!(c.psql(0, "SELECT count(*) FROM mine").trim(), "0");
+    // The session goes on.
+    assert_eq!(one(&client, "SELECT count(*) FROM mine").await, "0");
+}

@@ -216,7 +216,9 @@ pub(crate) async fn pump_routed(
                         };
                         if replica_w.is_none() {
                             let (name, target) = &routing.replicas[i];
-                            match ServerConn::connect(target, params, routing.connect_timeout).await
+                            let params = read_only(params);
+                            match ServerConn::connect(target, &params, routing.connect_timeout)
+                                .await
                             {
                                 Ok(conn) => {
                                     let (stream, pending) = conn.into_parts();
@@ -419,6 +421,26 @@ pub(crate) async fn pump_routed(
 /// for a field is 1 GB; a DataRow may carry several).
 const SERVER_MAX_MESSAGE: usize = i32::MAX as usize;
 
+/// The client's startup parameters for a replica read connection, with
+/// `default_transaction_read_only` on: a statement taken for a read that
+/// writes after all (through a view over a volatile function, say) fails
+/// there with SQLSTATE 25006 instead of changing the replica behind the
+/// master's back.
+fn read_only(params: &[(String, String)]) -> Vec<(String, String)> {
+    const READ_ONLY: &str = "-c default_transaction_read_only=on";
+    let mut out: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "options")
+        .cloned()
+        .collect();
+    let options = params.iter().find(|(k, _)| k == "options").map_or_else(
+        || READ_ONLY.to_string(),
+        |(_, v)| format!("{v} {READ_ONLY}"),
+    );
+    out.push(("options".into(), options));
+    out
+}
+
 /// How long a session leaves a failed replica alone.
 const REPLICA_RETRY: Duration = Duration::from_secs(5);
 
@@ -499,6 +521,23 @@ fn invalid_data(e: ferry_wire::FrameError) -> PumpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_connections_are_read_only() {
+        let plain = read_only(&[("application_name".into(), "app".into())]);
+        assert!(plain.contains(&(
+            "options".into(),
+            "-c default_transaction_read_only=on".into()
+        )));
+        let merged = read_only(&[("options".into(), "-c search_path=s".into())]);
+        assert_eq!(
+            merged,
+            vec![(
+                "options".to_string(),
+                "-c search_path=s -c default_transaction_read_only=on".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn fatal_errors_are_told_from_others() {
