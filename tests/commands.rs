@@ -150,6 +150,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
     for (script, option) in [
         ("benchmarks/run", "--quick"),
         ("benchmarks/capture-cost", "--rounds"),
+        ("benchmarks/sync-cost", "--rounds"),
     ] {
         let script = root().join(script);
         let out = Command::new("bash")
