@@ -429,6 +429,21 @@ async fn sequence_positions_travel_with_the_batches() {
         c.psql(1, "SELECT is_called FROM other.unrelated").trim(),
         "f"
     );
+    // A sequence created while Ferry runs (replica first) travels too.
+    c.psql(1, "CREATE SEQUENCE late_seq");
+    c.psql(0, "CREATE SEQUENCE late_seq");
+    client
+        .batch_execute("SELECT nextval('late_seq'); SELECT nextval('late_seq')")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while c.psql(1, "SELECT last_value FROM late_seq").trim() != "2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late_seq did not travel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A schema change applied on every node while Ferry is stopped: at its

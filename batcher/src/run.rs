@@ -141,7 +141,7 @@ impl Batcher {
             &self.cfg.exclude,
         )
         .await?;
-        let cutter = Cutter::new(&master.name, batch_client, &shapes, sequences).await?;
+        let cutter = Cutter::new(&master.name, batch_client, &shapes, sequences.clone()).await?;
         let last_batch: i64 = control
             .query_one("SELECT last_value FROM ferry.batch_ids", &[])
             .await
@@ -234,7 +234,8 @@ impl Batcher {
                             .map_err(BatchError::pg(&master.name))?;
                     }
                 }
-                self.check_schema(&control, &shapes, &mut seen_ddl).await?;
+                self.check_schema(&control, (&shapes, &sequences), &mut seen_ddl)
+                    .await?;
                 housekeeping::clean(&master.name, &control, &shapes, &names).await?;
                 let backlog = housekeeping::backlog(&master.name, &control, &shapes).await?;
                 self.metrics.outbox_rows.set(backlog);
@@ -265,14 +266,14 @@ impl Batcher {
     }
 
     /// Reports schema changes logged on the master since `seen`; when they
-    /// changed the replicated tables, ends the session so that the next one
+    /// changed the replicated tables or sequences, ends the session so that the next one
     /// reinstalls capture for the new shapes and re-checks every replica (a
     /// replica whose tables now differ is paused with the differences
     /// until the same change is made there).
     async fn check_schema(
         &self,
         control: &tokio_postgres::Client,
-        shapes: &[TableShape],
+        (shapes, sequences): (&[TableShape], &[String]),
         seen: &mut i64,
     ) -> Result<(), BatchError> {
         let node = &self.cfg.master.name;
@@ -296,7 +297,14 @@ impl Batcher {
         let now =
             crate::catalog::replicated_tables(control, node, &self.cfg.include, &self.cfg.exclude)
                 .await?;
-        let changed = now.as_slice() != shapes;
+        let now_sequences = crate::catalog::replicated_sequences(
+            control,
+            node,
+            &self.cfg.include,
+            &self.cfg.exclude,
+        )
+        .await?;
+        let changed = now.as_slice() != shapes || now_sequences.as_slice() != sequences;
         if let Ok(mut s) = self.status.write() {
             s.schema_changes.extend(changes.iter().cloned());
             let excess = s.schema_changes.len().saturating_sub(20);
