@@ -49,12 +49,17 @@ pub struct CommitTracker {
 }
 
 impl CommitTracker {
+    /// A simple Query the client sends, already classified.
+    pub fn query(&mut self, may_write: bool) {
+        self.cycles.push_back(may_write);
+    }
+
     /// A message the client sends, with its body (after the length word).
     pub fn client_message(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'Q' => {
                 let writes = read_cstr(body).is_none_or(|(sql, _)| classify(sql).may_write());
-                self.cycles.push_back(writes);
+                self.query(writes);
             }
             b'P' => {
                 if let Some((name, rest)) = read_cstr(body) {

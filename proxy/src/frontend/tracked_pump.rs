@@ -189,7 +189,7 @@ pub(crate) async fn pump_routed(
                                 replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             }
                             let kind = classify(sql);
-                            if kind == Kind::Session || pins_session(sql) {
+                            if routing.is_some() && (kind == Kind::Session || pins_session(sql)) {
                                 r.pinned = true;
                             }
                             let idle = r.status == b'I' && r.queue.is_empty();
@@ -205,7 +205,7 @@ pub(crate) async fn pump_routed(
                                 if let (true, Some(routing)) = (read_here, routing) {
                                     routing.metrics.master.inc();
                                 }
-                                r.tracker.client_message(b'Q', body);
+                                r.tracker.query(kind.may_write());
                                 r.queue.push_back(Dest::Master);
                             }
                             chosen
@@ -231,10 +231,10 @@ pub(crate) async fn pump_routed(
                                 Err(e) => {
                                     warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
                                     replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                                    let body = &cbuf[at + 5..at + len];
+                                    // Only reads are routed: it cannot write.
                                     let mut r = lock();
                                     routing.metrics.master.inc();
-                                    r.tracker.client_message(b'Q', body);
+                                    r.tracker.query(false);
                                     r.queue.push_back(Dest::Master);
                                     at += len;
                                     continue;
@@ -265,7 +265,7 @@ pub(crate) async fn pump_routed(
                             replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             let mut r = lock();
                             routing.metrics.master.inc();
-                            r.tracker.client_message(b'Q', &cbuf[5..len]);
+                            r.tracker.query(false);
                             r.queue.push_back(Dest::Master);
                             at = len;
                         }
