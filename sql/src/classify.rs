@@ -18,6 +18,14 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
+/// Deepest parenthesis nesting the classifier parses.
+const MAX_PARSE_DEPTH: usize = 32;
+/// Most operators (and AND/OR/UNION-like words) the classifier parses: a
+/// chain of binary operators makes a tree as deep as it is long.
+const MAX_PARSE_OPERATORS: usize = 128;
+/// Longest statement text the classifier parses, in bytes.
+const MAX_PARSE_LEN: usize = 64 * 1024;
+
 /// The kind of a statement (or of a string of statements, which takes the
 /// strongest kind among its parts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +68,15 @@ pub fn classify(sql: &str) -> Kind {
         if scan.first == "select" && !scan.paren && !scan.for_or_into {
             return Kind::Read;
         }
+    }
+    // The parser recurses per nesting level: a hostile statement must not
+    // be able to exhaust the proxy's stack. Such statements go to the
+    // master, which has its own limits.
+    if scan.depth > MAX_PARSE_DEPTH
+        || scan.operators > MAX_PARSE_OPERATORS
+        || sql.len() > MAX_PARSE_LEN
+    {
+        return Kind::Write;
     }
     parsed(sql)
 }
@@ -345,6 +362,10 @@ struct Scan {
     confused: bool,
     /// A `(` outside quotes and comments.
     paren: bool,
+    /// Deepest parenthesis nesting outside quotes and comments.
+    depth: usize,
+    /// Operator characters and AND/OR/UNION/INTERSECT/EXCEPT words.
+    operators: usize,
     /// The word FOR or INTO anywhere.
     for_or_into: bool,
 }
@@ -357,6 +378,7 @@ fn scan(sql: &str) -> Scan {
     let mut i = 0;
     let mut words = 0; // words seen in the current statement
     let mut content = false; // current statement has content
+    let mut open = 0usize; // parentheses open now
     while i < b.len() {
         let c = b[i];
         match c {
@@ -413,6 +435,12 @@ fn scan(sql: &str) -> Scan {
                 if w.eq_ignore_ascii_case("for") || w.eq_ignore_ascii_case("into") {
                     s.for_or_into = true;
                 }
+                if ["and", "or", "union", "intersect", "except"]
+                    .iter()
+                    .any(|op| w.eq_ignore_ascii_case(op))
+                {
+                    s.operators += 1;
+                }
                 if s.statements == 0 {
                     let word = w.to_ascii_lowercase();
                     match words {
@@ -426,7 +454,15 @@ fn scan(sql: &str) -> Scan {
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
-                s.paren |= c == b'(';
+                if c == b'(' {
+                    s.paren = true;
+                    open += 1;
+                    s.depth = s.depth.max(open);
+                } else if c == b')' {
+                    open = open.saturating_sub(1);
+                } else if b"+-*/%^<>=!|&~#@?".contains(&c) {
+                    s.operators += 1;
+                }
                 content = true;
                 words = 2;
                 i += 1;
@@ -595,5 +631,30 @@ mod tests {
         assert_eq!(classify("BEGIN; SELECT 1; COMMIT"), Kind::Read);
         assert!(!classify("BEGIN; SELECT 1; COMMIT").may_write());
         assert!(classify("UPDATE t SET a = 1").may_write());
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_a_write_not_a_crash() {
+        let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(classify(&deep), Kind::Write);
+        let deep_sub = format!(
+            "SELECT * FROM {}t{}",
+            "(SELECT * FROM ".repeat(20_000),
+            ") s".repeat(20_000)
+        );
+        assert_eq!(classify(&deep_sub), Kind::Write);
+        // Long operator chains make deep trees without parentheses.
+        let chain = format!("SELECT abs(1) FROM t WHERE x = {}1", "1 + ".repeat(15_000));
+        assert!(chain.len() < MAX_PARSE_LEN);
+        let _ = classify(&chain);
+        let unary = format!("SELECT abs({}1)", "-".repeat(60_000));
+        let _ = classify(&unary);
+        let unions = format!("SELECT abs(1){}", " UNION SELECT 1".repeat(3_000));
+        assert_eq!(classify(&unions), Kind::Write);
     }
 }
