@@ -172,3 +172,55 @@ async fn replication_resumes_after_a_master_restart() {
         .await
         .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
 }
+
+/// Stops (SIGSTOP) every process of one replica: the other replica keeps
+/// receiving batches within seconds instead of waiting for the frozen one,
+/// and once thawed the frozen one catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_does_not_hold_up_the_others() {
+    let c = cluster(3);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO events VALUES (0, 0)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    let pid = c.servers[2].pid().expect("replica c runs").to_string();
+    let freeze = |sig: &str| {
+        // The postmaster's children first: running backends keep serving
+        // when only the postmaster stops.
+        let _ = std::process::Command::new("pkill")
+            .args([&format!("-{sig}"), "-P", &pid])
+            .status();
+        c.servers[2].signal(sig).unwrap();
+    };
+    freeze("STOP");
+    let mut worst = Duration::ZERO;
+    for n in 1..=10i64 {
+        client
+            .batch_execute(&format!("INSERT INTO events VALUES ({n}, 0)"))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while c
+            .psql(1, &format!("SELECT count(*) FROM events WHERE n = {n}"))
+            .trim()
+            != "1"
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "row {n} did not reach b while c was frozen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worst = worst.max(started.elapsed());
+    }
+    assert!(
+        worst < Duration::from_secs(5),
+        "worst delay on b: {worst:?}"
+    );
+    freeze("CONT");
+    c.wait_equal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+}

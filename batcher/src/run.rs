@@ -10,11 +10,12 @@ use crate::sync::SyncPoint;
 use crate::{housekeeping, BatchError};
 use ferry_sql::{schema, TableShape};
 use ferry_wire::Target;
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
 /// A node by name and connection target.
@@ -58,7 +59,13 @@ struct Replica {
     applied_tick: u64,
     /// The batch that last failed to apply, and its failing statement.
     failed: Option<(i64, String)>,
+    /// A connection attempt running beside the loop (a frozen server must
+    /// not hold up the other replicas).
+    connecting: Option<JoinHandle<Result<Connected, BatchError>>>,
 }
+
+/// A replica's opened apply session and its ledger position.
+type Connected = (ApplySession, (i64, String));
 
 /// Runs replication from the master to every replica until shut down.
 pub struct Batcher {
@@ -94,6 +101,7 @@ impl Batcher {
                 last_error: None,
                 applied_tick: 0,
                 failed: None,
+                connecting: None,
             })
             .collect();
         loop {
@@ -114,6 +122,9 @@ impl Batcher {
                     }
                     for r in &mut replicas {
                         r.session = None;
+                        if let Some(attempt) = r.connecting.take() {
+                            attempt.abort();
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -172,9 +183,7 @@ impl Batcher {
         loop {
             let tick_start = Instant::now();
             for r in replicas.iter_mut() {
-                if r.session.is_none() && Instant::now() >= r.retry_at {
-                    self.connect_replica(r, &control, &shapes).await;
-                }
+                self.connect_replica(r, &shapes).await;
             }
             // Every cut of this tick takes its snapshot after this point.
             let tick = self.cfg.sync.as_ref().map_or(0, |s| s.start_tick());
@@ -331,43 +340,62 @@ impl Batcher {
         Ok(())
     }
 
-    /// Opens a replica's apply session, checking and preparing it first.
-    async fn connect_replica(
-        &self,
-        r: &mut Replica,
-        master: &tokio_postgres::Client,
-        shapes: &[TableShape],
-    ) {
-        let name = r.node.name.clone();
-        let result = async {
-            let control = connect(&name, &r.node.target, "ferry control").await?;
-            prepare_replica(
-                (&self.cfg.master.name, master),
-                shapes,
-                (&name, &control),
-                &self.cfg.include,
-                &self.cfg.exclude,
-            )
-            .await?;
-            let mut session = ApplySession::open(&name, &r.node.target, shapes).await?;
-            let position = session.ledger().await?;
-            Ok::<_, BatchError>((session, position))
+    /// Starts, or collects, a replica's connection attempt: checking and
+    /// preparing the replica and opening its apply session run in a task of
+    /// their own (with their own master connection), so a replica that
+    /// hangs does not hold up the loop.
+    async fn connect_replica(&self, r: &mut Replica, shapes: &[TableShape]) {
+        if r.session.is_some() {
+            return;
         }
-        .await;
-        match result {
-            Ok((session, position)) => {
-                info!(node = %name, batch = position.0, "replica connected");
-                r.session = Some(session);
-                r.position = Some(position);
-                r.last_error = None;
-            }
-            Err(e) => {
-                if r.last_error.as_deref() != Some(&e.to_string()) {
-                    warn!(node = %name, error = %e, "replica unavailable; retrying");
+        let name = r.node.name.clone();
+        match r.connecting.take() {
+            Some(attempt) if attempt.is_finished() => {
+                let result = attempt.await.unwrap_or_else(|e| {
+                    Err(BatchError::Conn {
+                        node: name.clone(),
+                        source: ferry_wire::ConnError::Protocol(format!("connection task: {e}")),
+                    })
+                });
+                match result {
+                    Ok((session, position)) => {
+                        info!(node = %name, batch = position.0, "replica connected");
+                        r.session = Some(session);
+                        r.position = Some(position);
+                        r.last_error = None;
+                    }
+                    Err(e) => {
+                        if r.last_error.as_deref() != Some(&e.to_string()) {
+                            warn!(node = %name, error = %e, "replica unavailable; retrying");
+                        }
+                        r.last_error = Some(e.to_string());
+                        r.retry_at = Instant::now() + Duration::from_secs(1);
+                    }
                 }
-                r.last_error = Some(e.to_string());
-                r.retry_at = Instant::now() + Duration::from_secs(1);
             }
+            Some(attempt) => r.connecting = Some(attempt),
+            None if Instant::now() >= r.retry_at => {
+                let master = self.cfg.master.clone();
+                let target = r.node.target.clone();
+                let shapes = shapes.to_vec();
+                let (include, exclude) = (self.cfg.include.clone(), self.cfg.exclude.clone());
+                r.connecting = Some(tokio::spawn(async move {
+                    let m = connect(&master.name, &master.target, "ferry control").await?;
+                    let control = connect(&name, &target, "ferry control").await?;
+                    prepare_replica(
+                        (&master.name, &m),
+                        &shapes,
+                        (&name, &control),
+                        &include,
+                        &exclude,
+                    )
+                    .await?;
+                    let mut session = ApplySession::open(&name, &target, &shapes).await?;
+                    let position = session.ledger().await?;
+                    Ok((session, position))
+                }));
+            }
+            None => {}
         }
     }
 
@@ -379,27 +407,55 @@ impl Batcher {
             .iter_mut()
             .filter(|r| r.session.is_some() && r.position.as_ref().map(|p| p.0) == Some(batch.from))
             .collect();
-        let results = join_all(targets.into_iter().map(|r| async move {
-            let span = info_span!("apply", node = %r.node.name, batch = batch.id);
-            let started = Instant::now();
-            let result = match r.session.as_mut() {
-                Some(session) => {
-                    match tokio::time::timeout(timeout, session.apply(origin, batch))
-                        .instrument(span)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(BatchError::Timeout {
-                            node: r.node.name.clone(),
-                            secs: timeout.as_secs(),
-                        }),
+        let mut pending: FuturesUnordered<_> = targets
+            .into_iter()
+            .map(|r| async move {
+                let span = info_span!("apply", node = %r.node.name, batch = batch.id);
+                let started = Instant::now();
+                let result = match r.session.as_mut() {
+                    Some(session) => {
+                        match tokio::time::timeout(timeout, session.apply(origin, batch))
+                            .instrument(span)
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(BatchError::Timeout {
+                                node: r.node.name.clone(),
+                                secs: timeout.as_secs(),
+                            }),
+                        }
                     }
-                }
-                None => return (r, Ok(Applied::Already), started),
+                    None => return (r, Ok(Applied::Already), started),
+                };
+                (r, result, started)
+            })
+            .collect();
+        // Once one replica has applied the batch, the others get a grace of
+        // four times as long (at least a second); one that takes longer is
+        // disconnected and catches up on its own later, instead of holding
+        // up every replica until apply_timeout.
+        let mut results = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => pending.next().await,
+                Some(at) => match tokio::time::timeout_at(at, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
             };
-            (r, result, started)
-        }))
-        .await;
+            let Some(done) = next else { break };
+            if deadline.is_none() {
+                let grace = (done.2.elapsed() * 4).max(Duration::from_secs(1));
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            results.push(done);
+        }
+        drop(pending);
+        let finished: Vec<String> = results
+            .iter()
+            .map(|(r, _, _)| r.node.name.clone())
+            .collect();
         for (r, result, started) in results {
             let label = ReplicaLabel::new(&r.node.name);
             match result {
@@ -440,6 +496,24 @@ impl Batcher {
                             Duration::from_secs(1)
                         };
                 }
+            }
+        }
+        for r in replicas.iter_mut() {
+            let straggler = r.session.is_some()
+                && r.position.as_ref().map(|p| p.0) == Some(batch.from)
+                && !finished.contains(&r.node.name);
+            if straggler {
+                warn!(node = %r.node.name, batch = batch.id, "replica far slower than the others on this batch; disconnected, it catches up on its own");
+                self.metrics
+                    .apply_errors
+                    .get_or_create(&ReplicaLabel::new(&r.node.name))
+                    .inc();
+                r.last_error = Some(format!(
+                    "batch {} took far longer than on the other replicas; reconnecting",
+                    batch.id
+                ));
+                r.session = None;
+                r.retry_at = Instant::now() + Duration::from_secs(1);
             }
         }
     }
