@@ -2,7 +2,7 @@
 //! through Ferry (or behind its back) reaches every replica, whole
 //! transactions only, in any commit order.
 
-use ferry_testkit::Cluster;
+use ferry_testkit::{eventually, Cluster};
 use futures_util::SinkExt;
 use std::time::Duration;
 
@@ -392,18 +392,13 @@ async fn sequence_positions_travel_with_the_batches() {
         .unwrap();
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     // The sequence-only change travels on its own batch, too.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let on_replica = c.psql(1, "SELECT last_value FROM order_no");
-        if on_replica.trim() == taken.to_string() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "order_no stayed at {on_replica}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_psql(
+        1,
+        "SELECT last_value FROM order_no",
+        &taken.to_string(),
+        Duration::from_secs(10),
+    )
+    .await;
     // Promote by hand: write to the replica directly.
     let replica = c.node_client(1).await;
     let ser: i32 = replica
@@ -436,14 +431,13 @@ async fn sequence_positions_travel_with_the_batches() {
         .batch_execute("SELECT nextval('late_seq'); SELECT nextval('late_seq')")
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while c.psql(1, "SELECT last_value FROM late_seq").trim() != "2" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "late_seq did not travel"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_psql(
+        1,
+        "SELECT last_value FROM late_seq",
+        "2",
+        Duration::from_secs(15),
+    )
+    .await;
 }
 
 /// A schema change applied on every node while Ferry is stopped: at its
@@ -501,18 +495,18 @@ async fn a_schema_change_on_the_master_is_reported_and_pauses_replicas_that_diff
         .unwrap();
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     c.psql(0, "ALTER TABLE items ADD COLUMN price numeric");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
+    let status = eventually(Duration::from_secs(20), "schema change reported", || {
         let s = c.status_json().unwrap_or_default();
-        if s.contains("ALTER TABLE")
+        let reported = s.contains("ALTER TABLE")
             && s.contains("public.items")
-            && s.contains("columns differ on b")
-        {
-            break s;
+            && s.contains("columns differ on b");
+        if reported {
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(std::time::Instant::now() < deadline, "not reported: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert!(status.contains("\"schema_changes\":[{"), "{status}");
     assert!(c
         .ferry_log()
@@ -614,18 +608,15 @@ async fn a_batch_failing_on_one_replica_pauses_that_replica_only() {
             .and_then(|n| n.iter().find(|n| n["name"] == "b").cloned())
             .unwrap_or_default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let b = loop {
+    let b = eventually(Duration::from_secs(20), "failure shown", || {
         let b = node_b(&c);
         if b["failed_statement"].is_string() {
-            break b;
+            Ok(b)
+        } else {
+            Err(b)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failure shown: {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert!(
         b["failed_statement"]
             .as_str()
@@ -644,18 +635,24 @@ async fn a_batch_failing_on_one_replica_pauses_that_replica_only() {
         .batch_execute("INSERT INTO items VALUES (3, 'other')")
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while c.psql(2, "SELECT count(*) FROM items").trim() != "3" {
-        assert!(std::time::Instant::now() < deadline, "replica c stalled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_psql(
+        2,
+        "SELECT count(*) FROM items",
+        "3",
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(c.psql(1, "SELECT count(*) FROM items").trim(), "0");
     // The cause removed, b catches up and the failure is cleared.
     c.psql(1, "DROP INDEX items_name_on_b");
     c.wait_equal(Duration::from_secs(20)).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !node_b(&c)["failed_statement"].is_null() {
-        assert!(std::time::Instant::now() < deadline, "failure not cleared");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(10), "failure cleared", || {
+        let b = node_b(&c);
+        if b["failed_statement"].is_null() {
+            Ok(())
+        } else {
+            Err(b)
+        }
+    })
+    .await;
 }

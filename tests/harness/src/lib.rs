@@ -330,6 +330,20 @@ impl Cluster {
         }
     }
 
+    /// Waits until `sql` on node `i` prints `want` (trimmed); panics with
+    /// the last value after `timeout`.
+    pub async fn wait_psql(&self, i: usize, sql: &str, want: &str, timeout: Duration) {
+        eventually(timeout, sql, || {
+            let got = self.psql(i, sql);
+            if got.trim() == want {
+                Ok(())
+            } else {
+                Err(got)
+            }
+        })
+        .await
+    }
+
     /// Runs SQL on one node with psql.
     pub fn psql(&self, i: usize, sql: &str) -> String {
         self.servers[i].psql(DB, sql).expect("psql")
@@ -401,6 +415,25 @@ impl Drop for Cluster {
         }
         if std::env::var_os("FERRY_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `probe` every 50 ms until it succeeds and returns its value;
+/// after `timeout` panics naming `what` and the probe's last answer.
+pub async fn eventually<T, D: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, D>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not reached after {timeout:?}; last: {last:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
