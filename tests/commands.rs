@@ -123,15 +123,7 @@ fn init_is_idempotent_and_names_what_differs_between_nodes() {
         },
     );
     let config = c.config_path.display().to_string();
-    for _ in 0..2 {
-        let out = c.ferry(&["init", "--config", &config]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 replicated tables"));
-    }
+    // Differences made before Ferry was ever installed are refused.
     c.psql(1, "ALTER TABLE t ADD COLUMN extra int");
     c.psql(0, "CREATE TABLE only_on_master (id int PRIMARY KEY)");
     let out = c.ferry(&["init", "--config", &config]);
@@ -143,6 +135,28 @@ fn init_is_idempotent_and_names_what_differs_between_nodes() {
     let out = c.ferry(&["run", "--config", &config]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing on b"));
+    c.psql(
+        1,
+        "ALTER TABLE t DROP COLUMN extra; CREATE TABLE only_on_master (id int PRIMARY KEY)",
+    );
+    for _ in 0..2 {
+        let out = c.ferry(&["init", "--config", &config]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("2 replicated tables"));
+    }
+    // Once installed, a table created on the master is on its way to the
+    // replicas in the batch stream: not a difference.
+    c.psql(0, "CREATE TABLE later (id int PRIMARY KEY)");
+    let out = c.ferry(&["init", "--config", &config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

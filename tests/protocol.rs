@@ -228,7 +228,8 @@ async fn cancel_requests_reach_the_right_server_session() {
 /// Logs in with SCRAM over a raw socket, returning it ready for queries.
 fn raw_login(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Generous: on a loaded 2-core machine a login can take seconds.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut out = BytesMut::new();
     frontend::startup_message([("user", USER), ("database", "app")], &mut out).unwrap();
     s.write_all(&out).unwrap();

@@ -284,7 +284,7 @@ async fn status_metrics_and_health_report_the_replicas() {
     assert_eq!(nodes[0]["role"], "master");
     for n in &nodes[1..] {
         assert_eq!(n["role"], "replica");
-        assert_eq!(n["reachable"], true);
+        assert_eq!(n["reachable"], true, "{doc}");
         assert!(n["applied_batch"].as_i64().unwrap() > 0);
         assert_eq!(n["lag_batches"], 0);
         assert_eq!(n["lag_rows"], 0);
@@ -475,54 +475,6 @@ async fn capture_follows_a_column_added_on_every_node_between_runs() {
     assert_eq!(
         c.psql(1, "SELECT string_agg(id || ':' || coalesce(price::text, '-'), ',' ORDER BY id) FROM items").trim(),
         "1:1,2:-,3:9.5"
-    );
-}
-
-/// A schema change made on the master behind Ferry's back is reported (log
-/// and /status), capture follows it at once, and only replicas whose tables
-/// now differ pause, until the same change is made there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_change_on_the_master_is_reported_and_pauses_replicas_that_differ() {
-    let c = Cluster::started(
-        env!("CARGO_BIN_EXE_ferry"),
-        2,
-        "CREATE TABLE items (id int PRIMARY KEY, name text);",
-    );
-    let client = c.proxy_client().await;
-    client
-        .batch_execute("INSERT INTO items VALUES (1, 'one')")
-        .await
-        .unwrap();
-    c.wait_equal(Duration::from_secs(10)).await.unwrap();
-    c.psql(0, "ALTER TABLE items ADD COLUMN price numeric");
-    let status = eventually(Duration::from_secs(20), "schema change reported", || {
-        let s = c.status_json().unwrap_or_default();
-        let reported = s.contains("ALTER TABLE")
-            && s.contains("public.items")
-            && s.contains("columns differ on b");
-        if reported {
-            Ok(s)
-        } else {
-            Err(s)
-        }
-    })
-    .await;
-    assert!(status.contains("\"schema_changes\":[{"), "{status}");
-    assert!(c
-        .ferry_log()
-        .contains("Ferry does not replicate schema changes yet"));
-    // The master keeps taking writes, with the new column captured.
-    let client = c.proxy_client().await;
-    client
-        .batch_execute("INSERT INTO items VALUES (2, 'two', 2.5)")
-        .await
-        .unwrap();
-    // The operator makes the same change on the replica: shipping resumes.
-    c.psql(1, "ALTER TABLE items ADD COLUMN price numeric");
-    c.wait_equal(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(
-        c.psql(1, "SELECT price FROM items WHERE id = 2").trim(),
-        "2.5"
     );
 }
 

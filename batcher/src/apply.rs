@@ -21,11 +21,11 @@
 //! harmlessly. Prepared statements spare the replica parsing and planning
 //! about ten statements per batch.
 
-use crate::cutter::Batch;
+use crate::cutter::{Batch, Step};
 use crate::BatchError;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use ferry_sql::{apply, batch, schema, sequences, TableShape};
+use ferry_sql::{apply, batch, ddl, schema, sequences, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -165,6 +165,9 @@ impl ApplySession {
 
     /// Ships and applies one batch in one round trip.
     pub async fn apply(&mut self, origin: &str, b: &Batch) -> Result<Applied, BatchError> {
+        if !b.steps.is_empty() {
+            return self.apply_steps(origin, b).await;
+        }
         let node = self.node.clone();
         // The statements in the order they run, each completing once.
         let mut sent: Vec<&str> = vec![schema::APPLY_BEGIN, schema::BEGIN_APPLY];
@@ -222,6 +225,108 @@ impl ApplySession {
             .read_pipeline()
             .await
             .map_err(BatchError::conn(&node))?;
+        let sent: Vec<String> = sent.into_iter().map(str::to_string).collect();
+        self.finish(b, error, status, |at| sent.get(at).cloned())
+            .await
+    }
+}
+
+impl ApplySession {
+    /// Ships and applies a batch that carries schema changes, also in one
+    /// round trip: its steps in order, each with statements of its own
+    /// (unnamed: the shapes change within the batch), in one transaction.
+    async fn apply_steps(&mut self, origin: &str, b: &Batch) -> Result<Applied, BatchError> {
+        let node = self.node.clone();
+        let mut sent: Vec<String> = Vec::new();
+        let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
+        let guard = [
+            origin.to_string(),
+            b.from.to_string(),
+            b.id.to_string(),
+            b.snap.clone(),
+        ];
+        // Each statement runs once, unnamed; `sent` names it for errors.
+        let mut once = |sql: &str, params: &[String], out: &mut BytesMut| {
+            sent.push(sql.to_string());
+            frontend::parse("", sql, [], out)?;
+            run("", params, out)
+        };
+        let mut replayed: Vec<String> = Vec::new();
+        once(schema::APPLY_BEGIN, &[], &mut out).map_err(io(&node))?;
+        once(schema::BEGIN_APPLY, &guard, &mut out).map_err(io(&node))?;
+        for (k, step) in b.steps.iter().enumerate() {
+            match step {
+                Step::Rows { shape, data, .. } => {
+                    let name = format!("ferry_step_{k}");
+                    let temp = batch::step_temp(&name);
+                    once(&batch::create_step_temp(shape, &name), &[], &mut out)
+                        .map_err(io(&node))?;
+                    once(&apply::copy_into(&temp), &[], &mut out).map_err(io(&node))?;
+                    for chunk in data {
+                        frontend::CopyData::new(&chunk[..])
+                            .map_err(io(&node))?
+                            .write(&mut out);
+                    }
+                    frontend::copy_done(&mut out);
+                    for sql in apply::apply_from(shape, &temp) {
+                        once(&sql, &[], &mut out).map_err(io(&node))?;
+                    }
+                }
+                Step::Ddl(change) => {
+                    let Some(statement) = &change.statement else {
+                        continue;
+                    };
+                    once(
+                        ddl::REPLAY,
+                        &[statement.clone(), change.search_path.clone()],
+                        &mut out,
+                    )
+                    .map_err(io(&node))?;
+                    replayed.push(statement.clone());
+                }
+            }
+        }
+        if !b.sequences.is_empty() {
+            let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
+            let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
+            let params = [
+                sequences::array_literal(&names),
+                sequences::array_literal(&positions),
+            ];
+            once(sequences::ADVANCE, &params, &mut out).map_err(io(&node))?;
+        }
+        once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
+        frontend::sync(&mut out);
+        self.conn
+            .write_all(&out)
+            .await
+            .map_err(BatchError::conn(&node))?;
+        let (error, status) = self
+            .conn
+            .read_pipeline()
+            .await
+            .map_err(BatchError::conn(&node))?;
+        // A failing replay is named by its statement, not by the call.
+        let mut names = sent;
+        for statement in &replayed {
+            if let Some(slot) = names.iter_mut().find(|s| s.as_str() == ddl::REPLAY) {
+                *slot = statement.clone();
+            }
+        }
+        self.finish(b, error, status, |at| names.get(at).cloned())
+            .await
+    }
+
+    /// Ends a shipped batch: rolls back an aborted transaction and tells
+    /// what happened. `statement(i)` names the i-th statement that ran.
+    async fn finish(
+        &mut self,
+        b: &Batch,
+        error: Option<(ferry_wire::ServerError, usize)>,
+        status: u8,
+        statement: impl Fn(usize) -> Option<String>,
+    ) -> Result<Applied, BatchError> {
+        let node = self.node.clone();
         if status != b'I' {
             self.conn
                 .simple_query("ROLLBACK")
@@ -239,7 +344,7 @@ impl ApplySession {
                 node,
                 batch: b.id,
                 error: Box::new(error),
-                statement: sent.get(at).copied().unwrap_or("COMMIT").to_string(),
+                statement: statement(at).unwrap_or_else(|| "COMMIT".into()),
             }),
         }
     }

@@ -1,10 +1,10 @@
 //! Reading table shapes from a node's catalog and comparing them across
-//! nodes: until DDL replication exists, every node must already hold the
-//! same replicated tables.
+//! nodes: a replica must hold the master's replicated tables, as they stand
+//! after the schema changes that already reached it.
 
 use crate::pattern::{selected, Pattern};
 use crate::BatchError;
-use ferry_sql::{catalog, sequences, Column, TableName, TableShape};
+use ferry_sql::{catalog, sequences, TableName, TableShape};
 use tokio_postgres::Client;
 
 /// The replicated tables on a node, with their shapes, sorted by name.
@@ -52,41 +52,35 @@ pub async fn replicated_sequences(
 
 /// One table's columns and replication key.
 pub async fn shape(client: &Client, node: &str, t: &TableName) -> Result<TableShape, BatchError> {
-    let q = t.quoted();
-    let columns = client
-        .query(catalog::COLUMNS, &[&q])
+    let json: Option<String> = client
+        .query_one(catalog::SHAPE, &[&t.quoted()])
         .await
         .map_err(BatchError::pg(node))?
-        .into_iter()
-        .map(|r| Column {
-            name: r.get(0),
-            type_sql: r.get(1),
-            generated: r.get(2),
-            identity: r.get(3),
-        })
-        .collect();
-    let key = client
-        .query_opt(catalog::KEY, &[&q])
-        .await
-        .map_err(BatchError::pg(node))?
-        .map(|r| r.get::<_, Vec<String>>(0));
-    Ok(TableShape {
-        table: t.clone(),
-        columns,
-        key,
+        .get(0);
+    let json = json.ok_or_else(|| BatchError::Catalog {
+        node: node.to_string(),
+        detail: format!("table {t} vanished while being read"),
+    })?;
+    TableShape::from_json(&json).map_err(|e| BatchError::Catalog {
+        node: node.to_string(),
+        detail: format!("shape of {t}: {e}"),
     })
 }
 
-/// Differences between the master's tables and a replica's, one line each.
+/// Differences between the master's tables and a replica's, one line each,
+/// with the table each concerns.
 pub fn differences(
     master: &[TableShape],
     replica_name: &str,
     replica: &[TableShape],
-) -> Vec<String> {
+) -> Vec<(TableName, String)> {
     let mut out = Vec::new();
     for m in master {
         match replica.iter().find(|r| r.table == m.table) {
-            None => out.push(format!("{}: missing on {replica_name}", m.table)),
+            None => out.push((
+                m.table.clone(),
+                format!("{}: missing on {replica_name}", m.table),
+            )),
             Some(r) => {
                 let cols = |s: &TableShape| {
                     s.columns
@@ -103,17 +97,23 @@ pub fn differences(
                 };
                 let (mc, rc) = (cols(m), cols(r));
                 if mc != rc {
-                    out.push(format!(
-                        "{}: columns differ on {replica_name}: master ({}) vs ({})",
-                        m.table,
-                        mc.join(", "),
-                        rc.join(", ")
+                    out.push((
+                        m.table.clone(),
+                        format!(
+                            "{}: columns differ on {replica_name}: master ({}) vs ({})",
+                            m.table,
+                            mc.join(", "),
+                            rc.join(", ")
+                        ),
                     ));
                 }
                 if m.key != r.key {
-                    out.push(format!(
-                        "{}: key differs on {replica_name}: master {:?} vs {:?}",
-                        m.table, m.key, r.key
+                    out.push((
+                        m.table.clone(),
+                        format!(
+                            "{}: key differs on {replica_name}: master {:?} vs {:?}",
+                            m.table, m.key, r.key
+                        ),
                     ));
                 }
             }

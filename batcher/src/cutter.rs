@@ -6,6 +6,7 @@
 //! transactions that committed in between. They are netted per key into
 //! the session's temporary tables (created once) and copied out in binary.
 
+use crate::schema_steps::{plan, DdlChange, LogEntry, Planned};
 use crate::BatchError;
 use bytes::Bytes;
 use ferry_sql::{batch, schema, TableShape};
@@ -24,6 +25,19 @@ pub struct TablePart {
     pub data: Vec<Bytes>,
 }
 
+/// A step of a batch that carries schema changes.
+#[derive(Debug)]
+pub enum Step {
+    /// Row changes of one table, in the shape it has at this point.
+    Rows {
+        shape: TableShape,
+        rows: u64,
+        data: Vec<Bytes>,
+    },
+    /// A schema change to replay (or, without a statement, to report).
+    Ddl(DdlChange),
+}
+
 /// A cut batch, ready to ship to every replica standing at `from`.
 #[derive(Debug)]
 pub struct Batch {
@@ -37,22 +51,46 @@ pub struct Batch {
     /// Every replicated sequence's position on the master, as
     /// `(regclass text, last value)`.
     pub sequences: Vec<(String, i64)>,
+    /// When the window holds schema changes, the batch is these steps, in
+    /// order, instead of `parts` (see [`crate::schema_steps`]).
+    pub steps: Vec<Step>,
     pub cut_at: Instant,
 }
 
 impl Batch {
     /// Rows in the batch, after netting.
     pub fn rows(&self) -> u64 {
-        self.parts.iter().map(|p| p.rows).sum()
+        let steps: u64 = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Rows { rows, .. } => *rows,
+                Step::Ddl(_) => 0,
+            })
+            .sum();
+        self.parts.iter().map(|p| p.rows).sum::<u64>() + steps
     }
 
     /// Bytes of COPY data in the batch.
     pub fn bytes(&self) -> u64 {
+        let steps = self.steps.iter().flat_map(|s| match s {
+            Step::Rows { data, .. } => data.iter(),
+            Step::Ddl(_) => [].iter(),
+        });
         self.parts
             .iter()
             .flat_map(|p| p.data.iter())
+            .chain(steps)
             .map(|b| b.len() as u64)
             .sum()
+    }
+
+    /// The schema changes the batch carries.
+    pub fn schema_changes(&self) -> impl Iterator<Item = &DdlChange> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Ddl(d) => Some(d),
+            Step::Rows { .. } => None,
+        })
     }
 }
 
@@ -64,6 +102,9 @@ pub struct Cutter {
     next_id: Statement,
     materialise: Vec<Statement>,
     copy_out: Vec<Statement>,
+    /// The schema changes in a window (see [`crate::schema_steps`]).
+    ddl_window: Statement,
+    shapes: Vec<TableShape>,
     /// Empties every batch table (between two groups of one cut).
     empty_batch_tables: String,
     /// Replicated sequences, and the positions the last batch carried.
@@ -84,7 +125,7 @@ impl Cutter {
         // Custom plans: the cut's `_xid >= xmin(previous cut)` can then use
         // the outbox index with the actual value (a generic plan cannot).
         let mut setup = String::from(
-            "SET application_name = 'ferry batcher'; SET plan_cache_mode = force_custom_plan;",
+            "SET application_name = 'ferry batcher'; SET plan_cache_mode = force_custom_plan; SET ferry.in_ddl = 'on';",
         );
         for s in shapes {
             setup += &batch::create_temp(s);
@@ -101,6 +142,10 @@ impl Cutter {
             .map_err(err(node))?;
         let read_sequences = client
             .prepare(ferry_sql::sequences::READ)
+            .await
+            .map_err(err(node))?;
+        let ddl_window = client
+            .prepare(ferry_sql::ddl::IN_WINDOW)
             .await
             .map_err(err(node))?;
         let mut materialise = Vec::new();
@@ -126,6 +171,8 @@ impl Cutter {
             next_id,
             materialise,
             copy_out,
+            ddl_window,
+            shapes: shapes.to_vec(),
             empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
             sequences,
@@ -175,7 +222,7 @@ impl Cutter {
         // join! polls in argument order, so the requests go out in this
         // order in one write: BEGIN, then the snapshot (the transaction's
         // first statement, which fixes it), then the materialisations.
-        let (begun, snap, counts, positions) = tokio::join!(
+        let (begun, snap, counts, ddl, positions) = tokio::join!(
             self.client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
             self.client.query_one(&self.snapshot, &[]),
@@ -184,6 +231,7 @@ impl Cutter {
                     .iter()
                     .map(|stmt| self.client.execute(stmt, &params)),
             ),
+            self.client.query(&self.ddl_window, &params),
             // Read after the snapshot: at least every value the batch's
             // transactions used.
             async {
@@ -200,6 +248,7 @@ impl Cutter {
         begun.map_err(self.pg())?;
         let snap: String = snap.map_err(self.pg())?.get(0);
         let mut counts = counts.map_err(self.pg())?;
+        let mut ddl = ddl.map_err(self.pg())?;
         let positions: Vec<Option<i64>> = positions.map_err(self.pg())?;
         let moved = {
             let shipped = self
@@ -208,41 +257,63 @@ impl Cutter {
                 .unwrap_or_else(|p| p.into_inner());
             positions != *shipped
         };
-        let mut parts: Vec<Vec<TablePart>> = Vec::new();
+        let mut contents: Vec<(Vec<TablePart>, Vec<Step>)> = Vec::new();
         for (g, (_, from_snap)) in groups.iter().enumerate() {
             if g > 0 {
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [from_snap];
-                let (emptied, refilled) = tokio::join!(
+                let (emptied, refilled, window) = tokio::join!(
                     self.client.batch_execute(&self.empty_batch_tables),
                     try_join_all(
                         self.materialise
                             .iter()
                             .map(|stmt| self.client.execute(stmt, &params)),
                     ),
+                    self.client.query(&self.ddl_window, &params),
                 );
                 emptied.map_err(self.pg())?;
                 counts = refilled.map_err(self.pg())?;
+                ddl = window.map_err(self.pg())?;
             }
-            let here = counts.iter().any(|&n| n > 0);
-            if g + 1 < groups.len() {
-                parts.push(if here {
-                    self.copy_outs(&counts).await.map_err(self.pg())?
-                } else {
-                    Vec::new()
-                });
+            let last = g + 1 == groups.len();
+            if !ddl.is_empty() {
+                let steps = self.steps(g, from_snap, &counts, &ddl).await?;
+                contents.push((Vec::new(), steps));
+            } else if counts.iter().any(|&n| n > 0) && !last {
+                contents.push((
+                    self.copy_outs(&counts).await.map_err(self.pg())?,
+                    Vec::new(),
+                ));
+            } else if !last {
+                contents.push((Vec::new(), Vec::new()));
+            }
+            if !last {
                 continue;
             }
-            if !(here || moved || parts.iter().any(|p| !p.is_empty())) {
+            let here = counts.iter().any(|&n| n > 0) && ddl.is_empty();
+            let earlier = contents
+                .iter()
+                .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
+            if !(here || moved || earlier) {
                 return Ok(None);
             }
-            let (id, last, ended) = tokio::join!(
+            let copy_last = async {
+                if here {
+                    self.copy_outs(&counts).await
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            let (id, last_parts, ended) = tokio::join!(
                 self.client.query_one(&self.next_id, &[]),
-                self.copy_outs(&counts),
+                copy_last,
                 self.client.batch_execute("COMMIT"),
             );
             let id: i64 = id.map_err(self.pg())?.get(0);
-            parts.push(last.map_err(self.pg())?);
+            let last_parts = last_parts.map_err(self.pg())?;
             ended.map_err(self.pg())?;
+            if ddl.is_empty() {
+                contents.push((last_parts, Vec::new()));
+            }
             let sequences: Vec<(String, i64)> = self
                 .sequences
                 .iter()
@@ -255,19 +326,112 @@ impl Cutter {
                 .unwrap_or_else(|p| p.into_inner()) = positions;
             let batches = groups
                 .iter()
-                .zip(parts)
-                .map(|((from, _), parts)| Batch {
+                .zip(contents)
+                .map(|((from, _), (parts, steps))| Batch {
                     from: *from,
                     id,
                     snap: snap.clone(),
                     parts,
                     sequences: sequences.clone(),
+                    steps,
                     cut_at,
                 })
                 .collect();
             return Ok(Some(batches));
         }
         Ok(None)
+    }
+
+    /// The steps of a group's batch when its window holds schema changes:
+    /// runs the plan of [`crate::schema_steps::plan`] inside the cut's
+    /// transaction, materialising each segment into a step table of its own.
+    async fn steps(
+        &self,
+        group: usize,
+        from_snap: &String,
+        counts: &[u64],
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<Step>, BatchError> {
+        let mut entries = Vec::new();
+        for r in rows {
+            let tables: String = r.get(6);
+            entries.push(LogEntry {
+                seq: r.get(0),
+                at: r.get(7),
+                object: r.get(8),
+                xid: r.get(1),
+                tag: r.get(2),
+                query: r.get(3),
+                search_path: r.get(4),
+                replicate: r.get(5),
+                tables: LogEntry::parse_tables(&tables).map_err(|e| BatchError::Catalog {
+                    node: self.node.clone(),
+                    detail: format!("schema change log entry {}: {e}", r.get::<_, i64>(0)),
+                })?,
+            });
+        }
+        let mut steps = Vec::new();
+        for (k, planned) in plan(&entries, &self.shapes).into_iter().enumerate() {
+            match planned {
+                Planned::Session(i) => {
+                    let n = counts.get(i).copied().unwrap_or(0);
+                    if n > 0 {
+                        let stream = self
+                            .client
+                            .copy_out(&self.copy_out[i])
+                            .await
+                            .map_err(self.pg())?;
+                        let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+                        steps.push(Step::Rows {
+                            shape: self.shapes[i].clone(),
+                            rows: n,
+                            data,
+                        });
+                    }
+                }
+                Planned::Segment {
+                    shape,
+                    after,
+                    before,
+                } => {
+                    let name = format!("ferry_step_{group}_{k}");
+                    let temp = batch::step_temp(&name);
+                    let present: Vec<String> = self
+                        .client
+                        .query_one(batch::OUTBOX_COLUMNS, &[&shape.table.outbox()])
+                        .await
+                        .map_err(self.pg())?
+                        .get(0);
+                    self.client
+                        .batch_execute(&batch::create_step_temp(&shape, &name))
+                        .await
+                        .map_err(self.pg())?;
+                    let n = self
+                        .client
+                        .execute(
+                            &batch::materialise_step(&shape, &temp, &present),
+                            &[from_snap, &after, &before],
+                        )
+                        .await
+                        .map_err(self.pg())?;
+                    if n > 0 {
+                        let stream = self
+                            .client
+                            .copy_out(&batch::copy_out_of(&temp))
+                            .await
+                            .map_err(self.pg())?;
+                        let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+                        steps.push(Step::Rows {
+                            shape,
+                            rows: n,
+                            data,
+                        });
+                    }
+                }
+                Planned::Ddl(change) => steps.push(Step::Ddl(change)),
+            }
+        }
+        Ok(steps)
     }
 
     /// Copies out the batch tables that have rows, pipelined.

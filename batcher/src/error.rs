@@ -32,6 +32,8 @@ pub enum BatchError {
     Pattern(String),
     #[error("the replicated tables changed on the master ({0}); re-checking every node")]
     SchemaChanged(String),
+    #[error("node {node}: unexpected catalog contents: {detail}")]
+    Catalog { node: String, detail: String },
     #[error("node {node}: apply timed out after {secs}s")]
     Timeout { node: String, secs: u64 },
 }

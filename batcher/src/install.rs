@@ -3,7 +3,7 @@
 use crate::catalog::{differences, replicated_tables};
 use crate::pattern::Pattern;
 use crate::BatchError;
-use ferry_sql::{capture, schema, TableShape};
+use ferry_sql::{capture, ddl, schema, TableName, TableShape};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -14,8 +14,9 @@ pub async fn install_master(
     include: &[Pattern],
     exclude: &[Pattern],
 ) -> Result<Vec<TableShape>, BatchError> {
+    install_schema(node, client, include, exclude).await?;
     let shapes = replicated_tables(client, node, include, exclude).await?;
-    install_on(node, client, &shapes).await?;
+    install_capture(node, client, &shapes).await?;
     info!(
         node,
         tables = shapes.len(),
@@ -24,29 +25,51 @@ pub async fn install_master(
     Ok(shapes)
 }
 
-async fn install_on(node: &str, client: &Client, shapes: &[TableShape]) -> Result<(), BatchError> {
+/// The `ferry` schema, capture functions, DDL log and triggers, and the
+/// replication patterns the triggers consult. The session is marked so
+/// that its own DDL is not logged as the application's.
+async fn install_schema(
+    node: &str,
+    client: &Client,
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<(), BatchError> {
+    let err = BatchError::pg(node);
+    let sql = format!(
+        "{}; {}{}{}",
+        capture::QUIET,
+        schema::INSTALL,
+        capture::FUNCTIONS,
+        ddl::INSTALL
+    );
+    client.batch_execute(&sql).await.map_err(err)?;
+    let split =
+        |ps: &[Pattern]| -> (Vec<String>, Vec<String>) { ps.iter().map(Pattern::like).unzip() };
+    let (is, it) = split(include);
+    let (es, et) = split(exclude);
     client
-        .batch_execute(schema::INSTALL)
+        .execute(ddl::SET_PATTERNS, &[&is, &it, &es, &et])
         .await
         .map_err(BatchError::pg(node))?;
+    Ok(())
+}
+
+/// Installs or refreshes capture for each table (the database's generator
+/// leaves an unchanged one alone without taking locks; otherwise it waits
+/// at most `lock_timeout` for writers rather than queue behind a long
+/// transaction).
+async fn install_capture(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+) -> Result<(), BatchError> {
     for s in shapes {
-        let sql = capture::install(s);
-        let fingerprint = capture::fingerprint(&sql);
-        let name = s.table.to_string();
-        let installed: Option<String> = client
-            .query_opt(schema::READ_CAPTURE, &[&name])
-            .await
-            .map_err(BatchError::pg(node))?
-            .map(|r| r.get(0));
-        if installed.as_deref() == Some(fingerprint.as_str()) {
-            continue;
-        }
         let result = async {
             client
-                .batch_execute(&format!("BEGIN; {}{sql}", capture::lock_for_install(s)))
+                .batch_execute("BEGIN; SET LOCAL lock_timeout = '10s'")
                 .await?;
             client
-                .execute(schema::RECORD_CAPTURE, &[&name, &fingerprint])
+                .query_one(capture::INSTALL_TABLE, &[&s.table.quoted()])
                 .await?;
             client.batch_execute("COMMIT").await
         }
@@ -55,7 +78,6 @@ async fn install_on(node: &str, client: &Client, shapes: &[TableShape]) -> Resul
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(BatchError::pg(node)(e));
         }
-        info!(node, table = %name, "capture installed");
     }
     Ok(())
 }
@@ -63,21 +85,55 @@ async fn install_on(node: &str, client: &Client, shapes: &[TableShape]) -> Resul
 /// Checks that a replica holds the master's replicated tables, installs
 /// schema and capture there (so it can serve as master later), starts its
 /// ledger at the master's current snapshot if it has none, and records its
-/// position on the master. Returns that position.
+/// position on the master. Returns that position and the shapes its apply
+/// session works with: the master's, or — when schema changes are on their
+/// way to it in the stream — its own until they arrive.
 pub async fn prepare_replica(
     master: (&str, &Client),
     shapes: &[TableShape],
     replica: (&str, &Client),
     include: &[Pattern],
     exclude: &[Pattern],
-) -> Result<(i64, String), BatchError> {
+) -> Result<((i64, String), Vec<TableShape>), BatchError> {
     let (name, client) = replica;
+    install_schema(name, client, include, exclude).await?;
     let theirs = replicated_tables(client, name, include, exclude).await?;
     let diffs = differences(shapes, name, &theirs);
-    if !diffs.is_empty() {
-        return Err(BatchError::SchemaMismatch(diffs));
-    }
-    install_on(name, client, shapes).await?;
+    let session_shapes = if diffs.is_empty() {
+        shapes.to_vec()
+    } else {
+        let ledger = client
+            .query_opt(schema::READ_LEDGER, &[])
+            .await
+            .map_err(BatchError::pg(name))?;
+        // Differences in tables with schema changes on their way to the
+        // replica are expected; any other is not.
+        let pending: Vec<TableName> = match ledger {
+            Some(row) => {
+                let snap: String = row.get(1);
+                master
+                    .1
+                    .query(ddl::PENDING, &[&snap])
+                    .await
+                    .map_err(BatchError::pg(master.0))?
+                    .iter()
+                    .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let unexplained: Vec<String> = diffs
+            .iter()
+            .filter(|(t, _)| !pending.contains(t))
+            .map(|(_, d)| d.clone())
+            .collect();
+        if !unexplained.is_empty() {
+            return Err(BatchError::SchemaMismatch(unexplained));
+        }
+        info!(node = name, "replica's tables differ from the master's until the schema changes on their way to it apply");
+        theirs.clone()
+    };
+    install_capture(name, client, &theirs).await?;
     // Capture is live on the master: everything committed after this
     // snapshot is in the outbox.
     let snap: String = master
@@ -103,7 +159,7 @@ pub async fn prepare_replica(
     if seeded > 0 {
         info!(node = name, snapshot = %snap, "replica ledger started at the master's snapshot");
     }
-    Ok(position)
+    Ok((position, session_shapes))
 }
 
 /// Connects a control session with tokio-postgres (no TLS yet).

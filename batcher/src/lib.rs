@@ -8,6 +8,8 @@
 //!   (COPY data, apply statements and COMMIT pipelined) into temporary
 //!   tables of the same shape and applies it in one transaction guarded by
 //!   the ledger, so each batch is applied exactly once.
+//! - [`schema_steps`] orders a batch whose window holds schema changes:
+//!   row changes before each change, the change, row changes after it.
 //! - [`run`] ties them together and keeps [`status`] and [`metrics`].
 //! - [`sync`] lets client sessions wait until `k` replicas hold their
 //!   commits (synchronous mode).
@@ -21,6 +23,7 @@ pub mod install;
 pub mod metrics;
 pub mod pattern;
 pub mod run;
+pub mod schema_steps;
 pub mod status;
 pub mod sync;
 

@@ -23,6 +23,16 @@ impl Pattern {
         })
     }
 
+    /// The pattern as LIKE patterns for schema and table, for the DDL
+    /// event trigger, which decides in the database whether a new table
+    /// is replicated.
+    pub fn like(&self) -> (String, String) {
+        (
+            ferry_sql::ddl::like_pattern(&self.schema),
+            ferry_sql::ddl::like_pattern(&self.table),
+        )
+    }
+
     /// Whether the table matches.
     pub fn matches(&self, t: &TableName) -> bool {
         glob(&self.schema, &t.schema) && glob(&self.table, &t.name)

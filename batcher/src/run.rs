@@ -8,7 +8,7 @@ use crate::pattern::Pattern;
 use crate::status::{ReplicaStatus, SchemaChange, SharedStatus};
 use crate::sync::SyncPoint;
 use crate::{housekeeping, BatchError};
-use ferry_sql::{schema, TableShape};
+use ferry_sql::{ddl, schema, TableShape};
 use ferry_wire::Target;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
@@ -126,8 +126,15 @@ impl Batcher {
                             attempt.abort();
                         }
                     }
+                    // A schema change restarts at once: the next batches
+                    // wait for it.
+                    let pause = if matches!(e, BatchError::SchemaChanged(_)) {
+                        Duration::from_millis(10)
+                    } else {
+                        Duration::from_secs(1)
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = shutdown.changed() => return,
                     }
                 }
@@ -174,7 +181,7 @@ impl Batcher {
         // Schema changes are reported from here on; earlier ones were
         // already taken into account by the install above.
         let mut seen_ddl: i64 = control
-            .query_one(schema::LAST_DDL, &[])
+            .query_one(ddl::LAST, &[])
             .await
             .map_err(BatchError::pg(&master.name))?
             .get(0);
@@ -206,10 +213,46 @@ impl Batcher {
                     }
                 }
             }
+            let mut schema_changed = Vec::new();
             for batch in &batches {
                 self.metrics.batches_cut.inc();
                 last_batch = last_batch.max(batch.id);
+                for change in batch.schema_changes() {
+                    schema_changed.push(change.tag.clone());
+                    let replayed = change.statement.is_some();
+                    if replayed {
+                        info!(node = %master.name, batch = batch.id, tag = %change.tag, object = %change.object,
+                            "schema change on the master; it ships to the replicas in the batch stream");
+                    } else {
+                        warn!(node = %master.name, batch = batch.id, tag = %change.tag, query = %change.query,
+                            "schema change not replayed on the replicas: Ferry cannot tell which statement made it \
+                             (DDL inside a function or DO block); make the same change on every replica");
+                    }
+                    self.report(SchemaChange {
+                        at: change.at.clone(),
+                        tag: change.tag.clone(),
+                        object: if replayed {
+                            change.object.clone()
+                        } else {
+                            format!(
+                                "{} (not replayed in batch {}: make this change on every replica)",
+                                change.object, batch.id
+                            )
+                        },
+                        query: change.query.clone(),
+                        replicated: replayed,
+                    });
+                }
                 self.ship(batch, replicas, tick).await;
+                if !batch.steps.is_empty() {
+                    // Replicas that applied it now have new shapes: their
+                    // sessions reopen with prepared statements for them.
+                    for r in replicas.iter_mut() {
+                        if r.position.as_ref().map(|p| p.0) == Some(batch.id) {
+                            r.session = None;
+                        }
+                    }
+                }
             }
             if let Some(sync) = &self.cfg.sync {
                 let applied: Vec<u64> = replicas
@@ -229,6 +272,10 @@ impl Batcher {
                 if applied < last_batch && r.behind_since.is_none() {
                     r.behind_since = Some(Instant::now());
                 }
+            }
+            if !schema_changed.is_empty() {
+                self.publish(replicas, last_batch);
+                return Err(BatchError::SchemaChanged(schema_changed.join("; ")));
             }
             if Instant::now() >= next_housekeeping {
                 next_housekeeping = Instant::now() + self.cfg.housekeeping;
@@ -275,10 +322,11 @@ impl Batcher {
     }
 
     /// Reports schema changes logged on the master since `seen`; when they
-    /// changed the replicated tables or sequences, ends the session so that the next one
-    /// reinstalls capture for the new shapes and re-checks every replica (a
-    /// replica whose tables now differ is paused with the differences
-    /// until the same change is made there).
+    /// changed the replicated tables or sequences, ends the session so that
+    /// the next one works with the new shapes and re-checks every replica
+    /// (the changes themselves travel in the batch stream; a replica whose
+    /// tables differ with none on their way to it is paused with the
+    /// differences).
     async fn check_schema(
         &self,
         control: &tokio_postgres::Client,
@@ -287,7 +335,7 @@ impl Batcher {
     ) -> Result<(), BatchError> {
         let node = &self.cfg.master.name;
         let rows = control
-            .query(schema::READ_DDL_LOG, &[&*seen])
+            .query(ddl::READ_LOG, &[&*seen])
             .await
             .map_err(BatchError::pg(node))?;
         if rows.is_empty() {
@@ -300,6 +348,7 @@ impl Batcher {
                 tag: r.get(2),
                 object: r.get(3),
                 query: r.get(4),
+                replicated: r.get(5),
             })
             .collect();
         *seen = rows.last().map_or(*seen, |r| r.get(0));
@@ -314,22 +363,15 @@ impl Batcher {
         )
         .await?;
         let changed = now.as_slice() != shapes || now_sequences.as_slice() != sequences;
-        if let Ok(mut s) = self.status.write() {
-            s.schema_changes.extend(changes.iter().cloned());
-            let excess = s.schema_changes.len().saturating_sub(20);
-            s.schema_changes.drain(..excess);
+        // Replicated changes are reported as their batches ship.
+        for c in changes.iter().filter(|c| !c.replicated) {
+            info!(node = %node, tag = %c.tag, object = %c.object,
+                "schema change on the master outside the replicated tables; not replicated");
+            self.report(c.clone());
         }
-        for c in &changes {
-            if changed {
-                warn!(node = %node, tag = %c.tag, object = %c.object, query = %c.query,
-                    "schema change on the master: Ferry does not replicate schema changes yet; \
-                     make the same change on every replica (shipping pauses for replicas whose tables differ)");
-            } else {
-                info!(node = %node, tag = %c.tag, object = %c.object,
-                    "schema change on the master leaves the replicated tables as they were");
-            }
-        }
-        if changed {
+        // A replicated change restarts the session once its batch has
+        // shipped; anything else that moved the shapes restarts it now.
+        if changed && changes.iter().all(|c| !c.replicated) {
             let what = changes
                 .iter()
                 .map(|c| format!("{} {}", c.tag, c.object))
@@ -338,6 +380,15 @@ impl Batcher {
             return Err(BatchError::SchemaChanged(what));
         }
         Ok(())
+    }
+
+    /// Keeps a schema change in /status (the last 20).
+    fn report(&self, change: SchemaChange) {
+        if let Ok(mut s) = self.status.write() {
+            s.schema_changes.push(change);
+            let excess = s.schema_changes.len().saturating_sub(20);
+            s.schema_changes.drain(..excess);
+        }
     }
 
     /// Starts, or collects, a replica's connection attempt: checking and
@@ -382,7 +433,7 @@ impl Batcher {
                 r.connecting = Some(tokio::spawn(async move {
                     let m = connect(&master.name, &master.target, "ferry control").await?;
                     let control = connect(&name, &target, "ferry control").await?;
-                    prepare_replica(
+                    let (_, session_shapes) = prepare_replica(
                         (&master.name, &m),
                         &shapes,
                         (&name, &control),
@@ -390,7 +441,7 @@ impl Batcher {
                         &exclude,
                     )
                     .await?;
-                    let mut session = ApplySession::open(&name, &target, &shapes).await?;
+                    let mut session = ApplySession::open(&name, &target, &session_shapes).await?;
                     let position = session.ledger().await?;
                     Ok((session, position))
                 }));

@@ -28,6 +28,10 @@ pub struct SchemaChange {
     pub tag: String,
     pub object: String,
     pub query: String,
+    /// Whether it travels to the replicas in the batch stream (false: it
+    /// touched no replicated table, or Ferry could not tell which statement
+    /// to replay and the replicas need the change by hand).
+    pub replicated: bool,
 }
 
 /// The replication path as a whole.

@@ -6,10 +6,12 @@ use crate::quote::{ident, list};
 
 /// Receives a binary batch table produced by [`crate::batch::copy_out`].
 pub fn copy_in(shape: &TableShape) -> String {
-    format!(
-        "COPY {} FROM STDIN (FORMAT binary)",
-        shape.table.batch_temp()
-    )
+    copy_into(&shape.table.batch_temp())
+}
+
+/// Receives a binary batch table into the named temporary table.
+pub fn copy_into(temp: &str) -> String {
+    format!("COPY {temp} FROM STDIN (FORMAT binary)")
 }
 
 /// Deletes the keys the batch deletes (keyed tables only; a keyless table
@@ -17,7 +19,7 @@ pub fn copy_in(shape: &TableShape) -> String {
 /// appears at most once and the order of delete and upsert is free. Runs
 /// with `session_replication_role = replica`: capture triggers, user
 /// triggers and foreign-key actions do not fire again.
-pub fn delete(shape: &TableShape) -> Option<String> {
+pub fn delete(shape: &TableShape, temp: &str) -> Option<String> {
     let key = shape.key.as_ref()?;
     let on = key
         .iter()
@@ -27,14 +29,12 @@ pub fn delete(shape: &TableShape) -> Option<String> {
     Some(format!(
         "DELETE FROM {t} AS t USING {temp} AS b WHERE b._op = 'D' AND {on}",
         t = shape.table.quoted(),
-        temp = shape.table.batch_temp()
     ))
 }
 
 /// Inserts the batch's current row images, updating rows whose key exists.
-pub fn upsert(shape: &TableShape) -> String {
+pub fn upsert(shape: &TableShape, temp: &str) -> String {
     let t = shape.table.quoted();
-    let temp = shape.table.batch_temp();
     let names = shape.shipped_names();
     let cols = list(names.iter().copied(), "");
     let overriding = if shape.has_identity() {
@@ -78,20 +78,24 @@ pub fn upsert(shape: &TableShape) -> String {
 /// than TRUNCATE: it runs inside the batch transaction with foreign-key
 /// triggers off (replica role), whatever other tables the master truncated
 /// with it.
-pub fn truncate(shape: &TableShape) -> String {
+pub fn truncate(shape: &TableShape, temp: &str) -> String {
     format!(
-        "DELETE FROM {} WHERE EXISTS (SELECT FROM {} WHERE _op = 'T')",
+        "DELETE FROM {} WHERE EXISTS (SELECT FROM {temp} WHERE _op = 'T')",
         shape.table.quoted(),
-        shape.table.batch_temp()
     )
 }
 
-/// The apply statements of a table, in order.
+/// The apply statements of a table, in order, from its session batch table.
 pub fn apply(shape: &TableShape) -> Vec<String> {
-    [truncate(shape)]
+    apply_from(shape, &shape.table.batch_temp())
+}
+
+/// The apply statements of a table, in order, from the named batch table.
+pub fn apply_from(shape: &TableShape, temp: &str) -> Vec<String> {
+    [truncate(shape, temp)]
         .into_iter()
-        .chain(delete(shape))
-        .chain([upsert(shape)])
+        .chain(delete(shape, temp))
+        .chain([upsert(shape, temp)])
         .collect()
 }
 
@@ -115,6 +119,6 @@ mod tests {
     fn all_key_table_does_nothing_on_conflict() {
         let mut s = sample();
         s.columns.truncate(2);
-        assert!(upsert(&s).contains("DO NOTHING"));
+        assert!(upsert(&s, "pg_temp.b").contains("DO NOTHING"));
     }
 }

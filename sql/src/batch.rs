@@ -14,6 +14,26 @@ pub fn create_temp(shape: &TableShape) -> String {
     )
 }
 
+/// A batch table for one step of a batch that carries schema changes,
+/// dropped at the end of the transaction. `name` is Ferry's (`ferry_step_N`).
+pub fn create_step_temp(shape: &TableShape, name: &str) -> String {
+    format!(
+        "CREATE TEMP TABLE {} (_op \"char\" NOT NULL, {}) ON COMMIT DROP",
+        step_temp(name),
+        shape.column_defs()
+    )
+}
+
+/// The qualified name of a step's batch table.
+pub fn step_temp(name: &str) -> String {
+    format!("pg_temp.{}", crate::quote::ident(name))
+}
+
+/// Streams any batch table out in binary.
+pub fn copy_out_of(temp: &str) -> String {
+    format!("COPY {temp} TO STDOUT (FORMAT binary)")
+}
+
 /// Empties every batch table inside the cut's transaction, so that one cut
 /// can materialise the windows of several groups of replicas in turn.
 pub fn empty_all(shapes: &[TableShape]) -> String {
@@ -40,27 +60,76 @@ const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
 /// and the changes after it count (the marker's key columns are NULL, so
 /// it forms a group of its own; real keys are never NULL).
 pub fn materialise(shape: &TableShape) -> String {
-    let cols = list(shape.shipped_names(), "");
     let temp = shape.table.batch_temp();
+    let cols = list(shape.shipped_names(), "");
+    let from = shape.outbox_shipped();
     let outbox = shape.table.outbox();
     let since_truncate = format!(
         "_seq >= coalesce((SELECT max(_seq) FROM {outbox} WHERE {SINCE_CUT} AND _op = 'T'), 0)"
     );
-    match &shape.key {
-        Some(key) => {
-            let key = list(key.iter().map(String::as_str), "");
-            format!(
-                "INSERT INTO {temp} (_op, {cols}) \
-                 SELECT DISTINCT ON ({key}) _op, {cols} FROM {outbox} \
-                 WHERE {SINCE_CUT} AND {since_truncate} ORDER BY {key}, _seq DESC"
-            )
-        }
+    match shape.outbox_key() {
+        Some(key) => format!(
+            "INSERT INTO {temp} (_op, {cols}) \
+             SELECT DISTINCT ON ({key}) _op, {from} FROM {outbox} \
+             WHERE {SINCE_CUT} AND {since_truncate} ORDER BY {key}, _seq DESC"
+        ),
         None => format!(
-            "INSERT INTO {temp} (_op, {cols}) SELECT _op, {cols} FROM {outbox} \
+            "INSERT INTO {temp} (_op, {cols}) SELECT _op, {from} FROM {outbox} \
              WHERE {SINCE_CUT} AND {since_truncate} ORDER BY _seq"
         ),
     }
 }
+
+/// One segment of a table's changes in a batch that carries schema
+/// changes: those with `$2 < _seq < $3` (parameters: previous cut, bounds)
+/// into a step table, in the shape the table had then. Columns the outbox
+/// no longer has (`present` lists those it has) come out NULL, and every
+/// column is cast to the type it had, since the outbox follows retypes.
+pub fn materialise_step(shape: &TableShape, temp: &str, present: &[String]) -> String {
+    let cols = list(shape.shipped_names(), "");
+    let from = shape
+        .shipped()
+        .map(|c| {
+            let name = format!("a{}", c.attnum);
+            if present.contains(&name) {
+                format!("{}::{}", crate::quote::ident(&name), c.type_sql)
+            } else {
+                format!("NULL::{}", c.type_sql)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outbox = shape.table.outbox();
+    let segment = "_seq > $2::bigint AND _seq < $3::bigint";
+    let since_truncate = format!(
+        "_seq >= coalesce((SELECT max(_seq) FROM {outbox} WHERE {SINCE_CUT} AND {segment} AND _op = 'T'), 0)"
+    );
+    let key = shape.key.as_ref().map(|key| {
+        key.iter()
+            .filter_map(|k| shape.columns.iter().find(|c| &c.name == k))
+            .map(|c| format!("a{}", c.attnum))
+            .filter(|n| present.contains(n))
+            .map(|n| crate::quote::ident(&n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    match key.filter(|k| !k.is_empty()) {
+        Some(key) => format!(
+            "INSERT INTO {temp} (_op, {cols}) \
+             SELECT DISTINCT ON ({key}) _op, {from} FROM {outbox} \
+             WHERE {SINCE_CUT} AND {segment} AND {since_truncate} ORDER BY {key}, _seq DESC"
+        ),
+        None => format!(
+            "INSERT INTO {temp} (_op, {cols}) SELECT _op, {from} FROM {outbox} \
+             WHERE {SINCE_CUT} AND {segment} AND {since_truncate} ORDER BY _seq"
+        ),
+    }
+}
+
+/// The data columns an outbox has now (`a<attnum>` names). Parameter: the
+/// outbox's qualified name.
+pub const OUTBOX_COLUMNS: &str = "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') \
+     FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 3 AND NOT attisdropped";
 
 /// Streams the batch table out in binary. The replica reads it with
 /// [`crate::apply::copy_in`] into a table of the same shape.
@@ -102,9 +171,19 @@ mod tests {
     #[test]
     fn nets_per_key_in_capture_order() {
         let sql = materialise(&sample());
-        assert!(sql.contains("DISTINCT ON (\"id\", \"order_id\")"));
-        assert!(sql.contains("ORDER BY \"id\", \"order_id\", _seq DESC"));
+        assert!(sql.contains("DISTINCT ON (\"a1\", \"a2\")"));
+        assert!(sql.contains("ORDER BY \"a1\", \"a2\", _seq DESC"));
+        assert!(sql.contains("(_op, \"id\", \"order_id\", \"qty\") SELECT"));
         assert!(sql.contains("pg_visible_in_snapshot"));
+    }
+
+    #[test]
+    fn steps_read_a_segment_in_the_shape_of_its_time() {
+        let present = vec!["a1".to_string(), "a2".to_string()];
+        let sql = materialise_step(&sample(), "pg_temp.s", &present);
+        assert!(sql.contains("\"a1\"::bigint, \"a2\"::integer, NULL::numeric(10,2)"));
+        assert!(sql.contains("_seq > $2::bigint AND _seq < $3::bigint"));
+        assert!(sql.contains("DISTINCT ON (\"a1\", \"a2\")"));
     }
 
     #[test]

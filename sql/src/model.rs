@@ -2,6 +2,7 @@
 //! names of the objects Ferry creates for it.
 
 use crate::quote::ident;
+use serde::Deserialize;
 
 /// A schema-qualified table name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,10 +74,14 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 }
 
 /// A column as the catalog describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Column {
+    /// The attribute number: names the column's outbox column (`a<attnum>`),
+    /// which keeps it through renames.
+    pub attnum: i16,
     pub name: String,
     /// `format_type(atttypid, atttypmod)`, e.g. `numeric(10,2)`.
+    #[serde(rename = "type")]
     pub type_sql: String,
     /// A stored generated column: recomputed on each node, never shipped.
     pub generated: bool,
@@ -85,7 +90,8 @@ pub struct Column {
 }
 
 /// Everything Ferry needs to know to capture, ship and apply one table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "ShapeJson")]
 pub struct TableShape {
     pub table: TableName,
     pub columns: Vec<Column>,
@@ -95,7 +101,57 @@ pub struct TableShape {
     pub key: Option<Vec<String>>,
 }
 
+/// The JSON form `ferry.table_shape` returns.
+#[derive(Deserialize)]
+struct ShapeJson {
+    schema: String,
+    name: String,
+    columns: Vec<Column>,
+    key: Option<Vec<String>>,
+}
+
+impl From<ShapeJson> for TableShape {
+    fn from(j: ShapeJson) -> Self {
+        Self {
+            table: TableName::new(j.schema, j.name),
+            columns: j.columns,
+            key: j.key,
+        }
+    }
+}
+
 impl TableShape {
+    /// Parses the JSON `ferry.table_shape` returns (and the DDL log records).
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// The outbox column holding a column's values.
+    pub fn outbox_column(c: &Column) -> String {
+        ident(&format!("a{}", c.attnum))
+    }
+
+    /// The outbox columns of the shipped columns, in order.
+    pub fn outbox_shipped(&self) -> String {
+        self.shipped()
+            .map(Self::outbox_column)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The outbox columns of the key, in key order (columns of the key
+    /// missing from the shape are skipped).
+    pub fn outbox_key(&self) -> Option<String> {
+        let key = self.key.as_ref()?;
+        Some(
+            key.iter()
+                .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
+                .map(Self::outbox_column)
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+
     /// The columns that travel in batches (all but generated ones).
     pub fn shipped(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| !c.generated)
@@ -126,24 +182,28 @@ pub(crate) fn sample() -> TableShape {
         table: TableName::new("public", "Order Lines"),
         columns: vec![
             Column {
+                attnum: 1,
                 name: "id".into(),
                 type_sql: "bigint".into(),
                 generated: false,
                 identity: true,
             },
             Column {
+                attnum: 2,
                 name: "order_id".into(),
                 type_sql: "integer".into(),
                 generated: false,
                 identity: false,
             },
             Column {
+                attnum: 3,
                 name: "qty".into(),
                 type_sql: "numeric(10,2)".into(),
                 generated: false,
                 identity: false,
             },
             Column {
+                attnum: 4,
                 name: "total".into(),
                 type_sql: "numeric".into(),
                 generated: true,
@@ -166,6 +226,20 @@ mod tests {
         let long = TableName::new("s", "x".repeat(63));
         assert!(long.outbox().len() < 63 + 8);
         assert_eq!(sample().table.quoted(), "\"public\".\"Order Lines\"");
+    }
+
+    #[test]
+    fn shapes_read_from_the_catalog_json() {
+        let s = TableShape::from_json(
+            r#"{"schema": "public", "name": "t", "key": ["id"], "columns": [
+                {"attnum": 1, "name": "id", "type": "bigint", "generated": false, "identity": true},
+                {"attnum": 3, "name": "v", "type": "text", "generated": false, "identity": false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.table, TableName::new("public", "t"));
+        assert_eq!(s.outbox_shipped(), "\"a1\", \"a3\"");
+        assert_eq!(s.outbox_key().as_deref(), Some("\"a1\""));
+        assert!(TableShape::from_json(r#"{"schema": "s"}"#).is_err());
     }
 
     #[test]

@@ -13,17 +13,12 @@
 ///   transaction as the batch, so a batch is applied exactly once.
 /// - `ferry.replicas` is the master's record of each replica's position, for
 ///   outbox clean-up and status across restarts.
-/// - `ferry.capture` records which generated capture each table has, so
-///   an unchanged one is not reinstalled (reinstalling takes locks).
 /// - `ferry.begin_apply` is the first statement of every apply transaction:
 ///   it refuses a batch that was already applied (FR001) or that does not
 ///   start where the ledger stands (FR002), which aborts the whole batch.
-/// - `ferry.ddl_log`, filled by the event triggers `ferry_ddl` and
-///   `ferry_ddl_drop`, records schema changes to tables and sequences
-///   outside the `ferry` schema, however they were run: Ferry does not
-///   replicate them yet, so the batcher reports them and re-checks the
-///   nodes. The triggers do not fire in apply sessions
-///   (`session_replication_role = replica`).
+/// - Capture ([`crate::capture`]) and the DDL log ([`crate::ddl`]) follow.
+/// - `USAGE` on the schema for everyone: the DDL event trigger runs as
+///   whoever changes the schema and calls into it (the tables stay private).
 pub const INSTALL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS ferry;
 CREATE SEQUENCE IF NOT EXISTS ferry.capture_seq AS bigint CACHE 1;
@@ -40,11 +35,6 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     batch_id bigint NOT NULL,
     snap pg_snapshot NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS ferry.capture (
-    table_name text PRIMARY KEY,
-    fingerprint text NOT NULL,
-    installed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text)
 RETURNS void LANGUAGE plpgsql AS $f$
@@ -66,61 +56,8 @@ BEGIN
        SET origin = p_origin, batch_id = p_to, snap = p_snap::pg_snapshot, applied_at = now();
 END
 $f$;
-CREATE TABLE IF NOT EXISTS ferry.ddl_log (
-    id bigserial PRIMARY KEY,
-    at timestamptz NOT NULL DEFAULT now(),
-    tag text NOT NULL,
-    object text NOT NULL,
-    query text
-);
-CREATE OR REPLACE FUNCTION ferry.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    INSERT INTO ferry.ddl_log (tag, object, query)
-    SELECT c.command_tag, c.object_identity, pg_catalog.current_query()
-      FROM pg_catalog.pg_event_trigger_ddl_commands() c
-     WHERE c.object_type IN ('table', 'table column', 'sequence', 'index')
-       AND c.schema_name IS DISTINCT FROM 'ferry'
-       AND c.schema_name NOT LIKE 'pg\_temp%'
-       AND NOT c.in_extension;
-END
-$f$;
-CREATE OR REPLACE FUNCTION ferry.log_drop() RETURNS event_trigger LANGUAGE plpgsql AS $f$
-BEGIN
-    INSERT INTO ferry.ddl_log (tag, object, query)
-    SELECT TG_TAG, d.object_identity, pg_catalog.current_query()
-      FROM pg_catalog.pg_event_trigger_dropped_objects() d
-     WHERE d.object_type IN ('table', 'table column', 'sequence')
-       AND d.schema_name IS DISTINCT FROM 'ferry'
-       AND d.schema_name NOT LIKE 'pg\_temp%'
-       AND NOT d.is_temporary;
-END
-$f$;
-DO $f$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'ferry_ddl') THEN
-        CREATE EVENT TRIGGER ferry_ddl ON ddl_command_end EXECUTE FUNCTION ferry.log_ddl();
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'ferry_ddl_drop') THEN
-        CREATE EVENT TRIGGER ferry_ddl_drop ON sql_drop EXECUTE FUNCTION ferry.log_drop();
-    END IF;
-END
-$f$;
+GRANT USAGE ON SCHEMA ferry TO PUBLIC;
 "#;
-
-/// Schema changes logged after a given id. Parameter: id. Returns
-/// `(id, at as text, tag, object, query)`.
-pub const READ_DDL_LOG: &str = "SELECT id, at::text, tag, object, coalesce(query, '') \
-     FROM ferry.ddl_log WHERE id > $1 ORDER BY id";
-
-/// The newest logged schema change's id (0 if none).
-pub const LAST_DDL: &str = "SELECT coalesce(max(id), 0) FROM ferry.ddl_log";
-
-/// The fingerprint of the capture installed for a table. Parameter: table.
-pub const READ_CAPTURE: &str = "SELECT fingerprint FROM ferry.capture WHERE table_name = $1";
-
-/// Records the capture installed for a table. Parameters: table, fingerprint.
-pub const RECORD_CAPTURE: &str = "INSERT INTO ferry.capture (table_name, fingerprint) VALUES ($1, $2) \
-     ON CONFLICT (table_name) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, installed_at = now()";
 
 /// SQLSTATE raised by `ferry.begin_apply` for a batch already applied.
 pub const ALREADY_APPLIED: &str = "FR001";

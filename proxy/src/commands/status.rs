@@ -91,11 +91,15 @@ pub fn render(doc: &serde_json::Value) -> String {
     }
     let changes = doc["schema_changes"].as_array().map_or(&[][..], |c| &c[..]);
     if !changes.is_empty() {
-        out +=
-            "\nschema changes seen on the master (not replicated; make them on every replica):\n";
+        out += "\nschema changes seen on the master:\n";
         for c in changes.iter().rev().take(5) {
+            let how = if c["replicated"].as_bool() == Some(true) {
+                "replicated"
+            } else {
+                "NOT replicated"
+            };
             out += &format!(
-                "  {} {} {}\n",
+                "  {} {} {} ({how})\n",
                 c["at"].as_str().unwrap_or("?"),
                 c["tag"].as_str().unwrap_or("?"),
                 c["object"].as_str().unwrap_or("?")
@@ -131,14 +135,16 @@ mod tests {
                 {"name": "b", "role": "replica", "reachable": true, "failed_batch": 7,
                  "failed_statement": "INSERT INTO t", "last_error": "duplicate key"}
             ],
-            "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q"}]
+            "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q", "replicated": true},
+                               {"at": "now", "tag": "CREATE TABLE", "object": "x.u", "query": "q", "replicated": false}]
         });
         let text = render(&doc);
         assert!(text.contains("mode sync"), "{text}");
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("b: batch 7 failed to apply"), "{text}");
         assert!(text.contains("INSERT INTO t"), "{text}");
-        assert!(text.contains("ALTER TABLE public.t"), "{text}");
+        assert!(text.contains("ALTER TABLE public.t (replicated)"), "{text}");
+        assert!(text.contains("CREATE TABLE x.u (NOT replicated)"), "{text}");
         let quiet = render(&serde_json::json!({"nodes": []}));
         assert!(
             !quiet.contains("sync:") && !quiet.contains("schema changes"),

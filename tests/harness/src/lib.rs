@@ -379,14 +379,18 @@ async fn digest(c: &Client) -> Vec<(String, i64, String)> {
         .collect();
     let mut out = Vec::new();
     for t in tables {
-        let row = c
+        // A table dropped since it was listed (schema changes replicating
+        // while this polls) counts as a difference, not a failure.
+        match c
             .query_one(
                 &format!("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM public.{t} x"),
                 &[],
             )
             .await
-            .expect("digest");
-        out.push((t, row.get(0), row.get(1)));
+        {
+            Ok(row) => out.push((t, row.get(0), row.get(1))),
+            Err(e) => out.push((t, -1, e.to_string())),
+        }
     }
     out
 }

@@ -1,0 +1,243 @@
+//! Schema changes travel in the batch stream, in order with the row
+//! changes around them, however they were run; a change that cannot
+//! replay stops only the replica it fails on.
+
+use ferry_testkit::{eventually, Cluster};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client writing rows into `items` as fast as it can until told to
+/// stop; returns how many commits it saw acknowledged.
+fn writer(url: String, stop: Arc<AtomicBool>, from: i32) -> tokio::task::JoinHandle<i32> {
+    tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let mut id = from;
+        while !stop.load(Ordering::Relaxed) {
+            // The table's columns change under it: name the one that stays.
+            c.execute("INSERT INTO items (id) VALUES ($1)", &[&id])
+                .await
+                .expect("insert during schema changes");
+            c.execute("UPDATE items SET id = id WHERE id = $1", &[&(id - 1)])
+                .await
+                .expect("update during schema changes");
+            id += 1;
+        }
+        id - from
+    })
+}
+
+/// DDL sent through Ferry while another client writes: each change reaches
+/// every replica between the same rows as on the master — a column added
+/// with a default and filled in the same transaction, a table created and
+/// filled in one transaction (with its sequence), a rename, a retype, an
+/// index built CONCURRENTLY, a dropped column and a dropped table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_through_ferry_travel_in_order_with_the_rows() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        3,
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = writer(c.proxy_url(), stop.clone(), 1000);
+    let steps = [
+        "BEGIN; INSERT INTO items (id) VALUES (-1); ALTER TABLE items ADD COLUMN price numeric DEFAULT 1.5; \
+         INSERT INTO items (id, price) VALUES (-2, 7); COMMIT",
+        "BEGIN; ALTER TABLE items ADD COLUMN flag boolean; UPDATE items SET flag = id % 2 = 0 WHERE id <= 100; COMMIT",
+        "BEGIN; CREATE TABLE tags (id serial PRIMARY KEY, item int NOT NULL, label text); \
+         INSERT INTO tags (item, label) SELECT g, 't' || g FROM generate_series(1, 20) g; COMMIT",
+        "ALTER TABLE items RENAME COLUMN name TO title",
+        "UPDATE items SET title = upper(title) WHERE id <= 10",
+        "ALTER TABLE items ALTER COLUMN qty TYPE bigint",
+        "UPDATE items SET qty = qty * 10000000000 WHERE id <= 3",
+        "CREATE INDEX CONCURRENTLY items_title ON items (title)",
+        "ALTER TABLE items DROP COLUMN flag",
+        "CREATE TABLE scratch (id int PRIMARY KEY); INSERT INTO scratch VALUES (1); DROP TABLE scratch",
+    ];
+    for sql in steps {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {:?}", e.as_db_error()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = load.await.unwrap();
+    assert!(written > 20, "the writer kept writing ({written} commits)");
+    c.wait_equal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    for node in 1..3 {
+        let q = |sql: &str| c.psql(node, sql).trim().to_string();
+        assert_eq!(
+            q("SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod), ',' ORDER BY attnum) \
+               FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0 AND NOT attisdropped"),
+            "id:integer,title:text,qty:bigint,price:numeric"
+        );
+        assert_eq!(
+            q("SELECT title || '/' || qty || '/' || price FROM items WHERE id = 2"),
+            "N2/20000000000/1.5"
+        );
+        // Rows written before the column came get its default there too.
+        assert_eq!(
+            q("SELECT string_agg(price::text, ',' ORDER BY id) FROM items WHERE id < 0"),
+            "7,1.5"
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM pg_indexes WHERE indexname = 'items_title'"),
+            "1"
+        );
+        assert_eq!(q("SELECT count(*) || '/' || max(label) FROM tags"), "20/t9");
+        assert_eq!(q("SELECT to_regclass('scratch') IS NULL"), "t");
+        // The new table's sequence travels too.
+        assert_eq!(q("SELECT last_value FROM tags_id_seq"), "20");
+    }
+    // Replicas run every change; the master reports each one.
+    let status = c.status_json().unwrap_or_default();
+    assert!(status.contains("\"schema_changes\":[{"), "{status}");
+    assert!(
+        c.ferry_log()
+            .contains("ships to the replicas in the batch stream"),
+        "{}",
+        c.ferry_log()
+    );
+}
+
+/// A change made on the master behind Ferry's back (psql straight to the
+/// server) travels the same way. One made inside a DO block cannot be told
+/// apart from the code around it: it is reported loudly, not replayed, and
+/// replicas that now differ pause with the failing statement until the
+/// operator makes the change there; then they catch up by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_behind_ferrys_back_travel_and_unreplayable_ones_are_reported() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE items (id int PRIMARY KEY, name text);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'one')")
+        .await
+        .unwrap();
+    c.psql(0, "ALTER TABLE items ADD COLUMN note text DEFAULT 'n'");
+    client
+        .batch_execute("INSERT INTO items VALUES (2, 'two', 'x')")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        c.psql(1, "SELECT string_agg(note, ',' ORDER BY id) FROM items")
+            .trim(),
+        "n,x"
+    );
+
+    c.psql(
+        0,
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE items ADD COLUMN extra int'; END $$",
+    );
+    client
+        .batch_execute("INSERT INTO items VALUES (3, 'three', 'y', 33)")
+        .await
+        .unwrap();
+    let status = eventually(
+        Duration::from_secs(20),
+        "unreplayable change reported",
+        || {
+            let s = c.status_json().unwrap_or_default();
+            if s.contains("not replayed") && s.contains("\"failed_statement\":\"INSERT") {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+    assert!(status.contains("extra"), "{status}");
+    assert!(c
+        .ferry_log()
+        .contains("schema change not replayed on the replicas"));
+    c.psql(1, "ALTER TABLE items ADD COLUMN extra int");
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        c.psql(1, "SELECT extra FROM items WHERE id = 3").trim(),
+        "33"
+    );
+}
+
+/// A schema change that conflicts with what one replica holds stops
+/// shipping to that replica only, with the batch and the statement in
+/// /status; the other replica applies it and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_schema_change_pauses_only_that_replica() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        3,
+        "CREATE TABLE items (id int PRIMARY KEY, name text);",
+    );
+    // Replica b already holds a different `extra` table.
+    c.psql(1, "CREATE TABLE extra (id int PRIMARY KEY)");
+    let client = c.proxy_client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE extra (id int PRIMARY KEY, label text NOT NULL); \
+             INSERT INTO extra VALUES (1, 'a'); INSERT INTO items VALUES (1, 'one')",
+        )
+        .await
+        .unwrap();
+    c.wait_psql(
+        2,
+        "SELECT to_regclass('extra') IS NOT NULL",
+        "t",
+        Duration::from_secs(20),
+    )
+    .await;
+    c.wait_psql(
+        2,
+        "SELECT count(*) FROM extra WHERE label = 'a'",
+        "1",
+        Duration::from_secs(20),
+    )
+    .await;
+    let b = eventually(Duration::from_secs(20), "b paused", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
+        let b = s["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "b").cloned())
+            .unwrap_or_default();
+        if b["failed_batch"].is_i64() {
+            Ok(b)
+        } else {
+            Err(b)
+        }
+    })
+    .await;
+    assert!(
+        b["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("label")),
+        "{b}"
+    );
+    client
+        .batch_execute("INSERT INTO items VALUES (2, 'two')")
+        .await
+        .unwrap();
+    c.wait_psql(
+        2,
+        "SELECT count(*) FROM items",
+        "2",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(c.psql(1, "SELECT count(*) FROM items").trim(), "0");
+}
