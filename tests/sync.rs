@@ -257,3 +257,42 @@ async fn async_fallback_continues_without_the_replica_and_says_so() {
     assert!(c.ferry_log().contains("sync replication restored"));
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
 }
+
+/// In sync mode a schema change is acknowledged once a replica has it:
+/// right after `ALTER TABLE` returns, the sync replica has the new column,
+/// and a row written with it right after is there when its commit returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_is_acknowledged_once_a_replica_has_it() {
+    let c = sync_cluster(2, &[]);
+    let client = c.proxy_client().await;
+    let replica = c.node_client(1).await;
+    for i in 0..5 {
+        client
+            .batch_execute(&format!("ALTER TABLE side ADD COLUMN c{i} int DEFAULT {i}"))
+            .await
+            .unwrap();
+        let cols: i64 = replica
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'side' AND column_name = $1",
+                &[&format!("c{i}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(cols, 1, "column c{i} on the replica when ALTER returned");
+        client
+            .execute(&format!("UPDATE side SET c{i} = 10 + {i}"), &[])
+            .await
+            .unwrap();
+        let v: Option<i32> = replica
+            .query_one(&format!("SELECT c{i} FROM side WHERE id = 1"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            v,
+            Some(10 + i),
+            "c{i} updated on the replica when UPDATE returned"
+        );
+    }
+}

@@ -330,16 +330,14 @@ impl Cluster {
         }
     }
 
-    /// Waits until `sql` on node `i` prints `want` (trimmed); panics with
-    /// the last value after `timeout`.
+    /// Waits until `sql` on node `i` prints `want` (trimmed); an error
+    /// (a table not there yet) counts as not yet. Panics with the last
+    /// answer after `timeout`.
     pub async fn wait_psql(&self, i: usize, sql: &str, want: &str, timeout: Duration) {
-        eventually(timeout, sql, || {
-            let got = self.psql(i, sql);
-            if got.trim() == want {
-                Ok(())
-            } else {
-                Err(got)
-            }
+        eventually(timeout, sql, || match self.servers[i].psql(DB, sql) {
+            Ok(got) if got.trim() == want => Ok(()),
+            Ok(got) => Err(got),
+            Err(e) => Err(e.to_string()),
         })
         .await
     }
