@@ -1,16 +1,36 @@
 //! The admin HTTP endpoint.
 //!
-//! It reads state through [`StatusSource`] only, so it knows nothing of the
-//! batcher's or the proxy's internals. One route per file.
+//! It reads state and carries out requests through [`StatusSource`] only,
+//! so it knows nothing of the batcher's or the proxy's internals. One route
+//! per file.
 
 mod health;
 mod metrics;
+mod resume;
 mod status;
+mod suspend;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// A request that changes what the cluster does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Suspend these replicas (one consistency group) at an instant.
+    Suspend { replicas: Vec<String>, at: String },
+    /// Cancel a replica's scheduled suspension.
+    CancelSuspend { replica: String },
+    /// Return a suspended replica to normal shipping.
+    Resume { replica: String },
+}
+
+/// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
+/// `{"error": code, "message": text}`).
+pub type Answer = Pin<Box<dyn Future<Output = (u16, serde_json::Value)> + Send>>;
 
 /// What the endpoint can ask of the running process.
 pub trait StatusSource: Send + Sync + 'static {
@@ -20,6 +40,8 @@ pub trait StatusSource: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// Whether the process can serve: `/health` answers 200 or 503.
     fn healthy(&self) -> bool;
+    /// Carries out a request.
+    fn request(&self, request: Request) -> Answer;
 }
 
 pub(crate) type Source = Arc<dyn StatusSource>;
@@ -30,6 +52,12 @@ pub fn router(source: Source) -> Router {
         .route("/health", get(health::get))
         .route("/status", get(status::get))
         .route("/metrics", get(metrics::get))
+        .route("/suspend", post(suspend::post_group))
+        .route(
+            "/replicas/{name}/suspend",
+            post(suspend::post).delete(suspend::delete),
+        )
+        .route("/replicas/{name}/resume", post(resume::post))
         .with_state(source)
 }
 

@@ -68,3 +68,22 @@ pub async fn pending(
     }
     Ok(total)
 }
+
+/// Distinct keys among a replica's pending changes, over every table.
+pub async fn pending_keys(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+    snap: &str,
+) -> Result<i64, BatchError> {
+    let mut total = 0;
+    for s in shapes {
+        let n: i64 = client
+            .query_one(&batch::pending_keys(s), &[&snap])
+            .await
+            .map_err(BatchError::pg(node))?
+            .get(0);
+        total += n;
+    }
+    Ok(total)
+}

@@ -36,11 +36,12 @@ async fn install_schema(
 ) -> Result<(), BatchError> {
     let err = BatchError::pg(node);
     let sql = format!(
-        "{}; {}{}{}",
+        "{}; {}{}{}{}",
         capture::QUIET,
         schema::INSTALL,
         capture::FUNCTIONS,
-        ddl::INSTALL
+        ddl::INSTALL,
+        ferry_sql::suspend::INSTALL
     );
     client.batch_execute(&sql).await.map_err(err)?;
     let split =

@@ -11,6 +11,8 @@
 //! - [`schema_steps`] orders a batch whose window holds schema changes:
 //!   row changes before each change, the change, row changes after it.
 //! - [`run`] ties them together and keeps [`status`] and [`metrics`].
+//! - [`suspend`] holds a replica at a snapshot taken at a chosen instant
+//!   and resumes it with only what changed.
 //! - [`sync`] lets client sessions wait until `k` replicas hold their
 //!   commits (synchronous mode).
 
@@ -25,6 +27,7 @@ pub mod pattern;
 pub mod run;
 pub mod schema_steps;
 pub mod status;
+pub mod suspend;
 pub mod sync;
 
 pub use error::BatchError;

@@ -1,20 +1,23 @@
 //! The batcher's main loop: cut, ship to every replica, record, repeat.
 
+mod suspensions;
+
 use crate::apply::{Applied, ApplySession};
 use crate::cutter::{Batch, Cutter};
 use crate::install::{connect, install_master, prepare_replica};
 use crate::metrics::{Metrics, ReplicaLabel};
 use crate::pattern::Pattern;
 use crate::status::{ReplicaStatus, SchemaChange, SharedStatus};
+use crate::suspend::{Command, State, Suspensions};
 use crate::sync::SyncPoint;
 use crate::{housekeeping, BatchError};
 use ferry_sql::{ddl, schema, TableShape};
 use ferry_wire::Target;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -42,6 +45,18 @@ pub struct BatcherConfig {
     /// Tick bookkeeping for synchronous commit (`mode = "sync"`) and
     /// causal reads: which replica has applied which tick.
     pub sync: Option<Arc<SyncPoint>>,
+    pub suspend: SuspendConfig,
+}
+
+/// Settings of suspensions (see [`crate::suspend`]).
+#[derive(Clone, Debug, Default)]
+pub struct SuspendConfig {
+    /// How far ahead a suspension must be scheduled.
+    pub min_lead: Duration,
+    /// A command run once a replica is suspended and consistent.
+    pub hook: Option<String>,
+    /// Each replica's DSN, for the hook's environment.
+    pub dsns: BTreeMap<String, String>,
 }
 
 /// One replica as the loop tracks it.
@@ -72,14 +87,22 @@ pub struct Batcher {
     cfg: BatcherConfig,
     status: SharedStatus,
     metrics: Metrics,
+    /// Requests from the admin endpoint (suspend, cancel, resume).
+    commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
 }
 
 impl Batcher {
-    pub fn new(cfg: BatcherConfig, status: SharedStatus, metrics: Metrics) -> Self {
+    pub fn new(
+        cfg: BatcherConfig,
+        status: SharedStatus,
+        metrics: Metrics,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
         Self {
             cfg,
             status,
             metrics,
+            commands: tokio::sync::Mutex::new(commands),
         }
     }
 
@@ -104,10 +127,11 @@ impl Batcher {
                 connecting: None,
             })
             .collect();
+        let mut susp = Suspensions::new();
         loop {
             let span = info_span!("batcher", node = %self.cfg.master.name);
             let result = self
-                .session(&mut replicas, &mut shutdown)
+                .session(&mut replicas, &mut susp, &mut shutdown)
                 .instrument(span)
                 .await;
             match result {
@@ -145,6 +169,7 @@ impl Batcher {
     async fn session(
         &self,
         replicas: &mut [Replica],
+        susp: &mut Suspensions,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), BatchError> {
         let master = &self.cfg.master;
@@ -187,17 +212,26 @@ impl Batcher {
             .get(0);
         let mut last_batch = last_batch;
         let mut next_housekeeping = Instant::now();
+        self.load_suspensions(&control, susp).await?;
         loop {
             let tick_start = Instant::now();
             for r in replicas.iter_mut() {
                 self.connect_replica(r, &shapes).await;
             }
+            // Suspensions whose instant has come: this tick's cut is their
+            // consistent point.
+            self.start_due(&control, replicas, susp).await?;
+            let held: BTreeSet<String> = susp
+                .iter()
+                .filter(|(_, s)| s.holds())
+                .map(|(n, _)| n.clone())
+                .collect();
             // Every cut of this tick takes its snapshot after this point.
             let tick = self.cfg.sync.as_ref().map_or(0, |s| s.start_tick());
             // Replicas standing at the same ledger position form a group;
             // one cut brings every group to the same new position.
             let mut groups: BTreeMap<i64, String> = BTreeMap::new();
-            for r in replicas.iter() {
+            for r in replicas.iter().filter(|r| !held.contains(&r.node.name)) {
                 if let (Some(_), Some((id, snap))) = (&r.session, &r.position) {
                     groups.entry(*id).or_insert_with(|| snap.clone());
                 }
@@ -208,7 +242,7 @@ impl Batcher {
                 // Nothing committed since any position: every replica holds
                 // everything this tick's snapshot shows.
                 for r in replicas.iter_mut() {
-                    if r.session.is_some() {
+                    if r.session.is_some() && !held.contains(&r.node.name) {
                         r.applied_tick = tick;
                     }
                 }
@@ -243,7 +277,7 @@ impl Batcher {
                         replicated: replayed,
                     });
                 }
-                self.ship(batch, replicas, tick).await;
+                self.ship(batch, replicas, tick, &held).await;
                 if !batch.steps.is_empty() {
                     // Replicas that applied it now have new shapes: their
                     // sessions reopen with prepared statements for them.
@@ -254,11 +288,13 @@ impl Batcher {
                     }
                 }
             }
+            self.finish_suspending(&control, replicas, susp, &batches)
+                .await?;
             if let Some(sync) = &self.cfg.sync {
                 let applied: Vec<u64> = replicas
                     .iter()
                     .map(|r| {
-                        if r.session.is_some() {
+                        if r.session.is_some() && !held.contains(&r.node.name) {
                             r.applied_tick
                         } else {
                             0
@@ -274,7 +310,7 @@ impl Batcher {
                 }
             }
             if !schema_changed.is_empty() {
-                self.publish(replicas, last_batch);
+                self.publish(replicas, last_batch, susp);
                 return Err(BatchError::SchemaChanged(schema_changed.join("; ")));
             }
             if Instant::now() >= next_housekeeping {
@@ -299,13 +335,18 @@ impl Batcher {
                     if let Some((_, snap)) = &r.position {
                         r.lag_rows =
                             housekeeping::pending(&master.name, &control, &shapes, snap).await?;
+                        if let Some(s) = susp.get_mut(&r.node.name).filter(|s| s.holds()) {
+                            s.pending_keys =
+                                housekeeping::pending_keys(&master.name, &control, &shapes, snap)
+                                    .await?;
+                        }
                     }
                 }
                 if let Ok(mut s) = self.status.write() {
                     s.outbox_backlog = backlog;
                 }
             }
-            self.publish(replicas, last_batch);
+            self.publish(replicas, last_batch, susp);
             let wait = self.cfg.tick.saturating_sub(tick_start.elapsed());
             let kicked = async {
                 match &self.cfg.sync {
@@ -313,11 +354,39 @@ impl Batcher {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = kicked => {}
-                _ = shutdown.changed() => return Ok(()),
+            let next_due = susp
+                .values()
+                .filter(|s| s.state == State::Scheduled)
+                .map(|s| s.due)
+                .min();
+            let due = async {
+                match next_due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hooks_running = susp
+                .values()
+                .any(|s| s.hook.is_some() && !s.resume_waiting.is_empty());
+            let wait = if hooks_running {
+                wait.min(Duration::from_millis(100))
+            } else {
+                wait
+            };
+            let command = {
+                let mut commands = self.commands.lock().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => None,
+                    _ = kicked => None,
+                    _ = due => None,
+                    Some(cmd) = commands.recv() => Some(cmd),
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            };
+            if let Some(cmd) = command {
+                self.handle(cmd, &control, replicas, susp).await;
             }
+            self.poll_hooks(&control, susp).await?;
         }
     }
 
@@ -451,12 +520,22 @@ impl Batcher {
     }
 
     /// Ships one batch to every replica standing at its start, concurrently.
-    async fn ship(&self, batch: &Batch, replicas: &mut [Replica], tick: u64) {
+    async fn ship(
+        &self,
+        batch: &Batch,
+        replicas: &mut [Replica],
+        tick: u64,
+        held: &BTreeSet<String>,
+    ) {
         let origin = &self.cfg.master.name;
         let timeout = self.cfg.apply_timeout;
         let targets: Vec<&mut Replica> = replicas
             .iter_mut()
-            .filter(|r| r.session.is_some() && r.position.as_ref().map(|p| p.0) == Some(batch.from))
+            .filter(|r| {
+                r.session.is_some()
+                    && r.position.as_ref().map(|p| p.0) == Some(batch.from)
+                    && !held.contains(&r.node.name)
+            })
             .collect();
         let mut pending: FuturesUnordered<_> = targets
             .into_iter()
@@ -551,6 +630,7 @@ impl Batcher {
         }
         for r in replicas.iter_mut() {
             let straggler = r.session.is_some()
+                && !held.contains(&r.node.name)
                 && r.position.as_ref().map(|p| p.0) == Some(batch.from)
                 && !finished.contains(&r.node.name);
             if straggler {
@@ -569,7 +649,7 @@ impl Batcher {
         }
     }
 
-    fn publish(&self, replicas: &[Replica], last_batch: i64) {
+    fn publish(&self, replicas: &[Replica], last_batch: i64, susp: &Suspensions) {
         let statuses: Vec<ReplicaStatus> = replicas
             .iter()
             .map(|r| {
@@ -600,6 +680,7 @@ impl Batcher {
                     last_error: r.last_error.clone(),
                     failed_batch: r.failed.as_ref().map(|f| f.0),
                     failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
+                    suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
                 }
             })
             .collect();

@@ -18,6 +18,8 @@ pub struct ReplicaStatus {
     /// its id and the statement that failed.
     pub failed_batch: Option<i64>,
     pub failed_statement: Option<String>,
+    /// A scheduled, running, held or failed suspension.
+    pub suspension: Option<crate::suspend::SuspensionStatus>,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL

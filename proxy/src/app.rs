@@ -7,9 +7,11 @@ use crate::frontend::listener;
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
 use crate::frontend::tracked_pump::{ReadMetrics, ReadMode, ReadRouting};
-use ferry_admin::StatusSource;
+use ferry_admin::{Answer, Request, StatusSource};
 use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;
+use ferry_batcher::run::SuspendConfig;
+use ferry_batcher::suspend::Command as SuspendCommand;
 use ferry_batcher::{
     BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
 };
@@ -113,6 +115,8 @@ struct AppStatus {
     registry: Registry,
     frontend: FrontendMetrics,
     sync: Option<Arc<SyncPoint>>,
+    /// Suspend/cancel/resume requests to the batcher.
+    commands: tokio::sync::mpsc::Sender<SuspendCommand>,
 }
 
 impl StatusSource for AppStatus {
@@ -144,6 +148,7 @@ impl StatusSource for AppStatus {
                 "last_error": s.and_then(|s| s.last_error.clone()),
                 "failed_batch": s.and_then(|s| s.failed_batch),
                 "failed_statement": s.and_then(|s| s.failed_statement.clone()),
+                "suspension": s.and_then(|s| s.suspension.clone()),
             }));
         }
         serde_json::json!({
@@ -176,6 +181,42 @@ impl StatusSource for AppStatus {
             .read()
             .map(|r| r.master_reachable)
             .unwrap_or(false)
+    }
+
+    fn request(&self, request: Request) -> Answer {
+        let commands = self.commands.clone();
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let command = match request {
+                Request::Suspend { replicas, at } => SuspendCommand::Suspend {
+                    replicas,
+                    at,
+                    reply,
+                },
+                Request::CancelSuspend { replica } => SuspendCommand::Cancel { replica, reply },
+                Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
+            };
+            let unavailable = |why: &str| {
+                (
+                    503,
+                    serde_json::json!({"error": "master_unavailable", "message": why}),
+                )
+            };
+            if commands.send(command).await.is_err() {
+                return unavailable("the batcher is not running");
+            }
+            // The batcher answers between two cuts; a resume may wait for a
+            // running suspend hook.
+            match tokio::time::timeout(Duration::from_secs(600), answer).await {
+                Ok(Ok(Ok(body))) => (200, body),
+                Ok(Ok(Err(e))) => (
+                    e.http_status(),
+                    serde_json::json!({"error": e.code(), "message": e.to_string()}),
+                ),
+                Ok(Err(_)) => unavailable("the batcher restarted before answering; retry"),
+                Err(_) => unavailable("no answer from the batcher within 600 s"),
+            }
+        })
     }
 }
 
@@ -261,6 +302,7 @@ impl App {
             _ => None,
         };
 
+        let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
         let node = |n: &Node| NodeTarget {
             name: n.name.clone(),
             target: n.target.clone(),
@@ -275,9 +317,19 @@ impl App {
                 housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
                 apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
                 sync: ticks.clone(),
+                suspend: SuspendConfig {
+                    min_lead: Duration::from_millis(cfg.suspend.min_lead_ms),
+                    hook: Some(cfg.suspend.hook.clone()).filter(|h| !h.trim().is_empty()),
+                    dsns: cfg
+                        .nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), n.dsn.clone()))
+                        .collect(),
+                },
             },
             status.clone(),
             metrics,
+            commands_rx,
         );
         let shared = Arc::new(Shared {
             users: UserDb::new(
@@ -305,6 +357,7 @@ impl App {
             registry,
             frontend: frontend_metrics,
             sync,
+            commands,
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(batcher.run(rx.clone())));

@@ -81,6 +81,28 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[suspend]`: point-in-time suspensions of replicas.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuspendSection {
+    /// How far in the future a suspension must be scheduled (ms): the
+    /// batcher needs the lead to cut exactly at the instant.
+    pub min_lead_ms: u64,
+    /// A shell command run once a replica is suspended and consistent
+    /// (e.g. a `pg_dump` of it), with `FERRY_NODE`, `FERRY_NODE_DSN` and
+    /// `FERRY_CONSISTENT_AS_OF` in its environment. Empty: none.
+    pub hook: String,
+}
+
+impl Default for SuspendSection {
+    fn default() -> Self {
+        Self {
+            min_lead_ms: 1000,
+            hook: String::new(),
+        }
+    }
+}
+
 /// `[[nodes]]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -164,10 +186,12 @@ pub struct Config {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub suspend: SuspendSection,
 }
 
-/// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin` and
-/// `replication` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
+/// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
+/// `replication` and `suspend` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
 /// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
 /// `-` as `_`.
 fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
@@ -176,7 +200,7 @@ fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), Conf
         let Some(rest) = k.strip_prefix("FERRY_") else {
             continue;
         };
-        for section in ["proxy", "admin", "replication"] {
+        for section in ["proxy", "admin", "replication", "suspend"] {
             let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
                 continue;
             };

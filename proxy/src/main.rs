@@ -36,6 +36,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Suspend replicas at a future instant for a point-in-time copy
+    /// (several named: one consistency group, cut at the same snapshot), or
+    /// cancel a scheduled suspension.
+    Suspend {
+        /// Replica names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// The instant, RFC 3339 (e.g. 2026-11-22T21:00:00Z); at least
+        /// suspend.min_lead_ms ahead.
+        #[arg(long, required_unless_present = "cancel")]
+        at: Option<String>,
+        /// Cancel the scheduled suspension instead (before its instant).
+        #[arg(long, conflicts_with = "at")]
+        cancel: bool,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
+    /// Resume suspended replicas: they receive what changed meanwhile,
+    /// netted per key, then ship normally.
+    Resume {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Compare every replicated table on every replica with the master.
     Verify {
         #[arg(long, short, env = "FERRY_CONFIG")]
@@ -113,6 +138,13 @@ fn main() -> ExitCode {
             },
             Command::Init { config } => commands::init::run(&config).await,
             Command::Status { admin, json } => commands::status::run(&admin, json).await,
+            Command::Suspend {
+                nodes,
+                at,
+                cancel,
+                admin,
+            } => commands::suspend::run(&admin, &nodes, at.as_deref(), cancel).await,
+            Command::Resume { nodes, admin } => commands::resume::run(&admin, &nodes).await,
             Command::Verify { config, retry_for } => {
                 commands::verify::run(&config, retry_for).await
             }

@@ -163,6 +163,20 @@ pub fn pending(shape: &TableShape) -> String {
     )
 }
 
+/// Distinct keys among a replica's pending outbox rows (what a resume
+/// ships at most, per table). Parameter: the replica's snapshot. For a
+/// keyless table, its pending rows.
+pub fn pending_keys(shape: &TableShape) -> String {
+    let outbox = shape.table.outbox();
+    let pending = "NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)";
+    match shape.outbox_key() {
+        Some(key) => format!(
+            "SELECT count(*) FROM (SELECT DISTINCT {key} FROM {outbox} WHERE {pending} AND _op <> 'T') k"
+        ),
+        None => format!("SELECT count(*) FROM {outbox} WHERE {pending}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

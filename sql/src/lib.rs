@@ -17,6 +17,7 @@ pub mod model;
 pub mod quote;
 pub mod schema;
 pub mod sequences;
+pub mod suspend;
 pub mod verify;
 
 pub use model::{Column, TableName, TableShape};

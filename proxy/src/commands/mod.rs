@@ -1,9 +1,12 @@
 //! One file per `ferry` command.
 
+pub mod admin_http;
 pub mod demo;
 pub mod init;
+pub mod resume;
 pub mod run;
 pub mod status;
+pub mod suspend;
 pub mod verify;
 
 /// Waits for Ctrl-C or SIGTERM.

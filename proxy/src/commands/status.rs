@@ -1,33 +1,15 @@
 //! `ferry status`: the admin endpoint's `/status`, as a table.
 
 use anyhow::{bail, Context};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use std::process::ExitCode;
 
 /// GETs a path from the admin endpoint and returns the body.
 pub async fn get(base: &str, path: &str) -> anyhow::Result<String> {
-    let uri: hyper::Uri = format!("{}{path}", base.trim_end_matches('/'))
-        .parse()
-        .context("admin URL")?;
-    let host = uri.host().context("admin URL has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot reach the admin endpoint at {base}: is ferry running?"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(uri.path())
-        .header(hyper::header::HOST, host)
-        .body(Empty::<Bytes>::new())?;
-    let res = sender.send_request(req).await?;
-    let status = res.status();
-    let body = res.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
+    let (status, body) = super::admin_http::call(base, hyper::Method::GET, path, None).await?;
+    if !(200..300).contains(&status) {
         bail!("{path} answered {status}");
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(body)
 }
 
 /// Renders the `/status` document for people.

@@ -247,12 +247,25 @@ impl Cluster {
 
     /// GET a path of the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_call("GET", path, None)
+    }
+
+    /// Any request to the admin endpoint, with an optional JSON body:
+    /// (status code, body).
+    pub fn admin_call(&self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s =
             std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin endpoint");
+        let body = json.unwrap_or("");
+        let kind = if json.is_some() {
+            "Content-Type: application/json\r\n"
+        } else {
+            ""
+        };
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{kind}Content-Length: {}\r\n\r\n{body}",
+            body.len()
         )
         .expect("request");
         let mut text = String::new();

@@ -1,0 +1,456 @@
+//! Suspending replicas at a future instant for a point-in-time copy, and
+//! resuming them with only what changed.
+
+use ferry_testkit::{eventually, Cluster, Options};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An instant `secs` from now on the master's clock: (RFC 3339, epoch).
+fn instant_in(c: &Cluster, secs: f64) -> (String, f64) {
+    let out = c.psql(
+        0,
+        &format!(
+            "SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' || \
+             extract(epoch FROM t) FROM (SELECT clock_timestamp() + interval '{secs} seconds' AS t) s"
+        ),
+    );
+    let (text, epoch) = out.trim().split_once(' ').expect("instant");
+    (text.to_string(), epoch.parse().expect("epoch"))
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The `suspension` of a replica in /status (Null when none).
+fn suspension(c: &Cluster, name: &str) -> Value {
+    let s: Value = serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
+    s["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == name).cloned())
+        .map(|n| n["suspension"].clone())
+        .unwrap_or_default()
+}
+
+fn wait_state(c: &Cluster, name: &str, state: &str, secs: u64) -> Value {
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = suspension(c, name);
+            if s["state"] == state {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} not {state} after {secs}s: {s}\n{}",
+                c.ferry_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+fn error_code(answer: &(u16, String)) -> (u16, String) {
+    let v: Value = serde_json::from_str(&answer.1).unwrap_or_default();
+    (
+        answer.0,
+        v["error"].as_str().unwrap_or(&answer.1).to_string(),
+    )
+}
+
+/// With no writes at all, a replica still becomes suspended at the
+/// instant, consistent as of it; illegal requests are refused each with its
+/// own error; while suspended it receives nothing, and the master counts
+/// what it keeps for it; resume brings it level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_at_an_instant_and_resume_with_what_changed() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        3,
+        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO kv SELECT g, 0 FROM generate_series(1, 100) g;",
+    );
+    let (at, at_epoch) = instant_in(&c, 3.0);
+    let body = format!("{{\"at\": \"{at}\"}}");
+    let ok = c.admin_call("POST", "/replicas/b/suspend", Some(&body));
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    assert_eq!(suspension(&c, "b")["state"], "scheduled");
+    // Refusals, each distinct.
+    assert_eq!(
+        error_code(&c.admin_call("POST", "/replicas/b/suspend", Some(&body))),
+        (409, "already_suspended".into())
+    );
+    let (soon, _) = instant_in(&c, 0.2);
+    assert_eq!(
+        error_code(&c.admin_call(
+            "POST",
+            "/replicas/c/suspend",
+            Some(&format!("{{\"at\": \"{soon}\"}}"))
+        )),
+        (422, "too_soon".into())
+    );
+    assert_eq!(
+        error_code(&c.admin_call(
+            "POST",
+            "/replicas/c/suspend",
+            Some("{\"at\": \"next tuesday\"}")
+        )),
+        (400, "invalid_time".into())
+    );
+    assert_eq!(
+        error_code(&c.admin_call("POST", "/replicas/zz/suspend", Some(&body))),
+        (404, "unknown_replica".into())
+    );
+    assert_eq!(
+        error_code(&c.admin_call("POST", "/replicas/c/resume", None)),
+        (409, "not_suspended".into())
+    );
+    let s = wait_state(&c, "b", "suspended", 15);
+    assert_eq!(s["consistent_as_of"], at.as_str(), "{s}");
+    assert!(now_epoch() >= at_epoch);
+    assert_eq!(
+        error_code(&c.admin_call("DELETE", "/replicas/b/suspend", None)),
+        (409, "too_late".into())
+    );
+    // Changes after the instant reach c, not b; the master keeps them.
+    let client = c.proxy_client().await;
+    for _ in 0..10 {
+        client
+            .batch_execute("UPDATE kv SET v = v + 1 WHERE k <= 40")
+            .await
+            .unwrap();
+    }
+    c.wait_psql(2, "SELECT sum(v) FROM kv", "400", Duration::from_secs(10))
+        .await;
+    assert_eq!(c.psql(1, "SELECT sum(v) FROM kv").trim(), "0");
+    let s = eventually(Duration::from_secs(15), "pending counted", || {
+        let s = suspension(&c, "b");
+        if s["pending_changes"] == 400 && s["pending_keys"] == 40 {
+            Ok(s)
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+    assert_eq!(s["state"], "suspended");
+    // Resume through the command line.
+    let out = c.ferry(&[
+        "resume",
+        "b",
+        "--admin",
+        &format!("http://127.0.0.1:{}", c.admin_port),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    assert!(suspension(&c, "b").is_null());
+}
+
+/// Under transfers between accounts (the total never changes) two
+/// replicas suspended together hold exactly the transfers committed before
+/// the instant — each acknowledged before it is there, none sent after it
+/// is — the same ones on both, with the total intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_group_holds_exactly_the_commits_before_the_instant() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        3,
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g;
+         CREATE TABLE transfers (id bigint PRIMARY KEY, src int NOT NULL, dst int NOT NULL, amount int NOT NULL);",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for w in 0..3i64 {
+        let url = c.proxy_url();
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            // id -> (sent, acknowledged) in epoch seconds
+            let mut record: HashMap<i64, (f64, f64)> = HashMap::new();
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = w * 1_000_000 + n;
+                let (src, dst) = ((n * 7 + w) % 20 + 1, (n * 3 + w + 5) % 20 + 1);
+                if src == dst {
+                    continue;
+                }
+                let sent = now_epoch();
+                let tx = client.transaction().await.expect("begin");
+                tx.execute(
+                    "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                    &[&(src as i32)],
+                )
+                .await
+                .expect("debit");
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                    &[&(dst as i32)],
+                )
+                .await
+                .expect("credit");
+                tx.execute(
+                    "INSERT INTO transfers VALUES ($1, $2, $3, 1)",
+                    &[&id, &(src as i32), &(dst as i32)],
+                )
+                .await
+                .expect("record");
+                tx.commit().await.expect("commit");
+                record.insert(id, (sent, now_epoch()));
+            }
+            record
+        }));
+    }
+    let (at, at_epoch) = instant_in(&c, 2.5);
+    let out = c.ferry(&[
+        "suspend",
+        "b",
+        "c",
+        "--at",
+        &at,
+        "--admin",
+        &format!("http://127.0.0.1:{}", c.admin_port),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sb = wait_state(&c, "b", "suspended", 20);
+    let sc = wait_state(&c, "c", "suspended", 20);
+    assert_eq!(sb["consistent_as_of"], sc["consistent_as_of"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut record = HashMap::new();
+    for h in clients {
+        record.extend(h.await.unwrap());
+    }
+    let after = record.values().filter(|(s, _)| *s > at_epoch).count();
+    assert!(after > 0, "transfers continued after the instant");
+    let on = |i: usize| -> Vec<i64> {
+        c.psql(i, "SELECT id FROM transfers ORDER BY id")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let (b, cc) = (on(1), on(2));
+    assert_eq!(b, cc, "one snapshot for the group");
+    for (id, (sent, acked)) in &record {
+        if *acked < at_epoch {
+            assert!(
+                b.binary_search(id).is_ok(),
+                "transfer {id} acknowledged before the instant is missing"
+            );
+        }
+        if *sent > at_epoch + 0.05 {
+            assert!(
+                b.binary_search(id).is_err(),
+                "transfer {id} sent after the instant is there"
+            );
+        }
+    }
+    for i in 1..3 {
+        assert_eq!(
+            c.psql(i, "SELECT sum(balance) FROM accounts").trim(),
+            "20000"
+        );
+    }
+    // Per account, the balance equals 1000 plus what the held transfers moved.
+    assert_eq!(
+        c.psql(
+            1,
+            "SELECT count(*) FROM accounts a WHERE balance <> 1000 \
+                   - (SELECT count(*) FROM transfers WHERE src = a.id) \
+                   + (SELECT count(*) FROM transfers WHERE dst = a.id)"
+        )
+        .trim(),
+        "0"
+    );
+    for name in ["b", "c"] {
+        assert_eq!(
+            c.admin_call("POST", &format!("/replicas/{name}/resume"), None)
+                .0,
+            200
+        );
+    }
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+}
+
+/// 100,000 updates to 1,000 keys while suspended: resume ships at most one
+/// row image per key (counted in the metrics) and `ferry verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_ships_one_image_per_changed_key() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE kv (k int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO kv SELECT g, 0 FROM generate_series(1, 1000) g;",
+    );
+    let (at, _) = instant_in(&c, 1.5);
+    assert_eq!(
+        c.admin_call(
+            "POST",
+            "/replicas/b/suspend",
+            Some(&format!("{{\"at\": \"{at}\"}}"))
+        )
+        .0,
+        200
+    );
+    wait_state(&c, "b", "suspended", 15);
+    let client = c.proxy_client().await;
+    for _ in 0..100 {
+        client
+            .batch_execute("UPDATE kv SET v = v + 1")
+            .await
+            .unwrap();
+    }
+    let shipped = |c: &Cluster| -> u64 {
+        let (_, m) = c.admin_get("/metrics");
+        m.lines()
+            .find(|l| l.starts_with("ferry_rows_shipped_total{replica=\"b\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = shipped(&c);
+    eventually(Duration::from_secs(15), "pending keys counted", || {
+        let s = suspension(&c, "b");
+        if s["pending_keys"] == 1000 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+    assert_eq!(c.admin_call("POST", "/replicas/b/resume", None).0, 200);
+    c.wait_psql(
+        1,
+        "SELECT sum(v) FROM kv",
+        "100000",
+        Duration::from_secs(30),
+    )
+    .await;
+    let images = shipped(&c) - before;
+    assert!(
+        images <= 1000,
+        "resume shipped {images} row images for 1000 keys"
+    );
+    let (ok, table) = c.verify(20);
+    assert!(ok, "{table}");
+}
+
+/// A scheduled suspension survives a restart of Ferry; a second one is
+/// cancelled before its instant; the hook runs once the replica is
+/// consistent, with its exit status and output in /status, and a resume
+/// waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_survive_a_restart_cancel_works_and_the_hook_runs() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 3,
+            schema: "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL);".into(),
+            env: vec![(
+                "FERRY_SUSPEND_HOOK".into(),
+                "sleep 1; echo \"copied $FERRY_NODE as of $FERRY_CONSISTENT_AS_OF\"".into(),
+            )],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let (at, _) = instant_in(&c, 6.0);
+    let body = format!("{{\"at\": \"{at}\"}}");
+    assert_eq!(
+        c.admin_call("POST", "/replicas/b/suspend", Some(&body)).0,
+        200
+    );
+    let (later, _) = instant_in(&c, 60.0);
+    assert_eq!(
+        c.admin_call(
+            "POST",
+            "/replicas/c/suspend",
+            Some(&format!("{{\"at\": \"{later}\"}}"))
+        )
+        .0,
+        200
+    );
+    let out = c.ferry(&[
+        "suspend",
+        "c",
+        "--cancel",
+        "--admin",
+        &format!("http://127.0.0.1:{}", c.admin_port),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(suspension(&c, "c").is_null());
+    c.kill_ferry();
+    c.start_ferry();
+    eventually(Duration::from_secs(10), "schedule reloaded", || {
+        let s = suspension(&c, "b");
+        if s["state"] == "scheduled" {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+    let s = wait_state(&c, "b", "suspended", 20);
+    assert_eq!(s["consistent_as_of"], at.as_str());
+    // The hook ran with the node and the instant; its result is shown.
+    let hook = eventually(Duration::from_secs(15), "hook finished", || {
+        let h = suspension(&c, "b")["hook"].clone();
+        if h["running"] == false && h["exit_code"].is_i64() {
+            Ok(h)
+        } else {
+            Err(h)
+        }
+    })
+    .await;
+    assert_eq!(hook["exit_code"], 0, "{hook}");
+    assert!(
+        hook["output_tail"]
+            .as_str()
+            .is_some_and(|o| o.contains(&format!("copied b as of {at}"))),
+        "{hook}"
+    );
+    assert_eq!(c.admin_call("POST", "/replicas/b/resume", None).0, 200);
+    // A resume while the hook still runs waits for it.
+    let (soon, _) = instant_in(&c, 1.5);
+    assert_eq!(
+        c.admin_call(
+            "POST",
+            "/replicas/c/suspend",
+            Some(&format!("{{\"at\": \"{soon}\"}}"))
+        )
+        .0,
+        200
+    );
+    wait_state(&c, "c", "suspended", 15);
+    let started = std::time::Instant::now();
+    let answer = c.admin_call("POST", "/replicas/c/resume", None);
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "resume answered before the hook finished"
+    );
+    assert!(c
+        .ferry_log()
+        .contains("resume waits for the suspend hook to finish"));
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+}
