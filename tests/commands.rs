@@ -165,6 +165,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/run", "--quick"),
         ("benchmarks/capture-cost", "--rounds"),
         ("benchmarks/sync-cost", "--rounds"),
+        ("benchmarks/resume-cost", "--updates"),
     ] {
         let script = root().join(script);
         let out = Command::new("bash")

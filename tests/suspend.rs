@@ -69,7 +69,7 @@ fn error_code(answer: &(u16, String)) -> (u16, String) {
 /// what it keeps for it; resume brings it level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_at_an_instant_and_resume_with_what_changed() {
-    let c = Cluster::started(
+    let mut c = Cluster::started(
         env!("CARGO_BIN_EXE_ferry"),
         3,
         "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL);
@@ -138,6 +138,25 @@ async fn suspend_at_an_instant_and_resume_with_what_changed() {
     })
     .await;
     assert_eq!(s["state"], "suspended");
+    // A restart of Ferry and of the master loses nothing of it.
+    c.kill_ferry();
+    c.servers[0].stop().unwrap();
+    c.servers[0].start().unwrap();
+    c.start_ferry();
+    eventually(
+        Duration::from_secs(15),
+        "still suspended after restarts",
+        || {
+            let s = suspension(&c, "b");
+            if s["state"] == "suspended" && s["pending_changes"] == 400 {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(c.psql(1, "SELECT sum(v) FROM kv").trim(), "0");
     // Resume through the command line.
     let out = c.ferry(&[
         "resume",
@@ -151,7 +170,15 @@ async fn suspend_at_an_instant_and_resume_with_what_changed() {
         String::from_utf8_lossy(&out.stderr)
     );
     c.wait_equal(Duration::from_secs(20)).await.unwrap();
-    assert!(suspension(&c, "b").is_null());
+    eventually(Duration::from_secs(10), "back to normal shipping", || {
+        let s = suspension(&c, "b");
+        if s.is_null() {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
 }
 
 /// Under transfers between accounts (the total never changes) two

@@ -60,6 +60,8 @@ pub enum SuspendError {
     ReplicaUnavailable(String, String),
     #[error("replica {0} is not suspended")]
     NotSuspended(String),
+    #[error("replica {0} is still catching up after its resume")]
+    Resyncing(String),
     #[error("the suspension of {0} is past its instant; resume it instead")]
     TooLate(String),
     #[error("the master is not reachable: {0}")]
@@ -76,6 +78,7 @@ impl SuspendError {
             Self::AlreadySuspended(..) => "already_suspended",
             Self::ReplicaUnavailable(..) => "replica_unavailable",
             Self::NotSuspended(_) => "not_suspended",
+            Self::Resyncing(_) => "resyncing",
             Self::TooLate(_) => "too_late",
             Self::Master(_) => "master_unavailable",
         }
@@ -101,6 +104,8 @@ pub enum State {
     Suspending,
     Suspended,
     Failed,
+    /// Resumed, receiving what changed meanwhile (in memory only).
+    Resyncing,
 }
 
 impl State {
@@ -110,6 +115,7 @@ impl State {
             State::Suspending => "suspending",
             State::Suspended => "suspended",
             State::Failed => "failed",
+            State::Resyncing => "resyncing",
         }
     }
 
@@ -304,6 +310,7 @@ mod tests {
             SuspendError::AlreadySuspended("b".into(), "suspended".into()),
             SuspendError::ReplicaUnavailable("b".into(), "down".into()),
             SuspendError::NotSuspended("b".into()),
+            SuspendError::Resyncing("b".into()),
             SuspendError::TooLate("b".into()),
             SuspendError::Master("down".into()),
         ];

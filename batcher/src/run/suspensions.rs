@@ -148,6 +148,16 @@ impl Batcher {
             let Some(s) = susp.get_mut(name) else {
                 continue;
             };
+            if s.state == State::Resyncing {
+                // Caught up: this tick's cut brought it level (or nothing
+                // had changed for it).
+                let position = r.position.as_ref().map(|p| p.0);
+                if r.session.is_some() && (cut_id.is_none() || position == cut_id) {
+                    info!(node = %name, batch = ?position, "resumed replica caught up; shipping normally");
+                    susp.remove(name);
+                }
+                continue;
+            }
             if s.state != State::Suspending {
                 continue;
             }
@@ -205,8 +215,11 @@ impl Batcher {
             }
         }
         for name in ready {
-            if let Some(mut s) = susp.remove(&name) {
-                let answer = self.resume_now(control, &name).await;
+            let answer = self.resume_now(control, &name).await;
+            if let Some(s) = susp.get_mut(&name) {
+                if answer.is_ok() {
+                    s.state = State::Resyncing;
+                }
                 for reply in s.resume_waiting.drain(..) {
                     let _ = reply.send(match &answer {
                         Ok(v) => Ok(v.clone()),
@@ -287,7 +300,7 @@ impl Batcher {
                             .await
                             .map_err(|e| SuspendError::Master(e.to_string()));
                         if answer.is_ok() {
-                            susp.remove(&replica);
+                            s.state = State::Resyncing;
                         }
                         let _ = reply.send(answer);
                     }
@@ -315,6 +328,9 @@ impl Batcher {
             let Some(r) = replicas.iter().find(|r| &r.node.name == name) else {
                 return Err(SuspendError::UnknownReplica(name.clone()));
             };
+            if susp.get(name).is_some_and(|s| s.state == State::Resyncing) {
+                return Err(SuspendError::Resyncing(name.clone()));
+            }
             if let Some(s) = susp.get(name).filter(|s| s.state != State::Failed) {
                 return Err(SuspendError::AlreadySuspended(
                     name.clone(),
@@ -371,5 +387,4 @@ impl Batcher {
         info!(replicas = ?names, at = %normalised, "suspension scheduled");
         Ok(serde_json::json!({"replicas": names, "at": normalised, "state": "scheduled"}))
     }
-
 }

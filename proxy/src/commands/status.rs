@@ -62,6 +62,32 @@ pub fn render(doc: &serde_json::Value) -> String {
         );
     }
     for n in doc["nodes"].as_array().into_iter().flatten() {
+        let s = &n["suspension"];
+        if let Some(state) = s["state"].as_str() {
+            out += &format!(
+                "\n{}: {state} at {}{}; {} changes to {} keys pending{}{}\n",
+                n["name"].as_str().unwrap_or("?"),
+                s["at"].as_str().unwrap_or("?"),
+                s["consistent_as_of"]
+                    .as_str()
+                    .map(|t| format!(" (consistent as of {t})"))
+                    .unwrap_or_default(),
+                s["pending_changes"],
+                s["pending_keys"],
+                match (
+                    s["hook"]["running"].as_bool(),
+                    s["hook"]["exit_code"].as_i64()
+                ) {
+                    (Some(true), _) => "; hook running".to_string(),
+                    (_, Some(code)) => format!("; hook exited {code}"),
+                    _ => String::new(),
+                },
+                s["error"]
+                    .as_str()
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default(),
+            );
+        }
         if let Some(statement) = n["failed_statement"].as_str() {
             out += &format!(
                 "\n{}: batch {} failed to apply (retried); failing statement: {}\n",
@@ -115,7 +141,11 @@ mod tests {
             "nodes": [
                 {"name": "a", "role": "master", "reachable": true},
                 {"name": "b", "role": "replica", "reachable": true, "failed_batch": 7,
-                 "failed_statement": "INSERT INTO t", "last_error": "duplicate key"}
+                 "failed_statement": "INSERT INTO t", "last_error": "duplicate key"},
+                {"name": "c", "role": "replica", "reachable": true,
+                 "suspension": {"state": "suspended", "at": "T", "consistent_as_of": "T",
+                                "pending_changes": 5, "pending_keys": 2,
+                                "hook": {"running": false, "exit_code": 0, "output_tail": ""}}}
             ],
             "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q", "replicated": true},
                                {"at": "now", "tag": "CREATE TABLE", "object": "x.u", "query": "q", "replicated": false}]
@@ -125,6 +155,10 @@ mod tests {
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("b: batch 7 failed to apply"), "{text}");
         assert!(text.contains("INSERT INTO t"), "{text}");
+        assert!(
+            text.contains("c: suspended at T (consistent as of T); 5 changes to 2 keys pending; hook exited 0"),
+            "{text}"
+        );
         assert!(text.contains("ALTER TABLE public.t (replicated)"), "{text}");
         assert!(text.contains("CREATE TABLE x.u (NOT replicated)"), "{text}");
         let quiet = render(&serde_json::json!({"nodes": []}));
