@@ -169,7 +169,16 @@ async fn suspend_at_an_instant_and_resume_with_what_changed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A key that keeps changing during the resync ends up equal.
+    let client = c.proxy_client().await;
+    for i in 0..30 {
+        client
+            .execute("UPDATE kv SET v = $1 WHERE k = 1", &[&(1000 + i)])
+            .await
+            .unwrap();
+    }
     c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(c.psql(1, "SELECT v FROM kv WHERE k = 1").trim(), "1029");
     eventually(Duration::from_secs(10), "back to normal shipping", || {
         let s = suspension(&c, "b");
         if s.is_null() {
@@ -480,4 +489,73 @@ async fn schedules_survive_a_restart_cancel_works_and_the_hook_runs() {
         .ferry_log()
         .contains("resume waits for the suspend hook to finish"));
     c.wait_equal(Duration::from_secs(20)).await.unwrap();
+}
+
+/// With reads on replicas, a suspended replica serves none: reads see the
+/// master's current data, and go back to the replica once it resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_replica_serves_no_reads() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 2,
+            schema:
+                "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL); INSERT INTO kv VALUES (1, 0);"
+                    .into(),
+            env: vec![("FERRY_PROXY_READS".into(), "replicas".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let (at, _) = instant_in(&c, 1.5);
+    assert_eq!(
+        c.admin_call(
+            "POST",
+            "/replicas/b/suspend",
+            Some(&format!("{{\"at\": \"{at}\"}}"))
+        )
+        .0,
+        200
+    );
+    wait_state(&c, "b", "suspended", 15);
+    let writer = c.proxy_client().await;
+    writer.execute("UPDATE kv SET v = 7", &[]).await.unwrap();
+    // (Simple-protocol reads are the ones routed to replicas.)
+    for _ in 0..5 {
+        let reader = c.proxy_client().await;
+        assert_eq!(
+            read_v(&reader).await,
+            "7",
+            "a read saw the suspended replica"
+        );
+    }
+    assert_eq!(c.admin_call("POST", "/replicas/b/resume", None).0, 200);
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    let replica_reads = |c: &Cluster| -> u64 {
+        let (_, m) = c.admin_get("/metrics");
+        m.lines()
+            .find(|l| l.starts_with("ferry_reads_replica_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = replica_reads(&c);
+    for _ in 0..5 {
+        let reader = c.proxy_client().await;
+        assert_eq!(read_v(&reader).await, "7");
+    }
+    assert!(replica_reads(&c) > before, "reads went back to the replica");
+}
+
+async fn read_v(client: &tokio_postgres::Client) -> String {
+    client
+        .simple_query("SELECT v FROM kv")
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
 }

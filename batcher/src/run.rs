@@ -302,6 +302,11 @@ impl Batcher {
                     })
                     .collect();
                 sync.report(&applied);
+                let serving: Vec<bool> = replicas
+                    .iter()
+                    .map(|r| r.session.is_some() && !held.contains(&r.node.name))
+                    .collect();
+                sync.report_serving(&serving);
             }
             for r in replicas.iter_mut() {
                 let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);

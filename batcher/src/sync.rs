@@ -49,6 +49,9 @@ pub struct SyncPoint {
     /// Per replica (in configuration order), the tick through which it has
     /// applied everything.
     applied: Vec<AtomicU64>,
+    /// Per replica: connected and shipping (not suspended), so it may
+    /// serve reads.
+    serving: Vec<AtomicBool>,
     /// Wakes the batcher for an immediate cut.
     kick: Notify,
     degraded: AtomicBool,
@@ -91,6 +94,7 @@ impl SyncPoint {
             started: AtomicU64::new(0),
             confirmed: watch::channel(0).0,
             applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
+            serving: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
             kick: Notify::new(),
             degraded: AtomicBool::new(false),
             metrics,
@@ -109,6 +113,21 @@ impl SyncPoint {
         self.applied
             .get(i)
             .is_some_and(|a| a.load(Ordering::SeqCst) >= tick)
+    }
+
+    /// Whether replica `i` is connected and shipping (not suspended): only
+    /// then may it serve reads.
+    pub fn serves(&self, i: usize) -> bool {
+        self.serving
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// Records which replicas are connected and shipping.
+    pub fn report_serving(&self, serving: &[bool]) {
+        for (slot, &s) in self.serving.iter().zip(serving) {
+            slot.store(s, Ordering::SeqCst);
+        }
     }
 }
 

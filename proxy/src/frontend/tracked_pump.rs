@@ -198,6 +198,7 @@ pub(crate) async fn pump_routed(
                             let chosen = routing.zip(replica_index).filter(|&(routing, i)| {
                                 read_here
                                     && up
+                                    && routing.ticks.serves(i)
                                     && (routing.mode == ReadMode::Replicas
                                         || routing.ticks.replica_has(i, r.need))
                             });
