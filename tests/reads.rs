@@ -12,7 +12,7 @@ const SCHEMA: &str = "CREATE TABLE mine (id bigint PRIMARY KEY);
                       CREATE TABLE noise (id int PRIMARY KEY, v bigint NOT NULL);
                       INSERT INTO noise SELECT g, 0 FROM generate_series(1, 20) g;";
 
-fn cluster(reads: &str) -> Cluster {
+async fn cluster(reads: &str) -> Cluster {
     let mut c = Cluster::new(
         env!("CARGO_BIN_EXE_ferry"),
         Options {
@@ -23,6 +23,22 @@ fn cluster(reads: &str) -> Cluster {
         },
     );
     c.start_ferry();
+    // Reads go to replicas once the batcher reports them connected.
+    ferry_testkit::eventually(Duration::from_secs(15), "replicas connected", || {
+        let doc: serde_json::Value =
+            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
+        let up = doc["nodes"].as_array().map_or(0, |n| {
+            n.iter()
+                .filter(|n| n["role"] == "replica" && n["reachable"] == true)
+                .count()
+        });
+        if up == 2 {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
     c
 }
 
@@ -47,7 +63,7 @@ fn metric(text: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn causal_reads_never_miss_the_session_s_own_writes() {
-    let c = cluster("causal");
+    let c = cluster("causal").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut noise = Vec::new();
     for w in 0..2 {
@@ -103,7 +119,7 @@ async fn causal_reads_never_miss_the_session_s_own_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() {
-    let c = cluster("replicas");
+    let c = cluster("replicas").await;
     let master_port = c.servers[0].port.to_string();
     let replica_ports: Vec<String> = c.servers[1..].iter().map(|s| s.port.to_string()).collect();
     let client = c.proxy_client().await;
@@ -155,7 +171,7 @@ async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_fails_costs_one_read_not_the_session() {
-    let c = cluster("replicas");
+    let c = cluster("replicas").await;
     let master_port = c.servers[0].port.to_string();
     let client = c.proxy_client().await;
     let port = one(&client, "SHOW port").await;

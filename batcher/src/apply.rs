@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! BEGIN
-//! SELECT ferry.begin_apply(origin, from, to, snap)
+//! SELECT ferry.begin_apply(origin, from, to, snap, epoch)
 //! COPY pg_temp.b_x FROM STDIN (FORMAT binary)   CopyData… CopyDone   (per table)
 //! DELETE …; INSERT … ON CONFLICT …                                   (per table)
 //! SELECT setval(…) for sequences behind the master's positions
@@ -164,9 +164,14 @@ impl ApplySession {
     }
 
     /// Ships and applies one batch in one round trip.
-    pub async fn apply(&mut self, origin: &str, b: &Batch) -> Result<Applied, BatchError> {
+    pub async fn apply(
+        &mut self,
+        origin: &str,
+        epoch: i64,
+        b: &Batch,
+    ) -> Result<Applied, BatchError> {
         if !b.steps.is_empty() {
-            return self.apply_steps(origin, b).await;
+            return self.apply_steps(origin, epoch, b).await;
         }
         let node = self.node.clone();
         // The statements in the order they run, each completing once.
@@ -177,6 +182,7 @@ impl ApplySession {
             b.from.to_string(),
             b.id.to_string(),
             b.snap.clone(),
+            epoch.to_string(),
         ];
         run(BEGIN, &[], &mut out).map_err(io(&node))?;
         run(GUARD, &params, &mut out).map_err(io(&node))?;
@@ -235,7 +241,12 @@ impl ApplySession {
     /// Ships and applies a batch that carries schema changes, also in one
     /// round trip: its steps in order, each with statements of its own
     /// (unnamed: the shapes change within the batch), in one transaction.
-    async fn apply_steps(&mut self, origin: &str, b: &Batch) -> Result<Applied, BatchError> {
+    async fn apply_steps(
+        &mut self,
+        origin: &str,
+        epoch: i64,
+        b: &Batch,
+    ) -> Result<Applied, BatchError> {
         let node = self.node.clone();
         let mut sent: Vec<String> = Vec::new();
         let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
@@ -244,6 +255,7 @@ impl ApplySession {
             b.from.to_string(),
             b.id.to_string(),
             b.snap.clone(),
+            epoch.to_string(),
         ];
         // Each statement runs once, unnamed; `sent` names it for errors.
         let mut once = |sql: &str, params: &[String], out: &mut BytesMut| {

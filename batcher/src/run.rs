@@ -46,6 +46,9 @@ pub struct BatcherConfig {
     /// causal reads: which replica has applied which tick.
     pub sync: Option<Arc<SyncPoint>>,
     pub suspend: SuspendConfig,
+    /// The cluster epoch this batcher works in: replicas fenced at a later
+    /// one refuse its batches.
+    pub epoch: i64,
 }
 
 /// Settings of suspensions (see [`crate::suspend`]).
@@ -82,13 +85,17 @@ struct Replica {
 /// A replica's opened apply session and its ledger position.
 type Connected = (ApplySession, (i64, String));
 
+/// The admin endpoint's requests, shared by the batchers a process runs
+/// one after another (a failover restarts the batcher with new roles).
+pub type Commands = Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>;
+
 /// Runs replication from the master to every replica until shut down.
 pub struct Batcher {
     cfg: BatcherConfig,
     status: SharedStatus,
     metrics: Metrics,
     /// Requests from the admin endpoint (suspend, cancel, resume).
-    commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
+    commands: Commands,
 }
 
 impl Batcher {
@@ -96,13 +103,13 @@ impl Batcher {
         cfg: BatcherConfig,
         status: SharedStatus,
         metrics: Metrics,
-        commands: mpsc::Receiver<Command>,
+        commands: Commands,
     ) -> Self {
         Self {
             cfg,
             status,
             metrics,
-            commands: tokio::sync::Mutex::new(commands),
+            commands,
         }
     }
 
@@ -291,22 +298,17 @@ impl Batcher {
             self.finish_suspending(&control, replicas, susp, &batches)
                 .await?;
             if let Some(sync) = &self.cfg.sync {
-                let applied: Vec<u64> = replicas
+                let serving: Vec<&Replica> = replicas
                     .iter()
-                    .map(|r| {
-                        if r.session.is_some() && !held.contains(&r.node.name) {
-                            r.applied_tick
-                        } else {
-                            0
-                        }
-                    })
+                    .filter(|r| r.session.is_some() && !held.contains(&r.node.name))
+                    .collect();
+                let applied: Vec<(&str, u64)> = serving
+                    .iter()
+                    .map(|r| (r.node.name.as_str(), r.applied_tick))
                     .collect();
                 sync.report(&applied);
-                let serving: Vec<bool> = replicas
-                    .iter()
-                    .map(|r| r.session.is_some() && !held.contains(&r.node.name))
-                    .collect();
-                sync.report_serving(&serving);
+                let names: Vec<&str> = serving.iter().map(|r| r.node.name.as_str()).collect();
+                sync.report_serving(&names);
             }
             for r in replicas.iter_mut() {
                 let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);
@@ -549,9 +551,12 @@ impl Batcher {
                 let started = Instant::now();
                 let result = match r.session.as_mut() {
                     Some(session) => {
-                        match tokio::time::timeout(timeout, session.apply(origin, batch))
-                            .instrument(span)
-                            .await
+                        match tokio::time::timeout(
+                            timeout,
+                            session.apply(origin, self.cfg.epoch, batch),
+                        )
+                        .instrument(span)
+                        .await
                         {
                             Ok(r) => r,
                             Err(_) => Err(BatchError::Timeout {

@@ -52,6 +52,8 @@ pub struct SyncPoint {
     /// Per replica: connected and shipping (not suspended), so it may
     /// serve reads.
     serving: Vec<AtomicBool>,
+    /// The node of each slot.
+    nodes: Vec<String>,
     /// Wakes the batcher for an immediate cut.
     kick: Notify,
     degraded: AtomicBool,
@@ -80,10 +82,12 @@ impl std::fmt::Debug for SyncPoint {
 }
 
 impl SyncPoint {
-    /// `k` replicas (of `replicas`) must confirm each writing commit; with
-    /// `k = 0` nothing waits and the point only tracks which replica holds
-    /// what (for causal reads).
-    pub fn new(k: usize, fallback: Fallback, replicas: usize, registry: &mut Registry) -> Self {
+    /// `k` replicas must confirm each writing commit; with `k = 0` nothing
+    /// waits and the point only tracks which replica holds what (for causal
+    /// reads). `nodes` names every configured node: slots are kept per node,
+    /// whatever role it plays (roles change on failover).
+    pub fn new(k: usize, fallback: Fallback, nodes: Vec<String>, registry: &mut Registry) -> Self {
+        let replicas = nodes.len();
         let metrics = SyncMetrics::default();
         if k > 0 {
             metrics.register(registry);
@@ -95,6 +99,7 @@ impl SyncPoint {
             confirmed: watch::channel(0).0,
             applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
             serving: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
+            nodes,
             kick: Notify::new(),
             degraded: AtomicBool::new(false),
             metrics,
@@ -123,10 +128,24 @@ impl SyncPoint {
             .is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
-    /// Records which replicas are connected and shipping.
-    pub fn report_serving(&self, serving: &[bool]) {
-        for (slot, &s) in self.serving.iter().zip(serving) {
-            slot.store(s, Ordering::SeqCst);
+    /// A serving replica's slot for a new session, spread by `seed`; None
+    /// when no replica serves.
+    pub fn pick_serving(&self, seed: usize) -> Option<usize> {
+        let serving: Vec<usize> = (0..self.serving.len())
+            .filter(|&i| self.serves(i))
+            .collect();
+        if serving.is_empty() {
+            None
+        } else {
+            serving.get(seed % serving.len()).copied()
+        }
+    }
+
+    /// Records which replicas (by name) are connected and shipping; every
+    /// other node serves no reads.
+    pub fn report_serving(&self, serving: &[&str]) {
+        for (slot, n) in self.serving.iter().zip(&self.nodes) {
+            slot.store(serving.contains(&n.as_str()), Ordering::SeqCst);
         }
     }
 }
@@ -224,10 +243,21 @@ impl SyncPoint {
         self.kick.notified().await
     }
 
-    /// The batcher reports, per replica, the tick through which it has
-    /// applied everything (0 for one that is not current).
-    pub fn report(&self, applied: &[u64]) {
-        for (slot, &tick) in self.applied.iter().zip(applied) {
+    /// The batcher reports, per replica (by name), the tick through which
+    /// it has applied everything (0 for one that is not current); nodes it
+    /// does not name (the master, fenced nodes) count as holding nothing.
+    pub fn report(&self, replicas: &[(&str, u64)]) {
+        let applied: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                replicas
+                    .iter()
+                    .find(|(name, _)| name == n)
+                    .map_or(0, |(_, t)| *t)
+            })
+            .collect();
+        for (slot, &tick) in self.applied.iter().zip(&applied) {
             slot.store(tick, Ordering::SeqCst);
         }
         let mut sorted: Vec<u64> = applied.to_vec();
@@ -263,28 +293,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_waits_for_the_next_tick_on_k_replicas() {
+        let nodes = ["a", "b", "c", "d"].map(String::from).to_vec();
         let sync = Arc::new(SyncPoint::new(
             2,
             Fallback::Wait,
-            3,
+            nodes,
             &mut Registry::default(),
         ));
         let t1 = sync.start_tick();
-        sync.report(&[t1, t1, t1]);
+        sync.report(&[("b", t1), ("c", t1), ("d", t1)]);
         let waiter = tokio::spawn({
             let sync = sync.clone();
             async move { sync.wait_for_commit().await }
         });
         tokio::task::yield_now().await;
         let t2 = sync.start_tick();
-        sync.report(&[t2, t1, 0]); // one replica is not enough
+        sync.report(&[("b", t2), ("c", t1), ("d", 0)]); // one replica is not enough
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
-        sync.report(&[t2, t2, 0]);
+        sync.report(&[("b", t2), ("c", t2), ("d", 0)]);
         assert_eq!(waiter.await.ok(), Some(Outcome::Replicated));
-        // Which replica holds what, for causal reads.
-        assert!(sync.replica_has(0, t2) && sync.replica_has(1, t2));
-        assert!(!sync.replica_has(2, 1) && !sync.replica_has(7, 0));
+        // Which replica holds what (by node slot), for causal reads; the
+        // master ("a") holds nothing as a replica.
+        assert!(sync.replica_has(1, t2) && sync.replica_has(2, t2));
+        assert!(!sync.replica_has(3, 1) && !sync.replica_has(0, 1) && !sync.replica_has(7, 0));
+        sync.report_serving(&["c"]);
+        assert!(sync.serves(2) && !sync.serves(1) && !sync.serves(0));
+        assert_eq!(sync.pick_serving(5), Some(2));
         assert_eq!(sync.commit_tick(), t2 + 1);
     }
 
@@ -293,16 +328,16 @@ mod tests {
         let sync = SyncPoint::new(
             1,
             Fallback::Async(Duration::from_millis(30)),
-            1,
+            vec!["a".into(), "b".into()],
             &mut Registry::default(),
         );
         let t = sync.start_tick();
-        sync.report(&[0]);
+        sync.report(&[("b", 0)]);
         assert_eq!(sync.wait_for_commit().await, Outcome::Degraded);
         assert!(sync.is_degraded());
         // While degraded, commits do not wait at all.
         assert_eq!(sync.wait_for_commit().await, Outcome::Degraded);
-        sync.report(&[t]);
+        sync.report(&[("b", t)]);
         assert!(!sync.is_degraded());
     }
 }

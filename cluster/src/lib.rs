@@ -1,8 +1,16 @@
 //! The nodes of a Ferry cluster and who plays which role.
 //!
-//! For now the node with the best (lowest) configured priority is the
-//! master and every other node is a replica; health checks, fencing epochs
-//! and failover by recorded priority build on this (see DESIGN.md).
+//! - [`Topology`]: the master, the replicas, the nodes fenced out, and the
+//!   epoch of this arrangement; published to the proxy and the batcher.
+//! - [`record`]: each node's own record of its state and the epoch it has
+//!   seen (its fence).
+//! - [`health`]: checking every node at a short interval.
+//! - [`failover`]: fencing a failed master and promoting the replica with
+//!   the most applied batches.
+
+pub mod failover;
+pub mod health;
+pub mod record;
 
 use ferry_wire::Target;
 use thiserror::Error;
@@ -16,11 +24,16 @@ pub struct Node {
     pub priority: i32,
 }
 
-/// Which node is master and which are replicas.
+/// Which node is master and which are replicas, in which epoch.
 #[derive(Clone, Debug)]
 pub struct Topology {
     pub master: Node,
     pub replicas: Vec<Node>,
+    /// Raised at every failover; work of an older epoch is refused.
+    pub epoch: i64,
+    /// Nodes out of the cluster, with the reason (a failed old master; a
+    /// replica that missed the failover and needs a resync).
+    pub fenced: Vec<(Node, String)>,
 }
 
 /// Why no topology can be formed.
@@ -41,7 +54,20 @@ impl Topology {
             .ok_or(ClusterError::NoNodes)?;
         let mut replicas = nodes.to_vec();
         let master = replicas.remove(best);
-        Ok(Self { master, replicas })
+        Ok(Self {
+            master,
+            replicas,
+            epoch: 1,
+            fenced: Vec::new(),
+        })
+    }
+
+    /// Every node of the topology with its role name.
+    pub fn roles(&self) -> Vec<(&Node, &'static str)> {
+        std::iter::once((&self.master, "master"))
+            .chain(self.replicas.iter().map(|n| (n, "replica")))
+            .chain(self.fenced.iter().map(|(n, _)| (n, "fenced")))
+            .collect()
     }
 }
 

@@ -15,6 +15,8 @@ use ferry_batcher::suspend::Command as SuspendCommand;
 use ferry_batcher::{
     BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
 };
+use ferry_cluster::failover::{Coordinator, SharedClusterStatus};
+use ferry_cluster::health::HealthConfig;
 use ferry_cluster::{Node, Topology};
 use ferry_wire::Target;
 use prometheus_client::registry::Registry;
@@ -60,6 +62,76 @@ pub fn topology(cfg: &Config) -> Result<Topology, AppError> {
     Topology::by_priority(&nodes).map_err(|e| AppError::Config(e.to_string()))
 }
 
+/// The topology to run with: as the nodes recorded it (the master of the
+/// latest epoch stays master; nodes left behind by a failover are fenced
+/// out), or by configured priority on a cluster Ferry never ran.
+pub async fn decide(cfg: &Config) -> Result<Topology, AppError> {
+    let configured = topology(cfg)?;
+    let nodes: Vec<Node> = std::iter::once(configured.master.clone())
+        .chain(configured.replicas.iter().cloned())
+        .collect();
+    let mut records = Vec::new();
+    for n in &nodes {
+        let read = tokio::time::timeout(Duration::from_secs(3), async {
+            let client = connect(&n.name, &n.target, "ferry control").await.ok()?;
+            ferry_cluster::record::read(&client).await.ok().flatten()
+        })
+        .await
+        .ok()
+        .flatten();
+        records.push((n.clone(), read));
+    }
+    // Keep the configured order for ties.
+    let mut ordered: Vec<Node> = cfg
+        .nodes
+        .iter()
+        .filter_map(|c| nodes.iter().find(|n| n.name == c.name).cloned())
+        .collect();
+    if ordered.len() != nodes.len() {
+        ordered = nodes;
+    }
+    ferry_cluster::failover::at_start(&ordered, &records)
+        .await
+        .map_err(|e| AppError::Config(e.to_string()))
+}
+
+/// Records each reachable node's state for a topology (before it takes
+/// effect).
+async fn record_states(topo: &Topology) {
+    use ferry_cluster::record::{master_priority, Recorded, REPLICA_PRIORITY};
+    let states = std::iter::once((
+        &topo.master,
+        "master",
+        master_priority(!topo.replicas.is_empty()),
+    ))
+    .chain(
+        topo.replicas
+            .iter()
+            .map(|n| (n, "replica", REPLICA_PRIORITY)),
+    );
+    for (n, state, priority) in states {
+        let written = async {
+            let client = connect(&n.name, &n.target, "ferry control").await.ok()?;
+            let r = Recorded {
+                node: n.name.clone(),
+                epoch: topo.epoch,
+                state: state.into(),
+                state_priority: priority,
+                master: topo.master.name.clone(),
+            };
+            ferry_cluster::record::write(&client, &r).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(3), written)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            warn!(node = %n.name, "could not record the node's state now");
+        }
+    }
+}
+
 /// Include and exclude patterns.
 pub fn patterns(cfg: &Config) -> Result<(Vec<Pattern>, Vec<Pattern>), AppError> {
     let parse = |list: &[String]| {
@@ -79,7 +151,12 @@ pub fn patterns(cfg: &Config) -> Result<(Vec<Pattern>, Vec<Pattern>), AppError> 
 /// unreachable node is an error (for `ferry init`); otherwise it is logged
 /// and the batcher prepares it when it returns.
 pub async fn install(cfg: &Config, require_all: bool) -> Result<usize, AppError> {
-    let topo = topology(cfg)?;
+    let topo = decide(cfg).await?;
+    install_for(cfg, &topo, require_all).await
+}
+
+/// [`install`] for a given topology.
+async fn install_for(cfg: &Config, topo: &Topology, require_all: bool) -> Result<usize, AppError> {
     let (include, exclude) = patterns(cfg)?;
     let m = &topo.master;
     let master = connect(&m.name, &m.target, "ferry init").await?;
@@ -110,7 +187,8 @@ pub async fn install(cfg: &Config, require_all: bool) -> Result<usize, AppError>
 }
 
 struct AppStatus {
-    topology: Topology,
+    roles: watch::Receiver<Topology>,
+    cluster: SharedClusterStatus,
     replication: SharedStatus,
     registry: Registry,
     frontend: FrontendMetrics,
@@ -125,8 +203,19 @@ impl StatusSource for AppStatus {
             Ok(r) => r.clone(),
             Err(_) => Default::default(),
         };
+        let c = match self.cluster.read() {
+            Ok(c) => c.clone(),
+            Err(_) => Default::default(),
+        };
+        let topo = self.roles.borrow().clone();
+        let health = |name: &str| {
+            c.health
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, h)| serde_json::to_value(h).unwrap_or_default())
+        };
         let mut nodes = vec![serde_json::json!({
-            "name": self.topology.master.name,
+            "name": topo.master.name,
             "role": "master",
             "reachable": r.master_reachable,
             "applied_batch": r.last_batch,
@@ -134,8 +223,9 @@ impl StatusSource for AppStatus {
             "lag_rows": 0,
             "lag_seconds": 0.0,
             "last_error": r.error,
+            "health": health(&topo.master.name),
         })];
-        for n in &self.topology.replicas {
+        for n in &topo.replicas {
             let s = r.replicas.iter().find(|s| s.name == n.name);
             nodes.push(serde_json::json!({
                 "name": n.name,
@@ -149,16 +239,36 @@ impl StatusSource for AppStatus {
                 "failed_batch": s.and_then(|s| s.failed_batch),
                 "failed_statement": s.and_then(|s| s.failed_statement.clone()),
                 "suspension": s.and_then(|s| s.suspension.clone()),
+                "health": health(&n.name),
+            }));
+        }
+        for (n, why) in &topo.fenced {
+            nodes.push(serde_json::json!({
+                "name": n.name,
+                "role": "fenced",
+                "reachable": false,
+                "applied_batch": 0,
+                "lag_batches": 0,
+                "lag_rows": 0,
+                "lag_seconds": 0.0,
+                "last_error": why,
+                "health": health(&n.name),
             }));
         }
         serde_json::json!({
-            "master": self.topology.master.name,
+            "master": topo.master.name,
+            "epoch": topo.epoch,
             "mode": if self.sync.is_some() { "sync" } else { "async" },
             "sync": self.sync.as_ref().map(|s| serde_json::json!({
                 "replicas_required": s.replicas_required(),
                 "degraded": s.is_degraded(),
                 "waiting_commits": s.waiting(),
             })),
+            "failover": {
+                "switching": c.switching,
+                "last": c.last_failover,
+                "error": c.error,
+            },
             "last_batch": r.last_batch,
             "outbox_backlog": r.outbox_backlog,
             "tables": r.tables,
@@ -220,6 +330,49 @@ impl StatusSource for AppStatus {
     }
 }
 
+/// Runs the batcher for the current topology, and again for each new one
+/// (a failover): the old one is stopped first (a second's grace, then
+/// aborted: a batch it was applying rolls back, and replicas fenced at the
+/// new epoch refuse its batches anyway).
+async fn supervise_batcher(
+    base: BatcherConfig,
+    mut roles: watch::Receiver<Topology>,
+    (status, metrics): (SharedStatus, Metrics),
+    commands: ferry_batcher::run::Commands,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let node = |n: &Node| NodeTarget {
+        name: n.name.clone(),
+        target: n.target.clone(),
+    };
+    loop {
+        let topo = roles.borrow_and_update().clone();
+        let mut cfg = base.clone();
+        cfg.master = node(&topo.master);
+        cfg.replicas = topo.replicas.iter().map(node).collect();
+        cfg.epoch = topo.epoch;
+        let (stop, stopped) = watch::channel(false);
+        let batcher = Batcher::new(cfg, status.clone(), metrics.clone(), commands.clone());
+        let mut run = tokio::spawn(batcher.run(stopped));
+        let again = tokio::select! {
+            _ = roles.changed() => true,
+            _ = shutdown.changed() => false,
+            _ = &mut run => return,
+        };
+        let _ = stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(1), &mut run)
+            .await
+            .is_err()
+        {
+            run.abort();
+        }
+        if !again {
+            return;
+        }
+        info!(master = %roles.borrow().master.name, epoch = roles.borrow().epoch, "batcher restarting for the new topology");
+    }
+}
+
 /// A started Ferry.
 pub struct App {
     pub proxy_addr: SocketAddr,
@@ -231,12 +384,16 @@ pub struct App {
 impl App {
     /// Binds both listeners and starts every part.
     pub async fn start(cfg: &Config) -> Result<App, AppError> {
-        let topo = topology(cfg)?;
+        let topo = decide(cfg).await?;
         let (include, exclude) = patterns(cfg)?;
-        match install(cfg, false).await {
+        match install_for(cfg, &topo, false).await {
             Ok(n) => info!(tables = n, "capture installed"),
             Err(e @ AppError::Batch(BatchError::SchemaMismatch(_))) => return Err(e),
             Err(e) => warn!(error = %e, "install at start incomplete; the batcher retries"),
+        }
+        record_states(&topo).await;
+        for (n, why) in &topo.fenced {
+            warn!(node = %n.name, reason = %why, "node fenced out of the cluster");
         }
         let bind = |what: &'static str, addr: String| async move {
             TcpListener::bind(&addr)
@@ -264,6 +421,7 @@ impl App {
         // Batcher ticks are counted when commits wait for replicas (sync
         // mode) or reads need to know which replica has what (causal).
         let sync_mode = cfg.replication.mode == "sync";
+        let all_nodes: Vec<Node> = topo.roles().into_iter().map(|(n, _)| n.clone()).collect();
         let ticks = (sync_mode || cfg.proxy.reads != "master").then(|| {
             let fallback = if cfg.replication.sync_fallback == "async" {
                 Fallback::Async(Duration::from_millis(cfg.replication.sync_timeout_ms))
@@ -278,7 +436,7 @@ impl App {
             Arc::new(SyncPoint::new(
                 k,
                 fallback,
-                topo.replicas.len(),
+                all_nodes.iter().map(|n| n.name.clone()).collect(),
                 &mut registry,
             ))
         });
@@ -290,8 +448,9 @@ impl App {
                 } else {
                     ReadMode::Replicas
                 },
-                replicas: topo
-                    .replicas
+                // Every node, in the SyncPoint's slot order: the batcher
+                // reports which of them serve as replicas at any time.
+                replicas: all_nodes
                     .iter()
                     .map(|n| (n.name.clone(), n.target.clone()))
                     .collect(),
@@ -307,29 +466,36 @@ impl App {
             name: n.name.clone(),
             target: n.target.clone(),
         };
-        let batcher = Batcher::new(
-            BatcherConfig {
-                master: node(&topo.master),
-                replicas: topo.replicas.iter().map(node).collect(),
-                include,
-                exclude,
-                tick: Duration::from_millis(cfg.replication.tick_ms),
-                housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
-                apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
-                sync: ticks.clone(),
-                suspend: SuspendConfig {
-                    min_lead: Duration::from_millis(cfg.suspend.min_lead_ms),
-                    hook: Some(cfg.suspend.hook.clone()).filter(|h| !h.trim().is_empty()),
-                    dsns: cfg
-                        .nodes
-                        .iter()
-                        .map(|n| (n.name.clone(), n.dsn.clone()))
-                        .collect(),
-                },
+        let batcher_cfg = BatcherConfig {
+            master: node(&topo.master),
+            replicas: topo.replicas.iter().map(node).collect(),
+            include,
+            exclude,
+            tick: Duration::from_millis(cfg.replication.tick_ms),
+            housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
+            apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
+            sync: ticks.clone(),
+            epoch: topo.epoch,
+            suspend: SuspendConfig {
+                min_lead: Duration::from_millis(cfg.suspend.min_lead_ms),
+                hook: Some(cfg.suspend.hook.clone()).filter(|h| !h.trim().is_empty()),
+                dsns: cfg
+                    .nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.dsn.clone()))
+                    .collect(),
             },
-            status.clone(),
-            metrics,
-            commands_rx,
+        };
+        let (roles_tx, roles) = watch::channel(topo.clone());
+        let cluster_status = SharedClusterStatus::default();
+        let coordinator = Coordinator::new(
+            HealthConfig {
+                interval: Duration::from_millis(cfg.health.interval_ms),
+                failures: cfg.health.failures,
+            },
+            &all_nodes,
+            roles_tx,
+            cluster_status.clone(),
         );
         let shared = Arc::new(Shared {
             users: UserDb::new(
@@ -342,8 +508,8 @@ impl App {
             } else {
                 AuthMethod::ScramSha256
             },
-            master_name: topo.master.name.clone(),
-            master: topo.master.target.clone(),
+            roles: roles.clone(),
+            hold_timeout: Duration::from_millis(cfg.proxy.hold_timeout_ms),
             max_message: cfg.proxy.max_message_bytes,
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
             cancels: CancelRegistry::default(),
@@ -352,15 +518,23 @@ impl App {
             reads,
         });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
-            topology: topo.clone(),
-            replication: status,
+            roles: roles.clone(),
+            cluster: cluster_status,
+            replication: status.clone(),
             registry,
             frontend: frontend_metrics,
             sync,
             commands,
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(batcher.run(rx.clone())));
+        tasks.push(tokio::spawn(supervise_batcher(
+            batcher_cfg,
+            roles,
+            (status, metrics),
+            Arc::new(tokio::sync::Mutex::new(commands_rx)),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(coordinator.run(rx.clone())));
         tasks.push(tokio::spawn(listener::serve(proxy, shared, rx.clone())));
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {

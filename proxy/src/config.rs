@@ -50,6 +50,9 @@ pub struct ProxyConfig {
     /// `replicas` (any replica, whatever its lag) or `causal` (a replica
     /// that has the session's last commit).
     pub reads: String,
+    /// How long a new session waits for a master during a failover before
+    /// it gets SQLSTATE 57P03, in ms.
+    pub hold_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -61,6 +64,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5000,
             workers: 0,
             reads: "master".into(),
+            hold_timeout_ms: 30_000,
         }
     }
 }
@@ -77,6 +81,26 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9930".into(),
+        }
+    }
+}
+
+/// `[health]`: how nodes are checked, and when the master is failed.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Interval between checks of every node (ms); also each check's limit.
+    pub interval_ms: u64,
+    /// Consecutive missed checks after which a node is failed (the master:
+    /// failover).
+    pub failures: u32,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 500,
+            failures: 3,
         }
     }
 }
@@ -188,6 +212,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub suspend: SuspendSection,
+    #[serde(default)]
+    pub health: HealthSection,
 }
 
 /// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
@@ -200,7 +226,7 @@ fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), Conf
         let Some(rest) = k.strip_prefix("FERRY_") else {
             continue;
         };
-        for section in ["proxy", "admin", "replication", "suspend"] {
+        for section in ["proxy", "admin", "replication", "suspend", "health"] {
             let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
                 continue;
             };
@@ -424,6 +450,12 @@ impl Config {
             return Err(invalid(
                 "replication",
                 "tick_ms, housekeeping_ms and apply_timeout_ms must be positive",
+            ));
+        }
+        if self.health.interval_ms == 0 || self.health.failures == 0 {
+            return Err(invalid(
+                "health",
+                "interval_ms and failures must be positive",
             ));
         }
         let mut users = HashSet::new();

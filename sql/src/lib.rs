@@ -12,6 +12,7 @@ pub mod batch;
 pub mod capture;
 pub mod catalog;
 pub mod classify;
+pub mod cluster;
 pub mod ddl;
 pub mod model;
 pub mod quote;

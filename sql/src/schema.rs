@@ -13,9 +13,13 @@
 ///   transaction as the batch, so a batch is applied exactly once.
 /// - `ferry.replicas` is the master's record of each replica's position, for
 ///   outbox clean-up and status across restarts.
+/// - `ferry.node_state` is the node's own record (never replicated) of its
+///   role, its state-priority and the cluster epoch it last saw; the epoch
+///   is its fence (see [`crate::cluster`]).
 /// - `ferry.begin_apply` is the first statement of every apply transaction:
-///   it refuses a batch that was already applied (FR001) or that does not
-///   start where the ledger stands (FR002), which aborts the whole batch.
+///   it refuses a batch of an older epoch than the node's (FR004), one that
+///   was already applied (FR001) or that does not start where the ledger
+///   stands (FR002), which aborts the whole batch.
 /// - Capture ([`crate::capture`]) and the DDL log ([`crate::ddl`]) follow.
 /// - `USAGE` on the schema for everyone: the DDL event trigger runs as
 ///   whoever changes the schema and calls into it (the tables stay private).
@@ -36,11 +40,28 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     snap pg_snapshot NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text)
+CREATE TABLE IF NOT EXISTS ferry.node_state (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    node text NOT NULL,
+    epoch bigint NOT NULL,
+    state text NOT NULL,
+    state_priority int NOT NULL,
+    master text NOT NULL,
+    forced boolean NOT NULL DEFAULT false,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+DROP FUNCTION IF EXISTS ferry.begin_apply(text, bigint, bigint, text);
+CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text, p_epoch bigint)
 RETURNS void LANGUAGE plpgsql AS $f$
 DECLARE
     cur bigint;
+    fence bigint;
 BEGIN
+    SELECT epoch INTO fence FROM ferry.node_state;
+    IF fence > p_epoch THEN
+        RAISE EXCEPTION 'ferry: batch % of epoch % refused: this node is fenced at epoch %', p_to, p_epoch, fence
+            USING ERRCODE = 'FR004';
+    END IF;
     SELECT batch_id INTO cur FROM ferry.applied FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'ferry: this replica has no ledger; run ferry init' USING ERRCODE = 'FR003';
@@ -105,5 +126,9 @@ pub const APPLY_BEGIN: &str = "BEGIN";
 pub const APPLY_COMMIT: &str = "COMMIT";
 
 /// The ledger guard every apply transaction starts with. Parameters:
-/// origin node, from batch id, batch id, snapshot (all text).
-pub const BEGIN_APPLY: &str = "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4)";
+/// origin node, from batch id, batch id, snapshot, epoch (all text).
+pub const BEGIN_APPLY: &str =
+    "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4, $5::bigint)";
+
+/// SQLSTATE raised by `ferry.begin_apply` for a batch of an older epoch.
+pub const FENCED: &str = "FR004";

@@ -2,7 +2,7 @@
 //! master, by row count and an order-independent content checksum.
 
 use anyhow::Context;
-use ferry::app::{patterns, topology};
+use ferry::app::{decide, patterns};
 use ferry::config::Config;
 use ferry_batcher::catalog::replicated_tables;
 use ferry_batcher::install::connect;
@@ -27,7 +27,7 @@ async fn checksum(c: &tokio_postgres::Client, sql: &str) -> Result<(i64, String)
 
 /// Compares all nodes once; returns the rows and whether all are equal.
 async fn compare(cfg: &Config) -> anyhow::Result<(Vec<Row>, bool)> {
-    let topo = topology(cfg)?;
+    let topo = decide(cfg).await?;
     let (include, exclude) = patterns(cfg)?;
     let m = &topo.master;
     let master = connect(&m.name, &m.target, "ferry verify").await?;
@@ -83,7 +83,7 @@ pub async fn check(cfg: &Config, retry_for: u64) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let master = topology(cfg)?.master.name;
+    let master = decide(cfg).await?.master.name;
     println!(
         "{:<40} {:<12} {:>10} {:>24}  result",
         "table", "node", "rows", "checksum"

@@ -15,9 +15,10 @@ use super::startup::{self, AuthMethod, Startup, UserDb};
 use super::tracked_pump::{pump_routed, ReadRouting, RoutedSession};
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
+use ferry_cluster::{Node, Topology};
 use ferry_wire::conn::send_cancel;
 use ferry_wire::startup::StartupPacket;
-use ferry_wire::{backend, FrameScanner, ServerConn, Target};
+use ferry_wire::{backend, ConnError, FrameScanner, ServerConn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Time a client has to complete startup and authentication.
@@ -64,8 +66,10 @@ impl FrontendMetrics {
 pub struct Shared {
     pub users: UserDb,
     pub auth: AuthMethod,
-    pub master_name: String,
-    pub master: Target,
+    /// The current topology: which node is master, in which epoch.
+    pub roles: watch::Receiver<Topology>,
+    /// How long a new session waits for a master during a failover.
+    pub hold_timeout: Duration,
     pub max_message: usize,
     pub connect_timeout: Duration,
     pub cancels: CancelRegistry,
@@ -112,40 +116,33 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let database = StartupPacket::param(&params, "database")
         .unwrap_or(&user)
         .to_string();
-    if database != shared.master.dbname {
+    let (epoch, master) = {
+        let t = shared.roles.borrow();
+        (t.epoch, t.master.clone())
+    };
+    if database != master.target.dbname {
         fatal(
             &mut client,
             "3D000",
             &format!(
                 "database \"{database}\" does not exist (Ferry serves \"{}\")",
-                shared.master.dbname
+                master.target.dbname
             ),
         )
         .await;
         return;
     }
-    let server = match ServerConn::connect(&shared.master, &params, shared.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(node = %shared.master_name, error = %e, "cannot open a server session");
-            fatal(
-                &mut client,
-                "08006",
-                &format!(
-                    "could not connect to master node {}: {e}",
-                    shared.master_name
-                ),
-            )
-            .await;
-            return;
-        }
+    let Some((epoch, master, server)) =
+        connect_master(&shared, &params, epoch, master, &mut client).await
+    else {
+        return;
     };
     let (pid, secret) = shared.cancels.register(ServerKey {
-        target: shared.master.clone(),
+        target: master.target.clone(),
         pid: server.pid,
         secret: server.secret,
     });
-    let span = info_span!("session", session = pid, node = %shared.master_name, user = %user);
+    let span = info_span!("session", session = pid, node = %master.name, user = %user);
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
     async {
@@ -157,7 +154,14 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         backend::ready_for_query(&mut out, b'I');
         if client.write_all(&out).await.is_ok() {
             debug!("session started");
-            let pumped = if shared.reads.is_some() || shared.sync.is_some() {
+            let mut roles = shared.roles.clone();
+            let fenced = async move {
+                let _ = roles.wait_for(|t| t.epoch != epoch).await;
+                let next = roles.borrow().clone();
+                next
+            };
+            let pumping = async {
+                if shared.reads.is_some() || shared.sync.is_some() {
                 pump_routed(
                     &mut client,
                     buf,
@@ -173,6 +177,25 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                 .await
             } else {
                 pump(&mut client, buf, server, shared.max_message).await
+            }
+            };
+            let pumped = tokio::select! {
+                p = pumping => p,
+                next = fenced => {
+                    // The master this session runs on was failed over: its
+                    // work is not acknowledged any more.
+                    info!(epoch = next.epoch, master = %next.master.name, "session ended by a failover");
+                    fatal(
+                        &mut client,
+                        "08006",
+                        &format!(
+                            "master {} failed; Ferry failed over to {} (epoch {}): reconnect (a transaction that was open did not commit)",
+                            master.name, next.master.name, next.epoch
+                        ),
+                    )
+                    .await;
+                    Ok(End::ServerGone)
+                }
             };
             match pumped {
                 Ok(end) => debug!(?end, "session ended"),
@@ -194,6 +217,67 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     .await;
     shared.cancels.remove(pid);
     shared.metrics.connections.dec();
+}
+
+/// Opens the session's server connection on the master. When the master
+/// cannot be reached (down, or failing over), the session waits — up to
+/// `hold_timeout` — for a new topology and tries its master; then it gets
+/// SQLSTATE 57P03. A server that answers with an error (authentication,
+/// too many connections) fails the session at once. Returns the epoch and
+/// master it connected in.
+async fn connect_master(
+    shared: &Shared,
+    params: &[(String, String)],
+    mut epoch: i64,
+    mut master: Node,
+    client: &mut TcpStream,
+) -> Option<(i64, Node, ServerConn)> {
+    let deadline = tokio::time::Instant::now() + shared.hold_timeout;
+    let mut roles = shared.roles.clone();
+    loop {
+        match ServerConn::connect(&master.target, params, shared.connect_timeout).await {
+            Ok(s) => return Some((epoch, master, s)),
+            Err(e @ ConnError::Server(_)) => {
+                warn!(node = %master.name, error = %e, "cannot open a server session");
+                fatal(
+                    client,
+                    "08006",
+                    &format!("could not connect to master node {}: {e}", master.name),
+                )
+                .await;
+                return None;
+            }
+            Err(e) => {
+                debug!(node = %master.name, error = %e, "master unreachable; holding the session");
+                let changed = tokio::time::timeout_at(deadline, async {
+                    roles
+                        .wait_for(|t| t.epoch != epoch)
+                        .await
+                        .map(|t| (t.epoch, t.master.clone()))
+                })
+                .await;
+                match changed {
+                    Ok(Ok((e, m))) => {
+                        epoch = e;
+                        master = m;
+                    }
+                    _ => {
+                        fatal(
+                            client,
+                            "57P03",
+                            &format!(
+                                "no master available: {} is unreachable ({e}) and no failover completed within {} ms",
+                                master.name,
+                                shared.hold_timeout.as_millis()
+                            ),
+                        )
+                        .await;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How a session ended normally.

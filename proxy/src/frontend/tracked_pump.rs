@@ -107,6 +107,9 @@ struct Route {
     /// The replica connection failed; the client side drops it and reads
     /// go to the master until a new one is opened.
     replica_broken: bool,
+    /// The replica (slot of `ReadRouting::replicas`) this session reads
+    /// from, chosen among those serving at its first read.
+    slot: Option<usize>,
 }
 
 /// The session's replica connection, handed from the client side (which
@@ -150,14 +153,15 @@ pub(crate) async fn pump_routed(
         pinned: false,
         need: 0,
         replica_broken: false,
+        slot: None,
     });
     let lock = || route.lock().unwrap_or_else(|p| p.into_inner());
     let handover: Mutex<Option<ReplicaReader>> = Mutex::new(None);
     let queued = Notify::new();
     // Spread sessions over the replicas.
-    let replica_index = routing
-        .filter(|r| !r.replicas.is_empty())
-        .map(|r| session_id.unsigned_abs() as usize % r.replicas.len());
+    // Spread sessions over the replicas that serve when the session first
+    // reads (see `Route::slot`).
+    let seed = session_id.unsigned_abs() as usize;
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
 
@@ -195,7 +199,11 @@ pub(crate) async fn pump_routed(
                             let idle = r.status == b'I' && r.queue.is_empty();
                             let read_here = kind == Kind::Read && idle && !r.pinned;
                             let up = replica_down_until.is_none_or(|t| Instant::now() >= t);
-                            let chosen = routing.zip(replica_index).filter(|&(routing, i)| {
+                            if r.slot.is_none() && read_here {
+                                r.slot =
+                                    routing.and_then(|routing| routing.ticks.pick_serving(seed));
+                            }
+                            let chosen = routing.zip(r.slot).filter(|&(routing, i)| {
                                 read_here
                                     && up
                                     && routing.ticks.serves(i)
@@ -323,9 +331,11 @@ pub(crate) async fn pump_routed(
                         // The read did not complete on the replica: the
                         // client gets an error for it (and may retry), the
                         // session goes on with the master.
+                        let slot = lock().slot;
                         let name = routing
-                            .zip(replica_index)
-                            .map_or("?", |(routing, i)| routing.replicas[i].0.as_str());
+                            .zip(slot)
+                            .and_then(|(routing, i)| routing.replicas.get(i))
+                            .map_or("?", |r| r.0.as_str());
                         warn!(node = %name, error = %e, "replica failed during a read; the session continues on the master");
                         let mut out = BytesMut::new();
                         backend::error_response(

@@ -1,0 +1,118 @@
+//! Health checks: one control connection per node, a `SELECT 1` every
+//! interval, bounded by the interval itself. A node is failed after
+//! `failures` consecutive misses; a server that accepts connections but
+//! never answers (frozen) misses like one that is down.
+
+use crate::Node;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+use tracing::debug;
+
+/// How often and how patiently nodes are checked.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    /// Consecutive misses after which a node is failed.
+    pub failures: u32,
+}
+
+/// One node's health as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeHealth {
+    pub up: bool,
+    /// Consecutive missed checks.
+    pub misses: u32,
+    pub last_error: Option<String>,
+}
+
+/// A node under watch, with its control connection.
+pub struct Probe {
+    pub node: Node,
+    client: Option<Client>,
+    pub misses: u32,
+    /// When the current run of misses began.
+    pub first_miss: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Whether the node answered at least once since Ferry started.
+    pub seen_up: bool,
+}
+
+impl Probe {
+    pub fn new(node: Node) -> Self {
+        Self {
+            node,
+            client: None,
+            misses: 0,
+            first_miss: None,
+            last_error: None,
+            seen_up: false,
+        }
+    }
+
+    /// One check, within `timeout`; true when the node answered.
+    pub async fn check(&mut self, timeout: Duration) -> bool {
+        let result = tokio::time::timeout(timeout, async {
+            if self.client.is_none() {
+                let (client, conn) = self
+                    .node
+                    .target
+                    .pg_config("ferry health")
+                    .connect(tokio_postgres::NoTls)
+                    .await?;
+                let name = self.node.name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(node = %name, error = %e, "health connection ended");
+                    }
+                });
+                // Ferry's own DDL is not the application's.
+                client.batch_execute(ferry_sql::capture::QUIET).await?;
+                self.client = Some(client);
+            }
+            match &self.client {
+                Some(c) => c.simple_query("SELECT 1").await.map(|_| ()),
+                None => Ok(()),
+            }
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        match error {
+            None => {
+                self.seen_up = true;
+                self.misses = 0;
+                self.first_miss = None;
+                self.last_error = None;
+                true
+            }
+            Some(e) => {
+                self.client = None;
+                self.misses += 1;
+                self.first_miss.get_or_insert_with(Instant::now);
+                self.last_error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The node's control connection, while it answers.
+    pub fn client(&self) -> Option<&Client> {
+        if self.misses == 0 {
+            self.client.as_ref()
+        } else {
+            None
+        }
+    }
+
+    pub fn health(&self) -> NodeHealth {
+        NodeHealth {
+            up: self.misses == 0 && self.client.is_some(),
+            misses: self.misses,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
