@@ -4,6 +4,7 @@
 //! so it knows nothing of the batcher's or the proxy's internals. One route
 //! per file.
 
+mod force_master;
 mod health;
 mod metrics;
 mod resume;
@@ -26,6 +27,9 @@ pub enum Request {
     CancelSuspend { replica: String },
     /// Return a suspended replica to normal shipping.
     Resume { replica: String },
+    /// Make a node master when the cluster cannot decide (possible data
+    /// loss).
+    ForceMaster { node: String },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -58,6 +62,7 @@ pub fn router(source: Source) -> Router {
             post(suspend::post).delete(suspend::delete),
         )
         .route("/replicas/{name}/resume", post(resume::post))
+        .route("/force-master", post(force_master::post))
         .with_state(source)
 }
 

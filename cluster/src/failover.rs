@@ -18,14 +18,14 @@
 //!    restarts with it.
 
 use crate::health::{HealthConfig, NodeHealth, Probe};
-use crate::record::{self, Recorded, REPLICA_PRIORITY};
+use crate::record::{self, Recorded, Seen, REPLICA_PRIORITY};
 use crate::{Node, Topology};
 use ferry_sql::{cluster, schema};
 use futures_util::future::join_all;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 /// What `/status` shows of the cluster.
@@ -60,6 +60,18 @@ pub struct Coordinator {
     roles: watch::Sender<Topology>,
     status: SharedClusterStatus,
     probes: Vec<Probe>,
+    /// Every configured node, in configured order (for decisions).
+    nodes: Vec<Node>,
+    /// Operators' forced choices (`ferry force-master`).
+    forced: tokio::sync::Mutex<mpsc::Receiver<ForceMaster>>,
+}
+
+/// `ferry force-master NODE`: make a node master when the cluster cannot
+/// decide (possible data loss). Answered with the new epoch, or why not.
+#[derive(Debug)]
+pub struct ForceMaster {
+    pub node: String,
+    pub reply: oneshot::Sender<Result<i64, String>>,
 }
 
 impl Coordinator {
@@ -68,12 +80,15 @@ impl Coordinator {
         nodes: &[Node],
         roles: watch::Sender<Topology>,
         status: SharedClusterStatus,
+        forced: mpsc::Receiver<ForceMaster>,
     ) -> Self {
         Self {
             cfg,
             roles,
             status,
             probes: nodes.iter().cloned().map(Probe::new).collect(),
+            nodes: nodes.to_vec(),
+            forced: tokio::sync::Mutex::new(forced),
         }
     }
 
@@ -92,8 +107,15 @@ impl Coordinator {
                     .map(|p| (p.node.name.clone(), p.health()))
                     .collect();
             }
+            if topo.waiting.is_some() {
+                self.redecide(&topo).await;
+            } else {
+                self.admit_returning(&topo).await;
+            }
+            let topo = self.roles.borrow().clone();
             let master = self.probe(&topo.master.name);
-            let master_down = master.is_some_and(|p| p.misses >= self.cfg.failures);
+            let master_down =
+                topo.waiting.is_none() && master.is_some_and(|p| p.misses >= self.cfg.failures);
             // A master never seen up since Ferry started (a total outage)
             // is waited for: only it knows the last commits.
             let seen = master.is_some_and(|p| p.seen_up);
@@ -112,11 +134,174 @@ impl Coordinator {
                 }
             }
             let wait = self.cfg.interval.saturating_sub(started.elapsed());
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+            let request = {
+                let mut forced = self.forced.lock().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => None,
+                    Some(r) = forced.recv() => Some(r),
+                    _ = shutdown.changed() => return,
+                }
+            };
+            if let Some(ForceMaster { node, reply }) = request {
+                let answer = self.force(&node).await;
+                let _ = reply.send(answer);
             }
         }
+    }
+
+    /// What every node tells of itself now.
+    async fn seen(&self) -> Vec<(Node, Seen)> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let seen = match self.probe(&n.name).and_then(Probe::client) {
+                Some(client) => Seen::read_from(client).await,
+                None => Seen::Unreachable,
+            };
+            out.push((n.clone(), seen));
+        }
+        out
+    }
+
+    /// While waiting after a total outage: decides again with the nodes
+    /// that answer now.
+    async fn redecide(&self, topo: &Topology) {
+        let seen = self.seen().await;
+        match decide(&self.nodes, &seen) {
+            Ok(next) if next.waiting.is_none() => {
+                info!(master = %next.master.name, epoch = next.epoch, "the nodes that returned decide the master");
+                self.publish(next);
+            }
+            Ok(next) => {
+                if next.waiting != topo.waiting {
+                    warn!(
+                        reason = next.waiting.as_deref().unwrap_or(""),
+                        "no master yet"
+                    );
+                    self.publish(next);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot decide the topology"),
+        }
+    }
+
+    /// A node fenced because it did not answer when the topology was
+    /// decided joins as a replica when it returns recorded as a replica of
+    /// this master at this epoch (or with no record at all).
+    async fn admit_returning(&self, topo: &Topology) {
+        let mut next = topo.clone();
+        let mut changed = false;
+        for (n, why) in &topo.fenced {
+            if why != NOT_AT_START {
+                continue;
+            }
+            let Some(client) = self.probe(&n.name).and_then(Probe::client) else {
+                continue;
+            };
+            let fits = match Seen::read_from(client).await {
+                Seen::Recorded(r) => {
+                    r.epoch == topo.epoch && r.state == "replica" && r.master == topo.master.name
+                }
+                Seen::Fresh => true,
+                Seen::Unreachable => false,
+            };
+            next.fenced.retain(|(f, _)| f.name != n.name);
+            if fits {
+                info!(node = %n.name, "node returned; it rejoins as a replica");
+                next.replicas.push(n.clone());
+            } else {
+                warn!(node = %n.name, "node returned with a record of another epoch or master: needs a resync");
+                next.fenced.push((
+                    n.clone(),
+                    "returned with a record of another epoch or master: needs a resync".into(),
+                ));
+            }
+            changed = true;
+        }
+        if changed {
+            self.publish(next);
+        }
+    }
+
+    fn publish(&self, next: Topology) {
+        if let Ok(mut s) = self.status.write() {
+            s.epoch = next.epoch;
+            s.error = next.waiting.clone();
+        }
+        self.roles.send_replace(next);
+    }
+
+    /// An operator's choice: `node` becomes master at a new epoch, every
+    /// other node is fenced out (their data may differ: resync).
+    async fn force(&self, node: &str) -> Result<i64, String> {
+        let topo = self.roles.borrow().clone();
+        let target = self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| format!("no node named {node:?}"))?;
+        let client = self
+            .probe(node)
+            .and_then(Probe::client)
+            .ok_or_else(|| format!("node {node} does not answer"))?;
+        let seen = self.seen().await;
+        let epoch = seen
+            .iter()
+            .filter_map(|(_, s)| s.record().map(|r| r.epoch))
+            .max()
+            .unwrap_or(topo.epoch)
+            .max(topo.epoch)
+            + 1;
+        for (n, s) in &seen {
+            if n.name != node && *s != Seen::Unreachable {
+                if let Some(c) = self.probe(&n.name).and_then(Probe::client) {
+                    let _ = record::fence(c, &n.name, epoch).await;
+                }
+            }
+        }
+        if let Ok(row) = client.query_one(schema::READ_LEDGER, &[]).await {
+            let batch: i64 = row.get(0);
+            let _ = client
+                .query_one(cluster::CONTINUE_BATCH_IDS, &[&batch])
+                .await;
+        }
+        record::write(
+            client,
+            &Recorded {
+                node: node.to_string(),
+                epoch,
+                state: "master".into(),
+                state_priority: 1,
+                master: node.to_string(),
+                forced: true,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        warn!(
+            node,
+            epoch, "master forced by an operator: possible data loss"
+        );
+        let fenced = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != node)
+            .map(|n| {
+                (
+                    n.clone(),
+                    format!("fenced by `ferry force-master {node}`: its data may differ; needs a resync"),
+                )
+            })
+            .collect();
+        self.publish(Topology {
+            master: target,
+            replicas: Vec::new(),
+            epoch,
+            fenced,
+            waiting: None,
+            forced: true,
+        });
+        Ok(epoch)
     }
 
     fn probe(&self, name: &str) -> Option<&Probe> {
@@ -246,6 +431,7 @@ impl Coordinator {
                     state: "replica".into(),
                     state_priority: REPLICA_PRIORITY,
                     master: winner.node.name.clone(),
+                    forced: false,
                 },
             )
             .await
@@ -271,6 +457,7 @@ impl Coordinator {
                 state: "master".into(),
                 state_priority: record::master_priority(!replicas.is_empty()),
                 master: winner.node.name.clone(),
+                forced: false,
             },
         )
         .await
@@ -280,48 +467,91 @@ impl Coordinator {
             replicas,
             epoch,
             fenced,
+            waiting: None,
+            forced: false,
         })
     }
 }
 
-/// The topology at start: by configured priority on a cluster Ferry has
-/// never run, else as the nodes recorded it. The node recorded master at
-/// the highest epoch stays master; nodes recorded at an older epoch are
-/// fenced out (an old master, or a replica that missed a failover).
-/// Records the states of the chosen topology on the reachable nodes.
-pub async fn at_start(
-    nodes: &[Node],
-    records: &[(Node, Option<Recorded>)],
-) -> Result<Topology, crate::ClusterError> {
+/// Decides the topology from what the nodes recorded (at start, and while
+/// waiting after a total outage). Pure: no clocks, only epochs and states.
+///
+/// - Ferry never ran here (no records): by configured priority.
+/// - Otherwise the node recorded master at the latest epoch `E` is master
+///   if it answers and either it recorded state-priority 1 (no caught-up
+///   replica could have taken over) or every other node answers. Nodes
+///   recorded at an older epoch are fenced out (an old master, a replica
+///   that missed a failover); nodes that do not answer are fenced out until
+///   they return with a record that fits.
+/// - If that master does not answer, or it had caught-up replicas and some
+///   node is missing (one of them may have taken over later), Ferry waits:
+///   the topology carries the reason.
+pub fn decide(nodes: &[Node], seen: &[(Node, Seen)]) -> Result<Topology, crate::ClusterError> {
     let by_priority = Topology::by_priority(nodes)?;
-    let latest = records
-        .iter()
-        .filter_map(|(_, r)| r.as_ref())
-        .max_by_key(|r| r.epoch)
-        .cloned();
-    let Some(latest) = latest else {
+    let records: Vec<&Recorded> = seen.iter().filter_map(|(_, s)| s.record()).collect();
+    let Some(epoch) = records.iter().map(|r| r.epoch).max() else {
         return Ok(by_priority);
     };
-    let epoch = latest.epoch;
-    let master_name = records
-        .iter()
-        .filter_map(|(_, r)| r.as_ref())
-        .filter(|r| r.epoch == epoch)
-        .map(|r| r.master.clone())
-        .find(|m| !m.is_empty())
-        .unwrap_or(latest.master.clone());
-    let Some(master) = nodes.iter().find(|n| n.name == master_name).cloned() else {
-        return Ok(by_priority);
+    let seen_of = |name: &str| {
+        seen.iter()
+            .find(|(n, _)| n.name == name)
+            .map_or(&Seen::Unreachable, |(_, s)| s)
     };
+    // Two nodes recorded master at the same epoch only when an operator
+    // forced one while the other was away: the forced one wins.
+    let named = records
+        .iter()
+        .filter(|r| r.epoch == epoch && r.state == "master")
+        .max_by_key(|r| r.forced)
+        .map(|r| r.node.clone())
+        .or_else(|| {
+            records
+                .iter()
+                .filter(|r| r.epoch == epoch)
+                .map(|r| r.master.clone())
+                .find(|m| !m.is_empty())
+        });
+    let waiting = |why: String| {
+        let mut t = by_priority.clone();
+        t.epoch = epoch;
+        t.waiting = Some(why);
+        t
+    };
+    let Some(master) = named.and_then(|m| nodes.iter().find(|n| n.name == m).cloned()) else {
+        return Ok(waiting(format!(
+            "the nodes that answer do not tell which node was master at epoch {epoch}; \
+             waiting for the others (or `ferry force-master NODE`: possible data loss)"
+        )));
+    };
+    let own = match seen_of(&master.name) {
+        Seen::Recorded(r) if r.epoch == epoch && r.state == "master" => r.clone(),
+        _ => {
+            return Ok(waiting(format!(
+                "node {} was master last (epoch {epoch}) and does not answer: waiting for it \
+                 (or `ferry force-master NODE`: possible data loss)",
+                master.name
+            )))
+        }
+    };
+    let missing: Vec<&str> = seen
+        .iter()
+        .filter(|(n, s)| n.name != master.name && *s == Seen::Unreachable)
+        .map(|(n, _)| n.name.as_str())
+        .collect();
+    if own.state_priority != 1 && !missing.is_empty() {
+        return Ok(waiting(format!(
+            "node {} was master last (epoch {epoch}) with caught-up replicas; waiting for {} \
+             (one of them may have taken over later), or `ferry force-master NODE`: possible data loss",
+            master.name,
+            missing.join(", ")
+        )));
+    }
     let mut replicas = Vec::new();
     let mut fenced = Vec::new();
     for n in nodes.iter().filter(|n| n.name != master.name) {
-        let rec = records
-            .iter()
-            .find(|(r, _)| r.name == n.name)
-            .and_then(|(_, r)| r.as_ref());
-        match rec {
-            Some(r) if r.epoch < epoch => fenced.push((
+        match seen_of(&n.name) {
+            Seen::Unreachable => fenced.push((n.clone(), NOT_AT_START.to_string())),
+            Seen::Recorded(r) if r.epoch < epoch => fenced.push((
                 n.clone(),
                 format!(
                     "recorded {} at epoch {} < {epoch}: needs a resync",
@@ -336,5 +566,124 @@ pub async fn at_start(
         replicas,
         epoch,
         fenced,
+        waiting: None,
+        forced: false,
     })
+}
+
+/// The reason a node is fenced that did not answer when the topology was
+/// decided; it is admitted when it returns with a record that fits.
+pub const NOT_AT_START: &str = "did not answer when the topology was decided";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_wire::Target;
+
+    fn node(name: &str, priority: i32) -> Node {
+        Node {
+            name: name.into(),
+            target: Target::from_dsn("postgresql://u@h/db").unwrap_or_else(|_| unreachable!()),
+            priority,
+        }
+    }
+
+    fn rec(node: &str, epoch: i64, state: &str, prio: i32, master: &str) -> Seen {
+        Seen::Recorded(Recorded {
+            node: node.into(),
+            epoch,
+            state: state.into(),
+            state_priority: prio,
+            master: master.into(),
+            forced: false,
+        })
+    }
+
+    fn rec_of(s: Seen) -> Recorded {
+        s.record().cloned().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Two nodes: a was master (with b caught up), a crashed and b took
+    /// over alone (epoch 2), then b crashed. Each restart order decides the
+    /// same way.
+    #[test]
+    fn the_two_node_sequences_decide_by_epoch_and_state_priority() {
+        let nodes = [node("a", 1), node("b", 2)];
+        let a = rec("a", 1, "master", 2, "a");
+        let b = rec("b", 2, "master", 1, "b");
+        // a alone: it had a caught-up replica, which may have taken over.
+        let t = decide(
+            &nodes,
+            &[
+                (nodes[0].clone(), a.clone()),
+                (nodes[1].clone(), Seen::Unreachable),
+            ],
+        )
+        .unwrap();
+        assert!(
+            t.waiting
+                .as_deref()
+                .is_some_and(|w| w.contains("waiting for b")),
+            "{t:?}"
+        );
+        // b alone: it was master last, with no caught-up replica.
+        let t = decide(
+            &nodes,
+            &[
+                (nodes[0].clone(), Seen::Unreachable),
+                (nodes[1].clone(), b.clone()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (t.master.name.as_str(), t.epoch, t.waiting.is_none()),
+            ("b", 2, true)
+        );
+        assert_eq!(t.fenced.len(), 1);
+        // Both, in either order of arrival: b, and a fenced out.
+        for seen in [
+            [(nodes[0].clone(), a.clone()), (nodes[1].clone(), b.clone())],
+            [(nodes[1].clone(), b.clone()), (nodes[0].clone(), a.clone())],
+        ] {
+            let t = decide(&nodes, &seen).unwrap();
+            assert_eq!(t.master.name, "b");
+            assert!(t.fenced[0].1.contains("epoch 1 < 2"), "{t:?}");
+        }
+        // The last master missing: wait, naming it.
+        let t = decide(
+            &nodes,
+            &[
+                (nodes[0].clone(), rec("a", 2, "replica", 3, "b")),
+                (nodes[1].clone(), Seen::Unreachable),
+            ],
+        )
+        .unwrap();
+        assert!(
+            t.waiting
+                .as_deref()
+                .is_some_and(|w| w.contains("node b was master last")),
+            "{t:?}"
+        );
+        // An operator forced a while b was away (both at epoch 2): a.
+        let forced = Seen::Recorded(Recorded {
+            forced: true,
+            ..rec_of(rec("a", 2, "master", 1, "a"))
+        });
+        let t = decide(
+            &nodes,
+            &[(nodes[0].clone(), forced), (nodes[1].clone(), b.clone())],
+        )
+        .unwrap();
+        assert_eq!(t.master.name, "a");
+        // Ferry never ran: by priority.
+        let t = decide(
+            &nodes,
+            &[
+                (nodes[0].clone(), Seen::Fresh),
+                (nodes[1].clone(), Seen::Unreachable),
+            ],
+        )
+        .unwrap();
+        assert_eq!((t.master.name.as_str(), t.epoch), ("a", 1));
+    }
 }

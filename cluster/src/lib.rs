@@ -34,6 +34,12 @@ pub struct Topology {
     /// Nodes out of the cluster, with the reason (a failed old master; a
     /// replica that missed the failover and needs a resync).
     pub fenced: Vec<(Node, String)>,
+    /// Set while no master can be decided (after a total outage, the node
+    /// that was master last is missing): why. Writers wait, then get 57P03.
+    pub waiting: Option<String>,
+    /// The master was chosen by an operator (`ferry force-master`):
+    /// possible data loss.
+    pub forced: bool,
 }
 
 /// Why no topology can be formed.
@@ -59,6 +65,8 @@ impl Topology {
             replicas,
             epoch: 1,
             fenced: Vec::new(),
+            waiting: None,
+            forced: false,
         })
     }
 

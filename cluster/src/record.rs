@@ -12,6 +12,8 @@ pub struct Recorded {
     pub state: String,
     pub state_priority: i32,
     pub master: String,
+    /// Chosen by an operator (`ferry force-master`).
+    pub forced: bool,
 }
 
 /// The state-priority of a master: 1 without a caught-up replica, 2 with.
@@ -37,7 +39,36 @@ pub async fn read(client: &Client) -> Result<Option<Recorded>, tokio_postgres::E
             state: r.get(2),
             state_priority: r.get(3),
             master: r.get(4),
+            forced: r.get(5),
         }))
+}
+
+/// What a node told of itself at a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// It did not answer.
+    Unreachable,
+    /// It answered, with no record (Ferry never ran on it).
+    Fresh,
+    Recorded(Recorded),
+}
+
+impl Seen {
+    /// Reads a node's record through a connection that answers.
+    pub async fn read_from(client: &Client) -> Seen {
+        match read(client).await {
+            Ok(Some(r)) => Seen::Recorded(r),
+            // No record, or no `ferry` schema yet.
+            Ok(None) | Err(_) => Seen::Fresh,
+        }
+    }
+
+    pub fn record(&self) -> Option<&Recorded> {
+        match self {
+            Seen::Recorded(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// Writes a node's record (never moving its epoch back).
@@ -51,7 +82,7 @@ pub async fn write(client: &Client, r: &Recorded) -> Result<(), tokio_postgres::
                 &r.state,
                 &r.state_priority,
                 &r.master,
-                &false,
+                &r.forced,
             ],
         )
         .await?;

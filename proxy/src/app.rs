@@ -15,8 +15,9 @@ use ferry_batcher::suspend::Command as SuspendCommand;
 use ferry_batcher::{
     BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
 };
-use ferry_cluster::failover::{Coordinator, SharedClusterStatus};
+use ferry_cluster::failover::{Coordinator, ForceMaster, SharedClusterStatus};
 use ferry_cluster::health::HealthConfig;
+use ferry_cluster::record::Seen;
 use ferry_cluster::{Node, Topology};
 use ferry_wire::Target;
 use prometheus_client::registry::Registry;
@@ -70,16 +71,17 @@ pub async fn decide(cfg: &Config) -> Result<Topology, AppError> {
     let nodes: Vec<Node> = std::iter::once(configured.master.clone())
         .chain(configured.replicas.iter().cloned())
         .collect();
-    let mut records = Vec::new();
+    let mut seen = Vec::new();
     for n in &nodes {
         let read = tokio::time::timeout(Duration::from_secs(3), async {
-            let client = connect(&n.name, &n.target, "ferry control").await.ok()?;
-            ferry_cluster::record::read(&client).await.ok().flatten()
+            match connect(&n.name, &n.target, "ferry control").await {
+                Ok(client) => Seen::read_from(&client).await,
+                Err(_) => Seen::Unreachable,
+            }
         })
         .await
-        .ok()
-        .flatten();
-        records.push((n.clone(), read));
+        .unwrap_or(Seen::Unreachable);
+        seen.push((n.clone(), read));
     }
     // Keep the configured order for ties.
     let mut ordered: Vec<Node> = cfg
@@ -90,14 +92,15 @@ pub async fn decide(cfg: &Config) -> Result<Topology, AppError> {
     if ordered.len() != nodes.len() {
         ordered = nodes;
     }
-    ferry_cluster::failover::at_start(&ordered, &records)
-        .await
-        .map_err(|e| AppError::Config(e.to_string()))
+    ferry_cluster::failover::decide(&ordered, &seen).map_err(|e| AppError::Config(e.to_string()))
 }
 
 /// Records each reachable node's state for a topology (before it takes
 /// effect).
 async fn record_states(topo: &Topology) {
+    if topo.waiting.is_some() {
+        return;
+    }
     use ferry_cluster::record::{master_priority, Recorded, REPLICA_PRIORITY};
     let states = std::iter::once((
         &topo.master,
@@ -118,6 +121,7 @@ async fn record_states(topo: &Topology) {
                 state: state.into(),
                 state_priority: priority,
                 master: topo.master.name.clone(),
+                forced: topo.forced,
             };
             ferry_cluster::record::write(&client, &r).await.ok()
         };
@@ -152,6 +156,9 @@ pub fn patterns(cfg: &Config) -> Result<(Vec<Pattern>, Vec<Pattern>), AppError> 
 /// and the batcher prepares it when it returns.
 pub async fn install(cfg: &Config, require_all: bool) -> Result<usize, AppError> {
     let topo = decide(cfg).await?;
+    if let Some(why) = &topo.waiting {
+        return Err(AppError::Config(format!("no master: {why}")));
+    }
     install_for(cfg, &topo, require_all).await
 }
 
@@ -195,6 +202,8 @@ struct AppStatus {
     sync: Option<Arc<SyncPoint>>,
     /// Suspend/cancel/resume requests to the batcher.
     commands: tokio::sync::mpsc::Sender<SuspendCommand>,
+    /// `ferry force-master` requests to the coordinator.
+    force: tokio::sync::mpsc::Sender<ForceMaster>,
 }
 
 impl StatusSource for AppStatus {
@@ -269,6 +278,8 @@ impl StatusSource for AppStatus {
                 "last": c.last_failover,
                 "error": c.error,
             },
+            "waiting": topo.waiting,
+            "forced": topo.forced,
             "last_batch": r.last_batch,
             "outbox_backlog": r.outbox_backlog,
             "tables": r.tables,
@@ -294,6 +305,33 @@ impl StatusSource for AppStatus {
     }
 
     fn request(&self, request: Request) -> Answer {
+        if let Request::ForceMaster { node } = request {
+            let force = self.force.clone();
+            return Box::pin(async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if force.send(ForceMaster { node, reply }).await.is_err() {
+                    return (
+                        503,
+                        serde_json::json!({"error": "unavailable", "message": "the coordinator is not running"}),
+                    );
+                }
+                match tokio::time::timeout(Duration::from_secs(30), answer).await {
+                    Ok(Ok(Ok(epoch))) => (
+                        200,
+                        serde_json::json!({"state": "forced", "epoch": epoch,
+                            "warning": "forced master: possible data loss; the other nodes are fenced out"}),
+                    ),
+                    Ok(Ok(Err(why))) => (
+                        409,
+                        serde_json::json!({"error": "cannot_force", "message": why}),
+                    ),
+                    _ => (
+                        503,
+                        serde_json::json!({"error": "unavailable", "message": "no answer from the coordinator"}),
+                    ),
+                }
+            });
+        }
         let commands = self.commands.clone();
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -305,6 +343,7 @@ impl StatusSource for AppStatus {
                 },
                 Request::CancelSuspend { replica } => SuspendCommand::Cancel { replica, reply },
                 Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
+                Request::ForceMaster { .. } => return (500, serde_json::Value::Null),
             };
             let unavailable = |why: &str| {
                 (
@@ -347,6 +386,13 @@ async fn supervise_batcher(
     };
     loop {
         let topo = roles.borrow_and_update().clone();
+        if topo.waiting.is_some() {
+            // No master: nothing to replicate from until one is decided.
+            tokio::select! {
+                _ = roles.changed() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
         let mut cfg = base.clone();
         cfg.master = node(&topo.master);
         cfg.replicas = topo.replicas.iter().map(node).collect();
@@ -386,10 +432,14 @@ impl App {
     pub async fn start(cfg: &Config) -> Result<App, AppError> {
         let topo = decide(cfg).await?;
         let (include, exclude) = patterns(cfg)?;
-        match install_for(cfg, &topo, false).await {
-            Ok(n) => info!(tables = n, "capture installed"),
-            Err(e @ AppError::Batch(BatchError::SchemaMismatch(_))) => return Err(e),
-            Err(e) => warn!(error = %e, "install at start incomplete; the batcher retries"),
+        if let Some(why) = &topo.waiting {
+            warn!(reason = %why, "no master yet: writers wait, then get 57P03");
+        } else {
+            match install_for(cfg, &topo, false).await {
+                Ok(n) => info!(tables = n, "capture installed"),
+                Err(e @ AppError::Batch(BatchError::SchemaMismatch(_))) => return Err(e),
+                Err(e) => warn!(error = %e, "install at start incomplete; the batcher retries"),
+            }
         }
         record_states(&topo).await;
         for (n, why) in &topo.fenced {
@@ -488,14 +538,22 @@ impl App {
         };
         let (roles_tx, roles) = watch::channel(topo.clone());
         let cluster_status = SharedClusterStatus::default();
+        let (force, forced_rx) = tokio::sync::mpsc::channel(4);
+        // Decisions see the nodes in configured order.
+        let configured: Vec<Node> = cfg
+            .nodes
+            .iter()
+            .filter_map(|c| all_nodes.iter().find(|n| n.name == c.name).cloned())
+            .collect();
         let coordinator = Coordinator::new(
             HealthConfig {
                 interval: Duration::from_millis(cfg.health.interval_ms),
                 failures: cfg.health.failures,
             },
-            &all_nodes,
+            &configured,
             roles_tx,
             cluster_status.clone(),
+            forced_rx,
         );
         let shared = Arc::new(Shared {
             users: UserDb::new(
@@ -525,6 +583,7 @@ impl App {
             frontend: frontend_metrics,
             sync,
             commands,
+            force,
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(supervise_batcher(

@@ -61,6 +61,14 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Make a node master when the cluster cannot decide by itself (after
+    /// a total outage the node that was master last is missing). Possible
+    /// data loss: recorded and shown as forced.
+    ForceMaster {
+        node: String,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Compare every replicated table on every replica with the master.
     Verify {
         #[arg(long, short, env = "FERRY_CONFIG")]
@@ -145,6 +153,9 @@ fn main() -> ExitCode {
                 admin,
             } => commands::suspend::run(&admin, &nodes, at.as_deref(), cancel).await,
             Command::Resume { nodes, admin } => commands::resume::run(&admin, &nodes).await,
+            Command::ForceMaster { node, admin } => {
+                commands::force_master::run(&admin, &node).await
+            }
             Command::Verify { config, retry_for } => {
                 commands::verify::run(&config, retry_for).await
             }

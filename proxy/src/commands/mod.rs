@@ -2,6 +2,7 @@
 
 pub mod admin_http;
 pub mod demo;
+pub mod force_master;
 pub mod init;
 pub mod resume;
 pub mod run;

@@ -28,6 +28,9 @@ async fn checksum(c: &tokio_postgres::Client, sql: &str) -> Result<(i64, String)
 /// Compares all nodes once; returns the rows and whether all are equal.
 async fn compare(cfg: &Config) -> anyhow::Result<(Vec<Row>, bool)> {
     let topo = decide(cfg).await?;
+    if let Some(why) = &topo.waiting {
+        anyhow::bail!("no master to compare with: {why}");
+    }
     let (include, exclude) = patterns(cfg)?;
     let m = &topo.master;
     let master = connect(&m.name, &m.target, "ferry verify").await?;

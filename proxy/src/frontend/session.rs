@@ -116,10 +116,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let database = StartupPacket::param(&params, "database")
         .unwrap_or(&user)
         .to_string();
-    let (epoch, master) = {
-        let t = shared.roles.borrow();
-        (t.epoch, t.master.clone())
-    };
+    let master = shared.roles.borrow().master.clone();
     if database != master.target.dbname {
         fatal(
             &mut client,
@@ -132,9 +129,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         .await;
         return;
     }
-    let Some((epoch, master, server)) =
-        connect_master(&shared, &params, epoch, master, &mut client).await
-    else {
+    let Some((epoch, master, server)) = connect_master(&shared, &params, &mut client).await else {
         return;
     };
     let (pid, secret) = shared.cancels.register(ServerKey {
@@ -219,63 +214,58 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     shared.metrics.connections.dec();
 }
 
-/// Opens the session's server connection on the master. When the master
-/// cannot be reached (down, or failing over), the session waits — up to
-/// `hold_timeout` — for a new topology and tries its master; then it gets
-/// SQLSTATE 57P03. A server that answers with an error (authentication,
-/// too many connections) fails the session at once. Returns the epoch and
-/// master it connected in.
+/// Opens the session's server connection on the master. While there is
+/// no master (a failover under way, or a cluster waiting for the node that
+/// was master last) or it cannot be reached, the session waits — up to
+/// `hold_timeout` — for the topology to change and tries again; then it
+/// gets SQLSTATE 57P03 saying why. A server that answers with an error
+/// (authentication, too many connections) fails the session at once.
+/// Returns the epoch and master it connected in.
 async fn connect_master(
     shared: &Shared,
     params: &[(String, String)],
-    mut epoch: i64,
-    mut master: Node,
     client: &mut TcpStream,
 ) -> Option<(i64, Node, ServerConn)> {
     let deadline = tokio::time::Instant::now() + shared.hold_timeout;
     let mut roles = shared.roles.clone();
     loop {
-        match ServerConn::connect(&master.target, params, shared.connect_timeout).await {
-            Ok(s) => return Some((epoch, master, s)),
-            Err(e @ ConnError::Server(_)) => {
-                warn!(node = %master.name, error = %e, "cannot open a server session");
-                fatal(
-                    client,
-                    "08006",
-                    &format!("could not connect to master node {}: {e}", master.name),
-                )
-                .await;
-                return None;
-            }
-            Err(e) => {
-                debug!(node = %master.name, error = %e, "master unreachable; holding the session");
-                let changed = tokio::time::timeout_at(deadline, async {
-                    roles
-                        .wait_for(|t| t.epoch != epoch)
-                        .await
-                        .map(|t| (t.epoch, t.master.clone()))
-                })
-                .await;
-                match changed {
-                    Ok(Ok((e, m))) => {
-                        epoch = e;
-                        master = m;
-                    }
-                    _ => {
-                        fatal(
-                            client,
-                            "57P03",
-                            &format!(
-                                "no master available: {} is unreachable ({e}) and no failover completed within {} ms",
-                                master.name,
-                                shared.hold_timeout.as_millis()
-                            ),
-                        )
-                        .await;
-                        return None;
-                    }
+        let (epoch, master, waiting) = {
+            let t = roles.borrow_and_update();
+            (t.epoch, t.master.clone(), t.waiting.clone())
+        };
+        let why = match waiting {
+            Some(why) => why,
+            None => match ServerConn::connect(&master.target, params, shared.connect_timeout).await
+            {
+                Ok(s) => return Some((epoch, master, s)),
+                Err(e @ ConnError::Server(_)) => {
+                    warn!(node = %master.name, error = %e, "cannot open a server session");
+                    fatal(
+                        client,
+                        "08006",
+                        &format!("could not connect to master node {}: {e}", master.name),
+                    )
+                    .await;
+                    return None;
                 }
-            }
+                Err(e) => format!("master {} is unreachable ({e})", master.name),
+            },
+        };
+        debug!(reason = %why, "no master now; holding the session");
+        if !matches!(
+            tokio::time::timeout_at(deadline, roles.changed()).await,
+            Ok(Ok(()))
+        ) {
+            fatal(
+                client,
+                "57P03",
+                &format!(
+                    "no master available: {why}; nothing changed within {} ms",
+                    shared.hold_timeout.as_millis()
+                ),
+            )
+            .await;
+            return None;
         }
     }
 }

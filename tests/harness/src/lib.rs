@@ -199,7 +199,11 @@ impl Cluster {
         while Instant::now() < deadline {
             if self
                 .status_json()
-                .map(|s| s.contains("\"role\":\"replica\"") || self.names.len() == 1)
+                .map(|s| {
+                    s.contains("\"role\":\"replica\"")
+                        || s.contains("\"role\":\"fenced\"")
+                        || self.names.len() == 1
+                })
                 .unwrap_or(false)
                 && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
             {
