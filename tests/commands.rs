@@ -166,6 +166,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/capture-cost", "--rounds"),
         ("benchmarks/sync-cost", "--rounds"),
         ("benchmarks/resume-cost", "--updates"),
+        ("benchmarks/failover-time", "--trials"),
     ] {
         let script = root().join(script);
         let out = Command::new("bash")
