@@ -302,3 +302,29 @@ async fn eventually_client(c: &Cluster) -> tokio_postgres::Client {
         }
     }
 }
+
+/// The master records its state-priority at every transition: 2 while a
+/// replica holds everything, 1 while none does (both replicas down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_records_whether_a_replica_could_take_over() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 3, SCHEMA);
+    let prio = "SELECT state || ' ' || state_priority FROM ferry.node_state";
+    c.wait_psql(0, prio, "master 2", Duration::from_secs(10))
+        .await;
+    c.servers[1].stop().unwrap();
+    c.servers[2].stop().unwrap();
+    let client = c.proxy_client().await;
+    client
+        .execute("INSERT INTO items VALUES (1, 'alone')", &[])
+        .await
+        .unwrap();
+    c.wait_psql(0, prio, "master 1", Duration::from_secs(15))
+        .await;
+    c.servers[1].start().unwrap();
+    c.wait_psql(0, prio, "master 2", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        c.psql(1, "SELECT v FROM items WHERE id = 1").trim(),
+        "alone"
+    );
+}

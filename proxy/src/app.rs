@@ -369,6 +369,67 @@ impl StatusSource for AppStatus {
     }
 }
 
+/// Keeps the master's recorded state-priority current: 2 while a replica
+/// holds everything the master shipped (it could take over without loss),
+/// 1 while none does. After a total outage this tells whether a replica may
+/// have taken over later (see `ferry_cluster::failover::decide`).
+async fn record_master_priority(
+    mut roles: watch::Receiver<Topology>,
+    status: SharedStatus,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use ferry_cluster::record::{master_priority, Recorded};
+    let mut recorded: Option<(String, i64, i32)> = None;
+    let mut client: Option<(String, tokio_postgres::Client)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = roles.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+        let topo = roles.borrow().clone();
+        if topo.waiting.is_some() {
+            continue;
+        }
+        let caught_up = status.read().is_ok_and(|s| {
+            s.master == topo.master.name
+                && s.replicas
+                    .iter()
+                    .any(|r| r.reachable && r.lag_batches == 0 && r.suspension.is_none())
+        });
+        let want = (
+            topo.master.name.clone(),
+            topo.epoch,
+            master_priority(caught_up),
+        );
+        if recorded.as_ref() == Some(&want) {
+            continue;
+        }
+        if client.as_ref().is_none_or(|(n, _)| *n != topo.master.name) {
+            client = connect(&topo.master.name, &topo.master.target, "ferry control")
+                .await
+                .ok()
+                .map(|c| (topo.master.name.clone(), c));
+        }
+        let Some((_, c)) = &client else { continue };
+        let r = Recorded {
+            node: topo.master.name.clone(),
+            epoch: topo.epoch,
+            state: "master".into(),
+            state_priority: want.2,
+            master: topo.master.name.clone(),
+            forced: topo.forced,
+        };
+        match ferry_cluster::record::write(c, &r).await {
+            Ok(()) => {
+                info!(node = %r.node, state_priority = r.state_priority, "master's state-priority recorded");
+                recorded = Some(want);
+            }
+            Err(_) => client = None,
+        }
+    }
+}
+
 /// Runs the batcher for the current topology, and again for each new one
 /// (a failover): the old one is stopped first (a second's grace, then
 /// aborted: a batch it was applying rolls back, and replicas fenced at the
@@ -586,6 +647,11 @@ impl App {
             force,
         });
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(record_master_priority(
+            roles.clone(),
+            status.clone(),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(supervise_batcher(
             batcher_cfg,
             roles,
@@ -594,6 +660,7 @@ impl App {
             rx.clone(),
         )));
         tasks.push(tokio::spawn(coordinator.run(rx.clone())));
+
         tasks.push(tokio::spawn(listener::serve(proxy, shared, rx.clone())));
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {
