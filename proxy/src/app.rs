@@ -646,22 +646,22 @@ impl App {
             commands,
             force,
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(record_master_priority(
-            roles.clone(),
-            status.clone(),
-            rx.clone(),
-        )));
-        tasks.push(tokio::spawn(supervise_batcher(
-            batcher_cfg,
-            roles,
-            (status, metrics),
-            Arc::new(tokio::sync::Mutex::new(commands_rx)),
-            rx.clone(),
-        )));
-        tasks.push(tokio::spawn(coordinator.run(rx.clone())));
-
-        tasks.push(tokio::spawn(listener::serve(proxy, shared, rx.clone())));
+        let mut tasks = vec![
+            tokio::spawn(record_master_priority(
+                roles.clone(),
+                status.clone(),
+                rx.clone(),
+            )),
+            tokio::spawn(supervise_batcher(
+                batcher_cfg,
+                roles,
+                (status, metrics),
+                Arc::new(tokio::sync::Mutex::new(commands_rx)),
+                rx.clone(),
+            )),
+            tokio::spawn(coordinator.run(rx.clone())),
+            tokio::spawn(listener::serve(proxy, shared, rx.clone())),
+        ];
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {
             tokio::select! {
