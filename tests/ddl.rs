@@ -214,12 +214,7 @@ async fn a_conflicting_schema_change_pauses_only_that_replica() {
     )
     .await;
     let b = eventually(Duration::from_secs(20), "b paused", || {
-        let s: serde_json::Value =
-            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
-        let b = s["nodes"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["name"] == "b").cloned())
-            .unwrap_or_default();
+        let b = c.node_doc("b");
         if b["failed_batch"].is_i64() {
             Ok(b)
         } else {

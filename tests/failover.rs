@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
 
 fn status(c: &Cluster) -> Value {
-    serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default()
+    c.status_doc()
 }
 
 fn node<'a>(doc: &'a Value, name: &str) -> &'a Value {

@@ -552,14 +552,7 @@ async fn a_batch_failing_on_one_replica_pauses_that_replica_only() {
         .batch_execute("INSERT INTO items VALUES (1, 'same'), (2, 'same')")
         .await
         .unwrap();
-    let node_b = |c: &Cluster| -> serde_json::Value {
-        let s: serde_json::Value =
-            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
-        s["nodes"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["name"] == "b").cloned())
-            .unwrap_or_default()
-    };
+    let node_b = |c: &Cluster| c.node_doc("b");
     let b = eventually(Duration::from_secs(20), "failure shown", || {
         let b = node_b(&c);
         if b["failed_statement"].is_string() {

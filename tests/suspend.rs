@@ -29,12 +29,16 @@ fn now_epoch() -> f64 {
 
 /// The `suspension` of a replica in /status (Null when none).
 fn suspension(c: &Cluster, name: &str) -> Value {
-    let s: Value = serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
-    s["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["name"] == name).cloned())
-        .map(|n| n["suspension"].clone())
-        .unwrap_or_default()
+    c.node_doc(name)["suspension"].clone()
+}
+
+/// Suspends a replica 1.5 s from now and waits until it is suspended.
+fn suspend_soon(c: &Cluster, name: &str) {
+    let (at, _) = instant_in(c, 1.5);
+    let body = format!("{{\"at\": \"{at}\"}}");
+    let answer = c.admin_call("POST", &format!("/replicas/{name}/suspend"), Some(&body));
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    wait_state(c, name, "suspended", 15);
 }
 
 fn wait_state(c: &Cluster, name: &str, state: &str, secs: u64) -> Value {
@@ -334,17 +338,7 @@ async fn resume_ships_one_image_per_changed_key() {
         "CREATE TABLE kv (k int PRIMARY KEY, v bigint NOT NULL);
          INSERT INTO kv SELECT g, 0 FROM generate_series(1, 1000) g;",
     );
-    let (at, _) = instant_in(&c, 1.5);
-    assert_eq!(
-        c.admin_call(
-            "POST",
-            "/replicas/b/suspend",
-            Some(&format!("{{\"at\": \"{at}\"}}"))
-        )
-        .0,
-        200
-    );
-    wait_state(&c, "b", "suspended", 15);
+    suspend_soon(&c, "b");
     let client = c.proxy_client().await;
     for _ in 0..100 {
         client
@@ -507,17 +501,7 @@ async fn a_suspended_replica_serves_no_reads() {
         },
     );
     c.start_ferry();
-    let (at, _) = instant_in(&c, 1.5);
-    assert_eq!(
-        c.admin_call(
-            "POST",
-            "/replicas/b/suspend",
-            Some(&format!("{{\"at\": \"{at}\"}}"))
-        )
-        .0,
-        200
-    );
-    wait_state(&c, "b", "suspended", 15);
+    suspend_soon(&c, "b");
     let writer = c.proxy_client().await;
     writer.execute("UPDATE kv SET v = 7", &[]).await.unwrap();
     // (Simple-protocol reads are the ones routed to replicas.)

@@ -208,13 +208,7 @@ impl ApplySession {
                 sent.push(sql);
             }
         }
-        if !b.sequences.is_empty() {
-            let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
-            let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
-            let params = [
-                sequences::array_literal(&names),
-                sequences::array_literal(&positions),
-            ];
+        if let Some(params) = sequence_params(b) {
             run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
             sent.push(sequences::ADVANCE);
         }
@@ -298,13 +292,7 @@ impl ApplySession {
                 }
             }
         }
-        if !b.sequences.is_empty() {
-            let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
-            let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
-            let params = [
-                sequences::array_literal(&names),
-                sequences::array_literal(&positions),
-            ];
+        if let Some(params) = sequence_params(b) {
             once(sequences::ADVANCE, &params, &mut out).map_err(io(&node))?;
         }
         once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
@@ -360,6 +348,20 @@ impl ApplySession {
             }),
         }
     }
+}
+
+/// The parameters of [`sequences::ADVANCE`] for a batch's sequence
+/// positions; None when it carries none.
+fn sequence_params(b: &Batch) -> Option<[String; 2]> {
+    if b.sequences.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
+    let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
+    Some([
+        sequences::array_literal(&names),
+        sequences::array_literal(&positions),
+    ])
 }
 
 /// Names of the session's prepared statements.

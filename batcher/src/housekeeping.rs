@@ -57,16 +57,7 @@ pub async fn pending(
     shapes: &[TableShape],
     snap: &str,
 ) -> Result<i64, BatchError> {
-    let mut total = 0;
-    for s in shapes {
-        let n: i64 = client
-            .query_one(&batch::pending(s), &[&snap])
-            .await
-            .map_err(BatchError::pg(node))?
-            .get(0);
-        total += n;
-    }
-    Ok(total)
+    sum_per_table(node, client, shapes, snap, batch::pending).await
 }
 
 /// Distinct keys among a replica's pending changes, over every table.
@@ -76,10 +67,21 @@ pub async fn pending_keys(
     shapes: &[TableShape],
     snap: &str,
 ) -> Result<i64, BatchError> {
+    sum_per_table(node, client, shapes, snap, batch::pending_keys).await
+}
+
+/// Sums a per-table count query (parameter: the replica's snapshot).
+async fn sum_per_table(
+    node: &str,
+    client: &Client,
+    shapes: &[TableShape],
+    snap: &str,
+    sql: fn(&TableShape) -> String,
+) -> Result<i64, BatchError> {
     let mut total = 0;
     for s in shapes {
         let n: i64 = client
-            .query_one(&batch::pending_keys(s), &[&snap])
+            .query_one(&sql(s), &[&snap])
             .await
             .map_err(BatchError::pg(node))?
             .get(0);

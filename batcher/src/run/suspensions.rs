@@ -45,17 +45,7 @@ impl Batcher {
                 _ => None,
             };
             if let Some(why) = missed {
-                warn!(node = %name, at = %s.at, "suspension failed: {why}");
-                self.set_state(
-                    control,
-                    std::slice::from_ref(&name),
-                    State::Failed,
-                    None,
-                    Some(why),
-                )
-                .await?;
-                s.state = State::Failed;
-                s.error = Some(why.to_string());
+                self.fail(control, &name, &mut s, why.to_string()).await?;
             }
             loaded.insert(name, s);
         }
@@ -78,6 +68,28 @@ impl Batcher {
             )
             .await
             .map_err(BatchError::pg(&self.cfg.master.name))?;
+        Ok(())
+    }
+
+    /// A suspension that cannot go on: logged, recorded, shown.
+    async fn fail(
+        &self,
+        control: &tokio_postgres::Client,
+        name: &str,
+        s: &mut Suspension,
+        why: String,
+    ) -> Result<(), BatchError> {
+        warn!(node = %name, at = %s.at, "suspension failed: {why}");
+        self.set_state(
+            control,
+            &[name.to_string()],
+            State::Failed,
+            None,
+            Some(&why),
+        )
+        .await?;
+        s.state = State::Failed;
+        s.error = Some(why);
         Ok(())
     }
 
@@ -116,17 +128,7 @@ impl Batcher {
                 s.state = State::Suspending;
             } else {
                 let why = "the replica was not reachable at the instant";
-                warn!(node = %name, at = %s.at, "suspension failed: {why}");
-                self.set_state(
-                    control,
-                    std::slice::from_ref(&name),
-                    State::Failed,
-                    None,
-                    Some(why),
-                )
-                .await?;
-                s.state = State::Failed;
-                s.error = Some(why.into());
+                self.fail(control, &name, s, why.to_string()).await?;
             }
         }
         Ok(())
@@ -184,17 +186,7 @@ impl Batcher {
                     "the replica did not apply the cut at the instant: {}",
                     r.last_error.as_deref().unwrap_or("disconnected")
                 );
-                warn!(node = %name, at = %s.at, "suspension failed: {why}");
-                self.set_state(
-                    control,
-                    std::slice::from_ref(name),
-                    State::Failed,
-                    None,
-                    Some(&why),
-                )
-                .await?;
-                s.state = State::Failed;
-                s.error = Some(why);
+                self.fail(control, name, s, why.to_string()).await?;
             }
         }
         Ok(())

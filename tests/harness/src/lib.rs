@@ -249,6 +249,19 @@ impl Cluster {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `/status` as JSON (Null when Ferry does not answer).
+    pub fn status_doc(&self) -> serde_json::Value {
+        serde_json::from_str(&self.status_json().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// One node's entry in `/status` (Null when absent).
+    pub fn node_doc(&self, name: &str) -> serde_json::Value {
+        self.status_doc()["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_default()
+    }
+
     /// GET a path of the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_call("GET", path, None)
