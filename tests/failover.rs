@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
 
+/// Signals every process of a server (the postmaster's children first:
+/// running backends go on serving when only the postmaster is hit).
+fn signal_server(c: &Cluster, i: usize, sig: &str) {
+    let pid = c.servers[i].pid().expect("server runs").to_string();
+    let _ = std::process::Command::new("pkill")
+        .args([&format!("-{sig}"), "-P", &pid])
+        .status();
+    c.servers[i].signal(sig).unwrap();
+}
+
 fn status(c: &Cluster) -> Value {
     c.status_doc()
 }
@@ -34,7 +44,7 @@ async fn a_killed_master_is_replaced_by_a_replica() {
     }
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     let killed = Instant::now();
-    c.servers[0].signal("KILL").unwrap();
+    signal_server(&c, 0, "KILL");
     // The open session ends (its master is gone) ...
     assert!(client
         .execute("INSERT INTO items VALUES (1000, 'lost')", &[])
@@ -128,13 +138,7 @@ async fn a_frozen_master_is_fenced_and_its_late_writes_go_nowhere() {
         .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'late')")
         .await
         .unwrap();
-    let pid = c.servers[0].pid().expect("master runs").to_string();
-    let freeze = |sig: &str| {
-        let _ = std::process::Command::new("pkill")
-            .args([&format!("-{sig}"), "-P", &pid])
-            .status();
-        c.servers[0].signal(sig).unwrap();
-    };
+    let freeze = |sig: &str| signal_server(&c, 0, sig);
     freeze("STOP");
     let commit = tokio::spawn(async move { stuck.batch_execute("COMMIT").await });
     let client = c.proxy_client().await;
