@@ -189,6 +189,10 @@ impl Cluster {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("FERRY_LOG", "info,ferry=debug")
+            // Six missed health checks (3 s) before a failover: tests share
+            // two cores with many servers, and only the failover tests mean
+            // to fail a master over (a test's own env wins).
+            .env("FERRY_HEALTH_FAILURES", "6")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
