@@ -332,3 +332,64 @@ async fn the_master_records_whether_a_replica_could_take_over() {
         "alone"
     );
 }
+
+/// After a failover the old master comes back fenced; `ferry resync`
+/// copies the new master's tables to it at one snapshot while writes go on,
+/// and it serves as a replica again: every node ends up identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 3, SCHEMA);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 500) g")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    signal_server(&c, 0, "KILL");
+    let client = eventually_client(&c).await;
+    client
+        .execute("INSERT INTO items VALUES (501, 'after')", &[])
+        .await
+        .unwrap();
+    c.servers[0].start().unwrap();
+    assert_eq!(node(&status(&c), "a")["role"], "fenced");
+    // Writes go on during the resync.
+    let url = c.proxy_url();
+    let writer = tokio::spawn(async move {
+        let (w, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        for i in 1000..1300 {
+            w.execute("INSERT INTO items VALUES ($1, 'during')", &[&i])
+                .await
+                .expect("write during the resync");
+        }
+    });
+    let out = c.ferry(&[
+        "resync",
+        "a",
+        "--admin",
+        &format!("http://127.0.0.1:{}", c.admin_port),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    writer.await.unwrap();
+    c.wait_equal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    assert_eq!(c.psql(0, "SELECT count(*) FROM items").trim(), "801");
+    let doc = status(&c);
+    assert_eq!(node(&doc, "a")["role"], "replica", "{doc}");
+    assert_eq!(
+        c.psql(
+            0,
+            "SELECT state || ' ' || epoch || ' ' || master FROM ferry.node_state"
+        )
+        .trim(),
+        "replica 2 b"
+    );
+}

@@ -8,6 +8,7 @@ mod force_master;
 mod health;
 mod metrics;
 mod resume;
+mod resync;
 mod status;
 mod suspend;
 
@@ -30,6 +31,9 @@ pub enum Request {
     /// Make a node master when the cluster cannot decide (possible data
     /// loss).
     ForceMaster { node: String },
+    /// Copy the master's replicated tables to a fenced node and take it
+    /// back as a replica.
+    Resync { node: String },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -63,6 +67,7 @@ pub fn router(source: Source) -> Router {
         )
         .route("/replicas/{name}/resume", post(resume::post))
         .route("/force-master", post(force_master::post))
+        .route("/nodes/{name}/resync", post(resync::post))
         .with_state(source)
 }
 

@@ -24,6 +24,7 @@ pub mod housekeeping;
 pub mod install;
 pub mod metrics;
 pub mod pattern;
+pub mod resync;
 pub mod run;
 pub mod schema_steps;
 pub mod status;

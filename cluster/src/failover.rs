@@ -62,16 +62,26 @@ pub struct Coordinator {
     probes: Vec<Probe>,
     /// Every configured node, in configured order (for decisions).
     nodes: Vec<Node>,
-    /// Operators' forced choices (`ferry force-master`).
-    forced: tokio::sync::Mutex<mpsc::Receiver<ForceMaster>>,
+    /// Operators' requests.
+    forced: tokio::sync::Mutex<mpsc::Receiver<Control>>,
 }
 
-/// `ferry force-master NODE`: make a node master when the cluster cannot
-/// decide (possible data loss). Answered with the new epoch, or why not.
+/// What operators ask of the coordinator. Answered with the epoch, or why
+/// not.
 #[derive(Debug)]
-pub struct ForceMaster {
-    pub node: String,
-    pub reply: oneshot::Sender<Result<i64, String>>,
+pub enum Control {
+    /// `ferry force-master NODE`: make a node master when the cluster
+    /// cannot decide (possible data loss).
+    ForceMaster {
+        node: String,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// A fenced node was resynchronised from the master: it joins as a
+    /// replica.
+    Admit {
+        node: String,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
 }
 
 impl Coordinator {
@@ -80,7 +90,7 @@ impl Coordinator {
         nodes: &[Node],
         roles: watch::Sender<Topology>,
         status: SharedClusterStatus,
-        forced: mpsc::Receiver<ForceMaster>,
+        forced: mpsc::Receiver<Control>,
     ) -> Self {
         Self {
             cfg,
@@ -142,9 +152,14 @@ impl Coordinator {
                     _ = shutdown.changed() => return,
                 }
             };
-            if let Some(ForceMaster { node, reply }) = request {
-                let answer = self.force(&node).await;
-                let _ = reply.send(answer);
+            match request {
+                Some(Control::ForceMaster { node, reply }) => {
+                    let _ = reply.send(self.force(&node).await);
+                }
+                Some(Control::Admit { node, reply }) => {
+                    let _ = reply.send(self.admit(&node).await);
+                }
+                None => {}
             }
         }
     }
@@ -302,6 +317,47 @@ impl Coordinator {
             forced: true,
         });
         Ok(epoch)
+    }
+
+    /// A fenced node, now resynchronised from the master, joins as a
+    /// replica: recorded on the node, then published.
+    async fn admit(&self, node: &str) -> Result<i64, String> {
+        let topo = self.roles.borrow().clone();
+        let Some((n, _)) = topo.fenced.iter().find(|(n, _)| n.name == node).cloned() else {
+            return Err(format!("node {node} is not fenced out"));
+        };
+        // The node just answered the resync; the health check may not
+        // have seen it back yet.
+        let (client, conn) = n
+            .target
+            .pg_config("ferry control")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("node {node} does not answer: {e}"))?;
+        tokio::spawn(conn);
+        record::write(
+            &client,
+            &Recorded {
+                node: node.to_string(),
+                epoch: topo.epoch,
+                state: "replica".into(),
+                state_priority: REPLICA_PRIORITY,
+                master: topo.master.name.clone(),
+                forced: false,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut next = topo.clone();
+        next.fenced.retain(|(f, _)| f.name != node);
+        next.replicas.push(n);
+        info!(
+            node,
+            epoch = topo.epoch,
+            "resynchronised node rejoins as a replica"
+        );
+        self.publish(next);
+        Ok(topo.epoch)
     }
 
     fn probe(&self, name: &str) -> Option<&Probe> {

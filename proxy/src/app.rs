@@ -15,7 +15,7 @@ use ferry_batcher::suspend::Command as SuspendCommand;
 use ferry_batcher::{
     BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
 };
-use ferry_cluster::failover::{Coordinator, ForceMaster, SharedClusterStatus};
+use ferry_cluster::failover::{Control, Coordinator, SharedClusterStatus};
 use ferry_cluster::health::HealthConfig;
 use ferry_cluster::record::Seen;
 use ferry_cluster::{Node, Topology};
@@ -203,7 +203,61 @@ struct AppStatus {
     /// Suspend/cancel/resume requests to the batcher.
     commands: tokio::sync::mpsc::Sender<SuspendCommand>,
     /// `ferry force-master` requests to the coordinator.
-    force: tokio::sync::mpsc::Sender<ForceMaster>,
+    force: tokio::sync::mpsc::Sender<Control>,
+    /// Replication patterns (for resyncs).
+    patterns: (Vec<Pattern>, Vec<Pattern>),
+}
+
+impl AppStatus {
+    /// Copies the master's tables to a fenced node, then has the
+    /// coordinator take it back as a replica.
+    fn resync(&self, node: String) -> Answer {
+        let topo = self.roles.borrow().clone();
+        let force = self.force.clone();
+        let (include, exclude) = self.patterns.clone();
+        Box::pin(async move {
+            let refuse = |code: u16, error: &str, message: String| {
+                (
+                    code,
+                    serde_json::json!({"error": error, "message": message}),
+                )
+            };
+            if let Some(why) = &topo.waiting {
+                return refuse(409, "no_master", format!("no master to copy from: {why}"));
+            }
+            let Some((n, _)) = topo.fenced.iter().find(|(n, _)| n.name == node) else {
+                return refuse(
+                    409,
+                    "not_fenced",
+                    format!("node {node} is not fenced out of the cluster"),
+                );
+            };
+            let copied = match ferry_batcher::resync::copy_all(
+                (&topo.master.name, &topo.master.target),
+                (&n.name, &n.target),
+                &include,
+                &exclude,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => return refuse(409, "resync_failed", e.to_string()),
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if force.send(Control::Admit { node, reply }).await.is_err() {
+                return refuse(503, "unavailable", "the coordinator is not running".into());
+            }
+            match tokio::time::timeout(Duration::from_secs(30), answer).await {
+                Ok(Ok(Ok(epoch))) => (
+                    200,
+                    serde_json::json!({"state": "replica", "epoch": epoch, "tables": copied.tables,
+                        "rows": copied.rows, "batch": copied.batch}),
+                ),
+                Ok(Ok(Err(why))) => refuse(409, "cannot_admit", why),
+                _ => refuse(503, "unavailable", "no answer from the coordinator".into()),
+            }
+        })
+    }
 }
 
 impl StatusSource for AppStatus {
@@ -309,7 +363,11 @@ impl StatusSource for AppStatus {
             let force = self.force.clone();
             return Box::pin(async move {
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                if force.send(ForceMaster { node, reply }).await.is_err() {
+                if force
+                    .send(Control::ForceMaster { node, reply })
+                    .await
+                    .is_err()
+                {
                     return (
                         503,
                         serde_json::json!({"error": "unavailable", "message": "the coordinator is not running"}),
@@ -332,6 +390,9 @@ impl StatusSource for AppStatus {
                 }
             });
         }
+        if let Request::Resync { node } = request {
+            return self.resync(node);
+        }
         let commands = self.commands.clone();
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -343,7 +404,9 @@ impl StatusSource for AppStatus {
                 },
                 Request::CancelSuspend { replica } => SuspendCommand::Cancel { replica, reply },
                 Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
-                Request::ForceMaster { .. } => return (500, serde_json::Value::Null),
+                Request::ForceMaster { .. } | Request::Resync { .. } => {
+                    return (500, serde_json::Value::Null)
+                }
             };
             let unavailable = |why: &str| {
                 (
@@ -645,6 +708,7 @@ impl App {
             sync,
             commands,
             force,
+            patterns: patterns(cfg)?,
         });
         let mut tasks = vec![
             tokio::spawn(record_master_priority(

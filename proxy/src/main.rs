@@ -69,6 +69,14 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Copy the master's replicated tables to a node fenced out of the
+    /// cluster (an old master, a replica that missed a failover) and take it
+    /// back as a replica. Its own rows in those tables are replaced.
+    Resync {
+        node: String,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Compare every replicated table on every replica with the master.
     Verify {
         #[arg(long, short, env = "FERRY_CONFIG")]
@@ -156,6 +164,7 @@ fn main() -> ExitCode {
             Command::ForceMaster { node, admin } => {
                 commands::force_master::run(&admin, &node).await
             }
+            Command::Resync { node, admin } => commands::resync::run(&admin, &node).await,
             Command::Verify { config, retry_for } => {
                 commands::verify::run(&config, retry_for).await
             }

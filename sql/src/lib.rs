@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod ddl;
 pub mod model;
 pub mod quote;
+pub mod resync;
 pub mod schema;
 pub mod sequences;
 pub mod suspend;

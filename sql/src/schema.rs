@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     snap pg_snapshot NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS resyncing boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS ferry.node_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     node text NOT NULL,
@@ -102,14 +103,18 @@ pub const SEED_LEDGER: &str = "INSERT INTO ferry.applied (origin, batch_id, snap
 /// Records a replica's position on the master. Parameters: name, batch id, snapshot.
 pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, snap) \
      VALUES ($1, $2, ($3::text)::pg_snapshot) \
-     ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, updated_at = now()";
+     ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, \
+     resyncing = false, updated_at = now()";
 
 /// The oldest recorded replica position's xmin: every outbox row with an xid
 /// below it has reached every replica. Returns one nullable text value.
-/// Parameters: names of the configured replicas.
+/// Parameters: names of the batcher's replicas. Nodes being resynchronised
+/// (`resyncing`) hold the horizon back too, from before their copy.
 /// Null unless every named replica has a recorded position.
-pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) = cardinality($1::text[]) \
-     THEN min(pg_snapshot_xmin(snap))::text END FROM ferry.replicas WHERE name = ANY($1::text[])";
+pub const CLEANUP_HORIZON: &str =
+    "SELECT CASE WHEN count(*) FILTER (WHERE name = ANY($1::text[])) \
+     = cardinality($1::text[]) THEN min(pg_snapshot_xmin(snap))::text END \
+     FROM ferry.replicas WHERE name = ANY($1::text[]) OR resyncing";
 
 /// Replica apply session settings, run once per session.
 ///

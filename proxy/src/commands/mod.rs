@@ -5,6 +5,7 @@ pub mod demo;
 pub mod force_master;
 pub mod init;
 pub mod resume;
+pub mod resync;
 pub mod run;
 pub mod status;
 pub mod suspend;

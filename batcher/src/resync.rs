@@ -1,0 +1,123 @@
+//! Resynchronising a node from the master with a consistent full copy (see
+//! [`ferry_sql::resync`]): for a node fenced out by a failover (it missed
+//! batches, or it is an old master) before it serves as a replica again.
+//! The node's rows in the replicated tables are replaced; what it committed
+//! on its own after it left is not kept (no quarantine yet).
+
+use crate::catalog::{differences, replicated_tables};
+use crate::install::connect;
+use crate::pattern::Pattern;
+use crate::BatchError;
+use bytes::Bytes;
+use ferry_sql::resync;
+use ferry_wire::Target;
+use futures_util::{SinkExt, TryStreamExt};
+use std::pin::pin;
+use tokio_postgres::Client;
+use tracing::info;
+
+/// What a resync copied.
+#[derive(Debug)]
+pub struct Copied {
+    pub tables: usize,
+    pub rows: u64,
+    /// The ledger position the node starts from.
+    pub batch: i64,
+}
+
+/// Copies every replicated table from the master to the node at one
+/// snapshot and sets the node's ledger to it. The node must hold the same
+/// tables (compared first). Outbox clean-up on the master is held back for
+/// the node from before the copy until it is a replica again.
+pub async fn copy_all(
+    (master_name, master): (&str, &Target),
+    (node_name, node): (&str, &Target),
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<Copied, BatchError> {
+    let m = connect(master_name, master, "ferry resync").await?;
+    let n = connect(node_name, node, "ferry resync").await?;
+    m.execute(resync::PIN, &[&node_name])
+        .await
+        .map_err(BatchError::pg(master_name))?;
+    let result = copy(&m, master_name, &n, node_name, include, exclude).await;
+    if result.is_err() {
+        let _ = m.batch_execute("ROLLBACK").await;
+        let _ = m.execute(resync::UNPIN, &[&node_name]).await;
+    }
+    result
+}
+
+async fn copy(
+    m: &Client,
+    master_name: &str,
+    n: &Client,
+    node_name: &str,
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<Copied, BatchError> {
+    let shapes = replicated_tables(m, master_name, include, exclude).await?;
+    let theirs = replicated_tables(n, node_name, include, exclude).await?;
+    let diffs: Vec<String> = differences(&shapes, node_name, &theirs)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    if !diffs.is_empty() {
+        return Err(BatchError::SchemaMismatch(diffs));
+    }
+    m.batch_execute(resync::BEGIN_MASTER)
+        .await
+        .map_err(BatchError::pg(master_name))?;
+    let row = m
+        .query_one(resync::POSITION, &[])
+        .await
+        .map_err(BatchError::pg(master_name))?;
+    let (snap, batch): (String, i64) = (row.get(0), row.get(1));
+    let empty = if shapes.is_empty() {
+        "SELECT 1".to_string()
+    } else {
+        resync::truncate_all(&shapes)
+    };
+    n.batch_execute(&format!(
+        "BEGIN; SET LOCAL session_replication_role = replica; {empty}"
+    ))
+    .await
+    .map_err(BatchError::pg(node_name))?;
+    let mut rows = 0u64;
+    for s in &shapes {
+        let out = m
+            .copy_out(&resync::copy_out(s))
+            .await
+            .map_err(BatchError::pg(master_name))?;
+        let sink = n
+            .copy_in::<_, Bytes>(&resync::copy_in(s))
+            .await
+            .map_err(BatchError::pg(node_name))?;
+        let mut sink = pin!(sink);
+        let mut out = pin!(out);
+        while let Some(chunk) = out.try_next().await.map_err(BatchError::pg(master_name))? {
+            sink.send(chunk).await.map_err(BatchError::pg(node_name))?;
+        }
+        rows += sink.finish().await.map_err(BatchError::pg(node_name))?;
+    }
+    n.execute(resync::SET_LEDGER, &[&master_name, &batch, &snap])
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    n.batch_execute("COMMIT")
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    let _ = m.batch_execute("COMMIT").await;
+    info!(
+        node = node_name,
+        master = master_name,
+        tables = shapes.len(),
+        rows,
+        batch,
+        "node resynchronised from the master"
+    );
+    Ok(Copied {
+        tables: shapes.len(),
+        rows,
+        batch,
+    })
+}
