@@ -226,12 +226,7 @@ async fn an_operator_can_force_a_master() {
     c.servers[0].start().unwrap();
     c.start_ferry();
     assert!(status(&c)["waiting"].is_string());
-    let out = c.ferry(&[
-        "force-master",
-        "a",
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["force-master", "a"]);
     assert!(
         out.status.success(),
         "{}",
@@ -366,12 +361,7 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
                 .expect("write during the resync");
         }
     });
-    let out = c.ferry(&[
-        "resync",
-        "a",
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["resync", "a"]);
     assert!(
         out.status.success(),
         "{}",

@@ -296,11 +296,7 @@ async fn status_metrics_and_health_report_the_replicas() {
         doc["outbox_backlog"], 0,
         "shipped rows are cleaned up: {doc}"
     );
-    let out = c.ferry(&[
-        "status",
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("replica") && text.contains("applied_batch"),

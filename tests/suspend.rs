@@ -162,12 +162,7 @@ async fn suspend_at_an_instant_and_resume_with_what_changed() {
     .await;
     assert_eq!(c.psql(1, "SELECT sum(v) FROM kv").trim(), "0");
     // Resume through the command line.
-    let out = c.ferry(&[
-        "resume",
-        "b",
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["resume", "b"]);
     assert!(
         out.status.success(),
         "{}",
@@ -254,15 +249,7 @@ async fn a_suspended_group_holds_exactly_the_commits_before_the_instant() {
         }));
     }
     let (at, at_epoch) = instant_in(&c, 2.5);
-    let out = c.ferry(&[
-        "suspend",
-        "b",
-        "c",
-        "--at",
-        &at,
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["suspend", "b", "c", "--at", &at]);
     assert!(
         out.status.success(),
         "{}",
@@ -416,13 +403,7 @@ async fn schedules_survive_a_restart_cancel_works_and_the_hook_runs() {
         .0,
         200
     );
-    let out = c.ferry(&[
-        "suspend",
-        "c",
-        "--cancel",
-        "--admin",
-        &format!("http://127.0.0.1:{}", c.admin_port),
-    ]);
+    let out = c.ferry_admin(&["suspend", "c", "--cancel"]);
     assert!(
         out.status.success(),
         "{}",

@@ -215,19 +215,8 @@ impl ApplySession {
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
         sent.push(schema::APPLY_COMMIT);
         frontend::sync(&mut out);
-
-        self.conn
-            .write_all(&out)
-            .await
-            .map_err(BatchError::conn(&node))?;
-        let (error, status) = self
-            .conn
-            .read_pipeline()
-            .await
-            .map_err(BatchError::conn(&node))?;
         let sent: Vec<String> = sent.into_iter().map(str::to_string).collect();
-        self.finish(b, error, status, |at| sent.get(at).cloned())
-            .await
+        self.fly(b, &out, &sent).await
     }
 }
 
@@ -297,15 +286,6 @@ impl ApplySession {
         }
         once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
         frontend::sync(&mut out);
-        self.conn
-            .write_all(&out)
-            .await
-            .map_err(BatchError::conn(&node))?;
-        let (error, status) = self
-            .conn
-            .read_pipeline()
-            .await
-            .map_err(BatchError::conn(&node))?;
         // A failing replay is named by its statement, not by the call.
         let mut names = sent;
         for statement in &replayed {
@@ -313,20 +293,28 @@ impl ApplySession {
                 *slot = statement.clone();
             }
         }
-        self.finish(b, error, status, |at| names.get(at).cloned())
-            .await
+        self.fly(b, &out, &names).await
     }
 
-    /// Ends a shipped batch: rolls back an aborted transaction and tells
-    /// what happened. `statement(i)` names the i-th statement that ran.
-    async fn finish(
+    /// Sends a batch's flight (ending in Sync) and reads the answers; rolls
+    /// back an aborted transaction and tells what happened. `names[i]` is
+    /// the i-th statement of the flight, to name the one that failed.
+    async fn fly(
         &mut self,
         b: &Batch,
-        error: Option<(ferry_wire::ServerError, usize)>,
-        status: u8,
-        statement: impl Fn(usize) -> Option<String>,
+        out: &[u8],
+        names: &[String],
     ) -> Result<Applied, BatchError> {
         let node = self.node.clone();
+        self.conn
+            .write_all(out)
+            .await
+            .map_err(BatchError::conn(&node))?;
+        let (error, status) = self
+            .conn
+            .read_pipeline()
+            .await
+            .map_err(BatchError::conn(&node))?;
         if status != b'I' {
             self.conn
                 .simple_query("ROLLBACK")
@@ -344,7 +332,7 @@ impl ApplySession {
                 node,
                 batch: b.id,
                 error: Box::new(error),
-                statement: statement(at).unwrap_or_else(|| "COMMIT".into()),
+                statement: names.get(at).cloned().unwrap_or_else(|| "COMMIT".into()),
             }),
         }
     }

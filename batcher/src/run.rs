@@ -536,14 +536,13 @@ impl Batcher {
     ) {
         let origin = &self.cfg.master.name;
         let timeout = self.cfg.apply_timeout;
-        let targets: Vec<&mut Replica> = replicas
-            .iter_mut()
-            .filter(|r| {
-                r.session.is_some()
-                    && r.position.as_ref().map(|p| p.0) == Some(batch.from)
-                    && !held.contains(&r.node.name)
-            })
-            .collect();
+        // Connected, not suspended, and standing where the batch starts.
+        let takes = |r: &Replica| {
+            r.session.is_some()
+                && !held.contains(&r.node.name)
+                && r.position.as_ref().map(|p| p.0) == Some(batch.from)
+        };
+        let targets: Vec<&mut Replica> = replicas.iter_mut().filter(|r| takes(r)).collect();
         let mut pending: FuturesUnordered<_> = targets
             .into_iter()
             .map(|r| async move {
@@ -639,10 +638,7 @@ impl Batcher {
             }
         }
         for r in replicas.iter_mut() {
-            let straggler = r.session.is_some()
-                && !held.contains(&r.node.name)
-                && r.position.as_ref().map(|p| p.0) == Some(batch.from)
-                && !finished.contains(&r.node.name);
+            let straggler = takes(r) && !finished.contains(&r.node.name);
             if straggler {
                 warn!(node = %r.node.name, batch = batch.id, "replica far slower than the others on this batch; disconnected, it catches up on its own");
                 self.metrics

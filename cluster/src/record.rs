@@ -58,8 +58,19 @@ impl Seen {
     pub async fn read_from(client: &Client) -> Seen {
         match read(client).await {
             Ok(Some(r)) => Seen::Recorded(r),
-            // No record, or no `ferry` schema yet.
-            Ok(None) | Err(_) => Seen::Fresh,
+            Ok(None) => Seen::Fresh,
+            // No `ferry` schema yet: Ferry never ran here.
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE
+                        || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
+                }) =>
+            {
+                Seen::Fresh
+            }
+            // Any other failure tells nothing: a node whose record cannot
+            // be read must not pass for one that has none.
+            Err(_) => Seen::Unreachable,
         }
     }
 

@@ -240,14 +240,18 @@ impl Cluster {
             .expect("run ferry")
     }
 
+    /// Runs a `ferry` command against the running instance's admin
+    /// endpoint (`--admin` appended).
+    pub fn ferry_admin(&self, args: &[&str]) -> Output {
+        let admin = format!("http://127.0.0.1:{}", self.admin_port);
+        let mut all = args.to_vec();
+        all.extend(["--admin", admin.as_str()]);
+        self.ferry(&all)
+    }
+
     /// `ferry status --json` from the running instance.
     pub fn status_json(&self) -> Option<String> {
-        let out = self.ferry(&[
-            "status",
-            "--json",
-            "--admin",
-            &format!("http://127.0.0.1:{}", self.admin_port),
-        ]);
+        let out = self.ferry_admin(&["status", "--json"]);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
