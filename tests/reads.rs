@@ -23,22 +23,7 @@ async fn cluster(reads: &str) -> Cluster {
         },
     );
     c.start_ferry();
-    // Reads go to replicas once the batcher reports them connected.
-    ferry_testkit::eventually(Duration::from_secs(15), "replicas connected", || {
-        let doc: serde_json::Value =
-            serde_json::from_str(&c.status_json().unwrap_or_default()).unwrap_or_default();
-        let up = doc["nodes"].as_array().map_or(0, |n| {
-            n.iter()
-                .filter(|n| n["role"] == "replica" && n["reachable"] == true)
-                .count()
-        });
-        if up == 2 {
-            Ok(())
-        } else {
-            Err(doc)
-        }
-    })
-    .await;
+    c.wait_replicas_serving(2).await;
     c
 }
 
@@ -228,6 +213,7 @@ async fn a_read_that_writes_after_all_cannot_change_a_replica() {
         },
     );
     c.start_ferry();
+    c.wait_replicas_serving(1).await;
     let client = c.proxy_client().await;
     let err = client
         .simple_query("SELECT id FROM looks_harmless")

@@ -270,6 +270,26 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Waits until `count` replicas are connected and shipping, which is
+    /// when the proxy starts sending reads to them (reads go to the master
+    /// until then).
+    pub async fn wait_replicas_serving(&self, count: usize) {
+        eventually(Duration::from_secs(15), "replicas connected", || {
+            let doc = self.status_doc();
+            let up = doc["nodes"].as_array().map_or(0, |n| {
+                n.iter()
+                    .filter(|n| n["role"] == "replica" && n["reachable"] == true)
+                    .count()
+            });
+            if up >= count {
+                Ok(())
+            } else {
+                Err(doc)
+            }
+        })
+        .await;
+    }
+
     /// GET a path of the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_call("GET", path, None)
