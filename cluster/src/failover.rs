@@ -2,9 +2,7 @@
 //! `failures` checks in a row, fails over:
 //!
 //! 1. **Fence.** A new epoch is recorded on every reachable node before
-//!    anything else; from then on they refuse batches of the old epoch, and
-//!    the proxy ends the sessions it holds on the old master (which, if it
-//!    answers, also has its sessions terminated).
+//!    anything else; from then on they refuse batches of the old epoch.
 //! 2. **Choose.** Among the reachable replicas, the one with the most
 //!    applied batches wins (in sync mode it holds every acknowledged
 //!    commit), ties broken by configured priority, then by order.
@@ -13,9 +11,9 @@
 //!    replica that holds exactly what it holds counts its ledger from the
 //!    winner's current snapshot. A replica behind it (or unreachable) is
 //!    fenced out: it needs a resync.
-//! 4. **Switch.** The new topology is published: the proxy sends new
-//!    sessions (and the ones holding) to the new master; the batcher
-//!    restarts with it.
+//! 4. **Switch.** The new topology is published: the proxy moves its
+//!    sessions (and sends new ones) to the new master; the batcher restarts
+//!    with it. Then the old master, if it answers, has its sessions ended.
 
 use crate::health::{HealthConfig, NodeHealth, Probe};
 use crate::record::{self, Recorded, Seen, REPLICA_PRIORITY};
@@ -397,6 +395,11 @@ impl Coordinator {
                     s.last_failover = Some(report);
                 }
                 self.roles.send_replace(next);
+                // Once sessions know where to move: whatever still runs on
+                // the old master (if it answers) is ended; it is fenced.
+                if let Some(client) = self.probe(&failed).and_then(Probe::client) {
+                    let _ = client.query_one(cluster::TERMINATE_SESSIONS, &[]).await;
+                }
             }
             Err(why) => {
                 warn!(node = %failed, reason = %why, "failover not possible yet; retrying");
@@ -421,9 +424,6 @@ impl Coordinator {
                 Ok(()) => reachable.push(p),
                 Err(e) => warn!(node = %node.name, error = %e, "could not record the new epoch"),
             }
-        }
-        if let Some(client) = self.probe(&topo.master.name).and_then(Probe::client) {
-            let _ = client.query_one(cluster::TERMINATE_SESSIONS, &[]).await;
         }
         // 2. The reachable replica with the most applied batches.
         let mut candidates: Vec<(i64, i32, usize, &Probe)> = Vec::new();

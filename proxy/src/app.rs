@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::gate::Gate;
 use crate::frontend::listener;
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
@@ -679,6 +680,7 @@ impl App {
             cluster_status.clone(),
             forced_rx,
         );
+        let gate = Arc::new(Gate::default());
         let shared = Arc::new(Shared {
             users: UserDb::new(
                 cfg.users
@@ -698,6 +700,7 @@ impl App {
             metrics: frontend_metrics.clone(),
             sync: sync.clone(),
             reads,
+            gate: gate.clone(),
         });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
             roles: roles.clone(),

@@ -475,7 +475,7 @@ fn scan(sql: &str) -> Scan {
     s
 }
 
-fn skip_block_comment(b: &[u8], start: usize) -> Option<usize> {
+pub(crate) fn skip_block_comment(b: &[u8], start: usize) -> Option<usize> {
     // PostgreSQL block comments nest.
     let mut depth = 0;
     let mut i = start;
@@ -500,7 +500,7 @@ fn skip_block_comment(b: &[u8], start: usize) -> Option<usize> {
 /// E'' strings, which is handled conservatively by also accepting it here
 /// (a backslash never ends a string early, so splitting stays correct or
 /// becomes "confused").
-fn skip_quoted(b: &[u8], start: usize, q: u8) -> Option<usize> {
+pub(crate) fn skip_quoted(b: &[u8], start: usize, q: u8) -> Option<usize> {
     let escapes = q == b'\'' && start > 0 && matches!(b[start - 1], b'e' | b'E');
     let mut i = start + 1;
     while i < b.len() {
@@ -521,7 +521,7 @@ fn skip_quoted(b: &[u8], start: usize, q: u8) -> Option<usize> {
 }
 
 /// Skips a `$tag$...$tag$` string; `None` when `$` does not open one.
-fn skip_dollar(b: &[u8], start: usize) -> Option<usize> {
+pub(crate) fn skip_dollar(b: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
         if i == start + 1 && b[i].is_ascii_digit() {

@@ -5,7 +5,8 @@
 //! the text. Nothing here does I/O, so every statement is unit-testable.
 //!
 //! [`classify`] goes the other way: it tells what a client's statement may
-//! do (read, write, transaction control, session state).
+//! do (read, write, transaction control, session state), and
+//! [`session_effect`] what it leaves in its server session.
 
 pub mod apply;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod quote;
 pub mod resync;
 pub mod schema;
 pub mod sequences;
+pub mod session_effect;
 pub mod suspend;
 pub mod verify;
 

@@ -36,6 +36,15 @@ impl CancelRegistry {
         }
     }
 
+    /// Points a session's key at a new server session (the session moved).
+    pub fn update(&self, pid: i32, server: ServerKey) {
+        if let Ok(mut map) = self.inner.lock() {
+            if let Some(entry) = map.get_mut(&pid) {
+                entry.1 = server;
+            }
+        }
+    }
+
     /// Forgets a session that ended.
     pub fn remove(&self, pid: i32) {
         if let Ok(mut map) = self.inner.lock() {

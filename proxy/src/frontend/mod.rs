@@ -7,13 +7,19 @@
 //! - [`commit_tracker`]: which commits wait for sync replicas.
 //! - [`tracked_pump`]: sessions followed message by message: sync-mode
 //!   commit holds and reads on replicas (`proxy.reads`).
+//! - [`session_state`]: what a session holds and where it stands, to move
+//!   it to another server; [`moving`]: the move itself.
+//! - [`gate`]: where sessions hold new statements during a switchover.
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
 //! - [`listener`]: the accept loop.
 
 pub mod cancel;
 pub mod commit_tracker;
+pub mod gate;
 pub mod listener;
+pub mod moving;
 pub mod session;
+pub mod session_state;
 pub mod startup;
 pub mod tracked_pump;
 

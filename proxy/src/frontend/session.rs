@@ -1,30 +1,34 @@
 //! One client session: authenticate, open a server connection on the
-//! master, then pump frames both ways until either side ends. Sessions in
-//! sync mode or with reads on replicas use the pump in
-//! [`super::tracked_pump`]; the others this one.
+//! master, then pump messages both ways (see [`super::tracked_pump`]) until
+//! either side ends.
 //!
-//! Client → server traffic goes through a [`FrameScanner`] that checks every
-//! header (known message type, sane length) while bodies stream through
-//! unbuffered; server → client traffic is forwarded as it arrives. Notices,
-//! notifications, parameter changes and errors therefore reach the client
-//! unchanged, and extended-protocol pipelines and COPY pass intact.
+//! When the master is lost (its connection breaks, its server crashes, or
+//! Ferry fails over or switches over to another node), the session moves:
+//! it waits — up to `hold_timeout` — for a master, answers what the lost
+//! server owed ([`super::moving`]), recreates its settings and prepared
+//! statements on the new master, and goes on. Statements the client sends
+//! meanwhile wait and then run once on the new master. A session holding
+//! state that cannot be recreated (temporary tables, advisory locks) ends
+//! with SQLSTATE 08006 instead.
 
 use super::cancel::{CancelRegistry, ServerKey};
 use super::fatal;
+use super::gate::Gate;
+use super::moving;
 use super::startup::{self, AuthMethod, Startup, UserDb};
-use super::tracked_pump::{pump_routed, ReadRouting, RoutedSession};
+use super::tracked_pump::{pump_routed, ReadRouting, Route, RoutedSession};
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_cluster::{Node, Topology};
 use ferry_wire::conn::send_cancel;
 use ferry_wire::startup::StartupPacket;
-use ferry_wire::{backend, ConnError, FrameScanner, ServerConn};
+use ferry_wire::{backend, ConnError, ServerConn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -78,6 +82,8 @@ pub struct Shared {
     pub sync: Option<Arc<SyncPoint>>,
     /// Set when reads may go to replicas.
     pub reads: Option<Arc<ReadRouting>>,
+    /// Closed during a planned switchover.
+    pub gate: Arc<Gate>,
 }
 
 /// Serves one accepted connection to its end.
@@ -129,15 +135,11 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         .await;
         return;
     }
-    let Some((epoch, master, server)) = connect_master(&shared, &params, &mut client).await else {
+    let Some((master, server)) = connect_master(&shared, &params, &mut client).await else {
         return;
     };
-    let (pid, secret) = shared.cancels.register(ServerKey {
-        target: master.target.clone(),
-        pid: server.pid,
-        secret: server.secret,
-    });
-    let span = info_span!("session", session = pid, node = %master.name, user = %user);
+    let (pid, secret) = shared.cancels.register(server_key(&master, &server));
+    let span = info_span!("session", session = pid, user = %user);
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
     async {
@@ -147,19 +149,32 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         }
         backend::backend_key_data(&mut out, pid, secret);
         backend::ready_for_query(&mut out, b'I');
-        if client.write_all(&out).await.is_ok() {
-            debug!("session started");
-            let mut roles = shared.roles.clone();
-            let fenced = async move {
-                let _ = roles.wait_for(|t| t.epoch != epoch).await;
-                let next = roles.borrow().clone();
-                next
+        if client.write_all(&out).await.is_err() {
+            return;
+        }
+        debug!(node = %master.name, "session started");
+        let route = Mutex::new(Route::new(shared.gate.register()));
+        let mut cbuf = buf;
+        let mut current = Some((master, server));
+        loop {
+            let (master, server) = match current.take() {
+                Some(c) => c,
+                None => match move_session(&shared, &params, &mut client, &route).await {
+                    Some(c) => c,
+                    None => return,
+                },
             };
-            let pumping = async {
-                if shared.reads.is_some() || shared.sync.is_some() {
-                pump_routed(
+            shared.cancels.update(pid, server_key(&master, &server));
+            let node = master.name.clone();
+            let replaced = || shared.roles.borrow().master.name != node;
+            let mut roles = shared.roles.clone();
+            let switched = async {
+                let _ = roles.wait_for(|t| t.master.name != node).await;
+            };
+            let pumped = tokio::select! {
+                p = pump_routed(
                     &mut client,
-                    buf,
+                    &mut cbuf,
                     server,
                     shared.max_message,
                     RoutedSession {
@@ -167,33 +182,54 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         routing: shared.reads.as_deref(),
                         sync: shared.sync.as_deref(),
                         session_id: pid,
+                        gate: &shared.gate,
+                        replaced: &replaced,
                     },
-                )
-                .await
-            } else {
-                pump(&mut client, buf, server, shared.max_message).await
-            }
-            };
-            let pumped = tokio::select! {
-                p = pumping => p,
-                next = fenced => {
-                    // The master this session runs on was failed over: its
-                    // work is not acknowledged any more.
-                    info!(epoch = next.epoch, master = %next.master.name, "session ended by a failover");
-                    fatal(
-                        &mut client,
-                        "08006",
-                        &format!(
-                            "master {} failed; Ferry failed over to {} (epoch {}): reconnect (a transaction that was open did not commit)",
-                            master.name, next.master.name, next.epoch
-                        ),
-                    )
-                    .await;
+                    &route,
+                ) => p,
+                _ = switched => {
+                    info!(node = %node, "master replaced; moving the session");
                     Ok(End::ServerGone)
                 }
             };
             match pumped {
-                Ok(end) => debug!(?end, "session ended"),
+                Ok(End::ServerGone) | Err(PumpError::Server(_)) => {
+                    let (loss, movable) = {
+                        let mut r = route.lock().unwrap_or_else(|p| p.into_inner());
+                        // Bytes whose write to the lost server did not
+                        // complete count as sent: their answers are owed.
+                        cbuf.advance(r.unsent.min(cbuf.len()));
+                        r.unsent = 0;
+                        let loss = r.session.lose();
+                        r.lost_transaction = loss.in_transaction;
+                        (loss, r.session.movable())
+                    };
+                    if let Err(why) = movable {
+                        info!(node = %node, reason = why, "master lost; the session cannot move");
+                        fatal(
+                            &mut client,
+                            "08006",
+                            &format!(
+                                "lost the connection to master {node}; this session held {why}, \
+                                 which exist only there: reconnect"
+                            ),
+                        )
+                        .await;
+                        return;
+                    }
+                    info!(node = %node, owed = loss.owed, in_transaction = loss.in_transaction,
+                        "master lost; the session moves to the next master");
+                    if moving::answer_loss(&mut client, &mut cbuf, loss, shared.max_message)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(end) => {
+                    debug!(?end, "session ended");
+                    return;
+                }
                 Err(PumpError::Protocol(e)) => {
                     shared.metrics.protocol_errors.inc();
                     info!(error = %e, "client sent an invalid message; closing");
@@ -203,8 +239,12 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         &format!("invalid frontend message: {e}"),
                     )
                     .await;
+                    return;
                 }
-                Err(PumpError::Io(e)) => debug!(error = %e, "session I/O ended"),
+                Err(PumpError::Io(e)) => {
+                    debug!(error = %e, "session I/O ended");
+                    return;
+                }
             }
         }
     }
@@ -214,30 +254,88 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     shared.metrics.connections.dec();
 }
 
+fn server_key(master: &Node, server: &ServerConn) -> ServerKey {
+    ServerKey {
+        target: master.target.clone(),
+        pid: server.pid,
+        secret: server.secret,
+    }
+}
+
+/// Connects a session whose master was lost to the master there is now
+/// (waiting for one as a new session would) and recreates its state
+/// there; on failure tells the client why and returns None.
+async fn move_session(
+    shared: &Shared,
+    params: &[(String, String)],
+    client: &mut TcpStream,
+    route: &Mutex<Route>,
+) -> Option<(Node, ServerConn)> {
+    let (master, mut server) = connect_master(shared, params, client).await?;
+    let recreated = {
+        let (state, lost) = {
+            let r = route.lock().unwrap_or_else(|p| p.into_inner());
+            // The replay runs without the lock; the state does not change
+            // while the session is between servers.
+            (
+                (
+                    r.session.replay_statements().to_vec(),
+                    r.session
+                        .prepared_statements()
+                        .map(<[u8]>::to_vec)
+                        .collect::<Vec<_>>(),
+                ),
+                r.lost_transaction,
+            )
+        };
+        moving::recreate(&mut server, &state.0, &state.1, lost).await
+    };
+    if let Err(e) = recreated {
+        warn!(node = %master.name, error = %e, "could not recreate a moved session");
+        fatal(
+            client,
+            "08006",
+            &format!(
+                "the session could not be recreated on the new master {}: {e}; reconnect",
+                master.name
+            ),
+        )
+        .await;
+        return None;
+    }
+    route.lock().unwrap_or_else(|p| p.into_inner()).restart();
+    info!(node = %master.name, "session moved");
+    Some((master, server))
+}
+
 /// Opens the session's server connection on the master. While there is
 /// no master (a failover under way, or a cluster waiting for the node that
 /// was master last) or it cannot be reached, the session waits — up to
 /// `hold_timeout` — for the topology to change and tries again; then it
 /// gets SQLSTATE 57P03 saying why. A server that answers with an error
 /// (authentication, too many connections) fails the session at once.
-/// Returns the epoch and master it connected in.
+/// During a switchover it waits for the new master first.
 async fn connect_master(
     shared: &Shared,
     params: &[(String, String)],
     client: &mut TcpStream,
-) -> Option<(i64, Node, ServerConn)> {
+) -> Option<(Node, ServerConn)> {
     let deadline = tokio::time::Instant::now() + shared.hold_timeout;
     let mut roles = shared.roles.clone();
     loop {
-        let (epoch, master, waiting) = {
+        if shared.gate.is_closed() {
+            debug!("switchover under way; holding the session");
+            let _ = tokio::time::timeout_at(deadline, shared.gate.until_open()).await;
+        }
+        let (master, waiting) = {
             let t = roles.borrow_and_update();
-            (t.epoch, t.master.clone(), t.waiting.clone())
+            (t.master.clone(), t.waiting.clone())
         };
         let why = match waiting {
             Some(why) => why,
             None => match ServerConn::connect(&master.target, params, shared.connect_timeout).await
             {
-                Ok(s) => return Some((epoch, master, s)),
+                Ok(s) => return Some((master, s)),
                 Err(e @ ConnError::Server(_)) => {
                     warn!(node = %master.name, error = %e, "cannot open a server session");
                     fatal(
@@ -252,10 +350,13 @@ async fn connect_master(
             },
         };
         debug!(reason = %why, "no master now; holding the session");
-        if !matches!(
-            tokio::time::timeout_at(deadline, roles.changed()).await,
-            Ok(Ok(()))
-        ) {
+        // Wait for the topology to change; a master that is unreachable
+        // but not (yet) replaced is tried again now and then (it may be
+        // back, as after a quick restart).
+        let retry = tokio::time::Instant::now() + RECONNECT_INTERVAL;
+        let changed = tokio::time::timeout_at(deadline.min(retry), roles.changed()).await;
+        let closed = matches!(changed, Ok(Err(_)));
+        if closed || tokio::time::Instant::now() >= deadline {
             fatal(
                 client,
                 "57P03",
@@ -282,54 +383,14 @@ pub(crate) enum End {
 pub(crate) enum PumpError {
     #[error("{0}")]
     Protocol(ferry_wire::FrameError),
+    /// The client connection failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The server connection failed: the session may move.
+    #[error("server: {0}")]
+    Server(std::io::Error),
 }
 
-async fn pump(
-    client: &mut TcpStream,
-    mut cbuf: BytesMut,
-    server: ServerConn,
-    max: usize,
-) -> Result<End, PumpError> {
-    let (mut server, pending) = server.into_parts();
-    if !pending.is_empty() {
-        client.write_all(&pending).await?;
-    }
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let to_server = async {
-        let mut scanner = FrameScanner::default();
-        loop {
-            let mut terminated = false;
-            let n = scanner
-                .advance(&cbuf, max, |tag| terminated |= tag == b'X')
-                .map_err(PumpError::Protocol)?;
-            if n > 0 {
-                sw.write_all(&cbuf[..n]).await?;
-                cbuf.advance(n);
-            }
-            if terminated {
-                return Ok(End::Terminated);
-            }
-            cbuf.reserve(16 * 1024);
-            if cr.read_buf(&mut cbuf).await? == 0 {
-                return Ok(End::ClientGone);
-            }
-        }
-    };
-    let to_client = async {
-        let mut b = vec![0u8; 64 * 1024];
-        loop {
-            let n = sr.read(&mut b).await?;
-            if n == 0 {
-                return Ok(End::ServerGone);
-            }
-            cw.write_all(&b[..n]).await?;
-        }
-    };
-    tokio::select! {
-        r = to_server => r,
-        r = to_client => r,
-    }
-}
+/// How often a holding session tries a master that is unreachable but
+/// not replaced.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);

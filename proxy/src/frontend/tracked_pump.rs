@@ -25,7 +25,9 @@
 //! answers next, so answers reach the client in the order it asked.
 
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
+use super::gate::Gate;
 use super::session::{End, PumpError};
+use super::session_state::SessionState;
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
@@ -34,6 +36,7 @@ use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,8 +97,20 @@ enum Dest {
     Replica,
 }
 
-/// One session's routing state, shared by its two directions.
-struct Route {
+/// One session's state, shared by the two directions of its pump and
+/// kept by the session across the servers it moves between.
+pub(crate) struct Route {
+    /// What is needed to move the session to another server.
+    pub session: SessionState,
+    /// Raised while the session is busy (see [`super::gate`]).
+    busy: Arc<AtomicBool>,
+    /// Client bytes scanned and being written to the server: if that
+    /// write does not complete they count as sent (their answers owed).
+    pub unsent: usize,
+    /// The transaction was lost with its server: the first error (or
+    /// the ROLLBACK that answers a COMMIT) the new server gives in the
+    /// failed transaction it stands in is replaced by SQLSTATE 40001.
+    pub lost_transaction: bool,
     tracker: CommitTracker,
     /// Destinations of the ReadyForQuery messages still owed, in order.
     queue: VecDeque<Dest>,
@@ -112,6 +127,41 @@ struct Route {
     slot: Option<usize>,
 }
 
+impl Route {
+    /// A new session's state; `busy` is its flag at the gate.
+    pub fn new(busy: Arc<AtomicBool>) -> Self {
+        Self {
+            session: SessionState::default(),
+            busy,
+            unsent: 0,
+            lost_transaction: false,
+            tracker: CommitTracker::default(),
+            queue: VecDeque::new(),
+            status: b'I',
+            pinned: false,
+            need: 0,
+            replica_broken: false,
+            slot: None,
+        }
+    }
+
+    /// Starts over on a new server connection: nothing is owed there, and
+    /// reads open a new replica connection when they need one.
+    pub fn restart(&mut self) {
+        self.tracker = CommitTracker::default();
+        self.queue.clear();
+        self.status = if self.lost_transaction { b'E' } else { b'I' };
+        self.unsent = 0;
+        self.replica_broken = false;
+        self.settle();
+    }
+
+    /// Publishes whether the session is busy now.
+    pub fn settle(&self) {
+        self.busy.store(self.session.busy(), Ordering::SeqCst);
+    }
+}
+
 /// The session's replica connection, handed from the client side (which
 /// opens it) to the server side (which reads it).
 type ReplicaReader = (OwnedReadHalf, BytesMut);
@@ -126,36 +176,39 @@ pub(crate) struct RoutedSession<'a> {
     pub sync: Option<&'a SyncPoint>,
     /// Spreads sessions over the replicas.
     pub session_id: i32,
+    /// Closed during a planned switchover: new statements wait.
+    pub gate: &'a Gate,
+    /// Whether the master this session runs on has been replaced (a
+    /// termination by the server is then a move, not an end).
+    pub replaced: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// Pumps a followed session (sync mode, read routing, or both).
+///
+/// Returns [`End::ServerGone`] when the server connection is lost (closed,
+/// broken, or ended by a crash or a shutdown of the server): the session
+/// may then move to another server with what is left in `cbuf` (client
+/// bytes not sent yet) and `route` (where it stood).
 pub(crate) async fn pump_routed(
     client: &mut TcpStream,
-    mut cbuf: BytesMut,
+    cbuf: &mut BytesMut,
     server: ServerConn,
     max: usize,
     session: RoutedSession<'_>,
+    route: &Mutex<Route>,
 ) -> Result<End, PumpError> {
     let RoutedSession {
         params,
         routing,
         sync,
         session_id,
+        gate,
+        replaced,
     } = session;
     let (mut server, pending) = server.into_parts();
-    if !pending.is_empty() {
-        client.write_all(&pending).await?;
-    }
-    let route = Mutex::new(Route {
-        tracker: CommitTracker::default(),
-        queue: VecDeque::new(),
-        status: b'I',
-        pinned: false,
-        need: 0,
-        replica_broken: false,
-        slot: None,
-    });
     let lock = || route.lock().unwrap_or_else(|p| p.into_inner());
+    // Classification is only needed to route reads and to hold commits.
+    let follow = routing.is_some() || sync.is_some();
     let handover: Mutex<Option<ReplicaReader>> = Mutex::new(None);
     let queued = Notify::new();
     // Spread sessions over the replicas.
@@ -170,11 +223,19 @@ pub(crate) async fn pump_routed(
         let mut replica_w: Option<tokio::net::tcp::OwnedWriteHalf> = None;
         let mut replica_down_until: Option<Instant> = None;
         loop {
+            // A switchover is under way: a statement that would start
+            // outside a transaction waits for the new master.
+            if gate.is_closed() && !cbuf.is_empty() && !lock().session.busy() {
+                debug!("holding a statement during a switchover");
+                gate.until_open().await;
+            }
             let mut at = 0;
             let mut terminated = false;
             loop {
                 let step = scanner
-                    .step(&cbuf[at..], max, |t| t == b'X' || client_wants(t))
+                    .step(&cbuf[at..], max, |t| {
+                        t == b'X' || client_wants(t) || matches!(t, b'E' | b'D')
+                    })
                     .map_err(PumpError::Protocol)?;
                 match step {
                     Step::Pass(n) => at += n,
@@ -188,11 +249,13 @@ pub(crate) async fn pump_routed(
                         let sql = read_cstr(body).map_or("", |(s, _)| s);
                         let candidate = {
                             let mut r = lock();
+                            r.session.client_message(b'Q', body);
+                            r.settle();
                             if std::mem::take(&mut r.replica_broken) {
                                 replica_w = None;
                                 replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             }
-                            let kind = classify(sql);
+                            let kind = if follow { classify(sql) } else { Kind::Write };
                             if routing.is_some() && (kind == Kind::Session || pins_session(sql)) {
                                 r.pinned = true;
                             }
@@ -214,7 +277,9 @@ pub(crate) async fn pump_routed(
                                 if let (true, Some(routing)) = (read_here, routing) {
                                     routing.metrics.master.inc();
                                 }
-                                r.tracker.query(kind.may_write());
+                                if follow {
+                                    r.tracker.query(kind.may_write());
+                                }
                                 r.queue.push_back(Dest::Master);
                             }
                             chosen
@@ -253,8 +318,10 @@ pub(crate) async fn pump_routed(
                         // Everything before this Query goes to the master
                         // first; then the Query to the replica.
                         if at > 0 {
-                            sw.write_all(&cbuf[..at]).await?;
+                            lock().unsent = at;
+                            sw.write_all(&cbuf[..at]).await.map_err(PumpError::Server)?;
                             cbuf.advance(at);
+                            lock().unsent = 0;
                             at = 0;
                         }
                         let sent = match replica_w.as_mut() {
@@ -281,7 +348,12 @@ pub(crate) async fn pump_routed(
                     }
                     Step::Frame { tag, len } => {
                         let mut r = lock();
-                        r.tracker.client_message(tag, &cbuf[at + 5..at + len]);
+                        let body = &cbuf[at + 5..at + len];
+                        r.session.client_message(tag, body);
+                        r.settle();
+                        if follow {
+                            r.tracker.client_message(tag, body);
+                        }
                         if matches!(tag, b'S' | b'F') {
                             r.queue.push_back(Dest::Master);
                         }
@@ -291,21 +363,24 @@ pub(crate) async fn pump_routed(
                 }
             }
             if at > 0 {
-                sw.write_all(&cbuf[..at]).await?;
+                lock().unsent = at;
+                sw.write_all(&cbuf[..at]).await.map_err(PumpError::Server)?;
                 cbuf.advance(at);
+                lock().unsent = 0;
             }
             if terminated {
                 return Ok(End::Terminated);
             }
             cbuf.reserve(16 * 1024);
-            if cr.read_buf(&mut cbuf).await? == 0 {
+            if cr.read_buf(&mut *cbuf).await? == 0 {
                 return Ok(End::ClientGone);
             }
         }
     };
 
     let to_client = async {
-        let mut mbuf = BytesMut::with_capacity(64 * 1024);
+        let mut mbuf = pending;
+        mbuf.reserve(64 * 1024);
         let mut mscan = FrameScanner::backend();
         let mut replica: Option<(OwnedReadHalf, BytesMut, FrameScanner)> = None;
         loop {
@@ -325,7 +400,10 @@ pub(crate) async fn pump_routed(
                 };
                 match relay_replica_answer(rr, rbuf, rscan, &mut cw).await {
                     Ok(()) => {
-                        lock().queue.pop_front();
+                        let mut r = lock();
+                        r.queue.pop_front();
+                        r.session.replica_answered();
+                        r.settle();
                     }
                     Err(e) => {
                         // The read did not complete on the replica: the
@@ -352,6 +430,8 @@ pub(crate) async fn pump_routed(
                         replica = None;
                         let mut r = lock();
                         r.queue.pop_front();
+                        r.session.replica_answered();
+                        r.settle();
                         r.replica_broken = true;
                     }
                 }
@@ -368,9 +448,30 @@ pub(crate) async fn pump_routed(
                     Step::Pass(n) => at += n,
                     Step::Frame { tag, len } => {
                         let body = &mbuf[at + 5..at + len];
+                        if tag == b'E' && fatal_error(body) && server_lost(body, replaced) {
+                            // The server is going away under the session
+                            // (a crash, a shutdown, a failover): the
+                            // session moves instead of ending.
+                            cw.write_all(&mbuf[..at]).await?;
+                            mbuf.advance(at);
+                            return Ok(End::ServerGone);
+                        }
+                        let replacement = lost_transaction_answer(tag, body, &lock());
+                        if let Some(answer) = replacement {
+                            cw.write_all(&mbuf[..at]).await?;
+                            cw.write_all(&answer).await?;
+                            mbuf.advance(at + len);
+                            at = 0;
+                            continue;
+                        }
                         let (hold, next_replica) = {
                             let mut r = lock();
-                            let commit = r.tracker.server_message(tag, body);
+                            r.session.server_message(tag, body);
+                            r.settle();
+                            if tag == b'Z' && body.first() == Some(&b'I') {
+                                r.lost_transaction = false;
+                            }
+                            let commit = follow && r.tracker.server_message(tag, body);
                             if tag == b'Z' {
                                 r.status = body.first().copied().unwrap_or(b'I');
                                 if r.queue.front() == Some(&Dest::Master) {
@@ -411,11 +512,11 @@ pub(crate) async fn pump_routed(
             let idle = lock().queue.is_empty();
             let n = if idle {
                 tokio::select! {
-                    n = sr.read_buf(&mut mbuf) => n?,
+                    n = sr.read_buf(&mut mbuf) => n.map_err(PumpError::Server)?,
                     _ = queued.notified() => continue,
                 }
             } else {
-                sr.read_buf(&mut mbuf).await?
+                sr.read_buf(&mut mbuf).await.map_err(PumpError::Server)?
             };
             if n == 0 {
                 return Ok(End::ServerGone);
@@ -505,6 +606,59 @@ async fn relay_replica_answer(
             ));
         }
     }
+}
+
+/// Whether a FATAL error from the master means the server is lost to the
+/// session rather than the session ended on purpose: a crash of another
+/// backend (57P02), a server not accepting sessions (57P03), or a
+/// termination (57P01) after Ferry replaced that master. Any other FATAL
+/// (an operator's `pg_terminate_backend`, a timeout) reaches the client.
+fn server_lost(body: &[u8], replaced: &(dyn Fn() -> bool + Sync)) -> bool {
+    match error_field(body, b'C') {
+        Some("57P02" | "57P03") => true,
+        Some("57P01") => replaced(),
+        _ => false,
+    }
+}
+
+/// What replaces a server message after the session's transaction was
+/// lost with its server: the first error in the failed transaction the
+/// new server stands in, or the ROLLBACK that answers a COMMIT there,
+/// becomes SQLSTATE 40001.
+fn lost_transaction_answer(tag: u8, body: &[u8], r: &Route) -> Option<BytesMut> {
+    if !r.lost_transaction {
+        return None;
+    }
+    let replace = match tag {
+        b'E' => error_field(body, b'C') == Some("25P02"),
+        b'C' => body.starts_with(b"ROLLBACK") && r.session.next_commits(),
+        _ => false,
+    };
+    replace.then(|| {
+        let mut out = BytesMut::new();
+        backend::error_response(&mut out, "ERROR", "40001", LOST_TRANSACTION);
+        out
+    })
+}
+
+/// The message of SQLSTATE 40001 for a transaction lost with its master.
+pub(crate) const LOST_TRANSACTION: &str = "the transaction was open on a master that failed \
+     or was switched over; it did not commit: roll back and retry it";
+
+/// One field of an ErrorResponse body.
+fn error_field(body: &[u8], wanted: u8) -> Option<&str> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, after) = read_cstr(tail)?;
+        if field == wanted {
+            return Some(value);
+        }
+        rest = after;
+    }
+    None
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC.

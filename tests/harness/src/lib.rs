@@ -290,6 +290,18 @@ impl Cluster {
         .await;
     }
 
+    /// Signals every process of node `i`'s server (the postmaster's
+    /// children first: running backends go on serving when only the
+    /// postmaster is hit).
+    pub fn signal_server(&self, i: usize, sig: &str) {
+        if let Some(pid) = self.servers[i].pid() {
+            let _ = Command::new("pkill")
+                .args([&format!("-{sig}"), "-P", &pid.to_string()])
+                .status();
+        }
+        let _ = self.servers[i].signal(sig);
+    }
+
     /// GET a path of the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_call("GET", path, None)
