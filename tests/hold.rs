@@ -154,3 +154,181 @@ async fn a_statement_in_flight_on_a_frozen_master_ends_with_08007() {
         "1,3"
     );
 }
+
+const BANK: &str = "CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL);
+    INSERT INTO acct SELECT g, 1000 FROM generate_series(1, 20) g;
+    CREATE TABLE log (w int NOT NULL, n int NOT NULL, PRIMARY KEY (w, n));";
+
+/// Writers that keep going until told to stop: transfers in explicit
+/// transactions (several round trips) and autocommit inserts. Returns
+/// each writer's acknowledged log entries and every error it saw.
+fn writers(
+    c: &Cluster,
+    count: i32,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(i32, Vec<String>)>> {
+    use std::sync::atomic::Ordering;
+    (0..count)
+        .map(|w| {
+            let stop = stop.clone();
+            let url = c.proxy_url();
+            tokio::spawn(async move {
+                let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let mut acked = 0;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = acked + 1;
+                    let (from, to) = ((n + w) % 20 + 1, (n * 7 + w) % 20 + 1);
+                    // Rows are locked in id order: no deadlocks between
+                    // writers.
+                    let mut moves = [(from, -1i64), (to, 1i64)];
+                    moves.sort();
+                    let r = async {
+                        let tx = client.transaction().await?;
+                        for (id, delta) in moves {
+                            tx.execute(
+                                "UPDATE acct SET bal = bal + $2 WHERE id = $1",
+                                &[&id, &delta],
+                            )
+                            .await?;
+                        }
+                        tx.commit().await?;
+                        client
+                            .execute("INSERT INTO log VALUES ($1, $2)", &[&w, &n])
+                            .await
+                    }
+                    .await;
+                    match r {
+                        Ok(_) => acked = n,
+                        Err(e) => {
+                            errors.push(format!("{e:?}"));
+                            break;
+                        }
+                    }
+                }
+                (acked, errors)
+            })
+        })
+        .collect()
+}
+
+/// A planned switchover under write load: no statement fails, every
+/// acknowledged write is on the new master and on both replicas (the old
+/// master among them), and the books balance everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_under_load_fails_no_statement() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 3, BANK);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let running = writers(&c, 4, &stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = c.admin_call("POST", "/switchover", Some(r#"{"to": "b"}"#));
+    assert_eq!(code, 200, "{body}\n{}", c.ferry_log());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = 0;
+    for r in running {
+        let (n, errors) = r.await.unwrap();
+        assert!(errors.is_empty(), "a statement failed: {errors:?}");
+        assert!(n > 0);
+        acked += n;
+    }
+    let doc = c.status_doc();
+    assert_eq!(doc["master"], "b", "{doc}");
+    assert_eq!(doc["epoch"], 2, "{doc}");
+    assert_eq!(c.node_doc("a")["role"], "replica", "{doc}");
+    assert_eq!(c.node_doc("c")["role"], "replica", "{doc}");
+    assert!(doc["switchover"]["last"]["held_ms"].is_u64(), "{doc}");
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            c.psql(i, "SELECT count(*) FROM log").trim(),
+            acked.to_string()
+        );
+        assert_eq!(c.psql(i, "SELECT sum(bal) FROM acct").trim(), "20000");
+    }
+    let (ok, report) = c.verify(20);
+    assert!(ok, "{report}");
+    // The old master follows the new one.
+    let client = c.proxy_client().await;
+    client
+        .execute("INSERT INTO log VALUES (99, 1)", &[])
+        .await
+        .unwrap();
+    c.wait_psql(
+        0,
+        "SELECT count(*) FROM log WHERE w = 99",
+        "1",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// A switchover that cannot drain (a transaction stays open) is cancelled
+/// as a whole: nothing changes, the transaction goes on and commits, and
+/// the statements held meanwhile run on the old master. Requests that
+/// cannot be carried out are refused with distinct errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_that_cannot_drain_changes_nothing() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: BANK.into(),
+            env: vec![("FERRY_SWITCHOVER_DRAIN_TIMEOUT_MS".into(), "700".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    c.wait_replicas_serving(1).await;
+    let port_a = c.psql(0, "SHOW port").trim().to_string();
+    assert_eq!(
+        c.admin_call("POST", "/switchover", Some(r#"{"to": "a"}"#))
+            .0,
+        409
+    );
+    assert_eq!(
+        c.admin_call("POST", "/switchover", Some(r#"{"to": "zz"}"#))
+            .0,
+        404
+    );
+    let open = c.proxy_client().await;
+    open.batch_execute("BEGIN; UPDATE acct SET bal = bal - 5 WHERE id = 1")
+        .await
+        .unwrap();
+    let other = c.proxy_client().await;
+    let switch = tokio::task::spawn_blocking({
+        let admin = c.ferry_admin(&["switchover", "--to", "b"]);
+        move || admin
+    });
+    let out = switch.await.unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cancelled"), "{said}");
+    // Nothing changed: the transaction commits on a, others write there.
+    open.batch_execute("UPDATE acct SET bal = bal + 5 WHERE id = 2; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(one(&other, "SHOW port").await, port_a);
+    other
+        .batch_execute("INSERT INTO log VALUES (1, 1)")
+        .await
+        .unwrap();
+    let doc = c.status_doc();
+    assert_eq!(doc["master"], "a", "{doc}");
+    assert_eq!(doc["switchover"]["holding"], false, "{doc}");
+    // Without the open transaction it goes through.
+    let (code, body) = c.admin_call("POST", "/switchover", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        one(&other, "SHOW port").await,
+        c.psql(1, "SHOW port").trim()
+    );
+    assert_eq!(
+        one(&open, "SELECT bal FROM acct WHERE id = 2").await,
+        "1005"
+    );
+}

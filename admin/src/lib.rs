@@ -11,6 +11,7 @@ mod resume;
 mod resync;
 mod status;
 mod suspend;
+mod switchover;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -34,6 +35,8 @@ pub enum Request {
     /// Copy the master's replicated tables to a fenced node and take it
     /// back as a replica.
     Resync { node: String },
+    /// A planned switchover to a replica (the best one when `None`).
+    Switchover { to: Option<String> },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -67,6 +70,7 @@ pub fn router(source: Source) -> Router {
         )
         .route("/replicas/{name}/resume", post(resume::post))
         .route("/force-master", post(force_master::post))
+        .route("/switchover", post(switchover::post))
         .route("/nodes/{name}/resync", post(resync::post))
         .with_state(source)
 }

@@ -112,6 +112,11 @@ impl SyncPoint {
         self.started.load(Ordering::SeqCst) + 1
     }
 
+    /// The slot of a node, by name.
+    pub fn slot(&self, node: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n == node)
+    }
+
     /// Whether replica `i` (configuration order) has applied everything
     /// through `tick`.
     pub fn replica_has(&self, i: usize, tick: u64) -> bool {
@@ -236,6 +241,25 @@ impl SyncPoint {
     /// The batcher starts a tick; returns its number.
     pub fn start_tick(&self) -> u64 {
         self.started.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Waits until replica `node` has applied everything through `tick`,
+    /// waking the batcher so that it cuts at once; false after `limit`.
+    pub async fn until_replica_has(&self, node: &str, tick: u64, limit: Duration) -> bool {
+        let Some(i) = self.nodes.iter().position(|n| n == node) else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.replica_has(i, tick) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.kick.notify_one();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The batcher waits for its next tick, or less when a commit waits.

@@ -15,6 +15,8 @@
 //!    sessions (and sends new ones) to the new master; the batcher restarts
 //!    with it. Then the old master, if it answers, has its sessions ended.
 
+mod switchover;
+
 use crate::health::{HealthConfig, NodeHealth, Probe};
 use crate::record::{self, Recorded, Seen, REPLICA_PRIORITY};
 use crate::{Node, Topology};
@@ -77,6 +79,13 @@ pub enum Control {
     /// A fenced node was resynchronised from the master: it joins as a
     /// replica.
     Admit {
+        node: String,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// A planned switchover, once the proxy has drained the sessions and
+    /// the node applied the master's last batch: make it master, the old
+    /// master its replica.
+    SwitchOver {
         node: String,
         reply: oneshot::Sender<Result<i64, String>>,
     },
@@ -156,6 +165,9 @@ impl Coordinator {
                 }
                 Some(Control::Admit { node, reply }) => {
                     let _ = reply.send(self.admit(&node).await);
+                }
+                Some(Control::SwitchOver { node, reply }) => {
+                    let _ = reply.send(self.switch_over(&node).await);
                 }
                 None => {}
             }

@@ -8,6 +8,7 @@ use crate::frontend::listener;
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
 use crate::frontend::tracked_pump::{ReadMetrics, ReadMode, ReadRouting};
+use crate::switchover::Switchover;
 use ferry_admin::{Answer, Request, StatusSource};
 use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;
@@ -207,6 +208,8 @@ struct AppStatus {
     force: tokio::sync::mpsc::Sender<Control>,
     /// Replication patterns (for resyncs).
     patterns: (Vec<Pattern>, Vec<Pattern>),
+    /// Planned switchovers.
+    switchover: Arc<Switchover>,
 }
 
 impl AppStatus {
@@ -333,6 +336,10 @@ impl StatusSource for AppStatus {
                 "last": c.last_failover,
                 "error": c.error,
             },
+            "switchover": {
+                "holding": self.switchover.gate.is_closed(),
+                "last": self.switchover.last.read().ok().and_then(|l| l.clone()),
+            },
             "waiting": topo.waiting,
             "forced": topo.forced,
             "last_batch": r.last_batch,
@@ -394,6 +401,10 @@ impl StatusSource for AppStatus {
         if let Request::Resync { node } = request {
             return self.resync(node);
         }
+        if let Request::Switchover { to } = request {
+            let switchover = self.switchover.clone();
+            return Box::pin(async move { switchover.run(to).await });
+        }
         let commands = self.commands.clone();
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -405,9 +416,9 @@ impl StatusSource for AppStatus {
                 },
                 Request::CancelSuspend { replica } => SuspendCommand::Cancel { replica, reply },
                 Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
-                Request::ForceMaster { .. } | Request::Resync { .. } => {
-                    return (500, serde_json::Value::Null)
-                }
+                Request::ForceMaster { .. }
+                | Request::Resync { .. }
+                | Request::Switchover { .. } => return (500, serde_json::Value::Null),
             };
             let unavailable = |why: &str| {
                 (
@@ -593,11 +604,11 @@ impl App {
         let frontend_metrics = FrontendMetrics::register(&mut registry);
         let status = SharedStatus::default();
         let (tx, rx) = watch::channel(false);
-        // Batcher ticks are counted when commits wait for replicas (sync
-        // mode) or reads need to know which replica has what (causal).
+        // Batcher ticks tell which replica has applied what: commits wait
+        // for them in sync mode, causal reads and switchovers ask.
         let sync_mode = cfg.replication.mode == "sync";
         let all_nodes: Vec<Node> = topo.roles().into_iter().map(|(n, _)| n.clone()).collect();
-        let ticks = (sync_mode || cfg.proxy.reads != "master").then(|| {
+        let ticks = {
             let fallback = if cfg.replication.sync_fallback == "async" {
                 Fallback::Async(Duration::from_millis(cfg.replication.sync_timeout_ms))
             } else {
@@ -614,10 +625,10 @@ impl App {
                 all_nodes.iter().map(|n| n.name.clone()).collect(),
                 &mut registry,
             ))
-        });
-        let sync = ticks.clone().filter(|_| sync_mode);
-        let reads = match (cfg.proxy.reads.as_str(), &ticks) {
-            ("replicas" | "causal", Some(ticks)) => Some(Arc::new(ReadRouting {
+        };
+        let sync = Some(ticks.clone()).filter(|_| sync_mode);
+        let reads = match cfg.proxy.reads.as_str() {
+            "replicas" | "causal" => Some(Arc::new(ReadRouting {
                 mode: if cfg.proxy.reads == "causal" {
                     ReadMode::Causal
                 } else {
@@ -649,7 +660,7 @@ impl App {
             tick: Duration::from_millis(cfg.replication.tick_ms),
             housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
             apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
-            sync: ticks.clone(),
+            sync: Some(ticks.clone()),
             epoch: topo.epoch,
             suspend: SuspendConfig {
                 min_lead: Duration::from_millis(cfg.suspend.min_lead_ms),
@@ -702,6 +713,17 @@ impl App {
             reads,
             gate: gate.clone(),
         });
+        let switchover = Arc::new(Switchover {
+            roles: roles.clone(),
+            gate,
+            ticks: ticks.clone(),
+            control: force.clone(),
+            replication: status.clone(),
+            drain_timeout: Duration::from_millis(cfg.switchover.drain_timeout_ms),
+            catch_up_timeout: Duration::from_millis(cfg.switchover.catch_up_timeout_ms),
+            running: tokio::sync::Mutex::new(()),
+            last: std::sync::RwLock::new(None),
+        });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
             roles: roles.clone(),
             cluster: cluster_status,
@@ -712,6 +734,7 @@ impl App {
             commands,
             force,
             patterns: patterns(cfg)?,
+            switchover,
         });
         let mut tasks = vec![
             tokio::spawn(record_master_priority(

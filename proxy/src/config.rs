@@ -127,6 +127,28 @@ impl Default for SuspendSection {
     }
 }
 
+/// `[switchover]`: planned switchovers (`ferry switchover`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchoverSection {
+    /// How long transactions and statements under way may take to finish
+    /// once new statements are held (ms); past it the switchover is
+    /// cancelled and nothing changes.
+    pub drain_timeout_ms: u64,
+    /// How long the chosen replica may take to apply the master's last
+    /// batch (ms); past it the switchover is cancelled.
+    pub catch_up_timeout_ms: u64,
+}
+
+impl Default for SwitchoverSection {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+            catch_up_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// `[[nodes]]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -214,10 +236,12 @@ pub struct Config {
     pub suspend: SuspendSection,
     #[serde(default)]
     pub health: HealthSection,
+    #[serde(default)]
+    pub switchover: SwitchoverSection,
 }
 
 /// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
-/// `replication` and `suspend` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
+/// `replication`, `suspend`, `health` and `switchover` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
 /// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
 /// `-` as `_`.
 fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
@@ -226,7 +250,14 @@ fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), Conf
         let Some(rest) = k.strip_prefix("FERRY_") else {
             continue;
         };
-        for section in ["proxy", "admin", "replication", "suspend", "health"] {
+        for section in [
+            "proxy",
+            "admin",
+            "replication",
+            "suspend",
+            "health",
+            "switchover",
+        ] {
             let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
                 continue;
             };
@@ -456,6 +487,12 @@ impl Config {
             return Err(invalid(
                 "health",
                 "interval_ms and failures must be positive",
+            ));
+        }
+        if self.switchover.drain_timeout_ms == 0 || self.switchover.catch_up_timeout_ms == 0 {
+            return Err(invalid(
+                "switchover",
+                "drain_timeout_ms and catch_up_timeout_ms must be positive",
             ));
         }
         let mut users = HashSet::new();

@@ -5,3 +5,4 @@
 pub mod app;
 pub mod config;
 pub mod frontend;
+pub mod switchover;

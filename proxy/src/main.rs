@@ -69,6 +69,17 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Planned switchover: hold new statements, let transactions under way
+    /// finish, ship the last batches, make NODE (or the best replica)
+    /// master and the old master its replica, then run the held
+    /// statements there. Nothing fails; if a step cannot complete, nothing
+    /// changes.
+    Switchover {
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Copy the master's replicated tables to a node fenced out of the
     /// cluster (an old master, a replica that missed a failover) and take it
     /// back as a replica. Its own rows in those tables are replaced.
@@ -165,6 +176,9 @@ fn main() -> ExitCode {
                 commands::force_master::run(&admin, &node).await
             }
             Command::Resync { node, admin } => commands::resync::run(&admin, &node).await,
+            Command::Switchover { to, admin } => {
+                commands::switchover::run(&admin, to.as_deref()).await
+            }
             Command::Verify { config, retry_for } => {
                 commands::verify::run(&config, retry_for).await
             }

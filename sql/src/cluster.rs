@@ -37,7 +37,11 @@ pub const TERMINATE_SESSIONS: &str = "SELECT count(pg_terminate_backend(pid)) FR
 /// holds. Parameter: that id.
 pub const CONTINUE_BATCH_IDS: &str = "SELECT setval('ferry.batch_ids', greatest($1::bigint, 1))";
 
-/// On a replica that holds exactly what the new master holds: its ledger
-/// now counts from the new master. Parameters: origin, batch id, snapshot.
-pub const REBASE_LEDGER: &str = "UPDATE ferry.applied SET origin = $1, batch_id = $2, \
-     snap = ($3::text)::pg_snapshot, applied_at = now()";
+/// On a node that holds exactly what the new master holds (a replica as
+/// current as it, or the old master after a switchover, which may have no
+/// ledger yet): its ledger now counts from the new master. Parameters:
+/// origin, batch id, snapshot.
+pub const REBASE_LEDGER: &str = "INSERT INTO ferry.applied AS a (origin, batch_id, snap) \
+     VALUES ($1, $2, ($3::text)::pg_snapshot) \
+     ON CONFLICT (singleton) DO UPDATE SET origin = EXCLUDED.origin, batch_id = EXCLUDED.batch_id, \
+     snap = EXCLUDED.snap, applied_at = now()";

@@ -9,6 +9,7 @@ pub mod resync;
 pub mod run;
 pub mod status;
 pub mod suspend;
+pub mod switchover;
 pub mod verify;
 
 /// Waits for Ctrl-C or SIGTERM.

@@ -336,6 +336,11 @@ async fn connect_master(
             None => match ServerConn::connect(&master.target, params, shared.connect_timeout).await
             {
                 Ok(s) => return Some((master, s)),
+                // Starting up, shutting down, recovering after a crash:
+                // the master may be back (or replaced) soon.
+                Err(ConnError::Server(e)) if e.code.starts_with("57P") => {
+                    format!("master {} does not accept sessions now ({e})", master.name)
+                }
                 Err(e @ ConnError::Server(_)) => {
                     warn!(node = %master.name, error = %e, "cannot open a server session");
                     fatal(

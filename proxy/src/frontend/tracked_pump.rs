@@ -610,13 +610,19 @@ async fn relay_replica_answer(
 
 /// Whether a FATAL error from the master means the server is lost to the
 /// session rather than the session ended on purpose: a crash of another
-/// backend (57P02), a server not accepting sessions (57P03), or a
-/// termination (57P01) after Ferry replaced that master. Any other FATAL
-/// (an operator's `pg_terminate_backend`, a timeout) reaches the client.
+/// backend (57P02), a server not accepting sessions (57P03), the death of
+/// the postmaster, or a termination after Ferry replaced that master (all
+/// 57P01). Any other FATAL — an operator's `pg_terminate_backend` or a
+/// shutdown of a master still in place ("administrator command"), a
+/// timeout — reaches the client and ends the session.
 fn server_lost(body: &[u8], replaced: &(dyn Fn() -> bool + Sync)) -> bool {
     match error_field(body, b'C') {
         Some("57P02" | "57P03") => true,
-        Some("57P01") => replaced(),
+        Some("57P01") => {
+            let by_operator =
+                error_field(body, b'M').is_some_and(|m| m.contains("administrator command"));
+            !by_operator || replaced()
+        }
         _ => false,
     }
 }
@@ -702,6 +708,38 @@ mod tests {
                 "-c search_path=s -c default_transaction_read_only=on".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn a_lost_server_is_told_from_a_session_ended_on_purpose() {
+        let fatal = |code: &str, message: &str| {
+            let mut out = BytesMut::new();
+            backend::error_response(&mut out, "FATAL", code, message);
+            out
+        };
+        let kept = || false;
+        let replaced = || true;
+        let crash = fatal(
+            "57P02",
+            "terminating connection because of crash of another server process",
+        );
+        let postmaster = fatal(
+            "57P01",
+            "terminating connection due to unexpected postmaster exit",
+        );
+        let operator = fatal(
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        let timeout = fatal(
+            "25P03",
+            "terminating connection due to idle-in-transaction timeout",
+        );
+        assert!(server_lost(&crash[5..], &kept));
+        assert!(server_lost(&postmaster[5..], &kept));
+        assert!(!server_lost(&operator[5..], &kept));
+        assert!(server_lost(&operator[5..], &replaced));
+        assert!(!server_lost(&timeout[5..], &replaced));
     }
 
     #[test]
