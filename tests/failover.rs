@@ -340,6 +340,15 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
         .unwrap();
     c.servers[0].start().unwrap();
     assert_eq!(node(&status(&c), "a")["role"], "fenced");
+    // Late commits on the old master (a client that still wrote there
+    // directly): they never reach the cluster, and the resync keeps them.
+    // (Rows of its own: its last commits before the kill may be lost with
+    // the test servers' settings.)
+    c.psql(
+        0,
+        "INSERT INTO items VALUES (7777, 'late'), (7778, 'late'); \
+         UPDATE items SET v = 'later' WHERE id = 7777; DELETE FROM items WHERE id = 7778",
+    );
     // Writes go on during the resync.
     let url = c.proxy_url();
     let writer = tokio::spawn(async move {
@@ -364,8 +373,18 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
         .await
         .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
     assert_eq!(c.psql(0, "SELECT count(*) FROM items").trim(), "801");
+    assert_eq!(
+        c.psql(
+            0,
+            "SELECT string_agg(op || ' ' || (row_image->>'id') || ' ' || coalesce(row_image->>'v', '-'), ', ' ORDER BY seq) \
+             FROM ferry.quarantine WHERE table_name = '\"public\".\"items\"'"
+        )
+        .trim(),
+        "U 7777 late, U 7778 late, U 7777 later, D 7778 late"
+    );
     let doc = status(&c);
     assert_eq!(node(&doc, "a")["role"], "replica", "{doc}");
+    assert_eq!(node(&doc, "a")["quarantined"], 4, "{doc}");
     assert_eq!(
         c.psql(
             0,

@@ -1,8 +1,10 @@
 //! Resynchronising a node from the master with a consistent full copy (see
 //! [`ferry_sql::resync`]): for a node fenced out by a failover (it missed
 //! batches, or it is an old master) before it serves as a replica again.
-//! The node's rows in the replicated tables are replaced; what it committed
-//! on its own after it left is not kept (no quarantine yet).
+//! The node's rows in the replicated tables are replaced; the changes it
+//! committed that never reached the cluster (after the fork: an old
+//! master's unshipped or late commits) are first moved from its outboxes
+//! to `ferry.quarantine` on the node, where they are kept.
 
 use crate::catalog::{differences, replicated_tables};
 use crate::install::connect;
@@ -14,7 +16,7 @@ use ferry_wire::Target;
 use futures_util::{SinkExt, TryStreamExt};
 use std::pin::pin;
 use tokio_postgres::Client;
-use tracing::info;
+use tracing::{info, warn};
 
 /// What a resync copied.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Copied {
     pub rows: u64,
     /// The ledger position the node starts from.
     pub batch: i64,
+    /// Changes of the node's own moved to its `ferry.quarantine`.
+    pub quarantined: u64,
 }
 
 /// Copies every replicated table from the master to the node at one
@@ -65,6 +69,11 @@ async fn copy(
     if !diffs.is_empty() {
         return Err(BatchError::SchemaMismatch(diffs));
     }
+    let fork: Option<String> = m
+        .query_opt(resync::FORK_POINT, &[&node_name])
+        .await
+        .map_err(BatchError::pg(master_name))?
+        .map(|r| r.get(0));
     m.batch_execute(resync::BEGIN_MASTER)
         .await
         .map_err(BatchError::pg(master_name))?;
@@ -78,11 +87,24 @@ async fn copy(
     } else {
         resync::truncate_all(&shapes)
     };
-    n.batch_execute(&format!(
-        "BEGIN; SET LOCAL session_replication_role = replica; {empty}"
-    ))
-    .await
-    .map_err(BatchError::pg(node_name))?;
+    n.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    let mut quarantined = 0u64;
+    for s in &shapes {
+        quarantined += n
+            .execute(&resync::quarantine(s), &[&fork, &s.table.quoted()])
+            .await
+            .map_err(BatchError::pg(node_name))?;
+    }
+    if !shapes.is_empty() {
+        n.batch_execute(&resync::empty_outboxes(&shapes))
+            .await
+            .map_err(BatchError::pg(node_name))?;
+    }
+    n.batch_execute(&empty)
+        .await
+        .map_err(BatchError::pg(node_name))?;
     let mut rows = 0u64;
     for s in &shapes {
         let out = m
@@ -113,11 +135,20 @@ async fn copy(
         tables = shapes.len(),
         rows,
         batch,
+        quarantined,
         "node resynchronised from the master"
     );
+    if quarantined > 0 {
+        warn!(
+            node = node_name,
+            quarantined,
+            "changes the node committed that never reached the cluster are kept in its ferry.quarantine"
+        );
+    }
     Ok(Copied {
         tables: shapes.len(),
         rows,
         batch,
+        quarantined,
     })
 }

@@ -80,10 +80,13 @@ struct Replica {
     /// A connection attempt running beside the loop (a frozen server must
     /// not hold up the other replicas).
     connecting: Option<JoinHandle<Result<Connected, BatchError>>>,
+    /// Rows in the replica's `ferry.quarantine` (read at connect).
+    quarantined: i64,
 }
 
-/// A replica's opened apply session and its ledger position.
-type Connected = (ApplySession, (i64, String));
+/// A replica's opened apply session, its ledger position and the rows it
+/// holds in quarantine.
+type Connected = (ApplySession, (i64, String), i64);
 
 /// The admin endpoint's requests, shared by the batchers a process runs
 /// one after another (a failover restarts the batcher with new roles).
@@ -132,6 +135,7 @@ impl Batcher {
                 applied_tick: 0,
                 failed: None,
                 connecting: None,
+                quarantined: 0,
             })
             .collect();
         let mut susp = Suspensions::new();
@@ -485,10 +489,11 @@ impl Batcher {
                     })
                 });
                 match result {
-                    Ok((session, position)) => {
+                    Ok((session, position, quarantined)) => {
                         info!(node = %name, batch = position.0, "replica connected");
                         r.session = Some(session);
                         r.position = Some(position);
+                        r.quarantined = quarantined;
                         r.last_error = None;
                     }
                     Err(e) => {
@@ -519,7 +524,11 @@ impl Batcher {
                     .await?;
                     let mut session = ApplySession::open(&name, &target, &session_shapes).await?;
                     let position = session.ledger().await?;
-                    Ok((session, position))
+                    let quarantined: i64 = control
+                        .query_one(ferry_sql::resync::QUARANTINED, &[])
+                        .await
+                        .map_or(0, |r| r.get(0));
+                    Ok((session, position, quarantined))
                 }));
             }
             None => {}
@@ -687,6 +696,7 @@ impl Batcher {
                     failed_batch: r.failed.as_ref().map(|f| f.0),
                     failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
                     suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
+                    quarantined: r.quarantined,
                 }
             })
             .collect();

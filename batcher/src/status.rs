@@ -20,6 +20,9 @@ pub struct ReplicaStatus {
     pub failed_statement: Option<String>,
     /// A scheduled, running, held or failed suspension.
     pub suspension: Option<crate::suspend::SuspensionStatus>,
+    /// Changes of its own the node committed that never reached the
+    /// cluster, kept in its `ferry.quarantine` (moved there by a resync).
+    pub quarantined: i64,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL

@@ -255,7 +255,7 @@ impl AppStatus {
                 Ok(Ok(Ok(epoch))) => (
                     200,
                     serde_json::json!({"state": "replica", "epoch": epoch, "tables": copied.tables,
-                        "rows": copied.rows, "batch": copied.batch}),
+                        "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined}),
                 ),
                 Ok(Ok(Err(why))) => refuse(409, "cannot_admit", why),
                 _ => refuse(503, "unavailable", "no answer from the coordinator".into()),
@@ -306,6 +306,7 @@ impl StatusSource for AppStatus {
                 "failed_batch": s.and_then(|s| s.failed_batch),
                 "failed_statement": s.and_then(|s| s.failed_statement.clone()),
                 "suspension": s.and_then(|s| s.suspension.clone()),
+                "quarantined": s.map(|s| s.quarantined).unwrap_or(0),
                 "health": health(&n.name),
             }));
         }

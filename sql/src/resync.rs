@@ -17,6 +17,46 @@ pub const PIN: &str = "INSERT INTO ferry.replicas (name, batch_id, snap, resynci
 /// On the master, when a resync failed: releases the pin. Parameter: node.
 pub const UNPIN: &str = "UPDATE ferry.replicas SET resyncing = false WHERE name = $1";
 
+/// On the master: where the node's history left the cluster's — the
+/// snapshot of the last batch the master applied from it while it was
+/// master (none if the master never was its replica). Parameter: node.
+/// Returns one text value, or no row.
+pub const FORK_POINT: &str = "SELECT snap::text FROM ferry.applied WHERE origin = $1";
+
+/// On the node, before its rows are replaced: the changes in one table's
+/// outbox that never reached the cluster (not visible in the fork point's
+/// snapshot; all of them without a fork point) are kept in
+/// `ferry.quarantine`, with the row image under the table's column names
+/// (`op`: `U` a row written as the image shows, `D` a row deleted, `T`
+/// the table truncated).
+/// Parameters: fork point (nullable text), the table's quoted name.
+pub fn quarantine(shape: &TableShape) -> String {
+    format!(
+        "INSERT INTO ferry.quarantine (table_name, op, xid, seq, row_image) \
+         SELECT $2, o._op::text, o._xid, o._seq, \
+                (SELECT pg_catalog.jsonb_object_agg(a.attname, j.value) \
+                   FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(o)) j \
+                   JOIN pg_catalog.pg_attribute a \
+                     ON a.attrelid = ($2::text)::pg_catalog.regclass AND j.key = 'a' || a.attnum) \
+           FROM {} o \
+          WHERE $1::text IS NULL \
+             OR NOT pg_catalog.pg_visible_in_snapshot(o._xid, ($1::text)::pg_catalog.pg_snapshot) \
+          ORDER BY o._seq",
+        shape.table.outbox()
+    )
+}
+
+/// On the node: its outboxes are emptied once their unshipped changes are
+/// quarantined (as a replica it ships nothing; if it is promoted later,
+/// nothing of its old history may ship).
+pub fn empty_outboxes(shapes: &[TableShape]) -> String {
+    let names: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
+    format!("TRUNCATE {}", names.join(", "))
+}
+
+/// Rows a node holds in quarantine. Returns one bigint.
+pub const QUARANTINED: &str = "SELECT count(*) FROM ferry.quarantine";
+
 /// On the master: the copy's transaction.
 pub const BEGIN_MASTER: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 

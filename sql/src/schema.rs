@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS ferry.node_state (
     forced boolean NOT NULL DEFAULT false,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS ferry.quarantine (
+    id bigserial PRIMARY KEY,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    table_name text NOT NULL,
+    op text NOT NULL,
+    xid xid8 NOT NULL,
+    seq bigint NOT NULL,
+    row_image jsonb
+);
 DROP FUNCTION IF EXISTS ferry.begin_apply(text, bigint, bigint, text);
 CREATE OR REPLACE FUNCTION ferry.begin_apply(p_origin text, p_from bigint, p_to bigint, p_snap text, p_epoch bigint)
 RETURNS void LANGUAGE plpgsql AS $f$
