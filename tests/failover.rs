@@ -169,12 +169,30 @@ async fn a_frozen_master_is_fenced_and_its_late_writes_go_nowhere() {
 /// takes over alone; then b fails too and Ferry stops. a restarted alone
 /// cannot decide (it had a caught-up replica, which took over): writers get
 /// 57P03 naming b. When b returns, b is master again and a stays fenced;
-/// the same when both are back when Ferry starts.
+/// the same when both are back when Ferry starts. The servers' clocks are
+/// skewed so that wall-clock order contradicts the real order: decisions
+/// follow epochs and states only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_total_outage_the_recorded_states_decide() {
-    let mut c = outage_cluster().await;
+    // The clocks disagree by two days, against the truth: a (master at
+    // epoch 1) runs a day ahead, b (master at epoch 2) a day behind, so
+    // every record a wrote looks newer than b's.
+    let mut c = outage_cluster(Some(("+1d", "-1d"))).await;
     // a alone.
-    c.servers[0].start().unwrap();
+    c.servers[0].start_skewed("+1d").unwrap();
+    let skew: i64 = c
+        .psql(0, "SELECT extract(epoch FROM now())::bigint")
+        .trim()
+        .parse()
+        .unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (skew - real - 86_400).abs() < 600,
+        "a's clock is a day ahead"
+    );
     c.start_ferry();
     let doc = status(&c);
     assert!(
@@ -190,7 +208,7 @@ async fn after_a_total_outage_the_recorded_states_decide() {
     assert_eq!(err.code().map(|c| c.code()), Some("57P03"), "{err:?}");
     assert!(err.to_string().contains('b') || format!("{err:?}").contains("waiting for b"));
     // b returns: it was master last.
-    c.servers[1].start().unwrap();
+    c.servers[1].start_skewed("-1d").unwrap();
     let client = eventually_client(&c).await;
     client
         .execute("INSERT INTO items VALUES (3, 'b again')", &[])
@@ -214,7 +232,7 @@ async fn after_a_total_outage_the_recorded_states_decide() {
 /// and shown as such; the others are fenced out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_can_force_a_master() {
-    let mut c = outage_cluster().await;
+    let mut c = outage_cluster(None).await;
     c.servers[0].start().unwrap();
     c.start_ferry();
     assert!(status(&c)["waiting"].is_string());
@@ -246,7 +264,10 @@ async fn an_operator_can_force_a_master() {
 
 /// Two nodes: a master, b replica; a stops and b takes over (epoch 2) and
 /// takes a write; then b stops and Ferry stops. Nothing runs.
-async fn outage_cluster() -> Cluster {
+/// Two nodes; a was master, then b took over alone (epoch 2); then both
+/// servers and Ferry stopped. With `skew`, the servers run with their
+/// clocks moved by those offsets (a, b) throughout.
+async fn outage_cluster(skew: Option<(&str, &str)>) -> Cluster {
     let mut c = Cluster::new(
         env!("CARGO_BIN_EXE_ferry"),
         ferry_testkit::Options {
@@ -256,6 +277,12 @@ async fn outage_cluster() -> Cluster {
             ..Default::default()
         },
     );
+    if let Some((a, b)) = skew {
+        for (server, offset) in c.servers.iter().zip([a, b]) {
+            server.stop().unwrap();
+            server.start_skewed(offset).unwrap();
+        }
+    }
     c.start_ferry();
     let client = c.proxy_client().await;
     client

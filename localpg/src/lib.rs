@@ -98,6 +98,18 @@ pub fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Debian's libfaketime (in the multiarch library directory).
+fn faketime_library() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .chain(std::iter::once(PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )))
+        .find(|p| p.exists())
+}
+
 /// Runs a command, as `postgres` when we are root.
 fn run(program: &Path, args: &[&str], as_postgres: bool) -> Result<Output, LocalPgError> {
     let mut cmd = if as_postgres {
@@ -273,6 +285,39 @@ impl LocalServer {
         run(
             &self.bins.bin("pg_ctl"),
             &["-D", &dir, "-l", &log, "-w", "-t", "60", "start"],
+            self.as_postgres,
+        )?;
+        Ok(())
+    }
+
+    /// Starts the server with its wall clock moved by `offset` (a
+    /// libfaketime offset such as `"-1d"`; monotonic clocks are left
+    /// alone), for tests showing that no decision depends on clocks. Needs
+    /// Debian's `libfaketime`.
+    pub fn start_skewed(&self, offset: &str) -> Result<(), LocalPgError> {
+        let lib = faketime_library().ok_or_else(|| LocalPgError::Command {
+            what: "libfaketime".into(),
+            detail: "not found: install the libfaketime package".into(),
+        })?;
+        let dir = self.datadir.display().to_string();
+        let log = self.datadir.join("server.log").display().to_string();
+        let pg_ctl = self.bins.bin("pg_ctl").display().to_string();
+        run(
+            Path::new("env"),
+            &[
+                &format!("LD_PRELOAD={}", lib.display()),
+                &format!("FAKETIME={offset}"),
+                "DONT_FAKE_MONOTONIC=1",
+                &pg_ctl,
+                "-D",
+                &dir,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             self.as_postgres,
         )?;
         Ok(())
