@@ -421,3 +421,114 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
         "replica 2 b"
     );
 }
+
+/// `ferry add-node`: a new, empty server gets the replicated tables'
+/// definitions (indexes, constraints, sequences) and a consistent copy
+/// while writes go on, joins as a replica and follows the master; it can
+/// then take over. A node that is not empty, or a name in use, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_empty_node_joins_as_a_replica_while_writes_go_on() {
+    const DEFS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL CHECK (v <> ''));
+        CREATE INDEX items_v ON items (v);
+        CREATE TABLE notes (id bigserial PRIMARY KEY, item int REFERENCES items (id), body text);
+        CREATE SEQUENCE tickets;";
+    let mut c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, DEFS);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute(
+            "INSERT INTO items SELECT g, 'before' FROM generate_series(1, 3000) g;
+             INSERT INTO notes (item, body) SELECT g, 'n' FROM generate_series(1, 100) g;
+             SELECT nextval('tickets') FROM generate_series(1, 7);",
+        )
+        .await
+        .unwrap();
+    let dsn = c.add_spare_server("c", "");
+    let url = c.proxy_url();
+    let writer = tokio::spawn(async move {
+        let (w, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        for i in 5000..5300 {
+            w.execute("INSERT INTO items VALUES ($1, 'during')", &[&i])
+                .await
+                .expect("write during the addition");
+        }
+    });
+    let out = c.ferry_admin(&["add-node", "c", "--dsn", &dsn, "--priority", "3"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.ferry_log()
+    );
+    assert!(said.contains("replica at epoch 1"), "{said}");
+    assert!(said.contains("[[nodes]]\nname = \"c\""), "{said}");
+    writer.await.unwrap();
+    c.wait_equal(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    assert_eq!(c.psql(2, "SELECT count(*) FROM items").trim(), "3300");
+    // Definitions came along: the index, the check, the foreign key, the
+    // sequences (moved forward by the stream).
+    assert_eq!(
+        c.psql(
+            2,
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'items'"
+        )
+        .trim(),
+        "2"
+    );
+    assert!(c.servers[2]
+        .psql("app", "INSERT INTO items VALUES (-1, '')")
+        .is_err());
+    assert_eq!(
+        c.psql(2, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+            .trim(),
+        "1"
+    );
+    c.wait_psql(
+        2,
+        "SELECT last_value FROM tickets",
+        "7",
+        Duration::from_secs(20),
+    )
+    .await;
+    let doc = status(&c);
+    assert_eq!(node(&doc, "c")["role"], "replica", "{doc}");
+    assert_eq!(doc["adding"]["phase"], "replica", "{doc}");
+    assert_eq!(
+        c.psql(2, "SELECT state || ' ' || master FROM ferry.node_state")
+            .trim(),
+        "replica a"
+    );
+    // Refusals: the name is taken; a node that holds the tables is not new.
+    let (code, _) = c.admin_call(
+        "POST",
+        "/nodes",
+        Some(&format!(r#"{{"name": "c", "dsn": "{dsn}"}}"#)),
+    );
+    assert_eq!(code, 409);
+    let full = c.add_spare_server("d", DEFS);
+    let (code, body) = c.admin_call(
+        "POST",
+        "/nodes",
+        Some(&format!(r#"{{"name": "d", "dsn": "{full}"}}"#)),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("not empty"), "{body}");
+    // The new node can take over.
+    c.servers.truncate(3);
+    c.names.truncate(3);
+    let (code, body) = c.admin_call("POST", "/switchover", Some(r#"{"to": "c"}"#));
+    assert_eq!(code, 200, "{body}");
+    client
+        .execute("INSERT INTO items VALUES (9999, 'on c')", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.psql(2, "SELECT v FROM items WHERE id = 9999").trim(),
+        "on c"
+    );
+}

@@ -4,6 +4,7 @@
 //! so it knows nothing of the batcher's or the proxy's internals. One route
 //! per file.
 
+mod add_node;
 mod force_master;
 mod health;
 mod metrics;
@@ -37,6 +38,12 @@ pub enum Request {
     Resync { node: String },
     /// A planned switchover to a replica (the best one when `None`).
     Switchover { to: Option<String> },
+    /// A new, empty node joins as a replica.
+    AddNode {
+        name: String,
+        dsn: String,
+        priority: i32,
+    },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -71,6 +78,7 @@ pub fn router(source: Source) -> Router {
         .route("/replicas/{name}/resume", post(resume::post))
         .route("/force-master", post(force_master::post))
         .route("/switchover", post(switchover::post))
+        .route("/nodes", post(add_node::post))
         .route("/nodes/{name}/resync", post(resync::post))
         .with_state(source)
 }

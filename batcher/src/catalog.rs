@@ -28,6 +28,25 @@ pub async fn replicated_tables(
     Ok(shapes)
 }
 
+/// The names of the replicated tables on a node (no shapes: this works
+/// on a node without the `ferry` schema).
+pub async fn replicated_table_names(
+    client: &Client,
+    node: &str,
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<Vec<TableName>, BatchError> {
+    let rows = client
+        .query(catalog::LIST_TABLES, &[])
+        .await
+        .map_err(BatchError::pg(node))?;
+    Ok(rows
+        .iter()
+        .map(|row| TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)))
+        .filter(|t| selected(t, include, exclude))
+        .collect())
+}
+
 /// The replicated sequences on a node (matched by the same patterns as
 /// tables), as regclass texts.
 pub async fn replicated_sequences(

@@ -6,7 +6,7 @@ use thiserror::Error;
 /// Why a replication step failed. Each names the node it concerns.
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error("node {node}: {source}")]
+    #[error("node {node}: {}", pg_message(source))]
     Pg {
         node: String,
         #[source]
@@ -34,8 +34,21 @@ pub enum BatchError {
     SchemaChanged(String),
     #[error("node {node}: unexpected catalog contents: {detail}")]
     Catalog { node: String, detail: String },
+    #[error("node {node} is not empty: it holds replicated tables ({tables}); add an empty node, or bring a former member back with `ferry resync`")]
+    NotEmpty { node: String, tables: String },
+    #[error("copying table definitions to node {node}: {detail}")]
+    SchemaCopy { node: String, detail: String },
     #[error("node {node}: apply timed out after {secs}s")]
     Timeout { node: String, secs: u64 },
+}
+
+/// A server error's SQLSTATE and message (tokio-postgres shows only "db
+/// error" for those); other errors as they are.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl BatchError {

@@ -13,9 +13,12 @@
 //! - [`run`] ties them together and keeps [`status`] and [`metrics`].
 //! - [`suspend`] holds a replica at a snapshot taken at a chosen instant
 //!   and resumes it with only what changed.
+//! - [`resync`] copies the master's tables to a node fenced out, and
+//!   [`add_node`] prepares a new, empty node the same way.
 //! - [`sync`] lets client sessions wait until `k` replicas hold their
 //!   commits (synchronous mode).
 
+pub mod add_node;
 pub mod apply;
 pub mod catalog;
 pub mod cutter;

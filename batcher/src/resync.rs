@@ -29,6 +29,14 @@ pub struct Copied {
     pub quarantined: u64,
 }
 
+/// How far a copy has come: tables done of total, rows so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub tables_done: usize,
+    pub tables: usize,
+    pub rows: u64,
+}
+
 /// Copies every replicated table from the master to the node at one
 /// snapshot and sets the node's ledger to it. The node must hold the same
 /// tables (compared first). Outbox clean-up on the master is held back for
@@ -38,13 +46,14 @@ pub async fn copy_all(
     (node_name, node): (&str, &Target),
     include: &[Pattern],
     exclude: &[Pattern],
+    progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Copied, BatchError> {
     let m = connect(master_name, master, "ferry resync").await?;
     let n = connect(node_name, node, "ferry resync").await?;
     m.execute(resync::PIN, &[&node_name])
         .await
         .map_err(BatchError::pg(master_name))?;
-    let result = copy(&m, master_name, &n, node_name, include, exclude).await;
+    let result = copy(&m, master_name, &n, node_name, (include, exclude), progress).await;
     if result.is_err() {
         let _ = m.batch_execute("ROLLBACK").await;
         let _ = m.execute(resync::UNPIN, &[&node_name]).await;
@@ -57,8 +66,8 @@ async fn copy(
     master_name: &str,
     n: &Client,
     node_name: &str,
-    include: &[Pattern],
-    exclude: &[Pattern],
+    (include, exclude): (&[Pattern], &[Pattern]),
+    progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Copied, BatchError> {
     let shapes = replicated_tables(m, master_name, include, exclude).await?;
     let theirs = replicated_tables(n, node_name, include, exclude).await?;
@@ -106,7 +115,12 @@ async fn copy(
         .await
         .map_err(BatchError::pg(node_name))?;
     let mut rows = 0u64;
-    for s in &shapes {
+    progress(Progress {
+        tables_done: 0,
+        tables: shapes.len(),
+        rows,
+    });
+    for (done, s) in shapes.iter().enumerate() {
         let out = m
             .copy_out(&resync::copy_out(s))
             .await
@@ -121,6 +135,11 @@ async fn copy(
             sink.send(chunk).await.map_err(BatchError::pg(node_name))?;
         }
         rows += sink.finish().await.map_err(BatchError::pg(node_name))?;
+        progress(Progress {
+            tables_done: done + 1,
+            tables: shapes.len(),
+            rows,
+        });
     }
     n.execute(resync::SET_LEDGER, &[&master_name, &batch, &snap])
         .await

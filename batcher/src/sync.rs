@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+/// Slots kept for nodes added while Ferry runs (`ferry add-node`).
+const SPARE_SLOTS: usize = 8;
+
 /// What a session does when `k` replicas do not confirm in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fallback {
@@ -52,8 +55,9 @@ pub struct SyncPoint {
     /// Per replica: connected and shipping (not suspended), so it may
     /// serve reads.
     serving: Vec<AtomicBool>,
-    /// The node of each slot.
-    nodes: Vec<String>,
+    /// The node of each slot (slots past the end are spare, for nodes
+    /// added while Ferry runs).
+    nodes: std::sync::RwLock<Vec<String>>,
     /// Wakes the batcher for an immediate cut.
     kick: Notify,
     degraded: AtomicBool,
@@ -87,7 +91,7 @@ impl SyncPoint {
     /// reads). `nodes` names every configured node: slots are kept per node,
     /// whatever role it plays (roles change on failover).
     pub fn new(k: usize, fallback: Fallback, nodes: Vec<String>, registry: &mut Registry) -> Self {
-        let replicas = nodes.len();
+        let replicas = nodes.len() + SPARE_SLOTS;
         let metrics = SyncMetrics::default();
         if k > 0 {
             metrics.register(registry);
@@ -99,7 +103,7 @@ impl SyncPoint {
             confirmed: watch::channel(0).0,
             applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
             serving: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
-            nodes,
+            nodes: std::sync::RwLock::new(nodes),
             kick: Notify::new(),
             degraded: AtomicBool::new(false),
             metrics,
@@ -112,9 +116,27 @@ impl SyncPoint {
         self.started.load(Ordering::SeqCst) + 1
     }
 
+    fn names(&self) -> Vec<String> {
+        self.nodes.read().map(|n| n.clone()).unwrap_or_default()
+    }
+
     /// The slot of a node, by name.
     pub fn slot(&self, node: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n == node)
+        self.names().iter().position(|n| n == node)
+    }
+
+    /// Gives a node added while Ferry runs a slot (its own if it has one);
+    /// None when every spare slot is taken.
+    pub fn add_node(&self, node: &str) -> Option<usize> {
+        let mut nodes = self.nodes.write().ok()?;
+        if let Some(i) = nodes.iter().position(|n| n == node) {
+            return Some(i);
+        }
+        if nodes.len() >= self.applied.len() {
+            return None;
+        }
+        nodes.push(node.to_string());
+        Some(nodes.len() - 1)
     }
 
     /// Whether replica `i` (configuration order) has applied everything
@@ -149,7 +171,7 @@ impl SyncPoint {
     /// Records which replicas (by name) are connected and shipping; every
     /// other node serves no reads.
     pub fn report_serving(&self, serving: &[&str]) {
-        for (slot, n) in self.serving.iter().zip(&self.nodes) {
+        for (slot, n) in self.serving.iter().zip(&self.names()) {
             slot.store(serving.contains(&n.as_str()), Ordering::SeqCst);
         }
     }
@@ -246,7 +268,7 @@ impl SyncPoint {
     /// Waits until replica `node` has applied everything through `tick`,
     /// waking the batcher so that it cuts at once; false after `limit`.
     pub async fn until_replica_has(&self, node: &str, tick: u64, limit: Duration) -> bool {
-        let Some(i) = self.nodes.iter().position(|n| n == node) else {
+        let Some(i) = self.slot(node) else {
             return false;
         };
         let deadline = tokio::time::Instant::now() + limit;
@@ -272,7 +294,7 @@ impl SyncPoint {
     /// does not name (the master, fenced nodes) count as holding nothing.
     pub fn report(&self, replicas: &[(&str, u64)]) {
         let applied: Vec<u64> = self
-            .nodes
+            .names()
             .iter()
             .map(|n| {
                 replicas

@@ -15,6 +15,7 @@
 //!    sessions (and sends new ones) to the new master; the batcher restarts
 //!    with it. Then the old master, if it answers, has its sessions ended.
 
+mod add_node;
 mod switchover;
 
 use crate::health::{HealthConfig, NodeHealth, Probe};
@@ -87,6 +88,11 @@ pub enum Control {
     /// master its replica.
     SwitchOver {
         node: String,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// A new node, prepared from the master, joins as a replica.
+    AddNode {
+        node: Node,
         reply: oneshot::Sender<Result<i64, String>>,
     },
 }
@@ -168,6 +174,9 @@ impl Coordinator {
                 }
                 Some(Control::SwitchOver { node, reply }) => {
                     let _ = reply.send(self.switch_over(&node).await);
+                }
+                Some(Control::AddNode { node, reply }) => {
+                    let _ = reply.send(self.add_node(node).await);
                 }
                 None => {}
             }

@@ -1,6 +1,7 @@
 //! The running Ferry process: proxy listener, batcher and admin endpoint,
 //! started together and stopped together.
 
+use crate::add_node::NodeAdder;
 use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::gate::Gate;
@@ -210,6 +211,8 @@ struct AppStatus {
     patterns: (Vec<Pattern>, Vec<Pattern>),
     /// Planned switchovers.
     switchover: Arc<Switchover>,
+    /// Nodes added while running.
+    adder: Arc<NodeAdder>,
 }
 
 impl AppStatus {
@@ -241,6 +244,7 @@ impl AppStatus {
                 (&n.name, &n.target),
                 &include,
                 &exclude,
+                &|_| {},
             )
             .await
             {
@@ -341,6 +345,7 @@ impl StatusSource for AppStatus {
                 "holding": self.switchover.gate.is_closed(),
                 "last": self.switchover.last.read().ok().and_then(|l| l.clone()),
             },
+            "adding": self.adder.state.read().ok().and_then(|a| a.clone()),
             "waiting": topo.waiting,
             "forced": topo.forced,
             "last_batch": r.last_batch,
@@ -406,6 +411,15 @@ impl StatusSource for AppStatus {
             let switchover = self.switchover.clone();
             return Box::pin(async move { switchover.run(to).await });
         }
+        if let Request::AddNode {
+            name,
+            dsn,
+            priority,
+        } = request
+        {
+            let adder = self.adder.clone();
+            return Box::pin(async move { adder.run(name, dsn, priority).await });
+        }
         let commands = self.commands.clone();
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -419,7 +433,8 @@ impl StatusSource for AppStatus {
                 Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
                 Request::ForceMaster { .. }
                 | Request::Resync { .. }
-                | Request::Switchover { .. } => return (500, serde_json::Value::Null),
+                | Request::Switchover { .. }
+                | Request::AddNode { .. } => return (500, serde_json::Value::Null),
             };
             let unavailable = |why: &str| {
                 (
@@ -637,10 +652,12 @@ impl App {
                 },
                 // Every node, in the SyncPoint's slot order: the batcher
                 // reports which of them serve as replicas at any time.
-                replicas: all_nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.target.clone()))
-                    .collect(),
+                replicas: std::sync::RwLock::new(
+                    all_nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), n.target.clone()))
+                        .collect(),
+                ),
                 ticks: ticks.clone(),
                 metrics: ReadMetrics::register(&mut registry),
                 connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
@@ -711,7 +728,7 @@ impl App {
             cancels: CancelRegistry::default(),
             metrics: frontend_metrics.clone(),
             sync: sync.clone(),
-            reads,
+            reads: reads.clone(),
             gate: gate.clone(),
         });
         let switchover = Arc::new(Switchover {
@@ -725,6 +742,16 @@ impl App {
             running: tokio::sync::Mutex::new(()),
             last: std::sync::RwLock::new(None),
         });
+        let adder = Arc::new(NodeAdder {
+            roles: roles.clone(),
+            ticks: ticks.clone(),
+            reads,
+            control: force.clone(),
+            patterns: patterns(cfg)?,
+            configured: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            state: Arc::new(std::sync::RwLock::new(None)),
+            running: tokio::sync::Mutex::new(()),
+        });
         let source: Arc<dyn StatusSource> = Arc::new(AppStatus {
             roles: roles.clone(),
             cluster: cluster_status,
@@ -736,6 +763,7 @@ impl App {
             force,
             patterns: patterns(cfg)?,
             switchover,
+            adder,
         });
         let mut tasks = vec![
             tokio::spawn(record_master_priority(

@@ -2,6 +2,7 @@
 //! assembles. The replication path is in `ferry-batcher`, the protocol in
 //! `ferry-wire`, the generated SQL in `ferry-sql`.
 
+pub mod add_node;
 pub mod app;
 pub mod config;
 pub mod frontend;

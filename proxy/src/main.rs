@@ -69,6 +69,20 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Add a new, empty PostgreSQL server to the running cluster: it gets
+    /// the replicated tables' definitions and a consistent copy of their
+    /// rows from the master (with a progress bar), then catches up and
+    /// serves as a replica. Add its [[nodes]] entry to the configuration
+    /// too (printed at the end).
+    AddNode {
+        name: String,
+        #[arg(long)]
+        dsn: String,
+        #[arg(long, default_value_t = 100)]
+        priority: i32,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Planned switchover: hold new statements, let transactions under way
     /// finish, ship the last batches, make NODE (or the best replica)
     /// master and the old master its replica, then run the held
@@ -176,6 +190,12 @@ fn main() -> ExitCode {
                 commands::force_master::run(&admin, &node).await
             }
             Command::Resync { node, admin } => commands::resync::run(&admin, &node).await,
+            Command::AddNode {
+                name,
+                dsn,
+                priority,
+                admin,
+            } => commands::add_node::run(&admin, &name, &dsn, priority).await,
             Command::Switchover { to, admin } => {
                 commands::switchover::run(&admin, to.as_deref()).await
             }

@@ -57,6 +57,15 @@ pub fn empty_outboxes(shapes: &[TableShape]) -> String {
 /// Rows a node holds in quarantine. Returns one bigint.
 pub const QUARANTINED: &str = "SELECT count(*) FROM ferry.quarantine";
 
+/// On a new node, before table definitions are copied to it: the schema
+/// of replicated tables.
+pub fn create_schema(schema: &str) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        crate::quote::ident(schema)
+    )
+}
+
 /// On the master: the copy's transaction.
 pub const BEGIN_MASTER: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 

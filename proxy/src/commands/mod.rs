@@ -1,5 +1,6 @@
 //! One file per `ferry` command.
 
+pub mod add_node;
 pub mod admin_http;
 pub mod demo;
 pub mod force_master;

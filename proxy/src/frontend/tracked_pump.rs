@@ -82,12 +82,29 @@ impl ReadMetrics {
 /// What every routing session shares.
 pub struct ReadRouting {
     pub mode: ReadMode,
-    /// Replicas in configuration order (the batcher's order).
-    pub replicas: Vec<(String, Target)>,
+    /// Every node by [`SyncPoint`] slot (the batcher reports which of them
+    /// serve as replicas); nodes added while Ferry runs are appended.
+    pub replicas: std::sync::RwLock<Vec<(String, Target)>>,
     /// Which replica has applied which batcher tick.
     pub ticks: Arc<SyncPoint>,
     pub metrics: ReadMetrics,
     pub connect_timeout: Duration,
+}
+
+impl ReadRouting {
+    /// The node in slot `i`.
+    fn replica(&self, i: usize) -> Option<(String, Target)> {
+        self.replicas.read().ok()?.get(i).cloned()
+    }
+
+    /// Puts a node added while Ferry runs in its slot.
+    pub fn add(&self, slot: usize, name: &str, target: &Target) {
+        if let Ok(mut all) = self.replicas.write() {
+            if all.len() == slot {
+                all.push((name.to_string(), target.clone()));
+            }
+        }
+    }
 }
 
 /// Which server answers a cycle.
@@ -288,10 +305,18 @@ pub(crate) async fn pump_routed(
                             at += len;
                             continue;
                         };
+                        let Some((name, target)) = routing.replica(i) else {
+                            // No such slot: the master answers.
+                            let mut r = lock();
+                            routing.metrics.master.inc();
+                            r.tracker.query(false);
+                            r.queue.push_back(Dest::Master);
+                            at += len;
+                            continue;
+                        };
                         if replica_w.is_none() {
-                            let (name, target) = &routing.replicas[i];
                             let params = read_only(params);
-                            match ServerConn::connect(target, &params, routing.connect_timeout)
+                            match ServerConn::connect(&target, &params, routing.connect_timeout)
                                 .await
                             {
                                 Ok(conn) => {
@@ -336,7 +361,7 @@ pub(crate) async fn pump_routed(
                         } else {
                             // The replica is gone: this read goes to the
                             // master with whatever follows it.
-                            warn!(node = %routing.replicas[i].0, "replica connection for reads failed; using the master");
+                            warn!(node = %name, "replica connection for reads failed; using the master");
                             replica_w = None;
                             replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             let mut r = lock();
@@ -412,8 +437,8 @@ pub(crate) async fn pump_routed(
                         let slot = lock().slot;
                         let name = routing
                             .zip(slot)
-                            .and_then(|(routing, i)| routing.replicas.get(i))
-                            .map_or("?", |r| r.0.as_str());
+                            .and_then(|(routing, i)| routing.replica(i))
+                            .map_or_else(|| "?".to_string(), |r| r.0);
                         warn!(node = %name, error = %e, "replica failed during a read; the session continues on the master");
                         let mut out = BytesMut::new();
                         backend::error_response(

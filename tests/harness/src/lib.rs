@@ -166,6 +166,23 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more server, not in Ferry's configuration (for `ferry
+    /// add-node`), with the database and `schema` (may be empty); it takes
+    /// the next index in `servers`. Returns its DSN.
+    pub fn add_spare_server(&mut self, name: &str, schema: &str) -> String {
+        let s = LocalServer::new(bins(), self.dir.join(name), free_port().expect("free port"));
+        s.init_from(template(), true).expect("copy template");
+        s.start().expect("start server");
+        self.servers.push(s.clone());
+        self.names.push(name.to_string());
+        s.psql("postgres", &format!("CREATE DATABASE {DB}"))
+            .expect("create database");
+        if !schema.is_empty() {
+            s.psql(DB, schema).expect("schema");
+        }
+        s.dsn(DB, self.server_password.as_deref())
+    }
+
     /// A cluster of `nodes` servers holding `schema`, with Ferry started.
     pub fn started(ferry_bin: &str, nodes: usize, schema: &str) -> Cluster {
         let mut c = Cluster::new(

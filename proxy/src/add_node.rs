@@ -1,0 +1,198 @@
+//! `ferry add-node NAME --dsn DSN` / `POST /nodes`: a new, empty
+//! PostgreSQL server joins the running cluster as a replica. Its table
+//! definitions and a consistent copy of the rows come from the master
+//! ([`ferry_batcher::add_node`]); then the coordinator takes it in, the
+//! batcher ships to it from the copy's snapshot on, and once it is current
+//! it serves like any replica (sync commits, reads, failover).
+//!
+//! The node is not written into the configuration file: add its
+//! `[[nodes]]` entry there before Ferry restarts, or it is left out then.
+
+use crate::frontend::tracked_pump::ReadRouting;
+use ferry_batcher::add_node::{prepare_new_node, Phase};
+use ferry_batcher::pattern::Pattern;
+use ferry_batcher::SyncPoint;
+use ferry_cluster::failover::Control;
+use ferry_cluster::{Node, Topology};
+use ferry_wire::Target;
+use serde::Serialize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// An addition as `/status` shows it (the latest one).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Adding {
+    pub node: String,
+    /// `definitions`, `rows`, `joining`, `replica` (done) or `failed`.
+    pub phase: &'static str,
+    pub tables_done: usize,
+    pub tables: usize,
+    pub rows: u64,
+    pub error: Option<String>,
+}
+
+/// What an addition needs of the running process.
+pub struct NodeAdder {
+    pub roles: watch::Receiver<Topology>,
+    pub ticks: Arc<SyncPoint>,
+    pub reads: Option<Arc<ReadRouting>>,
+    pub control: mpsc::Sender<Control>,
+    pub patterns: (Vec<Pattern>, Vec<Pattern>),
+    /// Names of the configured nodes.
+    pub configured: Vec<String>,
+    pub state: Arc<RwLock<Option<Adding>>>,
+    /// One addition at a time.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+type Refusal = (u16, &'static str, String);
+
+impl NodeAdder {
+    /// Adds the node: the admin endpoint's answer.
+    pub async fn run(&self, name: String, dsn: String, priority: i32) -> (u16, serde_json::Value) {
+        let Ok(_one) = self.running.try_lock() else {
+            return refuse((409, "add_running", "a node is being added already".into()));
+        };
+        match self.add(&name, &dsn, priority).await {
+            Ok(body) => (200, body),
+            Err(r) => {
+                warn!(node = %name, reason = %r.2, "node not added");
+                self.set(|a| {
+                    a.phase = "failed";
+                    a.error = Some(r.2.clone());
+                });
+                refuse(r)
+            }
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Adding)) {
+        if let Ok(mut s) = self.state.write() {
+            if let Some(a) = s.as_mut() {
+                f(a);
+            }
+        }
+    }
+
+    async fn add(
+        &self,
+        name: &str,
+        dsn: &str,
+        priority: i32,
+    ) -> Result<serde_json::Value, Refusal> {
+        let topo = self.roles.borrow().clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err((
+                400,
+                "invalid_name",
+                format!("node name {name:?}: use letters, digits, _ and -"),
+            ));
+        }
+        let known = self.configured.iter().any(|n| n == name)
+            || topo.roles().iter().any(|(n, _)| n.name == name);
+        if known {
+            return Err((
+                409,
+                "node_exists",
+                format!("a node named {name} is part of the cluster already"),
+            ));
+        }
+        if let Some(why) = &topo.waiting {
+            return Err((409, "no_master", format!("no master to copy from: {why}")));
+        }
+        let target =
+            Target::from_dsn(dsn).map_err(|e| (400, "invalid_dsn", format!("dsn: {e}")))?;
+        if target.dbname != topo.master.target.dbname {
+            return Err((
+                400,
+                "invalid_dsn",
+                format!(
+                    "dsn names database {:?}; every node must name {:?}",
+                    target.dbname, topo.master.target.dbname
+                ),
+            ));
+        }
+        if let Ok(mut s) = self.state.write() {
+            *s = Some(Adding {
+                node: name.to_string(),
+                phase: "definitions",
+                ..Adding::default()
+            });
+        }
+        info!(
+            node = name,
+            "adding a node: copying definitions and rows from the master"
+        );
+        let (include, exclude) = &self.patterns;
+        let report = |p: Phase| match p {
+            Phase::Definitions => self.set(|a| a.phase = "definitions"),
+            Phase::Rows(p) => self.set(|a| {
+                a.phase = "rows";
+                a.tables_done = p.tables_done;
+                a.tables = p.tables;
+                a.rows = p.rows;
+            }),
+        };
+        let copied = prepare_new_node(
+            (&topo.master.name, &topo.master.target),
+            (name, &target),
+            include,
+            exclude,
+            &report,
+        )
+        .await
+        .map_err(|e| (409, "add_failed", e.to_string()))?;
+        self.set(|a| a.phase = "joining");
+        let slot = self.ticks.add_node(name).ok_or((
+            409,
+            "too_many_nodes",
+            "no room for more nodes added while Ferry runs: add it to the configuration and restart"
+                .to_string(),
+        ))?;
+        if let Some(reads) = &self.reads {
+            reads.add(slot, name, &target);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let node = Node {
+            name: name.to_string(),
+            target,
+            priority,
+        };
+        if self
+            .control
+            .send(Control::AddNode { node, reply })
+            .await
+            .is_err()
+        {
+            return Err((503, "unavailable", "the coordinator is not running".into()));
+        }
+        let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
+            Ok(Ok(Ok(epoch))) => epoch,
+            Ok(Ok(Err(why))) => return Err((409, "cannot_admit", why)),
+            _ => return Err((503, "unavailable", "no answer from the coordinator".into())),
+        };
+        self.set(|a| a.phase = "replica");
+        Ok(serde_json::json!({
+            "node": name,
+            "state": "replica",
+            "epoch": epoch,
+            "tables": copied.tables,
+            "rows": copied.rows,
+            "batch": copied.batch,
+            "config": format!("[[nodes]]\nname = \"{name}\"\ndsn = \"{dsn}\"\npriority = {priority}\n"),
+        }))
+    }
+}
+
+fn refuse((code, error, message): Refusal) -> (u16, serde_json::Value) {
+    (
+        code,
+        serde_json::json!({"error": error, "message": message}),
+    )
+}

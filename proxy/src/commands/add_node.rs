@@ -1,0 +1,57 @@
+//! `ferry add-node NAME --dsn DSN [--priority N]`: a new, empty node joins
+//! the running cluster as a replica. While the master's tables are copied
+//! to it, a progress bar follows `/status` (`adding`).
+
+use super::admin_http::call;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "name": name, "dsn": dsn, "priority": priority });
+    let request = {
+        let admin = admin.to_string();
+        tokio::spawn(async move { call(&admin, hyper::Method::POST, "/nodes", Some(&body)).await })
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} tables, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{name}: definitions"));
+    while !request.is_finished() {
+        if let Ok((200, text)) = call(admin, hyper::Method::GET, "/status", None).await {
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let a = &doc["adding"];
+            if a["node"] == name {
+                bar.set_prefix(format!("{name}: {}", a["phase"].as_str().unwrap_or("?")));
+                bar.set_length(a["tables"].as_u64().unwrap_or(0));
+                bar.set_position(a["tables_done"].as_u64().unwrap_or(0));
+                bar.set_message(format!("{} rows", a["rows"].as_u64().unwrap_or(0)));
+            }
+        }
+        bar.tick();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    let (code, answer) = request.await??;
+    let doc: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+    if (200..300).contains(&code) {
+        println!(
+            "{name}: replica at epoch {} ({} tables, {} rows copied at batch {}); it catches up from the batch stream",
+            doc["epoch"], doc["tables"], doc["rows"], doc["batch"]
+        );
+        println!(
+            "add it to the configuration before Ferry restarts:\n\n{}",
+            doc["config"].as_str().unwrap_or_default()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "ferry: add-node {name}: {}",
+            doc["message"].as_str().unwrap_or(answer.trim())
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
