@@ -395,6 +395,17 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Only the keys that differ travel: those the master changed since the
+    // failover (fewer than the 500 rows a had before it) and a's own.
+    let said = String::from_utf8_lossy(&out.stdout);
+    let copied: u64 = said
+        .split_once("replica again (")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(said.contains("keys that differed"), "{said}");
+    assert!(copied < 500, "{said}");
+    assert!(said.contains("4 changes"), "{said}");
     writer.await.unwrap();
     c.wait_equal(Duration::from_secs(30))
         .await

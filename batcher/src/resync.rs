@@ -11,9 +11,10 @@ use crate::install::connect;
 use crate::pattern::Pattern;
 use crate::BatchError;
 use bytes::Bytes;
-use ferry_sql::resync;
+use ferry_sql::{resync, TableShape};
 use ferry_wire::Target;
 use futures_util::{SinkExt, TryStreamExt};
+use std::collections::BTreeSet;
 use std::pin::pin;
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -27,6 +28,9 @@ pub struct Copied {
     pub batch: i64,
     /// Changes of the node's own moved to its `ferry.quarantine`.
     pub quarantined: u64,
+    /// Only the keys that differ were copied (an old master), not whole
+    /// tables.
+    pub keyed: bool,
 }
 
 /// How far a copy has come: tables done of total, rows so far.
@@ -50,10 +54,26 @@ pub async fn copy_all(
 ) -> Result<Copied, BatchError> {
     let m = connect(master_name, master, "ferry resync").await?;
     let n = connect(node_name, node, "ferry resync").await?;
+    // Set when the node was failed over from this master's history: the
+    // master kept its own changes since then.
+    let pinned: Option<String> = m
+        .query_opt(resync::PINNED, &[&node_name])
+        .await
+        .map_err(BatchError::pg(master_name))?
+        .map(|r| r.get(0));
     m.execute(resync::PIN, &[&node_name])
         .await
         .map_err(BatchError::pg(master_name))?;
-    let result = copy(&m, master_name, &n, node_name, (include, exclude), progress).await;
+    let result = copy(
+        &m,
+        master_name,
+        &n,
+        node_name,
+        (include, exclude),
+        pinned,
+        progress,
+    )
+    .await;
     if result.is_err() {
         let _ = m.batch_execute("ROLLBACK").await;
         let _ = m.execute(resync::UNPIN, &[&node_name]).await;
@@ -67,6 +87,7 @@ async fn copy(
     n: &Client,
     node_name: &str,
     (include, exclude): (&[Pattern], &[Pattern]),
+    pinned: Option<String>,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Copied, BatchError> {
     let shapes = replicated_tables(m, master_name, include, exclude).await?;
@@ -99,6 +120,11 @@ async fn copy(
     n.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
         .await
         .map_err(BatchError::pg(node_name))?;
+    let before: i64 = n
+        .query_one(resync::LAST_QUARANTINED, &[])
+        .await
+        .map_err(BatchError::pg(node_name))?
+        .get(0);
     let mut quarantined = 0u64;
     for s in &shapes {
         quarantined += n
@@ -111,9 +137,17 @@ async fn copy(
             .await
             .map_err(BatchError::pg(node_name))?;
     }
-    n.batch_execute(&empty)
-        .await
-        .map_err(BatchError::pg(node_name))?;
+    // An old master whose fork point and failover pin this master holds
+    // differs from it only in the keys its quarantined changes and the
+    // master's own changes since the failover touched: those are copied.
+    // Anything else (a replica that missed batches, a table without a key)
+    // gets the whole tables.
+    let since = pinned.filter(|_| fork.is_some() && shapes.iter().all(|s| s.key.is_some()));
+    if since.is_none() {
+        n.batch_execute(&empty)
+            .await
+            .map_err(BatchError::pg(node_name))?;
+    }
     let mut rows = 0u64;
     progress(Progress {
         tables_done: 0,
@@ -121,8 +155,42 @@ async fn copy(
         rows,
     });
     for (done, s) in shapes.iter().enumerate() {
+        let copy_out = match &since {
+            None => resync::copy_out(s),
+            Some(p) => {
+                let temp = format!("ferry_resync_keys_{done}");
+                match keys_to_copy(m, master_name, n, node_name, s, p, before).await? {
+                    None => {
+                        progress(Progress {
+                            tables_done: done + 1,
+                            tables: shapes.len(),
+                            rows,
+                        });
+                        continue;
+                    }
+                    Some(keys) => {
+                        for (c, name) in [(m, master_name), (n, node_name)] {
+                            let (create, fill) = (
+                                resync::keys_table(s, &temp).unwrap_or_default(),
+                                resync::fill_keys(s, &temp).unwrap_or_default(),
+                            );
+                            c.batch_execute(&create)
+                                .await
+                                .map_err(BatchError::pg(name))?;
+                            c.execute(&fill, &[&keys])
+                                .await
+                                .map_err(BatchError::pg(name))?;
+                        }
+                        n.execute(&resync::delete_keys(s, &temp).unwrap_or_default(), &[])
+                            .await
+                            .map_err(BatchError::pg(node_name))?;
+                        resync::copy_out_keys(s, &temp).unwrap_or_default()
+                    }
+                }
+            }
+        };
         let out = m
-            .copy_out(&resync::copy_out(s))
+            .copy_out(&copy_out)
             .await
             .map_err(BatchError::pg(master_name))?;
         let sink = n
@@ -155,6 +223,7 @@ async fn copy(
         rows,
         batch,
         quarantined,
+        keyed = since.is_some(),
         "node resynchronised from the master"
     );
     if quarantined > 0 {
@@ -169,5 +238,52 @@ async fn copy(
         rows,
         batch,
         quarantined,
+        keyed: since.is_some(),
     })
+}
+
+/// The keys of one table a keyed resync copies, as a JSON array: those of
+/// the node's changes just quarantined (ids above `before`) and those the
+/// master changed after `since`. None when there are none.
+async fn keys_to_copy(
+    m: &Client,
+    master_name: &str,
+    n: &Client,
+    node_name: &str,
+    shape: &TableShape,
+    since: &str,
+    before: i64,
+) -> Result<Option<String>, BatchError> {
+    let (Some(key), Some(changed)) = (&shape.key, resync::changed_keys(shape)) else {
+        return Ok(None);
+    };
+    let theirs: String = n
+        .query_one(
+            resync::QUARANTINED_KEYS,
+            &[&shape.table.quoted(), &before, key],
+        )
+        .await
+        .map_err(BatchError::pg(node_name))?
+        .get(0);
+    let ours: String = m
+        .query_one(&changed, &[&since])
+        .await
+        .map_err(BatchError::pg(master_name))?
+        .get(0);
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    for text in [theirs, ours] {
+        let parsed: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| BatchError::Catalog {
+                node: node_name.to_string(),
+                detail: format!("keys of {}: {e}", shape.table),
+            })?;
+        keys.extend(parsed.iter().map(serde_json::Value::to_string));
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "[{}]",
+        keys.into_iter().collect::<Vec<_>>().join(",")
+    )))
 }

@@ -58,6 +58,8 @@ pub struct SyncPoint {
     /// The node of each slot (slots past the end are spare, for nodes
     /// added while Ferry runs).
     nodes: std::sync::RwLock<Vec<String>>,
+    /// Slots in use (the spare ones past it hold nothing).
+    assigned: std::sync::atomic::AtomicUsize,
     /// Wakes the batcher for an immediate cut.
     kick: Notify,
     degraded: AtomicBool,
@@ -91,6 +93,7 @@ impl SyncPoint {
     /// reads). `nodes` names every configured node: slots are kept per node,
     /// whatever role it plays (roles change on failover).
     pub fn new(k: usize, fallback: Fallback, nodes: Vec<String>, registry: &mut Registry) -> Self {
+        let assigned = std::sync::atomic::AtomicUsize::new(nodes.len());
         let replicas = nodes.len() + SPARE_SLOTS;
         let metrics = SyncMetrics::default();
         if k > 0 {
@@ -104,6 +107,7 @@ impl SyncPoint {
             applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
             serving: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
             nodes: std::sync::RwLock::new(nodes),
+            assigned,
             kick: Notify::new(),
             degraded: AtomicBool::new(false),
             metrics,
@@ -136,15 +140,18 @@ impl SyncPoint {
             return None;
         }
         nodes.push(node.to_string());
+        self.assigned.store(nodes.len(), Ordering::SeqCst);
         Some(nodes.len() - 1)
     }
 
     /// Whether replica `i` (configuration order) has applied everything
     /// through `tick`.
     pub fn replica_has(&self, i: usize, tick: u64) -> bool {
-        self.applied
-            .get(i)
-            .is_some_and(|a| a.load(Ordering::SeqCst) >= tick)
+        i < self.assigned.load(Ordering::SeqCst)
+            && self
+                .applied
+                .get(i)
+                .is_some_and(|a| a.load(Ordering::SeqCst) >= tick)
     }
 
     /// Whether replica `i` is connected and shipping (not suspended): only
@@ -367,6 +374,13 @@ mod tests {
         assert!(sync.serves(2) && !sync.serves(1) && !sync.serves(0));
         assert_eq!(sync.pick_serving(5), Some(2));
         assert_eq!(sync.commit_tick(), t2 + 1);
+        // A node added while running takes a spare slot and is reported
+        // like the others.
+        assert_eq!(sync.add_node("e"), Some(4));
+        assert_eq!(sync.add_node("e"), Some(4));
+        assert!(!sync.replica_has(4, 1));
+        sync.report(&[("e", t2)]);
+        assert!(sync.replica_has(4, t2) && sync.slot("e") == Some(4));
     }
 
     #[tokio::test]

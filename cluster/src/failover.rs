@@ -474,6 +474,12 @@ impl Coordinator {
             .await
             .map_err(db)?
             .get(0);
+        // The new master keeps its own changes from now on for the failed
+        // one: when it returns, a resync copies only the keys that differ.
+        client
+            .execute(ferry_sql::resync::PIN, &[&topo.master.name])
+            .await
+            .map_err(db)?;
         let mut replicas = Vec::new();
         let mut fenced = topo.fenced.clone();
         fenced.push((

@@ -259,7 +259,8 @@ impl AppStatus {
                 Ok(Ok(Ok(epoch))) => (
                     200,
                     serde_json::json!({"state": "replica", "epoch": epoch, "tables": copied.tables,
-                        "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined}),
+                        "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
+                        "keyed": copied.keyed}),
                 ),
                 Ok(Ok(Err(why))) => refuse(409, "cannot_admit", why),
                 _ => refuse(503, "unavailable", "no answer from the coordinator".into()),

@@ -10,9 +10,18 @@ use crate::quote::list;
 /// from the current snapshot on (the copy's snapshot is later), so that
 /// nothing committed after the copy is deleted before the node is back.
 /// Parameter: node.
-pub const PIN: &str = "INSERT INTO ferry.replicas (name, batch_id, snap, resyncing) \
+/// A pin already in place (set at a failover for the failed master, or by
+/// an earlier attempt) keeps its older snapshot: it holds back more.
+pub const PIN: &str = "INSERT INTO ferry.replicas AS r (name, batch_id, snap, resyncing) \
      VALUES ($1, 0, pg_current_snapshot(), true) \
-     ON CONFLICT (name) DO UPDATE SET snap = EXCLUDED.snap, resyncing = true, updated_at = now()";
+     ON CONFLICT (name) DO UPDATE SET \
+     snap = CASE WHEN r.resyncing THEN r.snap ELSE EXCLUDED.snap END, \
+     resyncing = true, updated_at = now()";
+
+/// On the master: the snapshot a pin holds for the node (set when it was
+/// failed over: changes after it are the master's own). Parameter: node.
+/// Returns one text value, or no row.
+pub const PINNED: &str = "SELECT snap::text FROM ferry.replicas WHERE name = $1 AND resyncing";
 
 /// On the master, when a resync failed: releases the pin. Parameter: node.
 pub const UNPIN: &str = "UPDATE ferry.replicas SET resyncing = false WHERE name = $1";
@@ -52,6 +61,94 @@ pub fn quarantine(shape: &TableShape) -> String {
 pub fn empty_outboxes(shapes: &[TableShape]) -> String {
     let names: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
     format!("TRUNCATE {}", names.join(", "))
+}
+
+/// The highest quarantine row id on a node (0 for none). Returns one
+/// bigint.
+pub const LAST_QUARANTINED: &str = "SELECT coalesce(max(id), 0) FROM ferry.quarantine";
+
+/// On the node: the keys of one table's quarantined changes since an id,
+/// as a JSON array of objects under the key's column names. Parameters:
+/// the table's quoted name, the id, the key's column names (`text[]`).
+pub const QUARANTINED_KEYS: &str =
+    "SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT k.key), '[]')::text \
+     FROM (SELECT (SELECT pg_catalog.jsonb_object_agg(n, q.row_image -> n) \
+                     FROM pg_catalog.unnest($3::text[]) n) AS key \
+             FROM ferry.quarantine q WHERE q.table_name = $1 AND q.id > $2) k";
+
+/// On the master, in the copy's transaction: the keys of one table that
+/// changed after a snapshot (from its outbox), as a JSON array of objects
+/// under the key's column names. Parameter: the snapshot. `None` for a
+/// table without a key.
+pub fn changed_keys(shape: &TableShape) -> Option<String> {
+    let key = shape.key.as_ref()?;
+    let cols: Vec<String> = key
+        .iter()
+        .filter_map(|k| shape.columns.iter().find(|c| &c.name == k))
+        .map(|c| {
+            format!(
+                "o.{} AS {}",
+                TableShape::outbox_column(c),
+                crate::quote::ident(&c.name)
+            )
+        })
+        .collect();
+    Some(format!(
+        "SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT pg_catalog.to_jsonb(k)), '[]')::text \
+         FROM (SELECT {} FROM {} o \
+               WHERE o._op <> 'T' \
+                 AND NOT pg_catalog.pg_visible_in_snapshot(o._xid, ($1::text)::pg_catalog.pg_snapshot)) k",
+        cols.join(", "),
+        shape.table.outbox()
+    ))
+}
+
+/// The temporary table that holds the keys a keyed resync copies, on the
+/// master and on the node (dropped at commit); then filled with
+/// [`fill_keys`].
+pub fn keys_table(shape: &TableShape, name: &str) -> Option<String> {
+    let key = shape.key.as_ref()?;
+    Some(format!(
+        "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+        crate::quote::ident(name),
+        list(key.iter().map(String::as_str), ""),
+        shape.table.quoted()
+    ))
+}
+
+/// Fills [`keys_table`] from a JSON array of key objects. Parameter: the
+/// JSON text.
+pub fn fill_keys(shape: &TableShape, name: &str) -> Option<String> {
+    let key = shape.key.as_ref()?;
+    let cols = list(key.iter().map(String::as_str), "");
+    Some(format!(
+        "INSERT INTO {} ({cols}) SELECT {cols} FROM pg_catalog.jsonb_populate_recordset(NULL::{}, ($1::text)::jsonb)",
+        crate::quote::ident(name),
+        shape.table.quoted()
+    ))
+}
+
+/// On the master: the current rows of the keys in [`keys_table`], in
+/// binary.
+pub fn copy_out_keys(shape: &TableShape, name: &str) -> Option<String> {
+    let key = list(shape.key.as_ref()?.iter().map(String::as_str), "");
+    Some(format!(
+        "COPY (SELECT {} FROM {} WHERE ({key}) IN (SELECT {key} FROM pg_temp.{})) TO STDOUT (FORMAT binary)",
+        list(shape.shipped_names(), ""),
+        shape.table.quoted(),
+        crate::quote::ident(name)
+    ))
+}
+
+/// On the node: removes the rows of the keys in [`keys_table`] (the
+/// master's current rows for them are copied in next).
+pub fn delete_keys(shape: &TableShape, name: &str) -> Option<String> {
+    let key = list(shape.key.as_ref()?.iter().map(String::as_str), "");
+    Some(format!(
+        "DELETE FROM {} WHERE ({key}) IN (SELECT {key} FROM pg_temp.{})",
+        shape.table.quoted(),
+        crate::quote::ident(name)
+    ))
 }
 
 /// Rows a node holds in quarantine. Returns one bigint.

@@ -1,5 +1,6 @@
-//! `ferry resync NODE`: copy the master's replicated tables to a node fenced
-//! out of the cluster, at one snapshot, and take it back as a replica.
+//! `ferry resync NODE`: copy the master's replicated tables (or, for an old
+//! master, only the keys that differ) to a node fenced out of the cluster,
+//! at one snapshot, and take it back as a replica.
 
 use super::admin_http::call;
 use std::process::ExitCode;
@@ -14,10 +15,21 @@ pub async fn run(admin: &str, node: &str) -> anyhow::Result<ExitCode> {
     .await?;
     let doc: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
     if (200..300).contains(&code) {
+        let what = if doc["keyed"] == true {
+            "rows of keys that differed"
+        } else {
+            "rows"
+        };
         println!(
-            "{node}: replica again ({} rows in {} tables copied; epoch {})",
+            "{node}: replica again ({} {what} in {} tables copied; epoch {})",
             doc["rows"], doc["tables"], doc["epoch"]
         );
+        let quarantined = doc["quarantined"].as_u64().unwrap_or(0);
+        if quarantined > 0 {
+            println!(
+                "{node}: {quarantined} changes it committed that never reached the cluster are kept in its ferry.quarantine"
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
