@@ -11,7 +11,7 @@ use crate::install::connect;
 use crate::pattern::Pattern;
 use crate::BatchError;
 use bytes::Bytes;
-use ferry_sql::{resync, TableShape};
+use ferry_sql::{resync, verify, TableShape};
 use ferry_wire::Target;
 use futures_util::{SinkExt, TryStreamExt};
 use std::collections::BTreeSet;
@@ -154,55 +154,60 @@ async fn copy(
         tables: shapes.len(),
         rows,
     });
+    let mut whole_again = 0usize;
     for (done, s) in shapes.iter().enumerate() {
-        let copy_out = match &since {
-            None => resync::copy_out(s),
+        let ends = (m, master_name, n, node_name);
+        match &since {
+            None => rows += stream(ends, &resync::copy_out(s), s).await?,
             Some(p) => {
                 let temp = format!("ferry_resync_keys_{done}");
-                match keys_to_copy(m, master_name, n, node_name, s, p, before).await? {
-                    None => {
-                        progress(Progress {
-                            tables_done: done + 1,
-                            tables: shapes.len(),
-                            rows,
-                        });
-                        continue;
-                    }
-                    Some(keys) => {
-                        for (c, name) in [(m, master_name), (n, node_name)] {
-                            let (create, fill) = (
-                                resync::keys_table(s, &temp).unwrap_or_default(),
-                                resync::fill_keys(s, &temp).unwrap_or_default(),
-                            );
-                            c.batch_execute(&create)
-                                .await
-                                .map_err(BatchError::pg(name))?;
-                            c.execute(&fill, &[&keys])
-                                .await
-                                .map_err(BatchError::pg(name))?;
-                        }
-                        n.execute(&resync::delete_keys(s, &temp).unwrap_or_default(), &[])
+                if let Some(keys) = keys_to_copy(m, master_name, n, node_name, s, p, before).await?
+                {
+                    for (c, name) in [(m, master_name), (n, node_name)] {
+                        let (create, fill) = (
+                            resync::keys_table(s, &temp).unwrap_or_default(),
+                            resync::fill_keys(s, &temp).unwrap_or_default(),
+                        );
+                        c.batch_execute(&create)
                             .await
-                            .map_err(BatchError::pg(node_name))?;
-                        resync::copy_out_keys(s, &temp).unwrap_or_default()
+                            .map_err(BatchError::pg(name))?;
+                        c.execute(&fill, &[&keys])
+                            .await
+                            .map_err(BatchError::pg(name))?;
                     }
+                    n.execute(&resync::delete_keys(s, &temp).unwrap_or_default(), &[])
+                        .await
+                        .map_err(BatchError::pg(node_name))?;
+                    let out = resync::copy_out_keys(s, &temp).unwrap_or_default();
+                    rows += stream(ends, &out, s).await?;
+                }
+                // The keyed copy trusts the node to hold everything up to
+                // the fork; a server that lost acknowledged commits in its
+                // crash (fsync off) does not. Checked: the table as the
+                // node has it now against the master at the copy's
+                // snapshot; a difference gets the whole table.
+                let sum = verify::checksum(s);
+                let theirs = n
+                    .query_one(&sum, &[])
+                    .await
+                    .map_err(BatchError::pg(node_name))?;
+                let ours = m
+                    .query_one(&sum, &[])
+                    .await
+                    .map_err(BatchError::pg(master_name))?;
+                let same = theirs.get::<_, i64>(0) == ours.get::<_, i64>(0)
+                    && theirs.get::<_, String>(1) == ours.get::<_, String>(1);
+                if !same {
+                    warn!(node = node_name, table = %s.table,
+                        "table differs beyond the changed keys (commits lost in a crash?): copying it whole");
+                    whole_again += 1;
+                    n.batch_execute(&resync::delete_all(s))
+                        .await
+                        .map_err(BatchError::pg(node_name))?;
+                    rows += stream(ends, &resync::copy_out(s), s).await?;
                 }
             }
-        };
-        let out = m
-            .copy_out(&copy_out)
-            .await
-            .map_err(BatchError::pg(master_name))?;
-        let sink = n
-            .copy_in::<_, Bytes>(&resync::copy_in(s))
-            .await
-            .map_err(BatchError::pg(node_name))?;
-        let mut sink = pin!(sink);
-        let mut out = pin!(out);
-        while let Some(chunk) = out.try_next().await.map_err(BatchError::pg(master_name))? {
-            sink.send(chunk).await.map_err(BatchError::pg(node_name))?;
         }
-        rows += sink.finish().await.map_err(BatchError::pg(node_name))?;
         progress(Progress {
             tables_done: done + 1,
             tables: shapes.len(),
@@ -224,6 +229,7 @@ async fn copy(
         batch,
         quarantined,
         keyed = since.is_some(),
+        whole_again,
         "node resynchronised from the master"
     );
     if quarantined > 0 {
@@ -240,6 +246,29 @@ async fn copy(
         quarantined,
         keyed: since.is_some(),
     })
+}
+
+/// Copies what `copy_out` selects on the master into the table on the
+/// node, in binary; returns the rows.
+async fn stream(
+    (m, master_name, n, node_name): (&Client, &str, &Client, &str),
+    copy_out: &str,
+    shape: &TableShape,
+) -> Result<u64, BatchError> {
+    let out = m
+        .copy_out(copy_out)
+        .await
+        .map_err(BatchError::pg(master_name))?;
+    let sink = n
+        .copy_in::<_, Bytes>(&resync::copy_in(shape))
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    let mut sink = pin!(sink);
+    let mut out = pin!(out);
+    while let Some(chunk) = out.try_next().await.map_err(BatchError::pg(master_name))? {
+        sink.send(chunk).await.map_err(BatchError::pg(node_name))?;
+    }
+    sink.finish().await.map_err(BatchError::pg(node_name))
 }
 
 /// The keys of one table a keyed resync copies, as a JSON array: those of

@@ -249,6 +249,12 @@ impl Batcher {
             }
             let groups: Vec<(i64, String)> = groups.into_iter().collect();
             let batches = cutter.cut(&groups).await?;
+            if groups.is_empty() {
+                // Nothing was asked of the master.
+            } else if let Ok(mut s) = self.status.write() {
+                s.master = master.name.clone();
+                s.master_contact = Some(Instant::now());
+            }
             if batches.is_empty() {
                 // Nothing committed since any position: every replica holds
                 // everything this tick's snapshot shows.

@@ -53,6 +53,10 @@ pub struct ReplicationStatus {
     pub error: Option<String>,
     /// The latest schema changes seen on the master (newest last).
     pub schema_changes: Vec<SchemaChange>,
+    /// When the master last answered the batcher (a cut), for health
+    /// checks: a busy master that still cuts batches is alive.
+    #[serde(skip)]
+    pub master_contact: Option<std::time::Instant>,
 }
 
 /// Shared between the batcher (writer) and the admin endpoint (reader).

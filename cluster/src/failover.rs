@@ -19,7 +19,7 @@ mod add_node;
 mod switchover;
 
 use crate::health::{HealthConfig, NodeHealth, Probe};
-use crate::record::{self, Recorded, Seen, REPLICA_PRIORITY};
+use crate::record::{self, Recorded, Seen};
 use crate::{Node, Topology};
 use ferry_sql::{cluster, schema};
 use futures_util::future::join_all;
@@ -65,7 +65,13 @@ pub struct Coordinator {
     nodes: Vec<Node>,
     /// Operators' requests.
     forced: tokio::sync::Mutex<mpsc::Receiver<Control>>,
+    /// When a node last answered Ferry otherwise than a health check (the
+    /// batcher's cuts on the master).
+    answered: Answered,
 }
+
+/// When a node last answered Ferry otherwise than a health check.
+pub type Answered = Box<dyn Fn(&str) -> Option<Instant> + Send + Sync>;
 
 /// What operators ask of the coordinator. Answered with the epoch, or why
 /// not.
@@ -104,6 +110,7 @@ impl Coordinator {
         roles: watch::Sender<Topology>,
         status: SharedClusterStatus,
         forced: mpsc::Receiver<Control>,
+        answered: Answered,
     ) -> Self {
         Self {
             cfg,
@@ -112,6 +119,7 @@ impl Coordinator {
             probes: nodes.iter().cloned().map(Probe::new).collect(),
             nodes: nodes.to_vec(),
             forced: tokio::sync::Mutex::new(forced),
+            answered,
         }
     }
 
@@ -136,6 +144,15 @@ impl Coordinator {
                 self.admit_returning(&topo).await;
             }
             let topo = self.roles.borrow().clone();
+            if let Some(at) = (self.answered)(&topo.master.name) {
+                if let Some(p) = self
+                    .probes
+                    .iter_mut()
+                    .find(|p| p.node.name == topo.master.name)
+                {
+                    p.answered_elsewhere(at);
+                }
+            }
             let master = self.probe(&topo.master.name);
             let master_down =
                 topo.waiting.is_none() && master.is_some_and(|p| p.misses >= self.cfg.failures);
@@ -302,12 +319,8 @@ impl Coordinator {
         record::write(
             client,
             &Recorded {
-                node: node.to_string(),
-                epoch,
-                state: "master".into(),
-                state_priority: 1,
-                master: node.to_string(),
                 forced: true,
+                ..Recorded::master(node, epoch, false)
             },
         )
         .await
@@ -356,14 +369,7 @@ impl Coordinator {
         tokio::spawn(conn);
         record::write(
             &client,
-            &Recorded {
-                node: node.to_string(),
-                epoch: topo.epoch,
-                state: "replica".into(),
-                state_priority: REPLICA_PRIORITY,
-                master: topo.master.name.clone(),
-                forced: false,
-            },
+            &Recorded::replica(node, topo.epoch, &topo.master.name),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -508,14 +514,7 @@ impl Coordinator {
                 .map_err(db)?;
             record::write(
                 c,
-                &Recorded {
-                    node: p.node.name.clone(),
-                    epoch,
-                    state: "replica".into(),
-                    state_priority: REPLICA_PRIORITY,
-                    master: winner.node.name.clone(),
-                    forced: false,
-                },
+                &Recorded::replica(&p.node.name, epoch, &winner.node.name),
             )
             .await
             .map_err(db)?;
@@ -534,14 +533,7 @@ impl Coordinator {
         }
         record::write(
             client,
-            &Recorded {
-                node: winner.node.name.clone(),
-                epoch,
-                state: "master".into(),
-                state_priority: record::master_priority(!replicas.is_empty()),
-                master: winner.node.name.clone(),
-                forced: false,
-            },
+            &Recorded::master(&winner.node.name, epoch, !replicas.is_empty()),
         )
         .await
         .map_err(db)?;

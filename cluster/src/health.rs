@@ -1,7 +1,10 @@
 //! Health checks: one control connection per node, a `SELECT 1` every
 //! interval, bounded by the interval itself. A node is failed after
 //! `failures` consecutive misses; a server that accepts connections but
-//! never answers (frozen) misses like one that is down.
+//! never answers (frozen) misses like one that is down. A master that is
+//! merely busy is not failed: its slow checks keep their connection, and
+//! any batch the batcher cuts there after the misses began counts as an
+//! answer.
 
 use crate::Node;
 use serde::Serialize;
@@ -76,6 +79,7 @@ impl Probe {
             }
         })
         .await;
+        let timed_out = result.is_err();
         let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -90,12 +94,28 @@ impl Probe {
                 true
             }
             Some(e) => {
-                self.client = None;
+                // A broken connection is reopened next time; one that is
+                // only slow is kept: its late answer is queued before the
+                // next check's, so a busy server is not taken for a dead
+                // one (reconnecting would only be slower).
+                if !timed_out || self.client.as_ref().is_none_or(Client::is_closed) {
+                    self.client = None;
+                }
                 self.misses += 1;
                 self.first_miss.get_or_insert_with(Instant::now);
                 self.last_error = Some(e);
                 false
             }
+        }
+    }
+
+    /// The node answered something else since its misses began (the
+    /// batcher cut a batch there): it is alive, however slow the checks.
+    pub fn answered_elsewhere(&mut self, at: Instant) {
+        if self.first_miss.is_some_and(|first| at > first) {
+            self.misses = 0;
+            self.first_miss = None;
+            self.last_error = None;
         }
     }
 
@@ -114,5 +134,30 @@ impl Probe {
             misses: self.misses,
             last_error: self.last_error.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_wire::Target;
+
+    #[test]
+    fn an_answer_elsewhere_after_the_misses_began_clears_them() {
+        let mut p = Probe::new(Node {
+            name: "a".into(),
+            target: Target::from_dsn("postgresql://u@h/db").unwrap_or_else(|_| unreachable!()),
+            priority: 1,
+        });
+        let before = Instant::now();
+        p.misses = 2;
+        p.first_miss = Some(Instant::now());
+        p.answered_elsewhere(before);
+        assert_eq!(
+            p.misses, 2,
+            "an answer from before the misses proves nothing"
+        );
+        p.answered_elsewhere(Instant::now());
+        assert_eq!((p.misses, p.first_miss), (0, None));
     }
 }

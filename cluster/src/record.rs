@@ -16,6 +16,32 @@ pub struct Recorded {
     pub forced: bool,
 }
 
+impl Recorded {
+    /// `node` is a replica of `master` at `epoch`.
+    pub fn replica(node: &str, epoch: i64, master: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            epoch,
+            state: "replica".into(),
+            state_priority: REPLICA_PRIORITY,
+            master: master.to_string(),
+            forced: false,
+        }
+    }
+
+    /// `node` is master at `epoch`, with caught-up replicas or not.
+    pub fn master(node: &str, epoch: i64, caught_up_replicas: bool) -> Self {
+        Self {
+            node: node.to_string(),
+            epoch,
+            state: "master".into(),
+            state_priority: master_priority(caught_up_replicas),
+            master: node.to_string(),
+            forced: false,
+        }
+    }
+}
+
 /// The state-priority of a master: 1 without a caught-up replica, 2 with.
 pub fn master_priority(caught_up_replicas: bool) -> i32 {
     if caught_up_replicas {

@@ -709,6 +709,16 @@ impl App {
             roles_tx,
             cluster_status.clone(),
             forced_rx,
+            {
+                let replication = status.clone();
+                Box::new(move |name: &str| {
+                    replication
+                        .read()
+                        .ok()
+                        .filter(|s| s.master == name)
+                        .and_then(|s| s.master_contact)
+                })
+            },
         );
         let gate = Arc::new(Gate::default());
         let shared = Arc::new(Shared {

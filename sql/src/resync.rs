@@ -187,6 +187,12 @@ pub fn truncate_all(shapes: &[TableShape]) -> String {
     format!("TRUNCATE {}", names.join(", "))
 }
 
+/// On the node: every row of one table (inside the resync's transaction,
+/// with triggers off: foreign keys to it are not checked).
+pub fn delete_all(shape: &TableShape) -> String {
+    format!("DELETE FROM {}", shape.table.quoted())
+}
+
 /// On the node: one table's rows, in binary, into its shipped columns.
 pub fn copy_in(shape: &TableShape) -> String {
     format!(

@@ -5,7 +5,7 @@
 
 use super::Coordinator;
 use crate::health::Probe;
-use crate::record::{self, Recorded, REPLICA_PRIORITY};
+use crate::record::{self, Recorded};
 use crate::Node;
 use tracing::info;
 
@@ -25,14 +25,7 @@ impl Coordinator {
         tokio::spawn(conn);
         record::write(
             &client,
-            &Recorded {
-                node: node.name.clone(),
-                epoch: topo.epoch,
-                state: "replica".into(),
-                state_priority: REPLICA_PRIORITY,
-                master: topo.master.name.clone(),
-                forced: false,
-            },
+            &Recorded::replica(&node.name, topo.epoch, &topo.master.name),
         )
         .await
         .map_err(|e| e.to_string())?;

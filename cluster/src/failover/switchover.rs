@@ -18,7 +18,7 @@
 
 use super::Coordinator;
 use crate::health::Probe;
-use crate::record::{self, master_priority, Recorded, REPLICA_PRIORITY};
+use crate::record::{self, Recorded};
 use crate::{Node, Topology};
 use ferry_sql::{cluster, schema};
 use tokio_postgres::Client;
@@ -73,23 +73,15 @@ impl Coordinator {
                 if let Some(c) = client(&topo.master.name) {
                     let _ = record::write(
                         c,
-                        &recorded(
-                            &topo.master,
-                            epoch,
-                            "master",
-                            master_priority(!topo.replicas.is_empty()),
-                            &topo.master.name,
-                        ),
+                        &Recorded::master(&topo.master.name, epoch, !topo.replicas.is_empty()),
                     )
                     .await;
                 }
                 for n in &topo.replicas {
                     if let Some(c) = client(&n.name) {
-                        let _ = record::write(
-                            c,
-                            &recorded(n, epoch, "replica", REPLICA_PRIORITY, &topo.master.name),
-                        )
-                        .await;
+                        let _ =
+                            record::write(c, &Recorded::replica(&n.name, epoch, &topo.master.name))
+                                .await;
                     }
                 }
                 self.publish(back);
@@ -150,23 +142,14 @@ impl Coordinator {
             c.execute(cluster::REBASE_LEDGER, &[&target.name, &batch, &snap])
                 .await
                 .map_err(db)?;
-            record::write(
-                c,
-                &recorded(&n, epoch, "replica", REPLICA_PRIORITY, &target.name),
-            )
-            .await
-            .map_err(db)?;
+            record::write(c, &Recorded::replica(&n.name, epoch, &target.name))
+                .await
+                .map_err(db)?;
             replicas.push(n);
         }
         record::write(
             winner,
-            &recorded(
-                target,
-                epoch,
-                "master",
-                master_priority(!replicas.is_empty()),
-                &target.name,
-            ),
+            &Recorded::master(&target.name, epoch, !replicas.is_empty()),
         )
         .await
         .map_err(db)?;
@@ -178,16 +161,5 @@ impl Coordinator {
             waiting: None,
             forced: false,
         })
-    }
-}
-
-fn recorded(n: &Node, epoch: i64, state: &str, priority: i32, master: &str) -> Recorded {
-    Recorded {
-        node: n.name.clone(),
-        epoch,
-        state: state.into(),
-        state_priority: priority,
-        master: master.into(),
-        forced: false,
     }
 }

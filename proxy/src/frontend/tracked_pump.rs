@@ -307,10 +307,7 @@ pub(crate) async fn pump_routed(
                         };
                         let Some((name, target)) = routing.replica(i) else {
                             // No such slot: the master answers.
-                            let mut r = lock();
-                            routing.metrics.master.inc();
-                            r.tracker.query(false);
-                            r.queue.push_back(Dest::Master);
+                            read_on_master(&mut lock(), routing);
                             at += len;
                             continue;
                         };
@@ -330,11 +327,7 @@ pub(crate) async fn pump_routed(
                                 Err(e) => {
                                     warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
                                     replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                                    // Only reads are routed: it cannot write.
-                                    let mut r = lock();
-                                    routing.metrics.master.inc();
-                                    r.tracker.query(false);
-                                    r.queue.push_back(Dest::Master);
+                                    read_on_master(&mut lock(), routing);
                                     at += len;
                                     continue;
                                 }
@@ -364,10 +357,7 @@ pub(crate) async fn pump_routed(
                             warn!(node = %name, "replica connection for reads failed; using the master");
                             replica_w = None;
                             replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                            let mut r = lock();
-                            routing.metrics.master.inc();
-                            r.tracker.query(false);
-                            r.queue.push_back(Dest::Master);
+                            read_on_master(&mut lock(), routing);
                             at = len;
                         }
                     }
@@ -552,6 +542,14 @@ pub(crate) async fn pump_routed(
         r = to_server => r,
         r = to_client => r,
     }
+}
+
+/// A read that was to go to a replica goes to the master after all (only
+/// reads are routed: it cannot write).
+fn read_on_master(r: &mut Route, routing: &ReadRouting) {
+    routing.metrics.master.inc();
+    r.tracker.query(false);
+    r.queue.push_back(Dest::Master);
 }
 
 /// Largest server message the tracked pump accepts (PostgreSQL's own limit

@@ -319,6 +319,26 @@ impl Cluster {
         let _ = self.servers[i].signal(sig);
     }
 
+    /// Runs `sql` (with one int parameter) through Ferry for every value
+    /// of `values`, in a task of its own: writes that go on while the
+    /// test does something else. Each must succeed.
+    pub fn spawn_writes(
+        &self,
+        sql: &'static str,
+        values: std::ops::Range<i32>,
+    ) -> tokio::task::JoinHandle<()> {
+        let url = self.proxy_url();
+        tokio::spawn(async move {
+            let (w, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            for i in values {
+                w.execute(sql, &[&i])
+                    .await
+                    .unwrap_or_else(|e| panic!("write {i} meanwhile: {e:?}"));
+            }
+        })
+    }
+
     /// GET a path of the admin endpoint: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_call("GET", path, None)
