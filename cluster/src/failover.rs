@@ -159,7 +159,9 @@ impl Coordinator {
             // A master never seen up since Ferry started (a total outage)
             // is waited for: only it knows the last commits.
             let seen = master.is_some_and(|p| p.seen_up);
-            if master_down && seen {
+            if master_down && seen && !self.confirm_down(&topo.master.name).await {
+                info!(node = %topo.master.name, "master answered a last, more patient check: it is busy, not failed");
+            } else if master_down && seen {
                 self.fail_over(&topo).await;
             } else if master_down {
                 if let Ok(mut s) = self.status.write() {
@@ -197,6 +199,19 @@ impl Coordinator {
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Before a master is failed over: one more check, allowed
+    /// `CONFIRM_INTERVALS` intervals (connecting included). A master that
+    /// is down or frozen fails it (a refused connection at once); one that
+    /// is only overloaded — checks bounded by one interval missing under a
+    /// burst of load — answers it.
+    async fn confirm_down(&mut self, node: &str) -> bool {
+        let patience = self.cfg.interval * CONFIRM_INTERVALS;
+        match self.probes.iter_mut().find(|p| p.node.name == node) {
+            Some(p) => !p.check(patience).await,
+            None => true,
         }
     }
 
@@ -547,6 +562,9 @@ impl Coordinator {
         })
     }
 }
+
+/// How many intervals the last check before a failover may take.
+const CONFIRM_INTERVALS: u32 = 4;
 
 /// Decides the topology from what the nodes recorded (at start, and while
 /// waiting after a total outage). Pure: no clocks, only epochs and states.
