@@ -9,6 +9,7 @@
 //! `[[nodes]]` entry there before Ferry restarts, or it is left out then.
 
 use crate::frontend::tracked_pump::ReadRouting;
+use crate::switchover::{refuse, Refusal};
 use ferry_batcher::add_node::{prepare_new_node, Phase};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::SyncPoint;
@@ -46,8 +47,6 @@ pub struct NodeAdder {
     /// One addition at a time.
     pub running: tokio::sync::Mutex<()>,
 }
-
-type Refusal = (u16, &'static str, String);
 
 impl NodeAdder {
     /// Adds the node: the admin endpoint's answer.
@@ -188,11 +187,4 @@ impl NodeAdder {
             "config": format!("[[nodes]]\nname = \"{name}\"\ndsn = \"{dsn}\"\npriority = {priority}\n"),
         }))
     }
-}
-
-fn refuse((code, error, message): Refusal) -> (u16, serde_json::Value) {
-    (
-        code,
-        serde_json::json!({"error": error, "message": message}),
-    )
 }

@@ -57,8 +57,8 @@ pub struct Switchover {
     pub last: RwLock<Option<SwitchoverReport>>,
 }
 
-/// A refusal: HTTP status, error code, message.
-type Refusal = (u16, &'static str, String);
+/// A refusal of an admin request: HTTP status, error code, message.
+pub(crate) type Refusal = (u16, &'static str, String);
 
 impl Switchover {
     /// Runs a switchover to `to` (or to the best replica): the answer for
@@ -245,7 +245,8 @@ impl Switchover {
     }
 }
 
-fn refuse((code, error, message): Refusal) -> (u16, serde_json::Value) {
+/// The admin endpoint's answer for a refusal.
+pub(crate) fn refuse((code, error, message): Refusal) -> (u16, serde_json::Value) {
     (
         code,
         serde_json::json!({"error": error, "message": message}),
