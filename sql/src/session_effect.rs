@@ -29,11 +29,39 @@ pub enum Effect {
 
 /// The effects of a query string, statement by statement, in order.
 pub fn effects(sql: &str) -> Vec<Effect> {
+    if plainly_none(sql) {
+        return Vec::new();
+    }
     statements(sql)
         .into_iter()
         .map(effect)
         .filter(|e| *e != Effect::None)
         .collect()
+}
+
+/// Whether a query string is one common statement that leaves the session
+/// alone, told without allocating (every client statement passes here):
+/// it starts with a data or transaction word, holds no second statement
+/// and mentions nothing temporary or advisory. False means "look closer".
+fn plainly_none(sql: &str) -> bool {
+    const COMMON: [&str; 13] = [
+        "select", "insert", "update", "delete", "begin", "commit", "end", "rollback", "with",
+        "values", "copy", "start", "abort",
+    ];
+    let text = sql.trim_start();
+    let first = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default();
+    if !COMMON.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+        return false;
+    }
+    let body = text.trim_end().trim_end_matches(';').as_bytes();
+    let mentions = |word: &[u8]| {
+        body.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    !body.contains(&b';') && !mentions(b"temp") && !mentions(b"advisory")
 }
 
 /// The effect of one statement's text.
@@ -157,6 +185,23 @@ mod tests {
         assert_eq!(
             effects("RESET ALL").first(),
             Some(&Effect::Replay("RESET ALL".into()))
+        );
+    }
+
+    #[test]
+    fn common_statements_are_told_at_a_glance_and_the_rest_looked_at() {
+        assert!(plainly_none(
+            "UPDATE pgbench_accounts SET abalance = 1 WHERE aid = 2;"
+        ));
+        assert!(plainly_none("  select 1"));
+        assert!(!plainly_none("SELECT 1; SET a = 1"));
+        assert!(!plainly_none("SELECT pg_advisory_lock(1)"));
+        assert!(!plainly_none("SELECT * INTO TEMP t FROM x"));
+        assert!(!plainly_none("SET a = 1"));
+        assert!(!plainly_none("/* c */ SELECT 1"));
+        assert_eq!(
+            effects("SELECT pg_advisory_lock(1)"),
+            vec![Effect::Unmovable("temporary tables or advisory locks")]
         );
     }
 

@@ -101,7 +101,7 @@ impl SessionState {
             b'Q' => {
                 let sql = read_cstr(body).map_or("", |(s, _)| s);
                 let mut cycle = Cycle {
-                    commits: ends_with_commit(first_word(sql).as_str()),
+                    commits: ends_with_commit(leading_word(sql)),
                     ..Cycle::default()
                 };
                 self.note_effects(&mut cycle, sql);
@@ -258,15 +258,19 @@ impl SessionState {
     }
 }
 
-fn first_word(sql: &str) -> String {
+/// The first word of a statement, as written.
+fn leading_word(sql: &str) -> &str {
     sql.split(|c: char| !c.is_ascii_alphabetic())
         .find(|w| !w.is_empty())
         .unwrap_or_default()
-        .to_ascii_lowercase()
+}
+
+fn first_word(sql: &str) -> String {
+    leading_word(sql).to_ascii_lowercase()
 }
 
 fn ends_with_commit(word: &str) -> bool {
-    matches!(word, "commit" | "end")
+    word.eq_ignore_ascii_case("commit") || word.eq_ignore_ascii_case("end")
 }
 
 #[cfg(test)]
