@@ -347,9 +347,10 @@ async fn the_master_records_whether_a_replica_could_take_over() {
     );
 }
 
-/// After a failover the old master comes back fenced; `ferry resync`
-/// copies the new master's tables to it at one snapshot while writes go on,
-/// and it serves as a replica again: every node ends up identical.
+/// After a failover the old master comes back fenced; `ferry resync` keeps
+/// its late commits in quarantine, copies only the keys that differ (and
+/// a table that differs beyond them whole) at one snapshot while writes go
+/// on, and it serves as a replica again: every node ends up identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
     let c = Cluster::started(

@@ -14,16 +14,9 @@ pub async fn replicated_tables(
     include: &[Pattern],
     exclude: &[Pattern],
 ) -> Result<Vec<TableShape>, BatchError> {
-    let rows = client
-        .query(catalog::LIST_TABLES, &[])
-        .await
-        .map_err(BatchError::pg(node))?;
     let mut shapes = Vec::new();
-    for row in rows {
-        let t = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        if selected(&t, include, exclude) {
-            shapes.push(shape(client, node, &t).await?);
-        }
+    for t in replicated_table_names(client, node, include, exclude).await? {
+        shapes.push(shape(client, node, &t).await?);
     }
     Ok(shapes)
 }

@@ -120,8 +120,9 @@ impl SyncPoint {
         self.started.load(Ordering::SeqCst) + 1
     }
 
-    fn names(&self) -> Vec<String> {
-        self.nodes.read().map(|n| n.clone()).unwrap_or_default()
+    /// The node of each slot in use (a poisoned lock reads as it was).
+    fn names(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The slot of a node, by name.
@@ -178,7 +179,7 @@ impl SyncPoint {
     /// Records which replicas (by name) are connected and shipping; every
     /// other node serves no reads.
     pub fn report_serving(&self, serving: &[&str]) {
-        for (slot, n) in self.serving.iter().zip(&self.names()) {
+        for (slot, n) in self.serving.iter().zip(self.names().iter()) {
             slot.store(serving.contains(&n.as_str()), Ordering::SeqCst);
         }
     }

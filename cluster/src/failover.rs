@@ -486,15 +486,7 @@ impl Coordinator {
             .client()
             .ok_or("the chosen replica stopped answering")?;
         // 3. Promote; count the others' ledgers from its snapshot.
-        client
-            .query_one(cluster::CONTINUE_BATCH_IDS, &[&batch])
-            .await
-            .map_err(db)?;
-        let snap: String = client
-            .query_one(schema::CURRENT_SNAPSHOT, &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        let snap = take_over(client, batch).await.map_err(db)?;
         // The new master keeps its own changes from now on for the failed
         // one: when it returns, a resync copies only the keys that differ.
         client
@@ -524,15 +516,9 @@ impl Coordinator {
                 ));
                 continue;
             }
-            c.execute(cluster::REBASE_LEDGER, &[&winner.node.name, &batch, &snap])
+            follow(c, &p.node.name, (&winner.node.name, batch, &snap), epoch)
                 .await
                 .map_err(db)?;
-            record::write(
-                c,
-                &Recorded::replica(&p.node.name, epoch, &winner.node.name),
-            )
-            .await
-            .map_err(db)?;
             replicas.push(p.node.clone());
         }
         for n in &topo.replicas {
@@ -561,6 +547,36 @@ impl Coordinator {
             forced: false,
         })
     }
+}
+
+/// On the node that becomes master: its batch ids continue after `batch`
+/// (the last it applied); returns its snapshot, from which the nodes that
+/// follow it count their ledgers.
+async fn take_over(
+    client: &tokio_postgres::Client,
+    batch: i64,
+) -> Result<String, tokio_postgres::Error> {
+    client
+        .query_one(cluster::CONTINUE_BATCH_IDS, &[&batch])
+        .await?;
+    Ok(client
+        .query_one(schema::CURRENT_SNAPSHOT, &[])
+        .await?
+        .get(0))
+}
+
+/// On a node that holds exactly what the new master holds: its ledger
+/// counts from the master's snapshot, and it records itself its replica.
+async fn follow(
+    client: &tokio_postgres::Client,
+    node: &str,
+    (master, batch, snap): (&str, i64, &str),
+    epoch: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(cluster::REBASE_LEDGER, &[&master, &batch, &snap])
+        .await?;
+    record::write(client, &Recorded::replica(node, epoch, master)).await
 }
 
 /// How many intervals the last check before a failover may take.

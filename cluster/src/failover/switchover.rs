@@ -16,11 +16,11 @@
 //! If a step fails after the fence, the old arrangement is recorded and
 //! published again at the new epoch: no node is left half promoted.
 
-use super::Coordinator;
+use super::{follow, take_over, Coordinator};
 use crate::health::Probe;
 use crate::record::{self, Recorded};
 use crate::{Node, Topology};
-use ferry_sql::{cluster, schema};
+use ferry_sql::schema;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -108,15 +108,7 @@ impl Coordinator {
             .await
             .map_err(db)?
             .get(0);
-        winner
-            .query_one(cluster::CONTINUE_BATCH_IDS, &[&batch])
-            .await
-            .map_err(db)?;
-        let snap: String = winner
-            .query_one(schema::CURRENT_SNAPSHOT, &[])
-            .await
-            .map_err(db)?
-            .get(0);
+        let snap = take_over(winner, batch).await.map_err(db)?;
         let mut replicas = Vec::new();
         let mut fenced = topo.fenced.clone();
         // The old master holds what the new one holds: the proxy drained
@@ -138,13 +130,14 @@ impl Coordinator {
             }
         }
         for n in demoted {
-            let c = client(&n.name)?;
-            c.execute(cluster::REBASE_LEDGER, &[&target.name, &batch, &snap])
-                .await
-                .map_err(db)?;
-            record::write(c, &Recorded::replica(&n.name, epoch, &target.name))
-                .await
-                .map_err(db)?;
+            follow(
+                client(&n.name)?,
+                &n.name,
+                (&target.name, batch, &snap),
+                epoch,
+            )
+            .await
+            .map_err(db)?;
             replicas.push(n);
         }
         record::write(

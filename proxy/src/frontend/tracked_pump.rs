@@ -471,7 +471,30 @@ pub(crate) async fn pump_routed(
                             mbuf.advance(at);
                             return Ok(End::ServerGone);
                         }
-                        let replacement = lost_transaction_answer(tag, body, &lock());
+                        let (replacement, hold, next_replica) = {
+                            let mut r = lock();
+                            if let Some(answer) = lost_transaction_answer(tag, body, &r) {
+                                (Some(answer), false, false)
+                            } else {
+                                r.session.server_message(tag, body);
+                                r.settle();
+                                if tag == b'Z' && body.first() == Some(&b'I') {
+                                    r.lost_transaction = false;
+                                }
+                                let commit = follow && r.tracker.server_message(tag, body);
+                                if tag == b'Z' {
+                                    r.status = body.first().copied().unwrap_or(b'I');
+                                    if r.queue.front() == Some(&Dest::Master) {
+                                        r.queue.pop_front();
+                                    }
+                                    if let (true, Some(routing)) = (commit, routing) {
+                                        r.need = routing.ticks.commit_tick();
+                                    }
+                                }
+                                let next = r.queue.front() == Some(&Dest::Replica);
+                                (None, commit && sync.is_some(), tag == b'Z' && next)
+                            }
+                        };
                         if let Some(answer) = replacement {
                             cw.write_all(&mbuf[..at]).await?;
                             cw.write_all(&answer).await?;
@@ -479,26 +502,6 @@ pub(crate) async fn pump_routed(
                             at = 0;
                             continue;
                         }
-                        let (hold, next_replica) = {
-                            let mut r = lock();
-                            r.session.server_message(tag, body);
-                            r.settle();
-                            if tag == b'Z' && body.first() == Some(&b'I') {
-                                r.lost_transaction = false;
-                            }
-                            let commit = follow && r.tracker.server_message(tag, body);
-                            if tag == b'Z' {
-                                r.status = body.first().copied().unwrap_or(b'I');
-                                if r.queue.front() == Some(&Dest::Master) {
-                                    r.queue.pop_front();
-                                }
-                                if let (true, Some(routing)) = (commit, routing) {
-                                    r.need = routing.ticks.commit_tick();
-                                }
-                            }
-                            let next = r.queue.front() == Some(&Dest::Replica);
-                            (commit && sync.is_some(), tag == b'Z' && next)
-                        };
                         if hold {
                             cw.write_all(&mbuf[..at]).await?;
                             mbuf.advance(at);
