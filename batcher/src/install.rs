@@ -35,14 +35,37 @@ async fn install_schema(
     exclude: &[Pattern],
 ) -> Result<(), BatchError> {
     let err = BatchError::pg(node);
-    let sql = format!(
-        "{}; {}{}{}{}",
-        capture::QUIET,
+    let script = format!(
+        "{}{}{}{}",
         schema::INSTALL,
         capture::FUNCTIONS,
         ddl::INSTALL,
         ferry_sql::suspend::INSTALL
     );
+    // The script takes exclusive locks on Ferry's tables (its ALTER TABLE
+    // … IF NOT EXISTS and event triggers), which an application's
+    // schema change needs too: run it only when this build's differs from
+    // the one installed, so a batcher restarting after each schema change
+    // does not deadlock with the next one.
+    let version = {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&script, &mut h);
+        format!("{:016x}", std::hash::Hasher::finish(&h))
+    };
+    let installed: String = client
+        .query_one(schema::INSTALLED_VERSION, &[])
+        .await
+        .map_err(BatchError::pg(node))?
+        .get(0);
+    let sql = if installed == format!("ferry {version}") {
+        capture::QUIET.to_string()
+    } else {
+        format!(
+            "{}; {script}; {}",
+            capture::QUIET,
+            schema::mark_installed(&version)
+        )
+    };
     client.batch_execute(&sql).await.map_err(err)?;
     let split =
         |ps: &[Pattern]| -> (Vec<String>, Vec<String>) { ps.iter().map(Pattern::like).unzip() };

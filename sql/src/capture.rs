@@ -103,14 +103,15 @@ $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_table(rel regclass) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
-    now_shape jsonb := ferry.table_shape(rel);
-    sch text := now_shape->>'schema';
-    nam text := now_shape->>'name';
-    stem text := ferry.stem(sch, nam);
-    outbox text := format('ferry.%I', 'o_' || stem);
-    target text := format('%I.%I', sch, nam);
-    display text := sch || '.' || nam;
-    keyed boolean := jsonb_typeof(now_shape->'key') = 'array';
+    now_shape jsonb;
+    sch text;
+    nam text;
+    stem text;
+    outbox text;
+    target text;
+    display text;
+    keyed boolean;
+    locked boolean := false;
     fp text;
     pre jsonb;
     installed text;
@@ -125,29 +126,49 @@ DECLARE
     quiet text := current_setting('ferry.in_ddl', true);
 BEGIN
     PERFORM set_config('ferry.in_ddl', 'on', true);
-    fp := md5(concat_ws('|', 'v2', target, keyed, now_shape->>'key'));
-    SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
-     WHERE p.relid = rel OR p.table_name = display
-     ORDER BY p.relid = rel DESC LIMIT 1;
-    SELECT array_agg('a' || a.attnum ORDER BY a.attnum),
-           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
-      INTO want, want_types
-      FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
-    SELECT array_agg(a.attname::text ORDER BY a.attnum),
-           array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
-      INTO have, have_types
-      FROM pg_attribute a
-     WHERE a.attrelid = to_regclass(outbox) AND a.attnum > 3 AND NOT a.attisdropped;
-    IF installed IS NOT DISTINCT FROM fp AND to_regclass(outbox) IS NOT NULL
-       AND have IS NOT DISTINCT FROM want AND have_types IS NOT DISTINCT FROM want_types THEN
-        IF pre IS DISTINCT FROM now_shape THEN
-            UPDATE ferry.capture SET shape = now_shape, relid = rel, table_name = display
-             WHERE relid = rel OR table_name = display;
+    -- Read the table and its capture; when they do not line up, lock the
+    -- table against schema changes and read again: a change that committed
+    -- between the reads would otherwise be undone here (the outbox or the
+    -- recorded shape put back to what the table was before it).
+    LOOP
+        now_shape := ferry.table_shape(rel);
+        sch := now_shape->>'schema';
+        nam := now_shape->>'name';
+        stem := ferry.stem(sch, nam);
+        outbox := format('ferry.%I', 'o_' || stem);
+        target := format('%I.%I', sch, nam);
+        display := sch || '.' || nam;
+        keyed := jsonb_typeof(now_shape->'key') = 'array';
+        fp := md5(concat_ws('|', 'v2', target, keyed, now_shape->>'key'));
+        SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
+         WHERE p.relid = rel OR p.table_name = display
+         ORDER BY p.relid = rel DESC LIMIT 1;
+        SELECT array_agg('a' || a.attnum ORDER BY a.attnum),
+               array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+          INTO want, want_types
+          FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+        SELECT array_agg(a.attname::text ORDER BY a.attnum),
+               array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+          INTO have, have_types
+          FROM pg_attribute a
+         WHERE a.attrelid = to_regclass(outbox) AND a.attnum > 3 AND NOT a.attisdropped;
+        -- Recording a new shape (a renamed column) waits for the lock too:
+        -- read unlocked, the shape could predate a change whose own shape
+        -- is already recorded, and would overwrite it.
+        IF installed IS NOT DISTINCT FROM fp AND to_regclass(outbox) IS NOT NULL
+           AND have IS NOT DISTINCT FROM want AND have_types IS NOT DISTINCT FROM want_types
+           AND (locked OR pre IS NOT DISTINCT FROM now_shape) THEN
+            IF pre IS DISTINCT FROM now_shape THEN
+                UPDATE ferry.capture SET shape = now_shape, relid = rel, table_name = display
+                 WHERE relid = rel OR table_name = display;
+            END IF;
+            PERFORM set_config('ferry.in_ddl', COALESCE(quiet, ''), true);
+            RETURN pre;
         END IF;
-        PERFORM set_config('ferry.in_ddl', COALESCE(quiet, ''), true);
-        RETURN pre;
-    END IF;
-    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', target);
+        EXIT WHEN locked;
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel);
+        locked := true;
+    END LOOP;
     IF to_regclass(outbox) IS NOT NULL
        AND EXISTS (SELECT FROM unnest(have) h WHERE h !~ '^a[0-9]+$') THEN
         -- An outbox of the layout before positional capture.

@@ -1,4 +1,4 @@
-//! Identifier quoting.
+//! Identifier and literal quoting.
 
 /// Quotes an identifier the way `quote_ident` does when quoting is needed,
 /// but always: `a"b` becomes `"a""b"`.
@@ -25,9 +25,22 @@ pub fn list<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> Strin
         .join(", ")
 }
 
+/// Quotes a string literal for statements that take no parameters
+/// (`COMMENT`): `it's` becomes `'it''s'` (standard-conforming strings, on
+/// since PostgreSQL 9.1; a backslash is an ordinary character).
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b"), r"'a\b'");
+    }
 
     #[test]
     fn quotes_everything() {

@@ -90,6 +90,20 @@ $f$;
 GRANT USAGE ON SCHEMA ferry TO PUBLIC;
 "#;
 
+/// The install version a node's `ferry` schema carries (its comment; empty
+/// when there is none). Parameters: none.
+pub const INSTALLED_VERSION: &str =
+    "SELECT coalesce(pg_catalog.obj_description(pg_catalog.to_regnamespace('ferry'), 'pg_namespace'), '')";
+
+/// Marks the `ferry` schema as installed at `version` (hex digits chosen
+/// by Ferry, never user input), the last statement of an install.
+pub fn mark_installed(version: &str) -> String {
+    format!(
+        "COMMENT ON SCHEMA ferry IS {}",
+        crate::quote::literal(&format!("ferry {version}"))
+    )
+}
+
 /// SQLSTATE raised by `ferry.begin_apply` for a batch already applied.
 pub const ALREADY_APPLIED: &str = "FR001";
 /// SQLSTATE raised by `ferry.begin_apply` when the batch does not follow the ledger.
