@@ -94,6 +94,18 @@ impl Batch {
     }
 }
 
+/// What a cut came to.
+#[derive(Debug)]
+pub enum Cut {
+    /// Batches for the groups that asked (see [`Cutter::cut`]).
+    Batches(Vec<Batch>),
+    /// Nothing committed since any group's position.
+    Unchanged,
+    /// A schema change holds an outbox (it is being rewritten): nothing
+    /// was read, and nothing may be concluded; cut again at the next tick.
+    Busy,
+}
+
 /// The master's batch session.
 pub struct Cutter {
     node: String,
@@ -104,6 +116,9 @@ pub struct Cutter {
     copy_out: Vec<Statement>,
     /// The schema changes in a window (see [`crate::schema_steps`]).
     ddl_window: Statement,
+    /// Locks the session's outboxes before the cut's snapshot (see
+    /// [`ferry_sql::batch::lock_outboxes`]).
+    lock_outboxes: String,
     shapes: Vec<TableShape>,
     /// Empties every batch table (between two groups of one cut).
     empty_batch_tables: String,
@@ -172,6 +187,7 @@ impl Cutter {
             materialise,
             copy_out,
             ddl_window,
+            lock_outboxes: batch::lock_outboxes(shapes),
             shapes: shapes.to_vec(),
             empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
@@ -198,33 +214,35 @@ impl Cutter {
     /// out the tables that have rows, takes the batch id and commits. Each
     /// further group adds a round trip to empty and refill the batch tables
     /// and one to copy them out.
-    pub async fn cut(&self, groups: &[(i64, String)]) -> Result<Vec<Batch>, BatchError> {
+    pub async fn cut(&self, groups: &[(i64, String)]) -> Result<Cut, BatchError> {
         if groups.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Cut::Unchanged);
         }
         match self.cut_groups(groups).await {
-            Ok(Some(batches)) => Ok(batches),
+            Ok(Cut::Batches(batches)) => Ok(Cut::Batches(batches)),
             other => {
                 let ended = self.client.batch_execute("ROLLBACK").await;
-                other?;
+                let outcome = other?;
                 ended.map_err(self.pg())?;
-                Ok(Vec::new())
+                Ok(outcome)
             }
         }
     }
 
-    /// The cut's transaction; `None` (or an error) leaves it for the caller
-    /// to roll back.
-    async fn cut_groups(&self, groups: &[(i64, String)]) -> Result<Option<Vec<Batch>>, BatchError> {
+    /// The cut's transaction; anything but batches (or an error) leaves it
+    /// for the caller to roll back.
+    async fn cut_groups(&self, groups: &[(i64, String)]) -> Result<Cut, BatchError> {
         let cut_at = Instant::now();
         let first = &groups[0].1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [first];
         // join! polls in argument order, so the requests go out in this
-        // order in one write: BEGIN, then the snapshot (the transaction's
-        // first statement, which fixes it), then the materialisations.
-        let (begun, snap, counts, ddl, positions) = tokio::join!(
+        // order in one write: BEGIN, the outbox locks (which take no
+        // snapshot), then the snapshot (the transaction's first statement
+        // that needs one, which fixes it), then the materialisations.
+        let (begun, locked, snap, counts, ddl, positions) = tokio::join!(
             self.client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+            self.client.batch_execute(&self.lock_outboxes),
             self.client.query_one(&self.snapshot, &[]),
             try_join_all(
                 self.materialise
@@ -246,6 +264,13 @@ impl Cutter {
             },
         );
         begun.map_err(self.pg())?;
+        if let Err(e) = locked {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                tracing::debug!(node = %self.node, "an outbox is locked by a schema change; cutting at the next tick");
+                return Ok(Cut::Busy);
+            }
+            return Err(self.pg()(e));
+        }
         let snap: String = snap.map_err(self.pg())?.get(0);
         let mut counts = counts.map_err(self.pg())?;
         let mut ddl = ddl.map_err(self.pg())?;
@@ -294,7 +319,7 @@ impl Cutter {
                 .iter()
                 .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
             if !(here || moved || earlier) {
-                return Ok(None);
+                return Ok(Cut::Unchanged);
             }
             let copy_last = async {
                 if here {
@@ -337,9 +362,9 @@ impl Cutter {
                     cut_at,
                 })
                 .collect();
-            return Ok(Some(batches));
+            return Ok(Cut::Batches(batches));
         }
-        Ok(None)
+        Ok(Cut::Unchanged)
     }
 
     /// The steps of a group's batch when its window holds schema changes:
@@ -370,11 +395,17 @@ impl Cutter {
                 })?,
             });
         }
+        for e in &entries {
+            tracing::debug!(node = %self.node, seq = e.seq, xid = %e.xid, tag = %e.tag, tables = e.tables.len(),
+                from = %from_snap, "schema change in a batch's window");
+        }
         let mut steps = Vec::new();
         for (k, planned) in plan(&entries, &self.shapes).into_iter().enumerate() {
             match planned {
                 Planned::Session(i) => {
                     let n = counts.get(i).copied().unwrap_or(0);
+                    tracing::debug!(node = %self.node, table = %self.shapes[i].table, rows = n,
+                        from = %from_snap, "untouched table of a batch with schema changes");
                     if n > 0 {
                         let stream = self
                             .client
@@ -414,6 +445,8 @@ impl Cutter {
                         )
                         .await
                         .map_err(self.pg())?;
+                    tracing::debug!(node = %self.node, table = %shape.table, after, before, rows = n,
+                        from = %from_snap, "segment of a batch with schema changes");
                     if n > 0 {
                         let stream = self
                             .client

@@ -3,7 +3,7 @@
 mod suspensions;
 
 use crate::apply::{Applied, ApplySession};
-use crate::cutter::{Batch, Cutter};
+use crate::cutter::{Batch, Cut, Cutter};
 use crate::install::{connect, install_master, prepare_replica};
 use crate::metrics::{Metrics, ReplicaLabel};
 use crate::pattern::Pattern;
@@ -248,14 +248,18 @@ impl Batcher {
                 }
             }
             let groups: Vec<(i64, String)> = groups.into_iter().collect();
-            let batches = cutter.cut(&groups).await?;
+            let (batches, unchanged) = match cutter.cut(&groups).await? {
+                Cut::Batches(batches) => (batches, false),
+                Cut::Unchanged => (Vec::new(), true),
+                Cut::Busy => (Vec::new(), false),
+            };
             if groups.is_empty() {
                 // Nothing was asked of the master.
             } else if let Ok(mut s) = self.status.write() {
                 s.master = master.name.clone();
                 s.master_contact = Some(Instant::now());
             }
-            if batches.is_empty() {
+            if unchanged {
                 // Nothing committed since any position: every replica holds
                 // everything this tick's snapshot shows.
                 for r in replicas.iter_mut() {

@@ -126,6 +126,26 @@ pub fn materialise_step(shape: &TableShape, temp: &str, present: &[String]) -> S
     }
 }
 
+/// Locks the outboxes a cut reads, first in its transaction: `LOCK TABLE`
+/// takes no snapshot, so the snapshot that follows sees every schema
+/// change that rewrote an outbox (capture following a column's new type)
+/// before it, and none can rewrite one until the cut ends. A rewrite is
+/// not MVCC-safe: an older snapshot would find the rewritten outbox empty.
+/// `NOWAIT`: a schema change holding an outbox makes the cut fail with
+/// `55P03` at once (it tries again at the next tick) rather than queue
+/// behind it or deadlock with it.
+pub fn lock_outboxes(shapes: &[TableShape]) -> String {
+    if shapes.is_empty() {
+        // An empty statement: still one answer, and no snapshot.
+        return String::new();
+    }
+    let outboxes: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
+    format!(
+        "LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
+        outboxes.join(", ")
+    )
+}
+
 /// The data columns an outbox has now (`a<attnum>` names). Parameter: the
 /// outbox's qualified name.
 pub const OUTBOX_COLUMNS: &str = "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') \
