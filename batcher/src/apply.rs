@@ -9,6 +9,7 @@
 //! SELECT ferry.begin_apply(origin, from, to, snap, epoch)
 //! COPY pg_temp.b_x FROM STDIN (FORMAT binary)   CopyData… CopyDone   (per table)
 //! DELETE …; INSERT … ON CONFLICT …                                   (per table)
+//! DELETE FROM pg_temp.b_x (now and then TRUNCATE)                     (per table)
 //! SELECT setval(…) for sequences behind the master's positions
 //! COMMIT
 //! Sync
@@ -49,6 +50,9 @@ pub struct ApplySession {
     /// name the one that failed).
     copy_sql: Vec<String>,
     apply_sql: Vec<Vec<String>>,
+    /// Batches sent in this session: every [`batch::TRUNCATE_EVERY`]th
+    /// truncates the batch tables instead of deleting their rows.
+    batches: u64,
 }
 
 impl ApplySession {
@@ -83,6 +87,8 @@ impl ApplySession {
             for (j, sql) in apply_sql[i].iter().enumerate() {
                 prepare(&apply_name(i, j), sql)?;
             }
+            prepare(&empty_name(i), &batch::empty(&shapes[i]))?;
+            prepare(&truncate_name(i), &batch::truncate_temp(&shapes[i]))?;
         }
         frontend::sync(&mut out);
         conn.write_all(&out).await.map_err(BatchError::conn(node))?;
@@ -101,6 +107,7 @@ impl ApplySession {
             conn,
             copy_sql,
             apply_sql,
+            batches: 0,
         })
     }
 
@@ -206,6 +213,18 @@ impl ApplySession {
             {
                 run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
                 sent.push(sql);
+            }
+        }
+        // The batch tables are emptied in the transaction that filled them.
+        self.batches += 1;
+        let truncate = self.batches.is_multiple_of(batch::TRUNCATE_EVERY);
+        for part in &b.parts {
+            if truncate {
+                run(&truncate_name(part.table), &[], &mut out).map_err(io(&node))?;
+                sent.push("TRUNCATE (batch table)");
+            } else {
+                run(&empty_name(part.table), &[], &mut out).map_err(io(&node))?;
+                sent.push("DELETE (batch table)");
             }
         }
         if let Some(params) = sequence_params(b) {
@@ -364,6 +383,14 @@ fn copy_name(table: usize) -> String {
 
 fn apply_name(table: usize, statement: usize) -> String {
     format!("ferry_apply_{table}_{statement}")
+}
+
+fn empty_name(table: usize) -> String {
+    format!("ferry_empty_{table}")
+}
+
+fn truncate_name(table: usize) -> String {
+    format!("ferry_truncate_{table}")
 }
 
 /// Bind and Execute of a prepared statement with text parameters.

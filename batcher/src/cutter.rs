@@ -119,6 +119,13 @@ pub struct Cutter {
     /// Locks the session's outboxes before the cut's snapshot (see
     /// [`ferry_sql::batch::lock_outboxes`]).
     lock_outboxes: String,
+    /// Per table, empties its batch table before the cut commits, and the
+    /// TRUNCATE that does it now and then instead (see
+    /// [`ferry_sql::batch::create_temp`]).
+    empty: Vec<Statement>,
+    truncate: Vec<Statement>,
+    /// Cuts committed in this session.
+    cuts: std::sync::atomic::AtomicU64,
     shapes: Vec<TableShape>,
     /// Empties every batch table (between two groups of one cut).
     empty_batch_tables: String,
@@ -165,6 +172,17 @@ impl Cutter {
             .map_err(err(node))?;
         let mut materialise = Vec::new();
         let mut copy_out = Vec::new();
+        let mut empty = Vec::new();
+        let mut truncate = Vec::new();
+        for s in shapes {
+            empty.push(client.prepare(&batch::empty(s)).await.map_err(err(node))?);
+            truncate.push(
+                client
+                    .prepare(&batch::truncate_temp(s))
+                    .await
+                    .map_err(err(node))?,
+            );
+        }
         for s in shapes {
             materialise.push(
                 client
@@ -188,6 +206,9 @@ impl Cutter {
             copy_out,
             ddl_window,
             lock_outboxes: batch::lock_outboxes(shapes),
+            empty,
+            truncate,
+            cuts: std::sync::atomic::AtomicU64::new(0),
             shapes: shapes.to_vec(),
             empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
@@ -328,13 +349,29 @@ impl Cutter {
                     Ok(Vec::new())
                 }
             };
-            let (id, last_parts, ended) = tokio::join!(
+            // The batch tables are emptied in the transaction that filled
+            // them (after their COPY OUT, which goes out first).
+            let cuts = self.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let emptying = if cuts.is_multiple_of(batch::TRUNCATE_EVERY) {
+                &self.truncate
+            } else {
+                &self.empty
+            };
+            let (id, last_parts, emptied, ended) = tokio::join!(
                 self.client.query_one(&self.next_id, &[]),
                 copy_last,
+                try_join_all(
+                    counts
+                        .iter()
+                        .zip(emptying)
+                        .filter(|(&n, _)| n > 0)
+                        .map(|(_, st)| self.client.execute(st, &[])),
+                ),
                 self.client.batch_execute("COMMIT"),
             );
             let id: i64 = id.map_err(self.pg())?.get(0);
             let last_parts = last_parts.map_err(self.pg())?;
+            emptied.map_err(self.pg())?;
             ended.map_err(self.pg())?;
             if ddl.is_empty() {
                 contents.push((last_parts, Vec::new()));

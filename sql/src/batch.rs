@@ -4,15 +4,38 @@
 use crate::model::TableShape;
 use crate::quote::list;
 
-/// The per-session temporary batch table (created once; emptied by every
-/// commit). Used on the master and, with the same shape, on every replica.
+/// The per-session temporary batch table (created once; emptied by the
+/// transaction that fills it). Used on the master and, with the same
+/// shape, on every replica.
+///
+/// Not `ON COMMIT DELETE ROWS`: truncating at every commit costs about
+/// 1.4 ms per table per transaction here (a batch of 20 rows applied in 2.5
+/// ms instead of 1.1). Whoever fills the table empties it in the same
+/// transaction with [`empty`], and now and then with [`truncate_temp`] so
+/// that deleted rows do not pile up (temporary tables are never vacuumed).
 pub fn create_temp(shape: &TableShape) -> String {
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {} (_op \"char\" NOT NULL, {}) ON COMMIT DELETE ROWS",
+        "CREATE TEMP TABLE IF NOT EXISTS {} (_op \"char\" NOT NULL, {})",
         shape.table.batch_temp(),
         shape.column_defs()
     )
 }
+
+/// Empties a batch table at the end of the transaction that filled it
+/// (a rolled-back transaction's rows go with it).
+pub fn empty(shape: &TableShape) -> String {
+    format!("DELETE FROM {}", shape.table.batch_temp())
+}
+
+/// Empties a batch table and gives back its space; costlier than
+/// [`empty`], so run once every [`TRUNCATE_EVERY`] transactions instead.
+pub fn truncate_temp(shape: &TableShape) -> String {
+    format!("TRUNCATE {}", shape.table.batch_temp())
+}
+
+/// How often a session truncates its batch tables instead of emptying
+/// them with DELETE.
+pub const TRUNCATE_EVERY: u64 = 256;
 
 /// A batch table for one step of a batch that carries schema changes,
 /// dropped at the end of the transaction. `name` is Ferry's (`ferry_step_N`).
