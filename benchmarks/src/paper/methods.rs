@@ -250,17 +250,15 @@ impl Target {
                     .map(|(id, r, v, note)| [id as &(dyn ToSql + Sync), r, v, note])
                     .collect();
                 let (client, one) = (&self.client, &self.one);
-                let begin = client.batch_execute("BEGIN");
-                let writes = try_join_all(
-                    params
-                        .iter()
-                        .flat_map(|p| one.iter().map(move |s| client.execute(s, &p[..]))),
-                );
-                let commit = self.client.batch_execute("COMMIT");
-                let (b, w, c) = tokio::join!(begin, writes, commit);
-                b?;
-                w?;
-                c?;
+                in_one_flight(
+                    client,
+                    try_join_all(
+                        params
+                            .iter()
+                            .flat_map(|p| one.iter().map(move |s| client.execute(s, &p[..]))),
+                    ),
+                )
+                .await?;
                 Ok(n)
             }
             Method::MultiRow => {
@@ -271,13 +269,11 @@ impl Target {
                 let notes: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
                 let p: [&(dyn ToSql + Sync); 4] = [&ids, &refs, &vs, &notes];
                 let client = &self.client;
-                let begin = client.batch_execute("BEGIN");
-                let writes = try_join_all(self.many.iter().map(|s| client.execute(s, &p[..])));
-                let commit = self.client.batch_execute("COMMIT");
-                let (b, w, c) = tokio::join!(begin, writes, commit);
-                b?;
-                w?;
-                c?;
+                in_one_flight(
+                    client,
+                    try_join_all(self.many.iter().map(|s| client.execute(s, &p[..]))),
+                )
+                .await?;
                 Ok(n)
             }
             Method::Batch => {
@@ -312,6 +308,23 @@ impl Target {
             }
         }
     }
+}
+
+/// BEGIN, the writes and COMMIT, pipelined into one round trip (join!
+/// polls, and so sends, in argument order).
+async fn in_one_flight<W>(client: &tokio_postgres::Client, writes: W) -> Result<(), Error>
+where
+    W: std::future::Future<Output = Result<Vec<u64>, tokio_postgres::Error>>,
+{
+    let (begun, written, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        writes,
+        client.batch_execute("COMMIT")
+    );
+    begun?;
+    written?;
+    committed?;
+    Ok(())
 }
 
 /// Bind and Execute of a prepared statement without parameters.
