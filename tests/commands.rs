@@ -167,6 +167,8 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/sync-cost", "--rounds"),
         ("benchmarks/resume-cost", "--updates"),
         ("benchmarks/failover-time", "--trials"),
+        ("benchmarks/paper", "--quick"),
+        ("benchmarks/run", "--no-paper"),
     ] {
         let script = root().join(script);
         let out = Command::new("bash")
