@@ -61,6 +61,11 @@ async fn sessions_move_to_the_new_master_when_the_master_is_killed() {
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
 
     c.signal_server(0, "KILL");
+    // A backend outlives its postmaster until its next wait notices the
+    // death; a statement that reaches it before then may still run there
+    // (Ferry rightly answers 08007 for it). Idle here means idle on a dead
+    // master: give the backends that moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The idle session: its next statements run on b, with its settings
     // and prepared statements, and it never saw an error.
