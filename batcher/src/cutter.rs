@@ -182,8 +182,6 @@ impl Cutter {
                     .await
                     .map_err(err(node))?,
             );
-        }
-        for s in shapes {
             materialise.push(
                 client
                     .prepare(&batch::materialise(s))

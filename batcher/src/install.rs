@@ -57,7 +57,7 @@ async fn install_schema(
         .await
         .map_err(BatchError::pg(node))?
         .get(0);
-    let sql = if installed == format!("ferry {version}") {
+    let sql = if installed == schema::installed_marker(&version) {
         capture::QUIET.to_string()
     } else {
         format!(

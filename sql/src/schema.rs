@@ -95,12 +95,18 @@ GRANT USAGE ON SCHEMA ferry TO PUBLIC;
 pub const INSTALLED_VERSION: &str =
     "SELECT coalesce(pg_catalog.obj_description(pg_catalog.to_regnamespace('ferry'), 'pg_namespace'), '')";
 
-/// Marks the `ferry` schema as installed at `version` (hex digits chosen
-/// by Ferry, never user input), the last statement of an install.
+/// The comment that marks the `ferry` schema as installed at `version`,
+/// as [`INSTALLED_VERSION`] reads it back.
+pub fn installed_marker(version: &str) -> String {
+    format!("ferry {version}")
+}
+
+/// Marks the `ferry` schema as installed at `version`, the last statement
+/// of an install.
 pub fn mark_installed(version: &str) -> String {
     format!(
         "COMMENT ON SCHEMA ferry IS {}",
-        crate::quote::literal(&format!("ferry {version}"))
+        crate::quote::literal(&installed_marker(version))
     )
 }
 
