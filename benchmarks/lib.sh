@@ -48,3 +48,14 @@ psql_at() { local port=$1 db=$2; shift 2; "$bindir/psql" -X -q -At -h "$work" -p
 
 # median: the median of numbers on standard input, one per line.
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# need_gnuplot: installs gnuplot-nox when missing and we are root; otherwise
+# says that the plots will be skipped (the tables are written either way).
+need_gnuplot() {
+  command -v gnuplot >/dev/null && return 0
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null
+  else
+    echo "$0: install gnuplot-nox for the plots" >&2
+  fi
+}

@@ -169,6 +169,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/failover-time", "--trials"),
         ("benchmarks/paper", "--quick"),
         ("benchmarks/run", "--no-paper"),
+        ("benchmarks/run", "--no-scaling"),
     ] {
         let script = root().join(script);
         let out = Command::new("bash")

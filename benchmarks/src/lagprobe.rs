@@ -2,9 +2,11 @@
 //! the master every interval and polls a replica until it appears; the lag
 //! of a row is the time from its commit returning to its first sighting.
 //!
-//! Usage: lagprobe MASTER_DSN REPLICA_DSN SECONDS [INTERVAL_MS]
+//! Usage: lagprobe MASTER_DSN REPLICA_DSN SECONDS [INTERVAL_MS] [SERIES_CSV]
 //! The table `ferry_lag_probe (id bigint primary key, at timestamptz)` must
-//! exist on both (and be replicated). Prints one line of percentiles in ms.
+//! exist on both (and be replicated). Prints one line of percentiles in ms;
+//! with SERIES_CSV, also writes the percentiles of each second of the run
+//! (by commit time) there, for a plot of lag over time.
 
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -19,7 +21,7 @@ async fn connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: lagprobe MASTER_DSN REPLICA_DSN SECONDS [INTERVAL_MS]");
+        eprintln!("usage: lagprobe MASTER_DSN REPLICA_DSN SECONDS [INTERVAL_MS] [SERIES_CSV]");
         std::process::exit(2);
     }
     let seconds: u64 = args[3].parse()?;
@@ -33,7 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let poll = replica
         .prepare("SELECT coalesce(max(id), 0) FROM ferry_lag_probe")
         .await?;
-    let end = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
     let mut committed: Vec<Instant> = Vec::new();
     let mut lags: Vec<f64> = Vec::new();
     let mut next_insert = Instant::now();
@@ -64,15 +67,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    if lags.is_empty() {
+        eprintln!("lagprobe: no samples (SECONDS must be at least 1)");
+        std::process::exit(1);
+    }
+    if let Some(path) = args.get(5) {
+        let mut csv = String::from("second,samples,p50_ms,p90_ms,p99_ms,max_ms\n");
+        let mut second = 0;
+        loop {
+            let mut window: Vec<f64> = lags
+                .iter()
+                .zip(&committed)
+                .filter(|(_, at)| at.duration_since(start).as_secs() == second)
+                .map(|(lag, _)| *lag)
+                .collect();
+            if window.is_empty() {
+                break;
+            }
+            window.sort_by(f64::total_cmp);
+            let [p50, p90, p99, max] = percentiles(&window);
+            csv.push_str(&format!(
+                "{second},{},{p50:.1},{p90:.1},{p99:.1},{max:.1}\n",
+                window.len()
+            ));
+            second += 1;
+        }
+        std::fs::write(path, csv)?;
+    }
     lags.sort_by(f64::total_cmp);
-    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p).round() as usize];
+    let [p50, p90, p99, max] = percentiles(&lags);
     println!(
-        "samples={} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        "samples={} p50_ms={p50:.1} p90_ms={p90:.1} p99_ms={p99:.1} max_ms={max:.1}",
         lags.len(),
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        lags[lags.len() - 1]
     );
     Ok(())
+}
+
+/// p50, p90, p99 and the maximum of sorted, non-empty samples.
+fn percentiles(sorted: &[f64]) -> [f64; 4] {
+    let pct = |p: f64| sorted[((sorted.len() as f64 - 1.0) * p).round() as usize];
+    [pct(0.5), pct(0.9), pct(0.99), sorted[sorted.len() - 1]]
 }
