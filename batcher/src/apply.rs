@@ -26,6 +26,8 @@ use crate::cutter::{Batch, Step};
 use crate::BatchError;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
+use ferry_sql::apply::Kind;
+use ferry_sql::batch::Emptying;
 use ferry_sql::{apply, batch, ddl, schema, sequences, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
@@ -49,10 +51,10 @@ pub struct ApplySession {
     /// Per table, the text of its prepared COPY and apply statements (to
     /// name the one that failed).
     copy_sql: Vec<String>,
-    apply_sql: Vec<Vec<String>>,
-    /// Batches sent in this session: every [`batch::TRUNCATE_EVERY`]th
-    /// truncates the batch tables instead of deleting their rows.
-    batches: u64,
+    apply_sql: Vec<Vec<(Kind, String)>>,
+    /// Per table, whether a batch empties its batch table with DELETE or
+    /// TRUNCATE.
+    emptying: Vec<Emptying>,
 }
 
 impl ApplySession {
@@ -81,10 +83,10 @@ impl ApplySession {
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
         let copy_sql: Vec<String> = shapes.iter().map(apply::copy_in).collect();
-        let apply_sql: Vec<Vec<String>> = shapes.iter().map(apply::apply).collect();
+        let apply_sql: Vec<Vec<(Kind, String)>> = shapes.iter().map(apply::apply).collect();
         for (i, copy) in copy_sql.iter().enumerate() {
             prepare(&copy_name(i), copy)?;
-            for (j, sql) in apply_sql[i].iter().enumerate() {
+            for (j, (_, sql)) in apply_sql[i].iter().enumerate() {
                 prepare(&apply_name(i, j), sql)?;
             }
             prepare(&empty_name(i), &batch::empty(&shapes[i]))?;
@@ -107,7 +109,7 @@ impl ApplySession {
             conn,
             copy_sql,
             apply_sql,
-            batches: 0,
+            emptying: vec![Emptying::default(); shapes.len()],
         })
     }
 
@@ -204,21 +206,25 @@ impl ApplySession {
             frontend::copy_done(&mut out);
         }
         for part in &b.parts {
-            for (j, sql) in self
+            for (j, (kind, sql)) in self
                 .apply_sql
                 .get(part.table)
                 .into_iter()
                 .flatten()
                 .enumerate()
             {
-                run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
-                sent.push(sql);
+                if kind.has_work(&part.ops) {
+                    run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
+                    sent.push(sql);
+                }
             }
         }
         // The batch tables are emptied in the transaction that filled them.
-        self.batches += 1;
-        let truncate = self.batches.is_multiple_of(batch::TRUNCATE_EVERY);
         for part in &b.parts {
+            let truncate = self
+                .emptying
+                .get_mut(part.table)
+                .is_some_and(|e| e.truncate_after(part.ops.rows()));
             if truncate {
                 run(&truncate_name(part.table), &[], &mut out).map_err(io(&node))?;
                 sent.push("TRUNCATE (batch table)");
@@ -282,7 +288,7 @@ impl ApplySession {
                             .write(&mut out);
                     }
                     frontend::copy_done(&mut out);
-                    for sql in apply::apply_from(shape, &temp) {
+                    for (_, sql) in apply::apply_from(shape, &temp) {
                         once(&sql, &[], &mut out).map_err(io(&node))?;
                     }
                 }

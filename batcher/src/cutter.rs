@@ -9,6 +9,7 @@
 use crate::schema_steps::{plan, DdlChange, LogEntry, Planned};
 use crate::BatchError;
 use bytes::Bytes;
+use ferry_sql::batch::{Emptying, Ops};
 use ferry_sql::{batch, schema, TableShape};
 use futures_util::future::try_join_all;
 use futures_util::TryStreamExt;
@@ -21,7 +22,8 @@ use tokio_postgres::{Client, Statement};
 pub struct TablePart {
     /// Index into the batcher's table shapes.
     pub table: usize,
-    pub rows: u64,
+    /// Its rows by operation (the replica skips apply statements without work).
+    pub ops: Ops,
     pub data: Vec<Bytes>,
 }
 
@@ -68,7 +70,7 @@ impl Batch {
                 Step::Ddl(_) => 0,
             })
             .sum();
-        self.parts.iter().map(|p| p.rows).sum::<u64>() + steps
+        self.parts.iter().map(|p| p.ops.rows()).sum::<u64>() + steps
     }
 
     /// Bytes of COPY data in the batch.
@@ -120,12 +122,11 @@ pub struct Cutter {
     /// [`ferry_sql::batch::lock_outboxes`]).
     lock_outboxes: String,
     /// Per table, empties its batch table before the cut commits, and the
-    /// TRUNCATE that does it now and then instead (see
+    /// TRUNCATE that does it instead when its [`Emptying`] says so (see
     /// [`ferry_sql::batch::create_temp`]).
     empty: Vec<Statement>,
     truncate: Vec<Statement>,
-    /// Cuts committed in this session.
-    cuts: std::sync::atomic::AtomicU64,
+    emptying: Mutex<Vec<Emptying>>,
     shapes: Vec<TableShape>,
     /// Empties every batch table (between two groups of one cut).
     empty_batch_tables: String,
@@ -206,7 +207,7 @@ impl Cutter {
             lock_outboxes: batch::lock_outboxes(shapes),
             empty,
             truncate,
-            cuts: std::sync::atomic::AtomicU64::new(0),
+            emptying: Mutex::new(vec![Emptying::default(); shapes.len()]),
             shapes: shapes.to_vec(),
             empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
@@ -258,16 +259,12 @@ impl Cutter {
         // order in one write: BEGIN, the outbox locks (which take no
         // snapshot), then the snapshot (the transaction's first statement
         // that needs one, which fixes it), then the materialisations.
-        let (begun, locked, snap, counts, ddl, positions) = tokio::join!(
+        let (begun, locked, snap, ops, ddl, positions) = tokio::join!(
             self.client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
             self.client.batch_execute(&self.lock_outboxes),
             self.client.query_one(&self.snapshot, &[]),
-            try_join_all(
-                self.materialise
-                    .iter()
-                    .map(|stmt| self.client.execute(stmt, &params)),
-            ),
+            self.materialise_all(&params),
             self.client.query(&self.ddl_window, &params),
             // Read after the snapshot: at least every value the batch's
             // transactions used.
@@ -291,7 +288,7 @@ impl Cutter {
             return Err(self.pg()(e));
         }
         let snap: String = snap.map_err(self.pg())?.get(0);
-        let mut counts = counts.map_err(self.pg())?;
+        let mut ops = ops.map_err(self.pg())?;
         let mut ddl = ddl.map_err(self.pg())?;
         let positions: Vec<Option<i64>> = positions.map_err(self.pg())?;
         let moved = {
@@ -307,33 +304,35 @@ impl Cutter {
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [from_snap];
                 let (emptied, refilled, window) = tokio::join!(
                     self.client.batch_execute(&self.empty_batch_tables),
-                    try_join_all(
-                        self.materialise
-                            .iter()
-                            .map(|stmt| self.client.execute(stmt, &params)),
-                    ),
+                    self.materialise_all(&params),
                     self.client.query(&self.ddl_window, &params),
                 );
                 emptied.map_err(self.pg())?;
-                counts = refilled.map_err(self.pg())?;
+                for e in self
+                    .emptying
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter_mut()
+                {
+                    e.truncated();
+                }
+                ops = refilled.map_err(self.pg())?;
                 ddl = window.map_err(self.pg())?;
             }
             let last = g + 1 == groups.len();
             if !ddl.is_empty() {
+                let counts: Vec<u64> = ops.iter().map(Ops::rows).collect();
                 let steps = self.steps(g, from_snap, &counts, &ddl).await?;
                 contents.push((Vec::new(), steps));
-            } else if counts.iter().any(|&n| n > 0) && !last {
-                contents.push((
-                    self.copy_outs(&counts).await.map_err(self.pg())?,
-                    Vec::new(),
-                ));
+            } else if ops.iter().any(|o| o.rows() > 0) && !last {
+                contents.push((self.copy_outs(&ops).await.map_err(self.pg())?, Vec::new()));
             } else if !last {
                 contents.push((Vec::new(), Vec::new()));
             }
             if !last {
                 continue;
             }
-            let here = counts.iter().any(|&n| n > 0) && ddl.is_empty();
+            let here = ops.iter().any(|o| o.rows() > 0) && ddl.is_empty();
             let earlier = contents
                 .iter()
                 .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
@@ -342,29 +341,32 @@ impl Cutter {
             }
             let copy_last = async {
                 if here {
-                    self.copy_outs(&counts).await
+                    self.copy_outs(&ops).await
                 } else {
                     Ok(Vec::new())
                 }
             };
             // The batch tables are emptied in the transaction that filled
             // them (after their COPY OUT, which goes out first).
-            let cuts = self.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let emptying = if cuts.is_multiple_of(batch::TRUNCATE_EVERY) {
-                &self.truncate
-            } else {
-                &self.empty
+            let emptying: Vec<&Statement> = {
+                let mut wear = self.emptying.lock().unwrap_or_else(|p| p.into_inner());
+                ops.iter()
+                    .zip(wear.iter_mut())
+                    .zip(self.empty.iter().zip(&self.truncate))
+                    .filter(|((o, _), _)| o.rows() > 0)
+                    .map(|((o, e), (empty, truncate))| {
+                        if e.truncate_after(o.rows()) {
+                            truncate
+                        } else {
+                            empty
+                        }
+                    })
+                    .collect()
             };
             let (id, last_parts, emptied, ended) = tokio::join!(
                 self.client.query_one(&self.next_id, &[]),
                 copy_last,
-                try_join_all(
-                    counts
-                        .iter()
-                        .zip(emptying)
-                        .filter(|(&n, _)| n > 0)
-                        .map(|(_, st)| self.client.execute(st, &[])),
-                ),
+                try_join_all(emptying.into_iter().map(|st| self.client.execute(st, &[]))),
                 self.client.batch_execute("COMMIT"),
             );
             let id: i64 = id.map_err(self.pg())?.get(0);
@@ -503,14 +505,32 @@ impl Cutter {
     }
 
     /// Copies out the batch tables that have rows, pipelined.
-    async fn copy_outs(&self, counts: &[u64]) -> Result<Vec<TablePart>, tokio_postgres::Error> {
-        try_join_all(counts.iter().enumerate().filter(|(_, &rows)| rows > 0).map(
-            |(table, &rows)| async move {
+    async fn copy_outs(&self, ops: &[Ops]) -> Result<Vec<TablePart>, tokio_postgres::Error> {
+        try_join_all(ops.iter().enumerate().filter(|(_, o)| o.rows() > 0).map(
+            |(table, &ops)| async move {
                 let stream = self.client.copy_out(&self.copy_out[table]).await?;
                 let data: Vec<Bytes> = stream.try_collect().await?;
-                Ok(TablePart { table, rows, data })
+                Ok(TablePart { table, ops, data })
             },
         ))
+        .await
+    }
+
+    /// Materialises every table's batch from the outbox (parameter: the
+    /// previous cut), each reporting what it wrote.
+    async fn materialise_all(
+        &self,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Ops>, tokio_postgres::Error> {
+        try_join_all(self.materialise.iter().map(|stmt| async move {
+            let row = self.client.query_one(stmt, params).await?;
+            let count = |i: usize| row.try_get::<_, i64>(i).map(|n| n.max(0) as u64);
+            Ok(Ops {
+                upserts: count(0)?,
+                deletes: count(1)?,
+                truncates: count(2)?,
+            })
+        }))
         .await
     }
 }

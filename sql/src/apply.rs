@@ -1,6 +1,7 @@
 //! The replica side of a batch: COPY into the session's temporary table and
 //! apply it to the real table in-server, inside the batch transaction.
 
+use crate::batch::Ops;
 use crate::model::TableShape;
 use crate::quote::{ident, list};
 
@@ -85,17 +86,37 @@ pub fn truncate(shape: &TableShape, temp: &str) -> String {
     )
 }
 
+/// What an apply statement does; a batch table without rows of its kind
+/// skips it (the statement would scan the table and find nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Truncate,
+    Delete,
+    Upsert,
+}
+
+impl Kind {
+    /// Whether a batch table holding `ops` gives this statement work.
+    pub fn has_work(self, ops: &Ops) -> bool {
+        match self {
+            Kind::Truncate => ops.truncates > 0,
+            Kind::Delete => ops.deletes > 0,
+            Kind::Upsert => ops.upserts > 0,
+        }
+    }
+}
+
 /// The apply statements of a table, in order, from its session batch table.
-pub fn apply(shape: &TableShape) -> Vec<String> {
+pub fn apply(shape: &TableShape) -> Vec<(Kind, String)> {
     apply_from(shape, &shape.table.batch_temp())
 }
 
 /// The apply statements of a table, in order, from the named batch table.
-pub fn apply_from(shape: &TableShape, temp: &str) -> Vec<String> {
-    [truncate(shape, temp)]
+pub fn apply_from(shape: &TableShape, temp: &str) -> Vec<(Kind, String)> {
+    [(Kind::Truncate, truncate(shape, temp))]
         .into_iter()
-        .chain(delete(shape, temp))
-        .chain([upsert(shape, temp)])
+        .chain(delete(shape, temp).map(|sql| (Kind::Delete, sql)))
+        .chain([(Kind::Upsert, upsert(shape, temp))])
         .collect()
 }
 
@@ -106,7 +127,11 @@ mod tests {
 
     #[test]
     fn upsert_by_key_with_identity_override() {
-        let sql = apply(&sample()).join("; ");
+        let sql = apply(&sample())
+            .into_iter()
+            .map(|(_, sql)| sql)
+            .collect::<Vec<_>>()
+            .join("; ");
         assert!(sql.contains("OVERRIDING SYSTEM VALUE"));
         assert!(sql.contains(
             "ON CONFLICT (\"id\", \"order_id\") DO UPDATE SET \"qty\" = EXCLUDED.\"qty\""
@@ -120,5 +145,26 @@ mod tests {
         let mut s = sample();
         s.columns.truncate(2);
         assert!(upsert(&s, "pg_temp.b").contains("DO NOTHING"));
+    }
+
+    #[test]
+    fn a_batch_of_images_runs_only_the_upsert() {
+        let ops = Ops {
+            upserts: 3,
+            ..Ops::default()
+        };
+        let kinds: Vec<Kind> = apply(&sample())
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.has_work(&ops))
+            .collect();
+        assert_eq!(kinds, [Kind::Upsert]);
+        let marker = Ops {
+            truncates: 1,
+            deletes: 2,
+            ..Ops::default()
+        };
+        assert!(Kind::Truncate.has_work(&marker) && Kind::Delete.has_work(&marker));
+        assert!(!Kind::Upsert.has_work(&marker));
     }
 }

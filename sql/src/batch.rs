@@ -11,8 +11,8 @@ use crate::quote::list;
 /// Not `ON COMMIT DELETE ROWS`: truncating at every commit costs about
 /// 1.4 ms per table per transaction here (a batch of 20 rows applied in 2.5
 /// ms instead of 1.1). Whoever fills the table empties it in the same
-/// transaction with [`empty`], and now and then with [`truncate_temp`] so
-/// that deleted rows do not pile up (temporary tables are never vacuumed).
+/// transaction with [`empty`], or with [`truncate_temp`] when [`Emptying`]
+/// says so, so that deleted rows do not pile up.
 pub fn create_temp(shape: &TableShape) -> String {
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS {} (_op \"char\" NOT NULL, {})",
@@ -28,14 +28,71 @@ pub fn empty(shape: &TableShape) -> String {
 }
 
 /// Empties a batch table and gives back its space; costlier than
-/// [`empty`], so run once every [`TRUNCATE_EVERY`] transactions instead.
+/// [`empty`] for a small batch, so run only when [`Emptying`] says so.
 pub fn truncate_temp(shape: &TableShape) -> String {
     format!("TRUNCATE {}", shape.table.batch_temp())
 }
 
-/// How often a session truncates its batch tables instead of emptying
-/// them with DELETE.
-pub const TRUNCATE_EVERY: u64 = 256;
+/// How a session empties one batch table after each batch, rent or buy:
+/// DELETE is cheap but leaves dead rows behind, which every later scan of
+/// the table reads again (temporary tables are never vacuumed); TRUNCATE
+/// costs about a millisecond whatever the size. DELETE until the dead rows
+/// that the batches since the last TRUNCATE had to scan add up to
+/// [`Emptying::DEAD_ROW_SCANS`], then TRUNCATE: a stream of single-row
+/// batches truncates every ~128 batches, one of 1,000-row batches every 5.
+/// (A fixed TRUNCATE every 256 batches let 1,000-row batches pile up
+/// 256,000 dead rows and made their apply 3x slower.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Emptying {
+    /// Dead rows in the table now.
+    dead: u64,
+    /// Dead rows scanned by the batches since the last TRUNCATE.
+    scanned: u64,
+}
+
+impl Emptying {
+    /// Dead-row scans that cost about what one TRUNCATE does (a scan of a
+    /// dead row ~35 ns, a few scans per batch, a TRUNCATE ~1 ms).
+    pub const DEAD_ROW_SCANS: u64 = 8_192;
+
+    /// Records a batch that filled the table with `rows` rows; true when
+    /// that batch should empty it with TRUNCATE rather than DELETE.
+    pub fn truncate_after(&mut self, rows: u64) -> bool {
+        self.scanned = self.scanned.saturating_add(self.dead);
+        if self.scanned >= Self::DEAD_ROW_SCANS {
+            *self = Self::default();
+            true
+        } else {
+            self.dead = self.dead.saturating_add(rows);
+            false
+        }
+    }
+
+    /// Records that the table was truncated by other means.
+    pub fn truncated(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// What a batch table holds, by operation, as [`materialise`] reports it:
+/// the replica runs only the apply statements that have work (see
+/// [`crate::apply::Kind`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ops {
+    /// Current row images (`_op = 'U'`).
+    pub upserts: u64,
+    /// Deleted keys (`_op = 'D'`).
+    pub deletes: u64,
+    /// TRUNCATE markers (`_op = 'T'`, at most one).
+    pub truncates: u64,
+}
+
+impl Ops {
+    /// Every row of the batch table.
+    pub fn rows(&self) -> u64 {
+        self.upserts + self.deletes + self.truncates
+    }
+}
 
 /// A batch table for one step of a batch that carries schema changes,
 /// dropped at the end of the transaction. `name` is Ferry's (`ferry_step_N`).
@@ -77,7 +134,8 @@ const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
 
 /// Fills the batch table from the outbox: for a keyed table, the last image
 /// (or deletion) of each key in capture order; for a keyless one, every
-/// inserted row. Parameter: previous cut.
+/// inserted row. Parameter: previous cut. Returns one row of three bigints:
+/// the images, deletions and TRUNCATE markers it wrote (see [`Ops`]).
 ///
 /// If the table was truncated in the window, only its last TRUNCATE marker
 /// and the changes after it count (the marker's key columns are NULL, so
@@ -90,7 +148,7 @@ pub fn materialise(shape: &TableShape) -> String {
     let since_truncate = format!(
         "_seq >= coalesce((SELECT max(_seq) FROM {outbox} WHERE {SINCE_CUT} AND _op = 'T'), 0)"
     );
-    match shape.outbox_key() {
+    let insert = match shape.outbox_key() {
         Some(key) => format!(
             "INSERT INTO {temp} (_op, {cols}) \
              SELECT DISTINCT ON ({key}) _op, {from} FROM {outbox} \
@@ -100,7 +158,11 @@ pub fn materialise(shape: &TableShape) -> String {
             "INSERT INTO {temp} (_op, {cols}) SELECT _op, {from} FROM {outbox} \
              WHERE {SINCE_CUT} AND {since_truncate} ORDER BY _seq"
         ),
-    }
+    };
+    format!(
+        "WITH m AS ({insert} RETURNING _op) SELECT count(*) FILTER (WHERE _op = 'U'), \
+         count(*) FILTER (WHERE _op = 'D'), count(*) FILTER (WHERE _op = 'T') FROM m"
+    )
 }
 
 /// One segment of a table's changes in a batch that carries schema
@@ -248,5 +310,29 @@ mod tests {
         let mut s = sample();
         s.key = None;
         assert!(!materialise(&s).contains("DISTINCT"));
+    }
+
+    /// Batches until the first TRUNCATE, for a stream of equal batches.
+    fn period(rows: u64) -> u64 {
+        let mut e = Emptying::default();
+        (1..=100_000).find(|_| e.truncate_after(rows)).unwrap_or(0)
+    }
+
+    #[test]
+    fn big_batches_truncate_often_small_ones_rarely() {
+        assert_eq!(period(1_000), 5);
+        assert!((100..200).contains(&period(1)), "{}", period(1));
+        assert!((30..60).contains(&period(10)), "{}", period(10));
+        assert_eq!(period(100_000), 2);
+        // After a TRUNCATE the count starts again.
+        let mut e = Emptying::default();
+        let first: Vec<bool> = (0..10).map(|_| e.truncate_after(1_000)).collect();
+        assert_eq!(first.iter().filter(|&&t| t).count(), 2);
+    }
+
+    #[test]
+    fn an_empty_batch_table_never_needs_a_truncate() {
+        let mut e = Emptying::default();
+        assert!((0..10_000).all(|_| !e.truncate_after(0)));
     }
 }

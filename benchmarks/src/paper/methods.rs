@@ -123,8 +123,8 @@ pub struct Target {
     many: Vec<tokio_postgres::Statement>,
     raw: ServerConn,
     tables: usize,
-    /// Batches applied in this session (for the periodic TRUNCATE).
-    batches: u64,
+    /// Per table, how its batch table is emptied (as Ferry's apply session).
+    emptying: Vec<batch::Emptying>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -162,7 +162,7 @@ impl Target {
                 [],
                 &mut out,
             )?;
-            for (j, sql) in apply::apply(&shape(t)).iter().enumerate() {
+            for (j, (_, sql)) in apply::apply(&shape(t)).iter().enumerate() {
                 frontend::parse(&format!("b_apply_{t}_{j}"), sql, [], &mut out)?;
             }
             frontend::parse(
@@ -189,7 +189,7 @@ impl Target {
             many,
             raw,
             tables,
-            batches: 0,
+            emptying: vec![batch::Emptying::default(); tables],
         })
     }
 
@@ -284,11 +284,18 @@ impl Target {
                     run(&format!("b_copy_{t}"), &mut out)?;
                     frontend::CopyData::new(&data[..])?.write(&mut out);
                     frontend::copy_done(&mut out);
-                    for j in 0..apply::apply(&shape(t)).len() {
-                        run(&format!("b_apply_{t}_{j}"), &mut out)?;
+                    // Every stream row is an upsert: as in Ferry's apply
+                    // session, only the statements with work run.
+                    let ops = batch::Ops {
+                        upserts: n as u64,
+                        ..batch::Ops::default()
+                    };
+                    for (j, (kind, _)) in apply::apply(&shape(t)).iter().enumerate() {
+                        if kind.has_work(&ops) {
+                            run(&format!("b_apply_{t}_{j}"), &mut out)?;
+                        }
                     }
-                    self.batches += 1;
-                    if self.batches.is_multiple_of(batch::TRUNCATE_EVERY) {
+                    if self.emptying[t - 1].truncate_after(ops.rows()) {
                         run(&format!("b_truncate_{t}"), &mut out)?;
                     } else {
                         run(&format!("b_empty_{t}"), &mut out)?;
