@@ -31,6 +31,7 @@ pub struct Metrics {
     pub bytes_shipped: Family<ReplicaLabel, Counter>,
     pub apply_errors: Family<ReplicaLabel, Counter>,
     pub apply_seconds: Histogram,
+    pub cut_seconds: Histogram,
     pub lag_batches: Family<ReplicaLabel, Gauge>,
     pub lag_rows: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
@@ -47,6 +48,7 @@ impl Metrics {
             bytes_shipped: Family::default(),
             apply_errors: Family::default(),
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            cut_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             lag_batches: Family::default(),
             lag_rows: Family::default(),
             lag_seconds: Family::default(),
@@ -81,6 +83,12 @@ impl Metrics {
             "ferry_apply_seconds",
             "Time from sending a batch to its replica commit",
             m.apply_seconds.clone(),
+        );
+        registry.register(
+            "ferry_cut_seconds",
+            "Time a cut takes on the master (snapshot, materialise, COPY out, commit), \
+             with or without changes",
+            m.cut_seconds.clone(),
         );
         registry.register(
             "ferry_lag_batches",

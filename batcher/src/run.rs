@@ -248,7 +248,14 @@ impl Batcher {
                 }
             }
             let groups: Vec<(i64, String)> = groups.into_iter().collect();
-            let (batches, unchanged) = match cutter.cut(&groups).await? {
+            let cut_started = Instant::now();
+            let cut = cutter.cut(&groups).await?;
+            if !groups.is_empty() {
+                self.metrics
+                    .cut_seconds
+                    .observe(cut_started.elapsed().as_secs_f64());
+            }
+            let (batches, unchanged) = match cut {
                 Cut::Batches(batches) => (batches, false),
                 Cut::Unchanged => (Vec::new(), true),
                 Cut::Busy => (Vec::new(), false),
@@ -603,6 +610,9 @@ impl Batcher {
                 },
             };
             let Some(done) = next else { break };
+            if let (Some(sync), Ok(_)) = (&self.cfg.sync, &done.1) {
+                sync.applied_one(&done.0.node.name, tick);
+            }
             if deadline.is_none() {
                 let grace = (done.2.elapsed() * 4).max(Duration::from_secs(1));
                 deadline = Some(tokio::time::Instant::now() + grace);

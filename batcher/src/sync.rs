@@ -314,7 +314,29 @@ impl SyncPoint {
         for (slot, &tick) in self.applied.iter().zip(&applied) {
             slot.store(tick, Ordering::SeqCst);
         }
-        let mut sorted: Vec<u64> = applied.to_vec();
+        self.confirm(applied);
+    }
+
+    /// Reports at once that one replica has applied everything through
+    /// `tick`, while the batcher still waits for the others: commits that
+    /// need only this replica are answered without waiting for the slowest.
+    pub fn applied_one(&self, node: &str, tick: u64) {
+        let Some(slot) = self.slot(node).and_then(|i| self.applied.get(i)) else {
+            return;
+        };
+        slot.fetch_max(tick, Ordering::SeqCst);
+        let applied: Vec<u64> = self
+            .applied
+            .iter()
+            .take(self.assigned.load(Ordering::SeqCst))
+            .map(|a| a.load(Ordering::SeqCst))
+            .collect();
+        self.confirm(applied);
+    }
+
+    /// Moves the confirmed tick to the k-th highest of `applied`.
+    fn confirm(&self, applied: Vec<u64>) {
+        let mut sorted: Vec<u64> = applied;
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         let point = if self.k == 0 {
             self.started.load(Ordering::SeqCst)
@@ -382,6 +404,33 @@ mod tests {
         assert!(!sync.replica_has(4, 1));
         sync.report(&[("e", t2)]);
         assert!(sync.replica_has(4, t2) && sync.slot("e") == Some(4));
+    }
+
+    #[tokio::test]
+    async fn the_first_replica_to_apply_answers_a_k_of_1_commit() {
+        let nodes = ["a", "b", "c"].map(String::from).to_vec();
+        let sync = Arc::new(SyncPoint::new(
+            1,
+            Fallback::Wait,
+            nodes,
+            &mut Registry::default(),
+        ));
+        let t1 = sync.start_tick();
+        sync.report(&[("b", t1), ("c", t1)]);
+        let waiter = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.wait_for_commit().await }
+        });
+        tokio::task::yield_now().await;
+        let t2 = sync.start_tick();
+        // "c" is still applying; "b" alone answers the commit.
+        sync.applied_one("b", t2);
+        assert_eq!(waiter.await.ok(), Some(Outcome::Replicated));
+        assert!(sync.replica_has(1, t2) && !sync.replica_has(2, t2));
+        // An older report never moves a replica back.
+        sync.applied_one("b", t1);
+        assert!(sync.replica_has(1, t2));
+        sync.applied_one("nobody", t2);
     }
 
     #[tokio::test]
