@@ -145,11 +145,7 @@ impl Cutter {
         sequences: Vec<String>,
     ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
-        // Custom plans: the cut's `_xid >= xmin(previous cut)` can then use
-        // the outbox index with the actual value (a generic plan cannot).
-        let mut setup = String::from(
-            "SET application_name = 'ferry batcher'; SET plan_cache_mode = force_custom_plan; SET ferry.in_ddl = 'on';",
-        );
+        let mut setup = String::from(batch::CUT_SESSION_SETUP);
         for s in shapes {
             setup += &batch::create_temp(s);
             setup.push(';');

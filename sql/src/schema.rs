@@ -150,10 +150,12 @@ pub const CLEANUP_HORIZON: &str =
 /// The apply statements are prepared once per session and read only the
 /// batch tables, whose size changes from batch to batch; without hash and
 /// merge joins their cached plans stay key lookups into the real table,
-/// whatever size the batch had when they were planned.
+/// whatever size the batch had when they were planned. JIT off: a large
+/// batch's estimated cost would make its apply statements JIT-compile,
+/// which costs more than these simple statements ever gain from it.
 pub const APPLY_SESSION_SETUP: &str =
     "SET session_replication_role = replica; SET application_name = 'ferry apply'; \
-     SET enable_hashjoin = off; SET enable_mergejoin = off";
+     SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off";
 
 /// Starts and ends a batch's transaction (prepared in the apply session).
 pub const APPLY_BEGIN: &str = "BEGIN";

@@ -8,7 +8,7 @@
 //! sent in one flight as Ferry's apply session does.
 
 use bytes::{BufMut, BytesMut};
-use ferry_sql::{apply, batch, Column, TableName, TableShape};
+use ferry_sql::{apply, batch, schema, Column, TableName, TableShape};
 use ferry_wire::ServerConn;
 use futures_util::future::try_join_all;
 use postgres_protocol::message::frontend;
@@ -145,8 +145,9 @@ impl Target {
         }
         let target = ferry_wire::Target::from_dsn(&dsn)?;
         let mut raw = ServerConn::connect(&target, &[], Duration::from_secs(10)).await?;
-        // Ferry's apply session: its batch tables and prepared statements.
-        let mut setup = String::new();
+        // Ferry's apply session: its settings, batch tables and prepared
+        // statements.
+        let mut setup = format!("{};", schema::APPLY_SESSION_SETUP);
         for t in 1..=tables {
             setup += &batch::create_temp(&shape(t));
             setup.push(';');
