@@ -308,7 +308,8 @@ async fn a_replica_that_was_down_catches_up_through_schema_changes() {
 /// A column retyped in a transaction that stays open while the batcher
 /// cuts: the cut's snapshot predates the retype, which rewrites the outbox
 /// (capture follows the new type), and PostgreSQL shows a rewritten table
-/// empty to older snapshots. The cut must notice and cut again — the rows
+/// empty to older snapshots. The cut locks the outboxes before taking its
+/// snapshot, and skips its tick while the retype holds one — the rows
 /// committed just before the retype reach every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_committed_just_before_a_rewriting_retype_are_not_lost() {

@@ -335,8 +335,7 @@ impl SyncPoint {
     }
 
     /// Moves the confirmed tick to the k-th highest of `applied`.
-    fn confirm(&self, applied: Vec<u64>) {
-        let mut sorted: Vec<u64> = applied;
+    fn confirm(&self, mut sorted: Vec<u64>) {
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         let point = if self.k == 0 {
             self.started.load(Ordering::SeqCst)

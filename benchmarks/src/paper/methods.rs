@@ -123,6 +123,9 @@ pub struct Target {
     many: Vec<tokio_postgres::Statement>,
     raw: ServerConn,
     tables: usize,
+    /// Per table, the kinds of its prepared apply statements, in order (the
+    /// SQL is built once, at open, as in Ferry's apply session).
+    kinds: Vec<Vec<apply::Kind>>,
     /// Per table, how its batch table is emptied (as Ferry's apply session).
     emptying: Vec<batch::Emptying>,
 }
@@ -154,6 +157,7 @@ impl Target {
         }
         raw.simple_query(&setup).await?;
         let mut out = BytesMut::new();
+        let mut kinds = Vec::new();
         frontend::parse("b_begin", "BEGIN", [], &mut out)?;
         frontend::parse("b_commit", "COMMIT", [], &mut out)?;
         for t in 1..=tables {
@@ -163,9 +167,11 @@ impl Target {
                 [],
                 &mut out,
             )?;
-            for (j, (_, sql)) in apply::apply(&shape(t)).iter().enumerate() {
+            let statements = apply::apply(&shape(t));
+            for (j, (_, sql)) in statements.iter().enumerate() {
                 frontend::parse(&format!("b_apply_{t}_{j}"), sql, [], &mut out)?;
             }
+            kinds.push(statements.into_iter().map(|(kind, _)| kind).collect());
             frontend::parse(
                 &format!("b_empty_{t}"),
                 &batch::empty(&shape(t)),
@@ -190,6 +196,7 @@ impl Target {
             many,
             raw,
             tables,
+            kinds,
             emptying: vec![batch::Emptying::default(); tables],
         })
     }
@@ -291,7 +298,7 @@ impl Target {
                         upserts: n as u64,
                         ..batch::Ops::default()
                     };
-                    for (j, (kind, _)) in apply::apply(&shape(t)).iter().enumerate() {
+                    for (j, kind) in self.kinds[t - 1].iter().enumerate() {
                         if kind.has_work(&ops) {
                             run(&format!("b_apply_{t}_{j}"), &mut out)?;
                         }
