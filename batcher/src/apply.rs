@@ -113,6 +113,14 @@ impl ApplySession {
         })
     }
 
+    /// Whether the replica ended this idle session (it shut down or
+    /// terminated it): checked at every tick, so that a replica that goes
+    /// away while nothing ships stops counting as reachable, serving reads
+    /// and holding sync commits at once, not at the next batch.
+    pub fn ended_while_idle(&mut self) -> bool {
+        self.conn.ended_while_idle()
+    }
+
     /// The replica's ledger: the last batch id applied and the master
     /// snapshot it reached.
     pub async fn ledger(&mut self) -> Result<(i64, String), BatchError> {

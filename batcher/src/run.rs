@@ -493,6 +493,15 @@ impl Batcher {
     /// their own (with their own master connection), so a replica that
     /// hangs does not hold up the loop.
     async fn connect_replica(&self, r: &mut Replica, shapes: &[TableShape]) {
+        if r.session
+            .as_mut()
+            .is_some_and(ApplySession::ended_while_idle)
+        {
+            warn!(node = %r.node.name, "the replica ended its apply session; reconnecting");
+            r.last_error = Some("the replica closed the connection".to_string());
+            r.session = None;
+            r.retry_at = Instant::now() + Duration::from_secs(1);
+        }
         if r.session.is_some() {
             return;
         }

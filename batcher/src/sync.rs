@@ -163,19 +163,6 @@ impl SyncPoint {
             .is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
-    /// A serving replica's slot for a new session, spread by `seed`; None
-    /// when no replica serves.
-    pub fn pick_serving(&self, seed: usize) -> Option<usize> {
-        let serving: Vec<usize> = (0..self.serving.len())
-            .filter(|&i| self.serves(i))
-            .collect();
-        if serving.is_empty() {
-            None
-        } else {
-            serving.get(seed % serving.len()).copied()
-        }
-    }
-
     /// Records which replicas (by name) are connected and shipping; every
     /// other node serves no reads.
     pub fn report_serving(&self, serving: &[&str]) {
@@ -394,7 +381,6 @@ mod tests {
         assert!(!sync.replica_has(3, 1) && !sync.replica_has(0, 1) && !sync.replica_has(7, 0));
         sync.report_serving(&["c"]);
         assert!(sync.serves(2) && !sync.serves(1) && !sync.serves(0));
-        assert_eq!(sync.pick_serving(5), Some(2));
         assert_eq!(sync.commit_tick(), t2 + 1);
         // A node added while running takes a spare slot and is reported
         // like the others.

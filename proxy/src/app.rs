@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::gate::Gate;
 use crate::frontend::listener;
+use crate::frontend::read_balance::ReaderCounts;
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
 use crate::frontend::tracked_pump::{ReadMetrics, ReadMode, ReadRouting};
@@ -661,6 +662,7 @@ impl App {
                 ),
                 ticks: ticks.clone(),
                 metrics: ReadMetrics::register(&mut registry),
+                readers: Arc::new(ReaderCounts::register(&mut registry)),
                 connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
             })),
             _ => None,

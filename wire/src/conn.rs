@@ -300,6 +300,22 @@ impl ServerConn {
         }
     }
 
+    /// Whether an idle connection has been ended by the server, checked
+    /// without waiting: the server closed it, or sent an error (which, on
+    /// an idle connection, is the FATAL that precedes the close: a shutdown,
+    /// `pg_terminate_backend`). Anything read stays buffered for the next
+    /// [`Self::read_message`].
+    pub fn ended_while_idle(&mut self) -> bool {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8192);
+        }
+        match self.stream.try_read_buf(&mut self.buf) {
+            Ok(0) => true,
+            Ok(_) => self.buf.first() == Some(&b'E'),
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Runs a simple query and waits for ReadyForQuery; returns the first
     /// error, if any, and the final transaction status.
     pub async fn simple_query(&mut self, sql: &str) -> Result<u8, ConnError> {

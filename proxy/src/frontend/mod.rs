@@ -6,7 +6,8 @@
 //!   and the frame pump between them.
 //! - [`commit_tracker`]: which commits wait for sync replicas.
 //! - [`tracked_pump`]: sessions followed message by message: sync-mode
-//!   commit holds and reads on replicas (`proxy.reads`).
+//!   commit holds and reads on replicas (`proxy.reads`);
+//!   [`read_balance`]: which replica a session reads from.
 //! - [`session_state`]: what a session holds and where it stands, to move
 //!   it to another server; [`moving`]: the move itself.
 //! - [`gate`]: where sessions hold new statements during a switchover.
@@ -18,6 +19,7 @@ pub mod commit_tracker;
 pub mod gate;
 pub mod listener;
 pub mod moving;
+pub mod read_balance;
 pub mod session;
 pub mod session_state;
 pub mod startup;

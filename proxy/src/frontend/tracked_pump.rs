@@ -26,6 +26,7 @@
 
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::gate::Gate;
+use super::read_balance::{Lease, ReaderCounts};
 use super::session::{End, PumpError};
 use super::session_state::SessionState;
 use bytes::{Buf, BytesMut};
@@ -88,6 +89,8 @@ pub struct ReadRouting {
     /// Which replica has applied which batcher tick.
     pub ticks: Arc<SyncPoint>,
     pub metrics: ReadMetrics,
+    /// Sessions reading from each replica, to spread them.
+    pub readers: Arc<ReaderCounts>,
     pub connect_timeout: Duration,
 }
 
@@ -95,6 +98,15 @@ impl ReadRouting {
     /// The node in slot `i`.
     fn replica(&self, i: usize) -> Option<(String, Target)> {
         self.replicas.read().ok()?.get(i).cloned()
+    }
+
+    /// A lease on the serving replica with the fewest reading sessions;
+    /// None when no replica serves.
+    fn lease(&self, seed: usize) -> Option<Lease> {
+        let slots = self.replicas.read().map_or(0, |r| r.len());
+        let serving: Vec<usize> = (0..slots).filter(|&i| self.ticks.serves(i)).collect();
+        self.readers
+            .lease(&serving, seed, |i| self.replica(i).map(|(name, _)| name))
     }
 
     /// Puts a node added while Ferry runs in its slot.
@@ -140,8 +152,9 @@ pub(crate) struct Route {
     /// go to the master until a new one is opened.
     replica_broken: bool,
     /// The replica (slot of `ReadRouting::replicas`) this session reads
-    /// from, chosen among those serving at its first read.
-    slot: Option<usize>,
+    /// from: the least loaded among those serving at its first read, and
+    /// again whenever it stops serving.
+    slot: Option<Lease>,
 }
 
 impl Route {
@@ -279,11 +292,26 @@ pub(crate) async fn pump_routed(
                             let idle = r.status == b'I' && r.queue.is_empty();
                             let read_here = kind == Kind::Read && idle && !r.pinned;
                             let up = replica_down_until.is_none_or(|t| Instant::now() >= t);
-                            if r.slot.is_none() && read_here {
-                                r.slot =
-                                    routing.and_then(|routing| routing.ticks.pick_serving(seed));
+                            if let (true, Some(routing)) = (read_here, routing) {
+                                let stale = r
+                                    .slot
+                                    .as_ref()
+                                    .is_none_or(|l| !routing.ticks.serves(l.slot()));
+                                if stale {
+                                    // A first read, or the replica stopped
+                                    // serving: read from the least loaded
+                                    // one that serves, on a new connection.
+                                    let before = r.slot.take().map(|l| l.slot());
+                                    r.slot = routing.lease(seed);
+                                    let after = r.slot.as_ref().map(Lease::slot);
+                                    if after.is_some() && after != before {
+                                        replica_w = None;
+                                        replica_down_until = None;
+                                    }
+                                }
                             }
-                            let chosen = routing.zip(r.slot).filter(|&(routing, i)| {
+                            let slot = r.slot.as_ref().map(Lease::slot);
+                            let chosen = routing.zip(slot).filter(|&(routing, i)| {
                                 read_here
                                     && up
                                     && routing.ticks.serves(i)
@@ -401,12 +429,13 @@ pub(crate) async fn pump_routed(
         loop {
             let front = lock().queue.front().copied();
             if front == Some(Dest::Replica) {
-                if replica.is_none() {
-                    replica = handover
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take()
-                        .map(|(r, b)| (r, b, FrameScanner::backend()));
+                // A connection handed over replaces the one held: the
+                // client side opens one only when it has none, or when the
+                // session moved to another replica (with nothing owed by
+                // the old one: reads are routed only when idle).
+                let fresh = handover.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((r, b)) = fresh {
+                    replica = Some((r, b, FrameScanner::backend()));
                 }
                 let Some((rr, rbuf, rscan)) = replica.as_mut() else {
                     return Err(PumpError::Io(std::io::Error::other(
@@ -424,7 +453,7 @@ pub(crate) async fn pump_routed(
                         // The read did not complete on the replica: the
                         // client gets an error for it (and may retry), the
                         // session goes on with the master.
-                        let slot = lock().slot;
+                        let slot = lock().slot.as_ref().map(Lease::slot);
                         let name = routing
                             .zip(slot)
                             .and_then(|(routing, i)| routing.replica(i))
