@@ -33,7 +33,8 @@ async fn sessions_move_to_the_new_master_when_the_master_is_killed() {
     let idle = c.proxy_client().await;
     idle.batch_execute(
         "SET application_name = 'mover'; SET search_path = app, public; \
-         PREPARE count_items AS SELECT count(*) FROM items",
+         PREPARE count_items AS SELECT count(*) FROM items; \
+         SELECT set_config('app.tenant', '42', false), set_config('app.scratch', 'x', true)",
     )
     .await
     .unwrap();
@@ -58,6 +59,13 @@ async fn sessions_move_to_the_new_master_when_the_master_is_killed() {
     temp.batch_execute("CREATE TEMP TABLE scratch (a int)")
         .await
         .unwrap();
+    // Nor can one whose session setting came from a parameter (Ferry
+    // does not know its value).
+    let tenant = c.proxy_client().await;
+    tenant
+        .query("SELECT set_config('app.tenant', $1, false)", &[&"7"])
+        .await
+        .unwrap();
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
 
     c.signal_server(0, "KILL");
@@ -75,6 +83,7 @@ async fn sessions_move_to_the_new_master_when_the_master_is_killed() {
     assert_eq!(one(&idle, "SHOW port").await, port_b);
     assert_eq!(one(&idle, "SHOW application_name").await, "mover");
     assert_eq!(one(&idle, "SHOW search_path").await, "app, public");
+    assert_eq!(one(&idle, "SHOW app.tenant").await, "42");
     assert_eq!(one(&idle, "SELECT count(*) FROM items").await, "2");
     assert_eq!(one(&idle, "EXECUTE count_items").await, "2");
 
@@ -109,6 +118,11 @@ async fn sessions_move_to_the_new_master_when_the_master_is_killed() {
     assert!(
         code(&err) == Some("08006") || err.is_closed(),
         "a session with a temporary table ends: {err:?}"
+    );
+    let err = tenant.batch_execute("SHOW app.tenant").await.unwrap_err();
+    assert!(
+        code(&err) == Some("08006") || err.is_closed(),
+        "a session with a setting Ferry cannot replay ends: {err:?}"
     );
 
     assert_eq!(

@@ -141,6 +141,23 @@ async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() 
     for _ in 0..3 {
         assert_eq!(one(&pinned, "SHOW port").await, master_port);
     }
+    // So is one that sets a session setting with set_config() (row-level
+    // security commonly reads such settings), by simple query or by the
+    // extended protocol: a replica session would not have it.
+    for by_parameter in [false, true] {
+        let tenant = c.proxy_client().await;
+        assert!(replica_ports.contains(&one(&tenant, "SHOW port").await));
+        if by_parameter {
+            tenant
+                .query("SELECT set_config('app.tenant', $1, false)", &[&"42"])
+                .await
+                .unwrap();
+        } else {
+            one(&tenant, "SELECT set_config('app.tenant', '42', false)").await;
+        }
+        assert_eq!(one(&tenant, "SHOW app.tenant").await, "42");
+        assert_eq!(one(&tenant, "SHOW port").await, master_port);
+    }
     // So is one with a temporary table, which exists only there.
     let temp = c.proxy_client().await;
     temp.batch_execute("CREATE TEMP TABLE scratch (a int); INSERT INTO scratch VALUES (7)")

@@ -6,7 +6,8 @@
 //!
 //! [`classify`] goes the other way: it tells what a client's statement may
 //! do (read, write, transaction control, session state), and
-//! [`session_effect`] what it leaves in its server session.
+//! [`session_effect`] what it leaves in its server session ([`set_config`]:
+//! the settings a `set_config()` call makes).
 
 pub mod apply;
 pub mod batch;
@@ -21,6 +22,7 @@ pub mod resync;
 pub mod schema;
 pub mod sequences;
 pub mod session_effect;
+pub mod set_config;
 pub mod suspend;
 pub mod verify;
 

@@ -6,6 +6,7 @@
 //! the session from moving.
 
 use crate::classify::{pins_session, skip_block_comment, skip_dollar, skip_quoted};
+use crate::set_config::{self, Scope};
 
 /// Puts a server session that stands in for one whose transaction was lost
 /// with its server in a failed transaction: the client's next statements
@@ -61,7 +62,10 @@ fn plainly_none(sql: &str) -> bool {
         body.windows(word.len())
             .any(|w| w.eq_ignore_ascii_case(word))
     };
-    !body.contains(&b';') && !mentions(b"temp") && !mentions(b"advisory")
+    !body.contains(&b';')
+        && !mentions(b"temp")
+        && !mentions(b"advisory")
+        && !mentions(b"set_config")
 }
 
 /// The effect of one statement's text.
@@ -77,6 +81,15 @@ fn effect(stmt: &str) -> Effect {
         return Effect::Unmovable("temporary tables or advisory locks");
     }
     let replay = || Effect::Replay(stmt.trim().to_string());
+    match set_config::scope(stmt) {
+        Scope::Session(Some(again)) => return Effect::Replay(again),
+        Scope::Session(None) => {
+            return Effect::Unmovable(
+                "set_config() of a session setting from a parameter or expression",
+            )
+        }
+        Scope::None => {}
+    }
     match first.as_str() {
         "set" if matches!(second.as_str(), "local" | "transaction" | "constraints") => Effect::None,
         "set" | "reset" | "deallocate" | "listen" | "unlisten" | "load" => replay(),
@@ -203,6 +216,21 @@ mod tests {
             effects("SELECT pg_advisory_lock(1)"),
             vec![Effect::Unmovable("temporary tables or advisory locks")]
         );
+    }
+
+    #[test]
+    fn session_settings_made_by_set_config_replay_or_keep_the_session() {
+        assert_eq!(
+            effects("SELECT set_config('app.tenant', '42', false)"),
+            vec![Effect::Replay(
+                "SELECT pg_catalog.set_config('app.tenant', '42', false)".into()
+            )]
+        );
+        assert!(effects("SELECT set_config('app.tenant', '42', true)").is_empty());
+        assert!(matches!(
+            effects("SELECT set_config('app.tenant', $1, false)").as_slice(),
+            [Effect::Unmovable(_)]
+        ));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::session_state::SessionState;
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
+use ferry_sql::set_config::{self, mentions_set_config, Scope};
 use ferry_wire::codec::read_cstr;
 use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
@@ -286,7 +287,7 @@ pub(crate) async fn pump_routed(
                                 replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             }
                             let kind = if follow { classify(sql) } else { Kind::Write };
-                            if routing.is_some() && (kind == Kind::Session || pins_session(sql)) {
+                            if routing.is_some() && pins(sql, kind) {
                                 r.pinned = true;
                             }
                             let idle = r.status == b'I' && r.queue.is_empty();
@@ -396,6 +397,14 @@ pub(crate) async fn pump_routed(
                         r.settle();
                         if follow {
                             r.tracker.client_message(tag, body);
+                        }
+                        if tag == b'P' && routing.is_some() && !r.pinned {
+                            // Session state made through the extended
+                            // protocol pins the session as a Query would.
+                            let sql = read_cstr(body)
+                                .and_then(|(_, rest)| read_cstr(rest))
+                                .map_or("", |(s, _)| s);
+                            r.pinned = pins(sql, classify(sql));
                         }
                         if matches!(tag, b'S' | b'F') {
                             r.queue.push_back(Dest::Master);
@@ -574,6 +583,16 @@ pub(crate) async fn pump_routed(
         r = to_server => r,
         r = to_client => r,
     }
+}
+
+/// Whether a statement leaves state in the master's server session that a
+/// replica session would lack: settings (`SET`, a session `set_config()`),
+/// prepared statements, listens, temporary tables, advisory locks. Reads
+/// of such a session stay on the master from then on.
+fn pins(sql: &str, kind: Kind) -> bool {
+    kind == Kind::Session
+        || pins_session(sql)
+        || (mentions_set_config(sql) && set_config::scope(sql) != Scope::None)
 }
 
 /// A read that was to go to a replica goes to the master after all (only
