@@ -268,7 +268,7 @@ async fn keyless_tables_take_inserts_and_refuse_updates_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_metrics_and_health_report_the_replicas() {
-    let c = cluster(3);
+    let mut c = cluster(3);
     let client = c.proxy_client().await;
     for i in 0..50 {
         client
@@ -312,6 +312,45 @@ async fn status_metrics_and_health_report_the_replicas() {
     assert!(m.contains("ferry_apply_seconds_bucket"), "{m}");
     assert!(m.contains("ferry_client_connections"), "{m}");
     assert_eq!(c.admin_get("/health").0, 200);
+
+    // A replica the master records but the configuration lacks (a node
+    // added at run time whose entry never reached the file) is named in
+    // the log at start, and does not hold back the outbox clean-up.
+    c.psql(
+        0,
+        "INSERT INTO ferry.replicas (name, batch_id, snap) \
+         SELECT 'ghost', 1, snap FROM ferry.replicas WHERE name = 'b'",
+    );
+    c.kill_ferry();
+    c.start_ferry();
+    eventually(
+        Duration::from_secs(10),
+        "the unconfigured replica named",
+        || {
+            let log = c.ferry_log();
+            if log.contains("the master records replica ghost, which is not in the configuration") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+    let client = c.proxy_client().await;
+    client
+        .execute("INSERT INTO kv VALUES ('later', 'v')", &[])
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    eventually(Duration::from_secs(10), "outbox cleaned up", || {
+        let doc = c.status_doc();
+        if doc["outbox_backlog"] == 0 {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use ferry_sql::{ddl, schema, TableShape};
 use ferry_wire::Target;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -99,6 +99,8 @@ pub struct Batcher {
     metrics: Metrics,
     /// Requests from the admin endpoint (suspend, cancel, resume).
     commands: Commands,
+    /// Recorded replicas missing from the configuration, already reported.
+    unconfigured: Mutex<BTreeSet<String>>,
 }
 
 impl Batcher {
@@ -113,6 +115,7 @@ impl Batcher {
             status,
             metrics,
             commands,
+            unconfigured: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -197,10 +200,11 @@ impl Batcher {
         .await?;
         let cutter = Cutter::new(&master.name, batch_client, &shapes, sequences.clone()).await?;
         let last_batch: i64 = control
-            .query_one("SELECT last_value FROM ferry.batch_ids", &[])
+            .query_one(schema::LAST_BATCH_ID, &[])
             .await
             .map_err(BatchError::pg(&master.name))?
             .get(0);
+        self.warn_unconfigured(&control, replicas).await?;
         if let Ok(mut s) = self.status.write() {
             s.master = master.name.clone();
             s.master_reachable = true;
@@ -492,6 +496,41 @@ impl Batcher {
     /// preparing the replica and opening its apply session run in a task of
     /// their own (with their own master connection), so a replica that
     /// hangs does not hold up the loop.
+    /// Says, once per node and process, which replicas the master records
+    /// that the configuration lacks: they get no batches from this Ferry
+    /// (the usual cause is a node added with `ferry add-node` whose
+    /// `[[nodes]]` entry was not written into the configuration file before
+    /// a restart). Their positions do not hold back the outbox clean-up.
+    async fn warn_unconfigured(
+        &self,
+        control: &tokio_postgres::Client,
+        replicas: &[Replica],
+    ) -> Result<(), BatchError> {
+        let master = &self.cfg.master.name;
+        let names: Vec<&str> = replicas
+            .iter()
+            .map(|r| r.node.name.as_str())
+            .chain(std::iter::once(master.as_str()))
+            .collect();
+        let rows = control
+            .query(schema::UNCONFIGURED_REPLICAS, &[&names])
+            .await
+            .map_err(BatchError::pg(master))?;
+        let mut warned = self.unconfigured.lock().unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            let name: String = row.get(0);
+            let recorded: String = row.get(1);
+            if warned.insert(name.clone()) {
+                warn!(node = %name, last_recorded = %recorded,
+                    "the master records replica {name}, which is not in the configuration: it gets no batches \
+                     from this Ferry (a node added with `ferry add-node` needs its [[nodes]] entry in the \
+                     configuration file before a restart); add the entry, or, if the node left for good, \
+                     delete its row from ferry.replicas on the master");
+            }
+        }
+        Ok(())
+    }
+
     async fn connect_replica(&self, r: &mut Replica, shapes: &[TableShape]) {
         if r.session
             .as_mut()

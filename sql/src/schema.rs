@@ -135,6 +135,17 @@ pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, s
      ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, \
      resyncing = false, updated_at = now()";
 
+/// The batch id the master handed out last. No parameters.
+pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
+
+/// Replicas the master holds a position for that are not among the named
+/// nodes (the configuration's): a node added at run time and not written
+/// into the configuration, or one that left it (not one being copied by a
+/// resync or an addition, which is not taken in yet). Parameters: node names.
+/// Returns name and when its position was last recorded (text).
+pub const UNCONFIGURED_REPLICAS: &str = "SELECT name, updated_at::text FROM ferry.replicas \
+     WHERE NOT (name = ANY($1::text[])) AND NOT resyncing ORDER BY name";
+
 /// The oldest recorded replica position's xmin: every outbox row with an xid
 /// below it has reached every replica. Returns one nullable text value.
 /// Parameters: names of the batcher's replicas. Nodes being resynchronised
