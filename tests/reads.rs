@@ -141,6 +141,15 @@ async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() 
     for _ in 0..3 {
         assert_eq!(one(&pinned, "SHOW port").await, master_port);
     }
+    // It gave its replica place back: only the first session reads from
+    // a replica now.
+    let (_, metrics) = c.admin_get("/metrics");
+    let reading: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ferry_read_sessions{"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(reading, 1, "{metrics}");
     // So is one that sets a session setting with set_config() (row-level
     // security commonly reads such settings), by simple query or by the
     // extended protocol: a replica session would not have it.

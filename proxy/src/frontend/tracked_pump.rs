@@ -287,8 +287,12 @@ pub(crate) async fn pump_routed(
                                 replica_down_until = Some(Instant::now() + REPLICA_RETRY);
                             }
                             let kind = if follow { classify(sql) } else { Kind::Write };
-                            if routing.is_some() && pins(sql, kind) {
+                            if routing.is_some() && pins(sql, kind) && !r.pinned {
+                                // Its reads stay on the master from now on:
+                                // its replica place and connection go.
                                 r.pinned = true;
+                                r.slot = None;
+                                replica_w = None;
                             }
                             let idle = r.status == b'I' && r.queue.is_empty();
                             let read_here = kind == Kind::Read && idle && !r.pinned;
@@ -404,7 +408,11 @@ pub(crate) async fn pump_routed(
                             let sql = read_cstr(body)
                                 .and_then(|(_, rest)| read_cstr(rest))
                                 .map_or("", |(s, _)| s);
-                            r.pinned = pins(sql, classify(sql));
+                            if pins(sql, classify(sql)) {
+                                r.pinned = true;
+                                r.slot = None;
+                                replica_w = None;
+                            }
                         }
                         if matches!(tag, b'S' | b'F') {
                             r.queue.push_back(Dest::Master);
