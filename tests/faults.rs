@@ -1,7 +1,7 @@
 //! Faults injected for real: kill -9 of Ferry while batches are applied,
 //! a replica stopped and started again, a master restart.
 
-use ferry_testkit::{Cluster, Options};
+use ferry_testkit::{eventually, Cluster, Options};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +112,25 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         doc["outbox_backlog"].as_i64().unwrap() > 0,
         "the outbox keeps what c has not applied: {doc}"
     );
+    // And says for whom, in /status, `ferry status` and the log.
+    eventually(Duration::from_secs(10), "outbox kept for c", || {
+        let doc = c.status_doc();
+        if doc["outbox_kept_for"] == "c" {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
+    let out = c.ferry_admin(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(kept for unreachable c)"), "{text}");
+    assert!(
+        c.ferry_log()
+            .contains("the outbox keeps every change replica c has not applied"),
+        "{}",
+        c.ferry_log()
+    );
     c.servers[2].start().unwrap();
     // Once caught up, c joins b: both stand at the same batch while writes
     // go on (one cut serves every replica again, not one cut per replica).
@@ -149,6 +168,18 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         .unwrap()
         .get(0);
     assert_eq!(n, written);
+    eventually(Duration::from_secs(10), "outbox released", || {
+        let doc = c.status_doc();
+        if doc["outbox_kept_for"].is_null() {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
+    assert!(c
+        .ferry_log()
+        .contains("the outbox is no longer kept for replica c"));
 }
 
 /// A master restarted within the failure window (here widened to 20

@@ -101,6 +101,27 @@ pub struct Batcher {
     commands: Commands,
     /// Recorded replicas missing from the configuration, already reported.
     unconfigured: Mutex<BTreeSet<String>>,
+    /// The replica the outbox was last reported kept for, and when.
+    kept_for: Mutex<Option<(String, Instant)>>,
+}
+
+/// The replica the outbox is kept for, with its pending rows (None when
+/// unknown): among the replicas that could not be reached (a connection
+/// attempt or an apply failed; not suspended), the one with the oldest
+/// position that has changes pending — one whose position this batcher never
+/// learnt (unreachable since Ferry started) counts as the oldest.
+fn kept_for(replicas: &[Replica], susp: &Suspensions) -> Option<(String, Option<i64>)> {
+    replicas
+        .iter()
+        .filter(|r| r.session.is_none() && r.last_error.is_some())
+        .filter(|r| susp.get(&r.node.name).is_none_or(|s| !s.holds()))
+        .filter_map(|r| match &r.position {
+            None => Some((i64::MIN, r, None)),
+            Some(p) if r.lag_rows > 0 => Some((p.0, r, Some(r.lag_rows))),
+            Some(_) => None,
+        })
+        .min_by_key(|(id, _, _)| *id)
+        .map(|(_, r, rows)| (r.node.name.clone(), rows))
 }
 
 impl Batcher {
@@ -116,6 +137,7 @@ impl Batcher {
             metrics,
             commands,
             unconfigured: Mutex::new(BTreeSet::new()),
+            kept_for: Mutex::new(None),
         }
     }
 
@@ -374,8 +396,11 @@ impl Batcher {
                         }
                     }
                 }
+                let kept_for = kept_for(replicas, susp);
+                self.report_kept_for(kept_for.as_ref(), backlog);
                 if let Ok(mut s) = self.status.write() {
                     s.outbox_backlog = backlog;
+                    s.outbox_kept_for = kept_for.map(|(name, _)| name);
                 }
             }
             self.publish(replicas, last_batch, susp);
@@ -496,6 +521,30 @@ impl Batcher {
     /// preparing the replica and opening its apply session run in a task of
     /// their own (with their own master connection), so a replica that
     /// hangs does not hold up the loop.
+    /// Logs when the outbox starts being kept for an unreachable replica
+    /// (and again every ten minutes while it is), and when that ends.
+    fn report_kept_for(&self, kept_for: Option<&(String, Option<i64>)>, backlog: i64) {
+        let mut last = self.kept_for.lock().unwrap_or_else(|p| p.into_inner());
+        match (kept_for, last.as_ref()) {
+            (Some((name, rows)), previous) => {
+                let again = previous
+                    .is_none_or(|(n, at)| n != name || at.elapsed() >= Duration::from_secs(600));
+                if again {
+                    warn!(node = %name, pending_rows = ?rows, outbox_rows = backlog,
+                        "the outbox keeps every change replica {name} has not applied while it is unreachable; \
+                         it catches up when it returns; if it left for good, remove it from the configuration \
+                         so that the clean-up goes on");
+                    *last = Some((name.clone(), Instant::now()));
+                }
+            }
+            (None, Some((name, _))) => {
+                info!(node = %name, "the outbox is no longer kept for replica {name}");
+                *last = None;
+            }
+            (None, None) => {}
+        }
+    }
+
     /// Says, once per node and process, which replicas the master records
     /// that the configuration lacks: they get no batches from this Ferry
     /// (the usual cause is a node added with `ferry add-node` whose

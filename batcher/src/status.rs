@@ -48,6 +48,10 @@ pub struct ReplicationStatus {
     pub last_batch: i64,
     /// Rows in the master's outbox (shipped rows are removed).
     pub outbox_backlog: i64,
+    /// The unreachable replica whose unapplied changes the outbox keeps:
+    /// it holds the clean-up back for as long as it stays away (and stays
+    /// in the configuration).
+    pub outbox_kept_for: Option<String>,
     pub tables: usize,
     pub replicas: Vec<ReplicaStatus>,
     pub error: Option<String>,

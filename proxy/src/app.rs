@@ -352,6 +352,7 @@ impl StatusSource for AppStatus {
             "forced": topo.forced,
             "last_batch": r.last_batch,
             "outbox_backlog": r.outbox_backlog,
+            "outbox_kept_for": r.outbox_kept_for,
             "tables": r.tables,
             "client_connections": self.frontend.connections.get(),
             "nodes": nodes,

@@ -15,11 +15,15 @@ pub async fn get(base: &str, path: &str) -> anyhow::Result<String> {
 /// Renders the `/status` document for people.
 pub fn render(doc: &serde_json::Value) -> String {
     let mut out = format!(
-        "master {}  mode {}  last batch {}  outbox backlog {}  tables {}  clients {}\n\n",
+        "master {}  mode {}  last batch {}  outbox backlog {}{}  tables {}  clients {}\n\n",
         doc["master"].as_str().unwrap_or("?"),
         doc["mode"].as_str().unwrap_or("?"),
         doc["last_batch"],
         doc["outbox_backlog"],
+        doc["outbox_kept_for"]
+            .as_str()
+            .map(|n| format!(" (kept for unreachable {n})"))
+            .unwrap_or_default(),
         doc["tables"],
         doc["client_connections"],
     );
