@@ -377,6 +377,16 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
         .unwrap();
     c.servers[0].start().unwrap();
     assert_eq!(node(&status(&c), "a")["role"], "fenced");
+    // The new master's outbox is kept for a's resync, and /status says so.
+    ferry_testkit::eventually(Duration::from_secs(10), "outbox kept for a", || {
+        let doc = status(&c);
+        if doc["outbox_kept_for"] == "a" {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
     // Late commits on the old master (a client that still wrote there
     // directly): they never reach the cluster, and the resync keeps them.
     // (Rows of its own: its last commits before the kill may be lost with
@@ -429,6 +439,15 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
     let doc = status(&c);
     assert_eq!(node(&doc, "a")["role"], "replica", "{doc}");
     assert_eq!(node(&doc, "a")["quarantined"], 4, "{doc}");
+    ferry_testkit::eventually(Duration::from_secs(10), "outbox released", || {
+        let doc = status(&c);
+        if doc["outbox_kept_for"].is_null() {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
     assert_eq!(
         c.psql(
             0,

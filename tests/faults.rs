@@ -124,7 +124,7 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
     .await;
     let out = c.ferry_admin(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("(kept for unreachable c)"), "{text}");
+    assert!(text.contains("(kept for c)"), "{text}");
     assert!(
         c.ferry_log()
             .contains("the outbox keeps every change replica c has not applied"),

@@ -396,8 +396,18 @@ impl Batcher {
                         }
                     }
                 }
-                let kept_for = kept_for(replicas, susp);
-                self.report_kept_for(kept_for.as_ref(), backlog);
+                // An unreachable replica, else a node pinned for a resync
+                // (a failed master, fenced out: its pin holds the clean-up).
+                let mut kept_for = kept_for(replicas, susp);
+                let fenced = kept_for.is_none();
+                if fenced {
+                    kept_for = control
+                        .query_opt(schema::PINNED_FOR_RESYNC, &[&names])
+                        .await
+                        .map_err(BatchError::pg(&master.name))?
+                        .map(|row| (row.get(0), None));
+                }
+                self.report_kept_for(kept_for.as_ref(), backlog, fenced);
                 if let Ok(mut s) = self.status.write() {
                     s.outbox_backlog = backlog;
                     s.outbox_kept_for = kept_for.map(|(name, _)| name);
@@ -523,17 +533,29 @@ impl Batcher {
     /// hangs does not hold up the loop.
     /// Logs when the outbox starts being kept for an unreachable replica
     /// (and again every ten minutes while it is), and when that ends.
-    fn report_kept_for(&self, kept_for: Option<&(String, Option<i64>)>, backlog: i64) {
+    fn report_kept_for(
+        &self,
+        kept_for: Option<&(String, Option<i64>)>,
+        backlog: i64,
+        fenced: bool,
+    ) {
         let mut last = self.kept_for.lock().unwrap_or_else(|p| p.into_inner());
         match (kept_for, last.as_ref()) {
             (Some((name, rows)), previous) => {
                 let again = previous
                     .is_none_or(|(n, at)| n != name || at.elapsed() >= Duration::from_secs(600));
-                if again {
+                if again && fenced {
+                    warn!(node = %name, outbox_rows = backlog,
+                        "the outbox keeps every change since node {name} was pinned for a resync or an \
+                         addition; it is cleaned up once that node has joined (a failed master joins with \
+                         `ferry resync {name}`)");
+                } else if again {
                     warn!(node = %name, pending_rows = ?rows, outbox_rows = backlog,
                         "the outbox keeps every change replica {name} has not applied while it is unreachable; \
                          it catches up when it returns; if it left for good, remove it from the configuration \
                          so that the clean-up goes on");
+                }
+                if again {
                     *last = Some((name.clone(), Instant::now()));
                 }
             }

@@ -146,6 +146,13 @@ pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
 pub const UNCONFIGURED_REPLICAS: &str = "SELECT name, updated_at::text FROM ferry.replicas \
      WHERE NOT (name = ANY($1::text[])) AND NOT resyncing ORDER BY name";
 
+/// The node outside the batcher's replicas whose resync pin holds the
+/// outbox clean-up back furthest (a failed master fenced out, a node being
+/// resynchronised or added), if any. Parameters: the replicas' names.
+pub const PINNED_FOR_RESYNC: &str = "SELECT name FROM ferry.replicas \
+     WHERE resyncing AND NOT (name = ANY($1::text[])) \
+     ORDER BY pg_snapshot_xmin(snap) LIMIT 1";
+
 /// The oldest recorded replica position's xmin: every outbox row with an xid
 /// below it has reached every replica. Returns one nullable text value.
 /// Parameters: names of the batcher's replicas. Nodes being resynchronised

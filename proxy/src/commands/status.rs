@@ -22,7 +22,7 @@ pub fn render(doc: &serde_json::Value) -> String {
         doc["outbox_backlog"],
         doc["outbox_kept_for"]
             .as_str()
-            .map(|n| format!(" (kept for unreachable {n})"))
+            .map(|n| format!(" (kept for {n})"))
             .unwrap_or_default(),
         doc["tables"],
         doc["client_connections"],
