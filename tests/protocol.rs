@@ -236,7 +236,8 @@ fn raw_login(port: u16) -> TcpStream {
     let mut buf = BytesMut::new();
     let mut scram = ScramSha256::new(PASSWORD.as_bytes(), ChannelBinding::unsupported());
     loop {
-        let msg = read_msg(&mut s, &mut buf).expect("message during login");
+        let msg = read_msg(&mut s, &mut buf)
+            .expect("the connection closed during login without an error message");
         out.clear();
         match msg {
             Message::AuthenticationSasl(_) => {
@@ -247,6 +248,15 @@ fn raw_login(port: u16) -> TcpStream {
                 frontend::sasl_response(scram.message(), &mut out).unwrap();
             }
             Message::ReadyForQuery(_) => return s,
+            Message::ErrorResponse(e) => {
+                use fallible_iterator::FallibleIterator;
+                let fields: Vec<String> = e
+                    .fields()
+                    .map(|f| Ok(String::from_utf8_lossy(f.value_bytes()).into_owned()))
+                    .collect()
+                    .unwrap_or_default();
+                panic!("login refused: {fields:?}");
+            }
             _ => continue,
         }
         s.write_all(&out).unwrap();
