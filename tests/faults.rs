@@ -182,6 +182,68 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         .contains("the outbox is no longer kept for replica c"));
 }
 
+/// A replica whose position is older than the master's outbox clean-up
+/// (it was out of the configuration while the rows it lacks were cleaned
+/// up) is refused with an error that says what to do — never shipped
+/// batches with holes — and the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
+    let c = cluster(3);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO counters VALUES (100, 1)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.servers[2].stop().unwrap();
+    client
+        .batch_execute("INSERT INTO counters VALUES (101, 1)")
+        .await
+        .unwrap();
+    // As if c had been out of the configuration: the clean-up passed it.
+    c.psql(
+        0,
+        "INSERT INTO ferry.cleaned (horizon) VALUES (pg_current_xact_id()) \
+         ON CONFLICT (singleton) DO UPDATE SET horizon = EXCLUDED.horizon",
+    );
+    c.servers[2].start().unwrap();
+    client
+        .batch_execute("INSERT INTO counters VALUES (102, 1)")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "c refused", || {
+        let doc = c.status_doc();
+        let node_c = doc["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "c"))
+            .cloned()
+            .unwrap_or_default();
+        let error = node_c["last_error"].as_str().unwrap_or_default();
+        if node_c["reachable"] == false
+            && error.contains("before the master's outbox clean-up")
+            && error.contains("ferry add-node")
+        {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    })
+    .await;
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM counters WHERE id >= 100",
+        "3",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        c.psql(2, "SELECT count(*) FROM counters WHERE id >= 100")
+            .trim(),
+        "1",
+        "c got no batch"
+    );
+}
+
 /// A master restarted within the failure window (here widened to 20
 /// missed checks) stays master: no failover, replication resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,10 @@
 //! Periodic work on the master between cuts: outbox clean-up and backlog.
 //!
 //! Rows whose transaction id is below the oldest replica position's xmin
-//! have reached every replica and are deleted. The outbox tables carry
+//! have reached every replica and are deleted; that horizon is recorded
+//! first (`ferry.cleaned`), so that a replica standing below it — one that
+//! was out of the configuration meanwhile — is refused, not shipped
+//! batches with holes. The outbox tables carry
 //! aggressive autovacuum settings, so the space is reused at once instead
 //! of accumulating as bloat.
 
@@ -22,6 +25,12 @@ pub async fn clean(
         .map_err(BatchError::pg(node))?
         .get(0);
     let Some(horizon) = horizon else { return Ok(0) };
+    // Recorded before the rows go: a replica that comes back from below it
+    // is refused rather than shipped batches with holes.
+    client
+        .execute(schema::RECORD_CLEANED, &[&horizon])
+        .await
+        .map_err(BatchError::pg(node))?;
     let mut removed = 0;
     for s in shapes {
         removed += client

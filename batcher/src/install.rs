@@ -175,6 +175,18 @@ pub async fn prepare_replica(
         .await
         .map_err(BatchError::pg(name))?;
     let position: (i64, String) = (row.get(0), row.get(1));
+    let behind: bool = master
+        .1
+        .query_one(schema::BEHIND_CLEANUP, &[&position.1])
+        .await
+        .map_err(BatchError::pg(master.0))?
+        .get(0);
+    if behind {
+        return Err(BatchError::BehindCleanup {
+            node: name.to_string(),
+            batch: position.0,
+        });
+    }
     master
         .1
         .execute(schema::RECORD_POSITION, &[&name, &position.0, &position.1])

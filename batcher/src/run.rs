@@ -594,9 +594,10 @@ impl Batcher {
             if warned.insert(name.clone()) {
                 warn!(node = %name, last_recorded = %recorded,
                     "the master records replica {name}, which is not in the configuration: it gets no batches \
-                     from this Ferry (a node added with `ferry add-node` needs its [[nodes]] entry in the \
-                     configuration file before a restart); add the entry, or, if the node left for good, \
-                     delete its row from ferry.replicas on the master");
+                     from this Ferry and no longer holds back the outbox clean-up (a node added with \
+                     `ferry add-node` needs its [[nodes]] entry in the configuration file before a restart); \
+                     once the clean-up has passed its position it is refused if it comes back, and joins \
+                     again through `ferry add-node` once its replicated tables are dropped");
             }
         }
         Ok(())

@@ -13,6 +13,9 @@
 ///   transaction as the batch, so a batch is applied exactly once.
 /// - `ferry.replicas` is the master's record of each replica's position, for
 ///   outbox clean-up and status across restarts.
+/// - `ferry.cleaned` is the master's outbox clean-up horizon: rows of
+///   transactions below it may be gone, so a replica whose position is
+///   older cannot catch up by batches.
 /// - `ferry.node_state` is the node's own record (never replicated) of its
 ///   role, its state-priority and the cluster epoch it last saw; the epoch
 ///   is its fence (see [`crate::cluster`]).
@@ -41,6 +44,11 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS resyncing boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS ferry.cleaned (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    horizon xid8 NOT NULL,
+    cleaned_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS ferry.node_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     node text NOT NULL,
@@ -145,6 +153,18 @@ pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
 /// Returns name and when its position was last recorded (text).
 pub const UNCONFIGURED_REPLICAS: &str = "SELECT name, updated_at::text FROM ferry.replicas \
      WHERE NOT (name = ANY($1::text[])) AND NOT resyncing ORDER BY name";
+
+/// Records the horizon below which the outbox is about to be cleaned up
+/// (never lowered). Parameter: the horizon xid8 as text.
+pub const RECORD_CLEANED: &str = "INSERT INTO ferry.cleaned (horizon) VALUES (($1::text)::xid8) \
+     ON CONFLICT (singleton) DO UPDATE SET \
+     horizon = greatest(ferry.cleaned.horizon, EXCLUDED.horizon), cleaned_at = now()";
+
+/// Whether a replica at a master snapshot may lack changes the outbox no
+/// longer holds: its snapshot's xmin is below the clean-up horizon.
+/// Parameter: the snapshot as text. Returns one boolean.
+pub const BEHIND_CLEANUP: &str = "SELECT EXISTS (SELECT FROM ferry.cleaned \
+     WHERE horizon > pg_snapshot_xmin(($1::text)::pg_snapshot))";
 
 /// The node outside the batcher's replicas whose resync pin holds the
 /// outbox clean-up back furthest (a failed master fenced out, a node being
