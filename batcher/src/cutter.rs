@@ -212,6 +212,18 @@ impl Cutter {
         })
     }
 
+    /// Makes the next batch carry every sequence position again, moved or
+    /// not: a replica that just connected has not had them (positions
+    /// travel only when they move, and it may have missed the batch that
+    /// last carried them).
+    pub fn resend_sequences(&self) {
+        let mut shipped = self
+            .shipped_sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        shipped.iter_mut().for_each(|s| *s = None);
+    }
+
     /// Wraps a server error with this session's node name.
     fn pg(&self) -> impl FnOnce(tokio_postgres::Error) -> BatchError + '_ {
         BatchError::pg(&self.node)

@@ -252,8 +252,14 @@ impl Batcher {
         self.load_suspensions(&control, susp).await?;
         loop {
             let tick_start = Instant::now();
+            let mut joined = false;
             for r in replicas.iter_mut() {
+                let had = r.session.is_some();
                 self.connect_replica(r, &shapes).await;
+                joined |= !had && r.session.is_some();
+            }
+            if joined {
+                cutter.resend_sequences();
             }
             // Suspensions whose instant has come: this tick's cut is their
             // consistent point.
