@@ -533,10 +533,6 @@ impl Batcher {
         }
     }
 
-    /// Starts, or collects, a replica's connection attempt: checking and
-    /// preparing the replica and opening its apply session run in a task of
-    /// their own (with their own master connection), so a replica that
-    /// hangs does not hold up the loop.
     /// Logs when the outbox starts being kept for an unreachable replica
     /// (and again every ten minutes while it is), and when that ends.
     fn report_kept_for(
@@ -609,6 +605,11 @@ impl Batcher {
         Ok(())
     }
 
+    /// Starts, or collects, a replica's connection attempt: checking and
+    /// preparing the replica and opening its apply session run in a task of
+    /// their own (with their own master connection), so a replica that
+    /// hangs does not hold up the loop. A session the replica ended while
+    /// idle (a shutdown) is noticed here, at every tick.
     async fn connect_replica(&self, r: &mut Replica, shapes: &[TableShape]) {
         if r.session
             .as_mut()

@@ -54,7 +54,7 @@ pub fn scope(stmt: &str) -> Scope {
 
 /// Whether the text names `set_config` at all (the cheap test every
 /// statement passes through).
-pub fn mentions_set_config(sql: &str) -> bool {
+fn mentions_set_config(sql: &str) -> bool {
     const WORD: &[u8] = b"set_config";
     sql.as_bytes()
         .windows(WORD.len())

@@ -32,7 +32,7 @@ use super::session_state::SessionState;
 use bytes::{Buf, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
-use ferry_sql::set_config::{self, mentions_set_config, Scope};
+use ferry_sql::set_config::{self, Scope};
 use ferry_wire::codec::read_cstr;
 use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
@@ -598,9 +598,7 @@ pub(crate) async fn pump_routed(
 /// prepared statements, listens, temporary tables, advisory locks. Reads
 /// of such a session stay on the master from then on.
 fn pins(sql: &str, kind: Kind) -> bool {
-    kind == Kind::Session
-        || pins_session(sql)
-        || (mentions_set_config(sql) && set_config::scope(sql) != Scope::None)
+    kind == Kind::Session || pins_session(sql) || set_config::scope(sql) != Scope::None
 }
 
 /// A read that was to go to a replica goes to the master after all (only
