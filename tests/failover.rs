@@ -378,13 +378,8 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
     c.servers[0].start().unwrap();
     assert_eq!(node(&status(&c), "a")["role"], "fenced");
     // The new master's outbox is kept for a's resync, and /status says so.
-    ferry_testkit::eventually(Duration::from_secs(10), "outbox kept for a", || {
-        let doc = status(&c);
-        if doc["outbox_kept_for"] == "a" {
-            Ok(())
-        } else {
-            Err(doc)
-        }
+    c.wait_status(Duration::from_secs(10), "outbox kept for a", |doc| {
+        doc["outbox_kept_for"] == "a"
     })
     .await;
     // Late commits on the old master (a client that still wrote there
@@ -439,13 +434,8 @@ async fn a_fenced_old_master_is_resynchronised_and_rejoins() {
     let doc = status(&c);
     assert_eq!(node(&doc, "a")["role"], "replica", "{doc}");
     assert_eq!(node(&doc, "a")["quarantined"], 4, "{doc}");
-    ferry_testkit::eventually(Duration::from_secs(10), "outbox released", || {
-        let doc = status(&c);
-        if doc["outbox_kept_for"].is_null() {
-            Ok(())
-        } else {
-            Err(doc)
-        }
+    c.wait_status(Duration::from_secs(10), "outbox released", |doc| {
+        doc["outbox_kept_for"].is_null()
     })
     .await;
     assert_eq!(

@@ -113,13 +113,8 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         "the outbox keeps what c has not applied: {doc}"
     );
     // And says for whom, in /status, `ferry status` and the log.
-    eventually(Duration::from_secs(10), "outbox kept for c", || {
-        let doc = c.status_doc();
-        if doc["outbox_kept_for"] == "c" {
-            Ok(())
-        } else {
-            Err(doc)
-        }
+    c.wait_status(Duration::from_secs(10), "outbox kept for c", |doc| {
+        doc["outbox_kept_for"] == "c"
     })
     .await;
     let out = c.ferry_admin(&["status"]);
@@ -168,13 +163,8 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
         .unwrap()
         .get(0);
     assert_eq!(n, written);
-    eventually(Duration::from_secs(10), "outbox released", || {
-        let doc = c.status_doc();
-        if doc["outbox_kept_for"].is_null() {
-            Ok(())
-        } else {
-            Err(doc)
-        }
+    c.wait_status(Duration::from_secs(10), "outbox released", |doc| {
+        doc["outbox_kept_for"].is_null()
     })
     .await;
     assert!(c
@@ -212,12 +202,7 @@ async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
         .await
         .unwrap();
     eventually(Duration::from_secs(15), "c refused", || {
-        let doc = c.status_doc();
-        let node_c = doc["nodes"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["name"] == "c"))
-            .cloned()
-            .unwrap_or_default();
+        let node_c = c.node_doc("c");
         let error = node_c["last_error"].as_str().unwrap_or_default();
         if node_c["reachable"] == false
             && error.contains("before the master's outbox clean-up")
@@ -225,7 +210,7 @@ async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
         {
             Ok(())
         } else {
-            Err(doc)
+            Err(node_c)
         }
     })
     .await;

@@ -342,13 +342,8 @@ async fn status_metrics_and_health_report_the_replicas() {
         .await
         .unwrap();
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
-    eventually(Duration::from_secs(10), "outbox cleaned up", || {
-        let doc = c.status_doc();
-        if doc["outbox_backlog"] == 0 {
-            Ok(())
-        } else {
-            Err(doc)
-        }
+    c.wait_status(Duration::from_secs(10), "outbox cleaned up", |doc| {
+        doc["outbox_backlog"] == 0
     })
     .await;
 }

@@ -475,6 +475,35 @@ fn scan(sql: &str) -> Scan {
     s
 }
 
+/// What a scanner that looks only at code finds at a position.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Span {
+    /// Code (a `$` that starts a parameter such as `$1` is code too).
+    Code,
+    /// A comment or a quoted or dollar-quoted string, ending here.
+    Skip(usize),
+    /// A comment or string that does not end in the text.
+    Unterminated,
+}
+
+/// Whether a comment or a quoted or dollar-quoted string starts at `i`,
+/// and where it ends (a line comment ends at its newline).
+pub(crate) fn non_code(b: &[u8], i: usize) -> Span {
+    let ends = |end: Option<usize>| end.map_or(Span::Unterminated, Span::Skip);
+    match b.get(i) {
+        Some(b'-') if b.get(i + 1) == Some(&b'-') => Span::Skip(
+            b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p),
+        ),
+        Some(b'/') if b.get(i + 1) == Some(&b'*') => ends(skip_block_comment(b, i)),
+        Some(&q @ (b'\'' | b'"')) => ends(skip_quoted(b, i, q)),
+        Some(b'$') => skip_dollar(b, i).map_or(Span::Code, Span::Skip),
+        _ => Span::Code,
+    }
+}
+
 pub(crate) fn skip_block_comment(b: &[u8], start: usize) -> Option<usize> {
     // PostgreSQL block comments nest.
     let mut depth = 0;

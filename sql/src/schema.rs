@@ -155,10 +155,11 @@ pub const UNCONFIGURED_REPLICAS: &str = "SELECT name, updated_at::text FROM ferr
      WHERE NOT (name = ANY($1::text[])) AND NOT resyncing ORDER BY name";
 
 /// Records the horizon below which the outbox is about to be cleaned up
-/// (never lowered). Parameter: the horizon xid8 as text.
+/// (never lowered; unchanged, the row is not rewritten). Parameter: the
+/// horizon xid8 as text.
 pub const RECORD_CLEANED: &str = "INSERT INTO ferry.cleaned (horizon) VALUES (($1::text)::xid8) \
-     ON CONFLICT (singleton) DO UPDATE SET \
-     horizon = greatest(ferry.cleaned.horizon, EXCLUDED.horizon), cleaned_at = now()";
+     ON CONFLICT (singleton) DO UPDATE SET horizon = EXCLUDED.horizon, cleaned_at = now() \
+     WHERE ferry.cleaned.horizon < EXCLUDED.horizon";
 
 /// Whether a replica at a master snapshot may lack changes the outbox no
 /// longer holds: its snapshot's xmin is below the clean-up horizon.

@@ -5,7 +5,7 @@
 //! recreated (temporary tables, advisory locks, cursors WITH HOLD) keeps
 //! the session from moving.
 
-use crate::classify::{pins_session, skip_block_comment, skip_dollar, skip_quoted};
+use crate::classify::{non_code, pins_session, skip_block_comment, Span};
 use crate::set_config::{self, Scope};
 
 /// Puts a server session that stands in for one whose transaction was lost
@@ -140,31 +140,16 @@ fn statements(sql: &str) -> Vec<&str> {
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        let next = match b[i] {
-            b';' => {
+        i = match non_code(b, i) {
+            Span::Skip(end) => end,
+            Span::Unterminated => break,
+            Span::Code if b[i] == b';' => {
                 out.push(&sql[start..i]);
                 start = i + 1;
                 i + 1
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                let mut j = i;
-                while j < b.len() && b[j] != b'\n' {
-                    j += 1;
-                }
-                j
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => match skip_block_comment(b, i) {
-                Some(end) => end,
-                None => break,
-            },
-            q @ (b'\'' | b'"') => match skip_quoted(b, i, q) {
-                Some(end) => end,
-                None => break,
-            },
-            b'$' => skip_dollar(b, i).unwrap_or(i + 1),
-            _ => i + 1,
+            Span::Code => i + 1,
         };
-        i = next;
     }
     if start < sql.len() {
         out.push(&sql[start..]);

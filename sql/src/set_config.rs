@@ -10,7 +10,7 @@
 //! argument the setting lasts only until the transaction ends, which
 //! changes neither.
 
-use crate::classify::{skip_block_comment, skip_dollar, skip_quoted};
+use crate::classify::{non_code, skip_quoted, Span};
 
 /// How long the settings a statement makes with `set_config()` last.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,22 +68,10 @@ fn calls(sql: &str) -> Vec<Option<Vec<&str>>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => match skip_quoted(b, i, b[i]) {
-                Some(end) => i = end,
-                None => break,
-            },
-            b'$' => i = skip_dollar(b, i).unwrap_or(i + 1),
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => match skip_block_comment(b, i) {
-                Some(end) => i = end,
-                None => break,
-            },
-            c if c.is_ascii_alphabetic() || c == b'_' => {
+        match non_code(b, i) {
+            Span::Skip(end) => i = end,
+            Span::Unterminated => break,
+            Span::Code if b[i].is_ascii_alphabetic() || b[i] == b'_' => {
                 let start = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                     i += 1;
@@ -102,7 +90,7 @@ fn calls(sql: &str) -> Vec<Option<Vec<&str>>> {
                     }
                 }
             }
-            _ => i += 1,
+            Span::Code => i += 1,
         }
     }
     out
@@ -117,28 +105,28 @@ fn arguments(sql: &str, from: usize) -> Option<(Vec<&str>, usize)> {
     let mut start = from;
     let mut i = from;
     while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => i = skip_quoted(b, i, b[i])?,
-            b'$' => i = skip_dollar(b, i).unwrap_or(i + 1),
-            b'(' => {
+        i = match (non_code(b, i), b[i]) {
+            (Span::Skip(end), _) => end,
+            (Span::Unterminated, _) => return None,
+            (Span::Code, b'(') => {
                 depth += 1;
-                i += 1;
+                i + 1
             }
-            b')' if depth == 0 => {
+            (Span::Code, b')') if depth == 0 => {
                 args.push(sql[start..i].trim());
                 return Some((args, i + 1));
             }
-            b')' => {
+            (Span::Code, b')') => {
                 depth -= 1;
-                i += 1;
+                i + 1
             }
-            b',' if depth == 0 => {
+            (Span::Code, b',') if depth == 0 => {
                 args.push(sql[start..i].trim());
                 start = i + 1;
-                i += 1;
+                i + 1
             }
-            _ => i += 1,
-        }
+            (Span::Code, _) => i + 1,
+        };
     }
     None
 }

@@ -10,17 +10,11 @@
 //! another serving replica at its next read instead of reading on the
 //! master for good.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use ferry_batcher::metrics::ReplicaLabel;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
-
-/// The `replica` label of the read-session gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReplicaLabel {
-    replica: String,
-}
 
 /// How many sessions read from each replica slot.
 #[derive(Default)]
@@ -62,13 +56,7 @@ impl ReaderCounts {
         }
         counts[slot] += 1;
         let node = name(slot);
-        if let Some(node) = &node {
-            self.gauge
-                .get_or_create(&ReplicaLabel {
-                    replica: node.clone(),
-                })
-                .set(counts[slot] as i64);
-        }
+        self.show(node.as_ref(), counts[slot]);
         Some(Lease {
             counts: self.clone(),
             slot,
@@ -80,13 +68,16 @@ impl ReaderCounts {
         let mut counts = self.counts();
         if let Some(c) = counts.get_mut(slot) {
             *c = c.saturating_sub(1);
-            if let Some(node) = node {
-                self.gauge
-                    .get_or_create(&ReplicaLabel {
-                        replica: node.clone(),
-                    })
-                    .set(*c as i64);
-            }
+            self.show(node, *c);
+        }
+    }
+
+    /// Sets the gauge of a slot's node.
+    fn show(&self, node: Option<&String>, readers: usize) {
+        if let Some(node) = node {
+            self.gauge
+                .get_or_create(&ReplicaLabel::new(node))
+                .set(readers as i64);
         }
     }
 }

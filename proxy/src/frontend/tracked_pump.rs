@@ -288,11 +288,7 @@ pub(crate) async fn pump_routed(
                             }
                             let kind = if follow { classify(sql) } else { Kind::Write };
                             if routing.is_some() && pins(sql, kind) && !r.pinned {
-                                // Its reads stay on the master from now on:
-                                // its replica place and connection go.
-                                r.pinned = true;
-                                r.slot = None;
-                                replica_w = None;
+                                pin(&mut r, &mut replica_w);
                             }
                             let idle = r.status == b'I' && r.queue.is_empty();
                             let read_here = kind == Kind::Read && idle && !r.pinned;
@@ -409,9 +405,7 @@ pub(crate) async fn pump_routed(
                                 .and_then(|(_, rest)| read_cstr(rest))
                                 .map_or("", |(s, _)| s);
                             if pins(sql, classify(sql)) {
-                                r.pinned = true;
-                                r.slot = None;
-                                replica_w = None;
+                                pin(&mut r, &mut replica_w);
                             }
                         }
                         if matches!(tag, b'S' | b'F') {
@@ -599,6 +593,14 @@ pub(crate) async fn pump_routed(
 /// of such a session stay on the master from then on.
 fn pins(sql: &str, kind: Kind) -> bool {
     kind == Kind::Session || pins_session(sql) || set_config::scope(sql) != Scope::None
+}
+
+/// Keeps a session's reads on the master from now on: its replica place
+/// and connection go.
+fn pin(r: &mut Route, replica_w: &mut Option<tokio::net::tcp::OwnedWriteHalf>) {
+    r.pinned = true;
+    r.slot = None;
+    *replica_w = None;
 }
 
 /// A read that was to go to a replica goes to the master after all (only

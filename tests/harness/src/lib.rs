@@ -279,6 +279,25 @@ impl Cluster {
         serde_json::from_str(&self.status_json().unwrap_or_default()).unwrap_or_default()
     }
 
+    /// Waits until the `/status` document satisfies `ok`; on timeout,
+    /// panics with the last one.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        eventually(timeout, what, || {
+            let doc = self.status_doc();
+            if ok(&doc) {
+                Ok(())
+            } else {
+                Err(doc)
+            }
+        })
+        .await
+    }
+
     /// One node's entry in `/status` (Null when absent).
     pub fn node_doc(&self, name: &str) -> serde_json::Value {
         self.status_doc()["nodes"]
