@@ -10,9 +10,10 @@ use crate::schema_steps::{plan, DdlChange, LogEntry, Planned};
 use crate::BatchError;
 use bytes::Bytes;
 use ferry_sql::batch::{Emptying, Ops};
-use ferry_sql::{batch, schema, TableShape};
+use ferry_sql::{batch, TableShape};
 use futures_util::future::try_join_all;
 use futures_util::TryStreamExt;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio_postgres::{Client, Statement};
@@ -112,19 +113,23 @@ pub enum Cut {
 pub struct Cutter {
     node: String,
     client: Client,
-    snapshot: Statement,
-    next_id: Statement,
-    materialise: Vec<Statement>,
+    /// Opens the cut's transaction and locks the session's outboxes before
+    /// its snapshot (see [`ferry_sql::batch::begin_cut`]).
+    begin: String,
+    /// Takes the cut: materialises every table and reads the snapshot, the
+    /// schema-change flag and the sequences (see
+    /// [`ferry_sql::batch::materialise_all`]).
+    materialise: Statement,
     copy_out: Vec<Statement>,
     /// The schema changes in a window (see [`crate::schema_steps`]).
     ddl_window: Statement,
-    /// Locks the session's outboxes before the cut's snapshot (see
-    /// [`ferry_sql::batch::lock_outboxes`]).
-    lock_outboxes: String,
-    /// Per table, empties its batch table before the cut commits, and the
-    /// TRUNCATE that does it instead when its [`Emptying`] says so (see
+    /// Ends a cut: empties the batch tables that had rows and takes the
+    /// batch id, one statement per set of tables (see
+    /// [`ferry_sql::batch::finish_cut`]), prepared when first needed.
+    finish: tokio::sync::Mutex<HashMap<Vec<usize>, Statement>>,
+    /// Per table, the TRUNCATE that empties its batch table instead of the
+    /// DELETE when its [`Emptying`] says so (see
     /// [`ferry_sql::batch::create_temp`]).
-    empty: Vec<Statement>,
     truncate: Vec<Statement>,
     emptying: Mutex<Vec<Emptying>>,
     shapes: Vec<TableShape>,
@@ -132,9 +137,13 @@ pub struct Cutter {
     empty_batch_tables: String,
     /// Replicated sequences, and the positions the last batch carried.
     sequences: Vec<String>,
-    read_sequences: Statement,
     shipped_sequences: Mutex<Vec<Option<i64>>>,
 }
+
+/// Sets of tables whose finishing statement is kept prepared; a cut with
+/// another set once that many are kept prepares one for itself alone (a
+/// schema whose batches touch ever new sets of tables).
+const FINISH_STATEMENTS: usize = 64;
 
 impl Cutter {
     /// Prepares the session: temporary tables and statements, once.
@@ -151,37 +160,20 @@ impl Cutter {
             setup.push(';');
         }
         client.batch_execute(&setup).await.map_err(err(node))?;
-        let snapshot = client
-            .prepare(schema::CURRENT_SNAPSHOT)
-            .await
-            .map_err(err(node))?;
-        let next_id = client
-            .prepare(schema::NEXT_BATCH_ID)
-            .await
-            .map_err(err(node))?;
-        let read_sequences = client
-            .prepare(ferry_sql::sequences::READ)
-            .await
-            .map_err(err(node))?;
         let ddl_window = client
             .prepare(ferry_sql::ddl::IN_WINDOW)
             .await
             .map_err(err(node))?;
-        let mut materialise = Vec::new();
+        let materialise = client
+            .prepare(&batch::materialise_all(shapes))
+            .await
+            .map_err(err(node))?;
         let mut copy_out = Vec::new();
-        let mut empty = Vec::new();
         let mut truncate = Vec::new();
         for s in shapes {
-            empty.push(client.prepare(&batch::empty(s)).await.map_err(err(node))?);
             truncate.push(
                 client
                     .prepare(&batch::truncate_temp(s))
-                    .await
-                    .map_err(err(node))?,
-            );
-            materialise.push(
-                client
-                    .prepare(&batch::materialise(s))
                     .await
                     .map_err(err(node))?,
             );
@@ -195,20 +187,17 @@ impl Cutter {
         Ok(Self {
             node: node.to_string(),
             client,
-            snapshot,
-            next_id,
+            begin: batch::begin_cut(shapes),
             materialise,
             copy_out,
             ddl_window,
-            lock_outboxes: batch::lock_outboxes(shapes),
-            empty,
+            finish: tokio::sync::Mutex::new(HashMap::new()),
             truncate,
             emptying: Mutex::new(vec![Emptying::default(); shapes.len()]),
             shapes: shapes.to_vec(),
             empty_batch_tables: batch::empty_all(shapes),
             shipped_sequences: Mutex::new(vec![None; sequences.len()]),
             sequences,
-            read_sequences,
         })
     }
 
@@ -262,32 +251,14 @@ impl Cutter {
     async fn cut_groups(&self, groups: &[(i64, String)]) -> Result<Cut, BatchError> {
         let cut_at = Instant::now();
         let first = &groups[0].1;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [first];
-        // join! polls in argument order, so the requests go out in this
-        // order in one write: BEGIN, the outbox locks (which take no
-        // snapshot), then the snapshot (the transaction's first statement
-        // that needs one, which fixes it), then the materialisations.
-        let (begun, locked, snap, ops, ddl, positions) = tokio::join!(
-            self.client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
-            self.client.batch_execute(&self.lock_outboxes),
-            self.client.query_one(&self.snapshot, &[]),
-            self.materialise_all(&params),
-            self.client.query(&self.ddl_window, &params),
-            // Read after the snapshot: at least every value the batch's
-            // transactions used.
-            async {
-                if self.sequences.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let rows = self
-                    .client
-                    .query(&self.read_sequences, &[&self.sequences])
-                    .await?;
-                Ok(rows.iter().map(|r| r.get::<_, Option<i64>>(0)).collect())
-            },
+        // join! polls in argument order, so both requests go out in one
+        // write: BEGIN with the outbox locks (which take no snapshot), then
+        // the materialisation, the transaction's first statement that needs
+        // a snapshot, which fixes it.
+        let (locked, taken) = tokio::join!(
+            self.client.batch_execute(&self.begin),
+            self.materialise_all(first),
         );
-        begun.map_err(self.pg())?;
         if let Err(e) = locked {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                 tracing::debug!(node = %self.node, "an outbox is locked by a schema change; cutting at the next tick");
@@ -295,10 +266,12 @@ impl Cutter {
             }
             return Err(self.pg()(e));
         }
-        let snap: String = snap.map_err(self.pg())?.get(0);
-        let mut ops = ops.map_err(self.pg())?;
-        let mut ddl = ddl.map_err(self.pg())?;
-        let positions: Vec<Option<i64>> = positions.map_err(self.pg())?;
+        let Materialised {
+            snap,
+            mut ops,
+            mut ddl,
+            sequences: positions,
+        } = taken?;
         let moved = {
             let shipped = self
                 .shipped_sequences
@@ -309,11 +282,9 @@ impl Cutter {
         let mut contents: Vec<(Vec<TablePart>, Vec<Step>)> = Vec::new();
         for (g, (_, from_snap)) in groups.iter().enumerate() {
             if g > 0 {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [from_snap];
-                let (emptied, refilled, window) = tokio::join!(
+                let (emptied, refilled) = tokio::join!(
                     self.client.batch_execute(&self.empty_batch_tables),
-                    self.materialise_all(&params),
-                    self.client.query(&self.ddl_window, &params),
+                    self.materialise_all(from_snap),
                 );
                 emptied.map_err(self.pg())?;
                 for e in self
@@ -324,8 +295,9 @@ impl Cutter {
                 {
                     e.truncated();
                 }
-                ops = refilled.map_err(self.pg())?;
-                ddl = window.map_err(self.pg())?;
+                let refilled = refilled?;
+                ops = refilled.ops;
+                ddl = refilled.ddl;
             }
             let last = g + 1 == groups.len();
             if !ddl.is_empty() {
@@ -355,26 +327,29 @@ impl Cutter {
                 }
             };
             // The batch tables are emptied in the transaction that filled
-            // them (after their COPY OUT, which goes out first).
-            let emptying: Vec<&Statement> = {
+            // them (after their COPY OUT, which goes out first): by the
+            // statement that takes the batch id, or by TRUNCATE.
+            let mut deleted: Vec<usize> = Vec::new();
+            let mut truncated: Vec<&Statement> = Vec::new();
+            {
                 let mut wear = self.emptying.lock().unwrap_or_else(|p| p.into_inner());
-                ops.iter()
-                    .zip(wear.iter_mut())
-                    .zip(self.empty.iter().zip(&self.truncate))
-                    .filter(|((o, _), _)| o.rows() > 0)
-                    .map(|((o, e), (empty, truncate))| {
-                        if e.truncate_after(o.rows()) {
-                            truncate
-                        } else {
-                            empty
-                        }
-                    })
-                    .collect()
-            };
-            let (id, last_parts, emptied, ended) = tokio::join!(
-                self.client.query_one(&self.next_id, &[]),
+                let tables = ops.iter().zip(wear.iter_mut()).zip(&self.truncate);
+                for (i, ((o, e), truncate)) in tables.enumerate() {
+                    if o.rows() == 0 {
+                        continue;
+                    }
+                    if e.truncate_after(o.rows()) {
+                        truncated.push(truncate);
+                    } else {
+                        deleted.push(i);
+                    }
+                }
+            }
+            let finish = self.finish_statement(deleted).await?;
+            let (last_parts, id, emptied, ended) = tokio::join!(
                 copy_last,
-                try_join_all(emptying.into_iter().map(|st| self.client.execute(st, &[]))),
+                self.client.query_one(&finish, &[]),
+                try_join_all(truncated.into_iter().map(|st| self.client.execute(st, &[]))),
                 self.client.batch_execute("COMMIT"),
             );
             let id: i64 = id.map_err(self.pg())?.get(0);
@@ -524,21 +499,75 @@ impl Cutter {
         .await
     }
 
-    /// Materialises every table's batch from the outbox (parameter: the
-    /// previous cut), each reporting what it wrote.
-    async fn materialise_all(
-        &self,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Ops>, tokio_postgres::Error> {
-        try_join_all(self.materialise.iter().map(|stmt| async move {
-            let row = self.client.query_one(stmt, params).await?;
-            let count = |i: usize| row.try_get::<_, i64>(i).map(|n| n.max(0) as u64);
-            Ok(Ops {
-                upserts: count(0)?,
-                deletes: count(1)?,
-                truncates: count(2)?,
+    /// Materialises every table's batch from the outbox since `from` (the
+    /// previous cut) in one statement, with what else the cut reads (see
+    /// [`ferry_sql::batch::materialise_all`]); the schema changes in the
+    /// window are read only when there are some.
+    async fn materialise_all(&self, from: &String) -> Result<Materialised, BatchError> {
+        let row = self
+            .client
+            .query_one(&self.materialise, &[from, &self.sequences])
+            .await
+            .map_err(self.pg())?;
+        let count = |i: usize| row.try_get::<_, i64>(i).map(|n| n.max(0) as u64);
+        let ops = (0..self.shapes.len())
+            .map(|t| {
+                let at = batch::counts_column(t);
+                Ok(Ops {
+                    upserts: count(at)?,
+                    deletes: count(at + 1)?,
+                    truncates: count(at + 2)?,
+                })
             })
-        }))
-        .await
+            .collect::<Result<Vec<Ops>, tokio_postgres::Error>>()
+            .map_err(self.pg())?;
+        let flag = batch::schema_flag_column(self.shapes.len());
+        let changes: bool = row.try_get(flag).map_err(self.pg())?;
+        let sequences: Vec<Option<i64>> = row.try_get(flag + 1).map_err(self.pg())?;
+        let ddl = if changes {
+            self.client
+                .query(&self.ddl_window, &[from])
+                .await
+                .map_err(self.pg())?
+        } else {
+            Vec::new()
+        };
+        Ok(Materialised {
+            snap: row.try_get(0).map_err(self.pg())?,
+            ops,
+            ddl,
+            sequences,
+        })
     }
+
+    /// The statement that ends a cut whose batch tables `deleted` are
+    /// emptied by DELETE (see [`ferry_sql::batch::finish_cut`]).
+    async fn finish_statement(&self, deleted: Vec<usize>) -> Result<Statement, BatchError> {
+        let mut kept = self.finish.lock().await;
+        if let Some(st) = kept.get(&deleted) {
+            return Ok(st.clone());
+        }
+        let st = self
+            .client
+            .prepare(&batch::finish_cut(&self.shapes, &deleted))
+            .await
+            .map_err(self.pg())?;
+        if kept.len() < FINISH_STATEMENTS {
+            kept.insert(deleted, st.clone());
+        }
+        Ok(st)
+    }
+}
+
+/// What the cut's first statement read.
+struct Materialised {
+    /// The cut's snapshot, as text.
+    snap: String,
+    /// Per table, what its batch table holds.
+    ops: Vec<Ops>,
+    /// The schema changes in the window (rows of
+    /// [`ferry_sql::ddl::IN_WINDOW`]).
+    ddl: Vec<tokio_postgres::Row>,
+    /// Each replicated sequence's last value.
+    sequences: Vec<Option<i64>>,
 }

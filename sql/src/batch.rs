@@ -149,8 +149,9 @@ const SINCE_CUT: &str = "_xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
 
 /// Fills the batch table from the outbox: for a keyed table, the last image
 /// (or deletion) of each key in capture order; for a keyless one, every
-/// inserted row. Parameter: previous cut. Returns one row of three bigints:
-/// the images, deletions and TRUNCATE markers it wrote (see [`Ops`]).
+/// inserted row. Parameter: previous cut. The INSERT alone, returning the
+/// `_op` of each row it wrote; [`materialise_all`] runs every table's in
+/// one statement.
 ///
 /// If the table was truncated in the window, only its last TRUNCATE marker
 /// and the changes after it count (the marker's key columns are NULL, so
@@ -174,9 +175,81 @@ pub fn materialise(shape: &TableShape) -> String {
              WHERE {SINCE_CUT} AND {since_truncate} ORDER BY _seq"
         ),
     };
+    format!("{insert} RETURNING _op")
+}
+
+/// The first statement of a cut after its outbox locks, and so the one
+/// whose snapshot *is* the cut: fills every table's batch table
+/// ([`materialise`]) and reads what the cut needs besides, in one statement
+/// — a statement each cost more in executor start-up and protocol than
+/// the work itself (a synchronous commit waits for the cut).
+///
+/// Parameters: the previous cut (`$1`), the replicated sequences as
+/// `text[]` (`$2`). Returns one row: the cut's snapshot as text; per table
+/// in `shapes` order, three bigints (images, deletions, TRUNCATE markers
+/// written, see [`Ops`]); whether schema changes wait in the window
+/// (boolean; [`crate::ddl::IN_WINDOW`] reads them); and each sequence's
+/// last value (`bigint[]`, NULL for one never used or gone), read after
+/// the snapshot was taken: at least every value the batch's transactions
+/// used.
+pub fn materialise_all(shapes: &[TableShape]) -> String {
+    let ctes: Vec<String> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("m{i} AS ({})", materialise(s)))
+        .collect();
+    let counts: Vec<String> = (0..shapes.len())
+        .map(|i| {
+            format!(
+                "(SELECT count(*) FILTER (WHERE _op = 'U') FROM m{i}), \
+                 (SELECT count(*) FILTER (WHERE _op = 'D') FROM m{i}), \
+                 (SELECT count(*) FILTER (WHERE _op = 'T') FROM m{i}), "
+            )
+        })
+        .collect();
+    let with = if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {} ", ctes.join(", "))
+    };
     format!(
-        "WITH m AS ({insert} RETURNING _op) SELECT count(*) FILTER (WHERE _op = 'U'), \
-         count(*) FILTER (WHERE _op = 'D'), count(*) FILTER (WHERE _op = 'T') FROM m"
+        "{with}SELECT pg_current_snapshot()::text, {}{}, ARRAY({})",
+        counts.concat(),
+        crate::ddl::WINDOW_HAS_CHANGES,
+        crate::sequences::read("$2")
+    )
+}
+
+/// The column of [`materialise_all`]'s row that holds table `i`'s first
+/// count.
+pub const fn counts_column(i: usize) -> usize {
+    1 + 3 * i
+}
+
+/// The column of [`materialise_all`]'s row that says whether schema
+/// changes wait in the window; the sequences follow it.
+pub const fn schema_flag_column(tables: usize) -> usize {
+    1 + 3 * tables
+}
+
+/// Empties, in one statement, the batch tables `temps` names (by index
+/// into `shapes`) and takes the batch id: the end of a cut before its
+/// COMMIT (after the tables' COPY OUT, which goes out first). Returns the
+/// id. No parameters.
+pub fn finish_cut(shapes: &[TableShape], temps: &[usize]) -> String {
+    let deletes: Vec<String> = temps
+        .iter()
+        .filter_map(|&i| shapes.get(i))
+        .enumerate()
+        .map(|(k, s)| format!("d{k} AS (DELETE FROM {})", s.table.batch_temp()))
+        .collect();
+    if deletes.is_empty() {
+        return crate::schema::NEXT_BATCH_ID.to_string();
+    }
+    format!(
+        "WITH {} {}",
+        deletes.join(", "),
+        crate::schema::NEXT_BATCH_ID
     )
 }
 
@@ -226,7 +299,7 @@ pub fn materialise_step(shape: &TableShape, temp: &str, present: &[String]) -> S
     }
 }
 
-/// Locks the outboxes a cut reads, first in its transaction: `LOCK TABLE`
+/// Opens a cut's transaction and locks the outboxes it reads, first in it: `LOCK TABLE`
 /// takes no snapshot, so the snapshot that follows sees every schema
 /// change that rewrote an outbox (capture following a column's new type)
 /// before it, and none can rewrite one until the cut ends. A rewrite is
@@ -234,14 +307,17 @@ pub fn materialise_step(shape: &TableShape, temp: &str, present: &[String]) -> S
 /// `NOWAIT`: a schema change holding an outbox makes the cut fail with
 /// `55P03` at once (it tries again at the next tick) rather than queue
 /// behind it or deadlock with it.
-pub fn lock_outboxes(shapes: &[TableShape]) -> String {
+///
+/// Sent with the cut's BEGIN as one simple query (one message, one
+/// answer; neither takes a snapshot).
+pub fn begin_cut(shapes: &[TableShape]) -> String {
+    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     if shapes.is_empty() {
-        // An empty statement: still one answer, and no snapshot.
-        return String::new();
+        return begin.to_string();
     }
     let outboxes: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
     format!(
-        "LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
+        "{begin}; LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
         outboxes.join(", ")
     )
 }
@@ -309,6 +385,36 @@ mod tests {
         assert!(sql.contains("ORDER BY \"a1\", \"a2\", _seq DESC"));
         assert!(sql.contains("(_op, \"id\", \"order_id\", \"qty\") SELECT"));
         assert!(sql.contains("pg_visible_in_snapshot"));
+    }
+
+    #[test]
+    fn one_statement_takes_the_whole_cut() {
+        let mut other = sample();
+        other.key = None;
+        let shapes = [sample(), other];
+        let sql = materialise_all(&shapes);
+        assert!(sql.starts_with("WITH m0 AS (INSERT INTO"));
+        assert!(sql.contains("m1 AS (INSERT INTO"));
+        assert_eq!(sql.matches("RETURNING _op").count(), 2);
+        assert_eq!(sql.matches("count(*) FILTER").count(), 6);
+        assert!(sql.contains("SELECT pg_current_snapshot()::text, (SELECT count(*)"));
+        assert!(sql.contains("EXISTS (SELECT 1 FROM ferry.ddl_log"));
+        assert!(sql.ends_with("ORDER BY u.i)"));
+        assert_eq!((counts_column(1), schema_flag_column(2)), (4, 7));
+        // No tables: the snapshot, the flag and the sequences alone.
+        assert!(materialise_all(&[]).starts_with("SELECT pg_current_snapshot()::text, EXISTS"));
+    }
+
+    #[test]
+    fn a_cut_ends_by_emptying_the_tables_it_filled_and_taking_the_id() {
+        let shapes = [sample(), sample()];
+        let sql = finish_cut(&shapes, &[1]);
+        assert!(sql.starts_with("WITH d0 AS (DELETE FROM pg_temp."));
+        assert!(sql.ends_with("SELECT nextval('ferry.batch_ids')"));
+        assert_eq!(finish_cut(&shapes, &[]), crate::schema::NEXT_BATCH_ID);
+        assert_eq!(finish_cut(&shapes, &[0, 1]).matches("DELETE").count(), 2);
+        assert!(begin_cut(&shapes).contains("; LOCK TABLE ferry."));
+        assert!(!begin_cut(&[]).contains("LOCK"));
     }
 
     #[test]

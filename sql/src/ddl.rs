@@ -217,6 +217,13 @@ pub const IN_WINDOW: &str = "SELECT seq, xid::text, tag, coalesce(query, ''), \
      WHERE xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
        AND NOT pg_visible_in_snapshot(xid, ($1::text)::pg_snapshot) ORDER BY seq";
 
+/// Whether any schema change waits in the window [`IN_WINDOW`] reads (an
+/// expression; the cut asks it with its materialisation and reads the
+/// changes only when there are some).
+pub const WINDOW_HAS_CHANGES: &str = "EXISTS (SELECT 1 FROM ferry.ddl_log \
+     WHERE xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
+       AND NOT pg_visible_in_snapshot(xid, ($1::text)::pg_snapshot))";
+
 /// The tables whose schema changes wait in the window after a replica's
 /// position (the replica's copies may differ from the master's until they
 /// ship), as `(schema, name)`, before or after each change. Parameter: the

@@ -19,9 +19,15 @@ pub const LIST: &str = "SELECT c.oid::regclass::text, n.nspname::text, c.relname
      ORDER BY 1";
 
 /// Current positions, in the order given; NULL for a sequence never used
-/// (or dropped since). Parameter: regclass texts as `text[]`.
-pub const READ: &str = "SELECT pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(u.s)) \
-     FROM unnest($1::text[]) WITH ORDINALITY AS u(s, i) ORDER BY u.i";
+/// (or dropped since). `param`: the parameter holding regclass texts as
+/// `text[]` (the cut reads them in its first statement, see
+/// [`crate::batch::materialise_all`]).
+pub fn read(param: &str) -> String {
+    format!(
+        "SELECT pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(u.s)) \
+         FROM unnest({param}::text[]) WITH ORDINALITY AS u(s, i) ORDER BY u.i"
+    )
+}
 
 /// On a replica: moves each named sequence forward to the master's
 /// position, leaving one that is already there (or beyond) alone; a
