@@ -6,6 +6,7 @@ use ferry_testkit::{Cluster, Options};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const SCHEMA: &str = "CREATE TABLE mine (id bigint PRIMARY KEY);
@@ -36,6 +37,20 @@ async fn one(client: &Client, sql: &str) -> String {
         }
     }
     panic!("no row from {sql}");
+}
+
+/// The port of the server that answered a query sent through the
+/// extended protocol with the unnamed statement (`query_typed`: Parse,
+/// Bind, Describe, Execute, Sync, all unnamed).
+async fn unnamed(client: &Client) -> String {
+    let rows = client
+        .query_typed(
+            "SELECT current_setting('port'), $1::int",
+            &[(&7i32, Type::INT4)],
+        )
+        .await
+        .unwrap();
+    rows[0].get::<_, String>(0)
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -103,7 +118,7 @@ async fn causal_reads_never_miss_the_session_s_own_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() {
+async fn transactions_pinned_sessions_and_named_statements_read_on_the_master() {
     let c = cluster("replicas").await;
     let master_port = c.servers[0].port.to_string();
     let replica_ports: Vec<String> = c.servers[1..].iter().map(|s| s.port.to_string()).collect();
@@ -125,12 +140,19 @@ async fn transactions_pinned_sessions_and_extended_queries_read_on_the_master() 
         .await,
         master_port
     );
-    // Extended protocol: the master.
+    // Extended protocol: a cycle that uses only the unnamed statement and
+    // portal (what JDBC, psycopg and libpq's PQexecParams send) is a read
+    // like a Query; a named statement lives on the master, and so do its
+    // executions.
+    assert!(replica_ports.contains(&unnamed(&client).await));
     let row = client
         .query_one("SELECT current_setting('port')", &[])
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), master_port);
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(unnamed(&client).await, master_port);
+    client.batch_execute("COMMIT").await.unwrap();
     // A session that sets something is pinned to the master from then on.
     let pinned = c.proxy_client().await;
     assert!(replica_ports.contains(&one(&pinned, "SHOW port").await));
@@ -299,4 +321,86 @@ async fn a_read_that_writes_after_all_cannot_change_a_replica() {
     assert_eq!(c.psql(0, "SELECT count(*) FROM mine").trim(), "0");
     // The session goes on.
     assert_eq!(one(&client, "SELECT count(*) FROM mine").await, "0");
+}
+
+/// A client may bind the unnamed statement again without parsing it anew
+/// (libpq's `PQprepare(conn, "", …)` then `PQexecPrepared(conn, "", …)`).
+/// Parsed in a cycle that ran on a replica, it is parsed on the master too
+/// before such a bind, and the client sees only the answers it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_parsed_on_a_replica_can_be_bound_again() {
+    use bytes::BytesMut;
+    use ferry_testkit::raw::{login, read_msg};
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+    use std::io::Write;
+
+    let c = cluster("replicas").await;
+    let master_port = c.servers[0].port.to_string();
+    let mut s = login(c.proxy_port);
+    let mut buf = BytesMut::new();
+    // Reads every message up to ReadyForQuery: their tags, and the first
+    // column of the rows.
+    let mut answer = |s: &mut std::net::TcpStream| {
+        let mut tags = String::new();
+        let mut values = Vec::new();
+        loop {
+            let m = read_msg(s, &mut buf).expect("the connection closed");
+            tags.push(match &m {
+                Message::ParseComplete => '1',
+                Message::BindComplete => '2',
+                Message::RowDescription(_) => 'T',
+                Message::DataRow(row) => {
+                    let body = row.buffer();
+                    let len = i32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+                    values.push(String::from_utf8_lossy(&body[4..4 + len]).into_owned());
+                    'D'
+                }
+                Message::CommandComplete(_) => 'C',
+                Message::ErrorResponse(_) => 'E',
+                Message::ReadyForQuery(_) => 'Z',
+                _ => '?',
+            });
+            if tags.ends_with('Z') {
+                return (tags, values);
+            }
+        }
+    };
+    let mut out = BytesMut::new();
+    for round in 0..3 {
+        // Parse the unnamed statement alone: a read cycle, on a replica.
+        out.clear();
+        frontend::parse("", "SELECT current_setting('port')", [], &mut out).unwrap();
+        frontend::sync(&mut out);
+        s.write_all(&out).unwrap();
+        assert_eq!(answer(&mut s).0, "1Z", "round {round}");
+        // Bind and run it without parsing it: the master, which parses it
+        // first; its ParseComplete does not reach the client.
+        out.clear();
+        frontend::bind(
+            "",
+            "",
+            [],
+            [] as [Option<&[u8]>; 0],
+            |_, _| Ok(postgres_protocol::IsNull::No),
+            [],
+            &mut out,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::describe(b'P', "", &mut out).unwrap();
+        frontend::execute("", 0, &mut out).unwrap();
+        frontend::sync(&mut out);
+        s.write_all(&out).unwrap();
+        let (tags, values) = answer(&mut s);
+        assert_eq!(tags, "2TDCZ", "round {round}");
+        assert_eq!(values, std::slice::from_ref(&master_port), "round {round}");
+    }
+    // A simple Query still works after it, on a replica.
+    out.clear();
+    frontend::query("SHOW port", &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let (tags, values) = answer(&mut s);
+    assert_eq!(tags, "TDCZ");
+    assert_ne!(values, [master_port]);
 }

@@ -7,7 +7,8 @@
 //! - [`commit_tracker`]: which commits wait for sync replicas.
 //! - [`tracked_pump`]: sessions followed message by message: sync-mode
 //!   commit holds and reads on replicas (`proxy.reads`);
-//!   [`read_balance`]: which replica a session reads from.
+//!   [`read_balance`]: which replica a session reads from;
+//!   [`read_cycle`]: which extended-protocol cycles may go to a replica.
 //! - [`session_state`]: what a session holds and where it stands, to move
 //!   it to another server; [`moving`]: the move itself.
 //! - [`gate`]: where sessions hold new statements during a switchover.
@@ -20,6 +21,7 @@ pub mod gate;
 pub mod listener;
 pub mod moving;
 pub mod read_balance;
+pub mod read_cycle;
 pub mod session;
 pub mod session_state;
 pub mod startup;

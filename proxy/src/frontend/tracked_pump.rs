@@ -5,7 +5,7 @@
 //! [`super::session`].
 //!
 //! With read routing, a session keeps its master connection and, from its
-//! first routed read on, one connection to a replica. Each simple-protocol Query that is
+//! first routed read on, one connection to a replica. Each Query that is
 //! certainly a read ([`ferry_sql::classify`]) and arrives while the session
 //! is idle outside a transaction, not pinned, with nothing outstanding, may
 //! go to the replica; everything else goes to the master:
@@ -18,7 +18,10 @@
 //!
 //! `SET`, `PREPARE`, `LISTEN`, temporary tables and advisory locks pin the
 //! session to the master for good (they live in one server session).
-//! Extended-protocol statements always go to the master.
+//! Extended-protocol reads move the same way when a cycle (Parse … Sync)
+//! uses only the unnamed statement and portal ([`super::read_cycle`]);
+//! named statements and portals live on the master, and so do the cycles
+//! that use them.
 //!
 //! Every Query, Sync and FunctionCall produces one ReadyForQuery; a queue
 //! of their destinations, in order, tells the client side which server
@@ -27,9 +30,10 @@
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::gate::Gate;
 use super::read_balance::{Lease, ReaderCounts};
+use super::read_cycle::{self, Cycle};
 use super::session::{End, PumpError};
 use super::session_state::SessionState;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
 use ferry_sql::set_config::{self, Scope};
@@ -42,7 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -156,6 +160,15 @@ pub(crate) struct Route {
     /// from: the least loaded among those serving at its first read, and
     /// again whenever it stops serving.
     slot: Option<Lease>,
+    /// The Parse message (whole) of the unnamed statement, when the client
+    /// last parsed it in a cycle that ran on a replica: should the client
+    /// bind it again without parsing it anew, the master parses it first.
+    unnamed_on_replica: Option<Bytes>,
+    /// The ParseComplete of such a parse, which the client must not see, is
+    /// owed after this many more ReadyForQuery from the master (at most one
+    /// is owed: the next parse on a replica needs the session idle). A
+    /// ReadyForQuery when none are left ends the wait: the parse failed.
+    swallow_parse_complete: Option<usize>,
 }
 
 impl Route {
@@ -173,6 +186,8 @@ impl Route {
             need: 0,
             replica_broken: false,
             slot: None,
+            unnamed_on_replica: None,
+            swallow_parse_complete: None,
         }
     }
 
@@ -184,6 +199,8 @@ impl Route {
         self.status = if self.lost_transaction { b'E' } else { b'I' };
         self.unsent = 0;
         self.replica_broken = false;
+        self.unnamed_on_replica = None;
+        self.swallow_parse_complete = None;
         self.settle();
     }
 
@@ -251,7 +268,7 @@ pub(crate) async fn pump_routed(
 
     let to_server = async {
         let mut scanner = FrameScanner::default();
-        let mut replica_w: Option<tokio::net::tcp::OwnedWriteHalf> = None;
+        let mut replica_w: Option<OwnedWriteHalf> = None;
         let mut replica_down_until: Option<Instant> = None;
         loop {
             // A switchover is under way: a statement that would start
@@ -268,8 +285,11 @@ pub(crate) async fn pump_routed(
                         t == b'X' || client_wants(t) || matches!(t, b'E' | b'D')
                     })
                     .map_err(PumpError::Protocol)?;
-                match step {
-                    Step::Pass(n) => at += n,
+                let routed = match step {
+                    Step::Pass(n) => {
+                        at += n;
+                        continue;
+                    }
                     Step::Frame { tag: b'X', len } => {
                         at += len;
                         terminated = true;
@@ -278,142 +298,179 @@ pub(crate) async fn pump_routed(
                     Step::Frame { tag: b'Q', len } => {
                         let body = &cbuf[at + 5..at + len];
                         let sql = read_cstr(body).map_or("", |(s, _)| s);
-                        let candidate = {
-                            let mut r = lock();
-                            r.session.client_message(b'Q', body);
-                            r.settle();
-                            if std::mem::take(&mut r.replica_broken) {
-                                replica_w = None;
-                                replica_down_until = Some(Instant::now() + REPLICA_RETRY);
+                        let mut r = lock();
+                        r.session.client_message(b'Q', body);
+                        r.settle();
+                        // A Query destroys the unnamed statement, wherever
+                        // it was parsed.
+                        r.unnamed_on_replica = None;
+                        let kind = if follow { classify(sql) } else { Kind::Write };
+                        if routing.is_some() && pins(sql, kind) && !r.pinned {
+                            pin(&mut r, &mut replica_w);
+                        }
+                        let chosen = choose(
+                            &mut r,
+                            routing,
+                            kind,
+                            seed,
+                            (&mut replica_w, &mut replica_down_until),
+                        );
+                        if chosen.is_none() {
+                            if follow {
+                                r.tracker.query(kind.may_write());
                             }
-                            let kind = if follow { classify(sql) } else { Kind::Write };
-                            if routing.is_some() && pins(sql, kind) && !r.pinned {
-                                pin(&mut r, &mut replica_w);
-                            }
-                            let idle = r.status == b'I' && r.queue.is_empty();
-                            let read_here = kind == Kind::Read && idle && !r.pinned;
-                            let up = replica_down_until.is_none_or(|t| Instant::now() >= t);
-                            if let (true, Some(routing)) = (read_here, routing) {
-                                let stale = r
-                                    .slot
-                                    .as_ref()
-                                    .is_none_or(|l| !routing.ticks.serves(l.slot()));
-                                if stale {
-                                    // A first read, or the replica stopped
-                                    // serving: read from the least loaded
-                                    // one that serves, on a new connection.
-                                    let before = r.slot.take().map(|l| l.slot());
-                                    r.slot = routing.lease(seed);
-                                    let after = r.slot.as_ref().map(Lease::slot);
-                                    if after.is_some() && after != before {
-                                        replica_w = None;
-                                        replica_down_until = None;
-                                    }
-                                }
-                            }
-                            let slot = r.slot.as_ref().map(Lease::slot);
-                            let chosen = routing.zip(slot).filter(|&(routing, i)| {
-                                read_here
-                                    && up
-                                    && routing.ticks.serves(i)
-                                    && (routing.mode == ReadMode::Replicas
-                                        || routing.ticks.replica_has(i, r.need))
-                            });
-                            if chosen.is_none() {
-                                if let (true, Some(routing)) = (read_here, routing) {
-                                    routing.metrics.master.inc();
-                                }
-                                if follow {
-                                    r.tracker.query(kind.may_write());
-                                }
-                                r.queue.push_back(Dest::Master);
-                            }
-                            chosen
-                        };
-                        let Some((routing, i)) = candidate else {
-                            at += len;
-                            continue;
-                        };
-                        let Some((name, target)) = routing.replica(i) else {
-                            // No such slot: the master answers.
-                            read_on_master(&mut lock(), routing);
-                            at += len;
-                            continue;
-                        };
-                        if replica_w.is_none() {
-                            let params = read_only(params);
-                            match ServerConn::connect(&target, &params, routing.connect_timeout)
-                                .await
-                            {
-                                Ok(conn) => {
-                                    let (stream, pending) = conn.into_parts();
-                                    let (rr, rw) = stream.into_split();
-                                    *handover.lock().unwrap_or_else(|p| p.into_inner()) =
-                                        Some((rr, pending));
-                                    replica_w = Some(rw);
-                                    debug!(node = %name, "read connection opened");
-                                }
-                                Err(e) => {
-                                    warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
-                                    replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                                    read_on_master(&mut lock(), routing);
-                                    at += len;
-                                    continue;
-                                }
+                            r.queue.push_back(Dest::Master);
+                        }
+                        drop(r);
+                        match chosen {
+                            Some(c) => (c, len, Vec::new()),
+                            None => {
+                                at += len;
+                                continue;
                             }
                         }
-                        // Everything before this Query goes to the master
-                        // first; then the Query to the replica.
-                        if at > 0 {
-                            lock().unsent = at;
-                            sw.write_all(&cbuf[..at]).await.map_err(PumpError::Server)?;
-                            cbuf.advance(at);
-                            lock().unsent = 0;
-                            at = 0;
-                        }
-                        let sent = match replica_w.as_mut() {
-                            Some(w) => w.write_all(&cbuf[..len]).await.is_ok(),
-                            None => false,
+                    }
+                    Step::Frame { tag: b'P', len } if routing.is_some() => {
+                        let chosen = match read_cycle::at_parse(&cbuf[at..]) {
+                            // The rest is on its way, and the client waits
+                            // for no answer before it is sent.
+                            Cycle::Incomplete => break,
+                            Cycle::Unnamed {
+                                len: whole,
+                                parse,
+                                sql,
+                            } => {
+                                let kind = classify(sql);
+                                let mut r = lock();
+                                let chosen = if kind == Kind::Read && !pins(sql, kind) {
+                                    choose(
+                                        &mut r,
+                                        routing,
+                                        kind,
+                                        seed,
+                                        (&mut replica_w, &mut replica_down_until),
+                                    )
+                                } else {
+                                    None
+                                };
+                                chosen.map(|c| (c, whole, cbuf[at..at + parse].to_vec()))
+                            }
+                            Cycle::Other => None,
                         };
-                        if sent {
-                            lock().queue.push_back(Dest::Replica);
-                            queued.notify_one();
-                            routing.metrics.replica.inc();
-                            cbuf.advance(len);
-                        } else {
-                            // The replica is gone: this read goes to the
-                            // master with whatever follows it.
-                            warn!(node = %name, "replica connection for reads failed; using the master");
-                            replica_w = None;
-                            replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                            read_on_master(&mut lock(), routing);
-                            at = len;
+                        match chosen {
+                            Some((c, whole, parse)) => {
+                                let mut r = lock();
+                                for (tag, body) in read_cycle::frames(&cbuf[at..at + whole]) {
+                                    r.session.client_message(tag, body);
+                                }
+                                r.settle();
+                                r.unnamed_on_replica = Some(parse.clone().into());
+                                drop(r);
+                                (c, whole, parse)
+                            }
+                            None => {
+                                let body = &cbuf[at + 5..at + len];
+                                to_master(
+                                    &mut lock(),
+                                    (b'P', body),
+                                    follow,
+                                    routing,
+                                    &mut replica_w,
+                                );
+                                at += len;
+                                continue;
+                            }
                         }
                     }
                     Step::Frame { tag, len } => {
-                        let mut r = lock();
                         let body = &cbuf[at + 5..at + len];
-                        r.session.client_message(tag, body);
-                        r.settle();
-                        if follow {
-                            r.tracker.client_message(tag, body);
-                        }
-                        if tag == b'P' && routing.is_some() && !r.pinned {
-                            // Session state made through the extended
-                            // protocol pins the session as a Query would.
-                            let sql = read_cstr(body)
-                                .and_then(|(_, rest)| read_cstr(rest))
-                                .map_or("", |(s, _)| s);
-                            if pins(sql, classify(sql)) {
-                                pin(&mut r, &mut replica_w);
+                        // The client uses the unnamed statement it had
+                        // parsed on a replica: the master parses it too
+                        // (its answer is not passed on), then this message
+                        // goes on as usual.
+                        let reparse = {
+                            let mut r = lock();
+                            let reparse = r
+                                .unnamed_on_replica
+                                .take_if(|_| read_cycle::uses_unnamed_statement(tag, body));
+                            if let Some(parse) = &reparse {
+                                if follow {
+                                    r.tracker.client_message(b'P', &parse[5..]);
+                                }
+                                let before = r.queue.iter().filter(|d| **d == Dest::Master).count();
+                                r.swallow_parse_complete = Some(before);
+                                r.unsent = at;
                             }
+                            reparse
+                        };
+                        if let Some(parse) = reparse {
+                            sw.write_all(&cbuf[..at]).await.map_err(PumpError::Server)?;
+                            sw.write_all(&parse).await.map_err(PumpError::Server)?;
+                            cbuf.advance(at);
+                            lock().unsent = 0;
+                            at = 0;
+                            continue;
                         }
-                        if matches!(tag, b'S' | b'F') {
-                            r.queue.push_back(Dest::Master);
-                        }
+                        let mut r = lock();
+                        to_master(&mut r, (tag, body), follow, routing, &mut replica_w);
                         at += len;
+                        continue;
                     }
                     Step::More => break,
+                };
+                let ((routing, i), len, parse) = routed;
+                let Some((name, target)) = routing.replica(i) else {
+                    // No such slot: the master answers.
+                    read_on_master(&mut lock(), routing, &cbuf[at..at + len], &parse);
+                    at += len;
+                    continue;
+                };
+                if replica_w.is_none() {
+                    let params = read_only(params);
+                    match ServerConn::connect(&target, &params, routing.connect_timeout).await {
+                        Ok(conn) => {
+                            let (stream, pending) = conn.into_parts();
+                            let (rr, rw) = stream.into_split();
+                            *handover.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some((rr, pending));
+                            replica_w = Some(rw);
+                            debug!(node = %name, "read connection opened");
+                        }
+                        Err(e) => {
+                            warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
+                            replica_down_until = Some(Instant::now() + REPLICA_RETRY);
+                            read_on_master(&mut lock(), routing, &cbuf[at..at + len], &parse);
+                            at += len;
+                            continue;
+                        }
+                    }
+                }
+                // Everything before this read goes to the master first; then
+                // the read to the replica.
+                if at > 0 {
+                    lock().unsent = at;
+                    sw.write_all(&cbuf[..at]).await.map_err(PumpError::Server)?;
+                    cbuf.advance(at);
+                    lock().unsent = 0;
+                    at = 0;
+                }
+                let sent = match replica_w.as_mut() {
+                    Some(w) => w.write_all(&cbuf[..len]).await.is_ok(),
+                    None => false,
+                };
+                if sent {
+                    lock().queue.push_back(Dest::Replica);
+                    queued.notify_one();
+                    routing.metrics.replica.inc();
+                    cbuf.advance(len);
+                } else {
+                    // The replica is gone: this read goes to the master with
+                    // whatever follows it.
+                    warn!(node = %name, "replica connection for reads failed; using the master");
+                    replica_w = None;
+                    replica_down_until = Some(Instant::now() + REPLICA_RETRY);
+                    read_on_master(&mut lock(), routing, &cbuf[..len], &parse);
+                    at = len;
                 }
             }
             if at > 0 {
@@ -497,10 +554,31 @@ pub(crate) async fn pump_routed(
             let mut switch = false;
             loop {
                 let step = mscan
-                    .step(&mbuf[at..], SERVER_MAX_MESSAGE, server_wants)
+                    .step(&mbuf[at..], SERVER_MAX_MESSAGE, |t| {
+                        server_wants(t) || t == b'1'
+                    })
                     .map_err(invalid_data)?;
                 match step {
                     Step::Pass(n) => at += n,
+                    Step::Frame { tag: b'1', len } => {
+                        // The answer to a parse the client did not ask for
+                        // (see `Route::unnamed_on_replica`) is dropped.
+                        let swallow = {
+                            let mut r = lock();
+                            let owed = r.swallow_parse_complete == Some(0);
+                            if owed {
+                                r.swallow_parse_complete = None;
+                            }
+                            owed
+                        };
+                        if swallow {
+                            cw.write_all(&mbuf[..at]).await?;
+                            mbuf.advance(at + len);
+                            at = 0;
+                        } else {
+                            at += len;
+                        }
+                    }
                     Step::Frame { tag, len } => {
                         let body = &mbuf[at + 5..at + len];
                         if tag == b'E' && fatal_error(body) && server_lost(body, replaced) {
@@ -523,6 +601,10 @@ pub(crate) async fn pump_routed(
                                 }
                                 let commit = follow && r.tracker.server_message(tag, body);
                                 if tag == b'Z' {
+                                    r.swallow_parse_complete = match r.swallow_parse_complete {
+                                        Some(n) if n > 0 => Some(n - 1),
+                                        _ => None,
+                                    };
                                     r.status = body.first().copied().unwrap_or(b'I');
                                     if r.queue.front() == Some(&Dest::Master) {
                                         r.queue.pop_front();
@@ -597,17 +679,108 @@ fn pins(sql: &str, kind: Kind) -> bool {
 
 /// Keeps a session's reads on the master from now on: its replica place
 /// and connection go.
-fn pin(r: &mut Route, replica_w: &mut Option<tokio::net::tcp::OwnedWriteHalf>) {
+fn pin(r: &mut Route, replica_w: &mut Option<OwnedWriteHalf>) {
     r.pinned = true;
     r.slot = None;
     *replica_w = None;
 }
 
+/// Where a read goes, decided when it arrives: the session's replica (its
+/// routing and slot) when it is a read that arrives while the session is
+/// idle outside a transaction, not pinned, with nothing outstanding, and
+/// the replica serves (in `causal` mode: and has the session's last
+/// commit); otherwise None, for the master. Leases a replica at the
+/// session's first read and again when its replica stopped serving; a
+/// replica connection that failed is dropped here.
+fn choose<'a>(
+    r: &mut Route,
+    routing: Option<&'a ReadRouting>,
+    kind: Kind,
+    seed: usize,
+    (replica_w, down_until): (&mut Option<OwnedWriteHalf>, &mut Option<Instant>),
+) -> Option<(&'a ReadRouting, usize)> {
+    if std::mem::take(&mut r.replica_broken) {
+        *replica_w = None;
+        *down_until = Some(Instant::now() + REPLICA_RETRY);
+    }
+    let idle = r.status == b'I' && r.queue.is_empty();
+    let read_here = kind == Kind::Read && idle && !r.pinned;
+    let up = down_until.is_none_or(|t| Instant::now() >= t);
+    if let (true, Some(routing)) = (read_here, routing) {
+        let stale = r
+            .slot
+            .as_ref()
+            .is_none_or(|l| !routing.ticks.serves(l.slot()));
+        if stale {
+            // A first read, or the replica stopped serving: read from the
+            // least loaded one that serves, on a new connection.
+            let before = r.slot.take().map(|l| l.slot());
+            r.slot = routing.lease(seed);
+            let after = r.slot.as_ref().map(Lease::slot);
+            if after.is_some() && after != before {
+                *replica_w = None;
+                *down_until = None;
+            }
+        }
+    }
+    let slot = r.slot.as_ref().map(Lease::slot);
+    let chosen = routing.zip(slot).filter(|&(routing, i)| {
+        read_here
+            && up
+            && routing.ticks.serves(i)
+            && (routing.mode == ReadMode::Replicas || routing.ticks.replica_has(i, r.need))
+    });
+    if let (true, None, Some(routing)) = (read_here, chosen, routing) {
+        routing.metrics.master.inc();
+    }
+    chosen
+}
+
+/// A client message that goes to the master, as the session and its
+/// commit tracker see it.
+fn to_master(
+    r: &mut Route,
+    (tag, body): (u8, &[u8]),
+    follow: bool,
+    routing: Option<&ReadRouting>,
+    replica_w: &mut Option<OwnedWriteHalf>,
+) {
+    r.session.client_message(tag, body);
+    r.settle();
+    if follow {
+        r.tracker.client_message(tag, body);
+    }
+    if tag == b'P' && read_cycle::parses_unnamed(body) {
+        r.unnamed_on_replica = None;
+    }
+    if tag == b'P' && routing.is_some() && !r.pinned {
+        // Session state made through the extended protocol pins the
+        // session as a Query would.
+        let sql = read_cstr(body)
+            .and_then(|(_, rest)| read_cstr(rest))
+            .map_or("", |(s, _)| s);
+        if pins(sql, classify(sql)) {
+            pin(r, replica_w);
+        }
+    }
+    if matches!(tag, b'S' | b'F') {
+        r.queue.push_back(Dest::Master);
+    }
+}
+
 /// A read that was to go to a replica goes to the master after all (only
-/// reads are routed: it cannot write).
-fn read_on_master(r: &mut Route, routing: &ReadRouting) {
+/// reads are routed: it cannot write): `sent` is the Query, or the
+/// extended-protocol cycle whose Parse is `parse` (empty for a Query).
+fn read_on_master(r: &mut Route, routing: &ReadRouting, sent: &[u8], parse: &[u8]) {
     routing.metrics.master.inc();
-    r.tracker.query(false);
+    if parse.is_empty() {
+        r.tracker.query(false);
+    } else {
+        for (tag, body) in read_cycle::frames(sent) {
+            r.tracker.client_message(tag, body);
+        }
+        r.unnamed_on_replica = None;
+    }
     r.queue.push_back(Dest::Master);
 }
 

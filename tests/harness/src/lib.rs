@@ -6,6 +6,8 @@
 //! and removed when the cluster is dropped. Comparisons of replicas are made
 //! here independently of Ferry's own `verify`.
 
+pub mod raw;
+
 use ferry_localpg::{free_port, InitOptions, LocalServer, PgBinaries};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

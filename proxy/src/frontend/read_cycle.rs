@@ -1,0 +1,275 @@
+//! Extended-protocol reads that may go to a replica.
+//!
+//! Drivers send most statements through the extended protocol (JDBC,
+//! psycopg with parameters, libpq's `PQexecParams`): Parse, Bind, Describe,
+//! Execute, Sync. A cycle of those moves to a replica only as a whole, and
+//! only when it leaves nothing behind on the server that a later message
+//! could need elsewhere: it parses the unnamed statement and binds and runs
+//! the unnamed portal alone (named statements and portals live in the
+//! master's session). The cycle is inspected here, without I/O; whether its
+//! statement is a read is the classifier's to say.
+
+/// What the client bytes at a Parse message hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cycle<'a> {
+    /// A whole cycle that could run on a replica: `len` bytes, up to and
+    /// including its Sync, of which the first `parse` are the Parse of
+    /// `sql` (into the unnamed statement).
+    Unnamed {
+        len: usize,
+        parse: usize,
+        sql: &'a str,
+    },
+    /// The cycle has not all arrived yet (no Flush asks for answers before
+    /// its Sync, so the client is not waiting for any).
+    Incomplete,
+    /// Anything else: the messages go their usual way, to the master.
+    Other,
+}
+
+/// Bytes of client messages a routable cycle may hold: a larger one (a read
+/// with huge parameters) goes to the master rather than be held whole.
+pub const CYCLE_LIMIT: usize = 256 * 1024;
+
+/// Inspects the client bytes `buf`, which start with a Parse message.
+pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
+    let mut at = 0;
+    let mut sql = None;
+    let mut parse = 0;
+    loop {
+        if at >= CYCLE_LIMIT {
+            return Cycle::Other;
+        }
+        let Some(header) = buf.get(at..at + 5) else {
+            return Cycle::Incomplete;
+        };
+        let tag = header[0];
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let Ok(len) = usize::try_from(len) else {
+            return Cycle::Other;
+        };
+        if len < 4 || at + 1 + len > CYCLE_LIMIT {
+            return Cycle::Other;
+        }
+        let Some(body) = buf.get(at + 5..at + 1 + len) else {
+            return Cycle::Incomplete;
+        };
+        let unnamed = match (tag, at == 0) {
+            (b'P', true) => match cstr(body) {
+                Some(("", rest)) => {
+                    sql = cstr(rest).map(|(s, _)| s);
+                    parse = 1 + len;
+                    sql.is_some()
+                }
+                _ => false,
+            },
+            // Bind: portal, then statement.
+            (b'B', false) => {
+                matches!(cstr(body), Some(("", rest)) if matches!(cstr(rest), Some(("", _))))
+            }
+            // Describe: 'S' or 'P', then the name.
+            (b'D', false) => {
+                matches!(body.first(), Some(b'S' | b'P'))
+                    && matches!(cstr(&body[1..]), Some(("", _)))
+            }
+            // Execute: portal, then a row limit.
+            (b'E', false) => matches!(cstr(body), Some(("", _))),
+            (b'S', false) => {
+                return match sql {
+                    Some(sql) => Cycle::Unnamed {
+                        len: at + 1 + len,
+                        parse,
+                        sql,
+                    },
+                    None => Cycle::Other,
+                };
+            }
+            _ => false,
+        };
+        if !unnamed {
+            return Cycle::Other;
+        }
+        at += 1 + len;
+    }
+}
+
+/// Whether a client message (other than Parse) uses the unnamed statement:
+/// a Bind of it or a Describe of it.
+pub fn uses_unnamed_statement(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        b'B' => matches!(cstr(body).and_then(|(_, rest)| cstr(rest)), Some(("", _))),
+        b'D' => body.first() == Some(&b'S') && matches!(cstr(&body[1..]), Some(("", _))),
+        _ => false,
+    }
+}
+
+/// Whether a Parse message's body parses the unnamed statement.
+pub fn parses_unnamed(body: &[u8]) -> bool {
+    matches!(cstr(body), Some(("", _)))
+}
+
+/// The messages (tag, body) of whole client messages, as [`at_parse`]
+/// found them.
+pub fn frames(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let header = rest.get(..5)?;
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let end = usize::try_from(len).ok()?.checked_add(1)?;
+        let body = rest.get(5..end)?;
+        let tag = header[0];
+        rest = &rest[end..];
+        Some((tag, body))
+    })
+}
+
+/// A NUL-terminated string and what follows it.
+fn cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&buf[..end]).ok()?;
+    Some((s, &buf[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut body = format!("{name}\0{sql}\0").into_bytes();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        msg(b'P', &body)
+    }
+
+    fn bind(portal: &str, statement: &str) -> Vec<u8> {
+        let mut body = format!("{portal}\0{statement}\0").into_bytes();
+        body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        msg(b'B', &body)
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&0i32.to_be_bytes());
+        msg(b'E', &body)
+    }
+
+    fn describe(kind: u8, name: &str) -> Vec<u8> {
+        let mut body = vec![kind];
+        body.extend_from_slice(format!("{name}\0").as_bytes());
+        msg(b'D', &body)
+    }
+
+    fn sync() -> Vec<u8> {
+        msg(b'S', b"")
+    }
+
+    fn cycle(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn an_unnamed_cycle_is_one_unit_up_to_its_sync() {
+        let p = parse("", "SELECT $1");
+        let buf = cycle(&[
+            p.clone(),
+            bind("", ""),
+            describe(b'P', ""),
+            execute(""),
+            sync(),
+            parse("", "SELECT 2"),
+        ]);
+        let whole = buf.len() - p.len() + "SELECT $1".len() - "SELECT 2".len();
+        assert_eq!(
+            at_parse(&buf),
+            Cycle::Unnamed {
+                len: whole,
+                parse: p.len(),
+                sql: "SELECT $1"
+            }
+        );
+        // Executed twice with other parameters: still one unit.
+        let twice = cycle(&[
+            p.clone(),
+            bind("", ""),
+            execute(""),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]);
+        assert!(matches!(at_parse(&twice), Cycle::Unnamed { len, .. } if len == twice.len()));
+    }
+
+    #[test]
+    fn a_cycle_not_all_here_waits_for_the_rest() {
+        let buf = cycle(&[parse("", "SELECT 1"), bind("", ""), execute("")]);
+        assert_eq!(at_parse(&buf), Cycle::Incomplete);
+        assert_eq!(at_parse(&buf[..buf.len() - 2]), Cycle::Incomplete);
+        assert_eq!(at_parse(&buf[..3]), Cycle::Incomplete);
+    }
+
+    #[test]
+    fn named_statements_portals_and_flushes_stay_on_the_master() {
+        let named = cycle(&[parse("s1", "SELECT 1"), bind("", "s1"), execute(""), sync()]);
+        assert_eq!(at_parse(&named), Cycle::Other);
+        let portal = cycle(&[parse("", "SELECT 1"), bind("c1", ""), execute("c1"), sync()]);
+        assert_eq!(at_parse(&portal), Cycle::Other);
+        let other = cycle(&[
+            parse("", "SELECT 1"),
+            bind("", ""),
+            execute(""),
+            bind("", "s2"),
+            sync(),
+        ]);
+        assert_eq!(at_parse(&other), Cycle::Other);
+        // A Flush asks for answers before the Sync: the client may wait.
+        let flush = cycle(&[parse("", "SELECT 1"), msg(b'H', b""), bind("", ""), sync()]);
+        assert_eq!(at_parse(&flush), Cycle::Other);
+        let close = cycle(&[parse("", "SELECT 1"), msg(b'C', b"Ss1\0"), sync()]);
+        assert_eq!(at_parse(&close), Cycle::Other);
+        let describe_named = cycle(&[parse("", "SELECT 1"), describe(b'S', "s1"), sync()]);
+        assert_eq!(at_parse(&describe_named), Cycle::Other);
+    }
+
+    #[test]
+    fn bad_or_huge_messages_are_left_to_the_usual_checks() {
+        let mut bad = parse("", "SELECT 1");
+        bad[1..5].copy_from_slice(&2i32.to_be_bytes());
+        assert_eq!(at_parse(&bad), Cycle::Other);
+        let mut huge = parse("", "SELECT 1");
+        huge[1..5].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(at_parse(&huge), Cycle::Other);
+        let negative = {
+            let mut m = parse("", "SELECT 1");
+            m[1..5].copy_from_slice(&(-5i32).to_be_bytes());
+            m
+        };
+        assert_eq!(at_parse(&negative), Cycle::Other);
+        let long = "x".repeat(CYCLE_LIMIT);
+        assert_eq!(at_parse(&cycle(&[parse("", &long), sync()])), Cycle::Other);
+        // A body without its terminators.
+        assert_eq!(
+            at_parse(&cycle(&[msg(b'P', b"\0SELECT"), sync()])),
+            Cycle::Other
+        );
+    }
+
+    #[test]
+    fn uses_of_the_unnamed_statement_are_told() {
+        let b = bind("", "");
+        assert!(uses_unnamed_statement(b'B', &b[5..]));
+        let b = bind("", "s1");
+        assert!(!uses_unnamed_statement(b'B', &b[5..]));
+        let d = describe(b'S', "");
+        assert!(uses_unnamed_statement(b'D', &d[5..]));
+        let d = describe(b'P', "");
+        assert!(!uses_unnamed_statement(b'D', &d[5..]));
+        assert!(parses_unnamed(&parse("", "SELECT 1")[5..]));
+        assert!(!parses_unnamed(&parse("s", "SELECT 1")[5..]));
+    }
+}
