@@ -547,3 +547,74 @@ async fn a_new_empty_node_joins_as_a_replica_while_writes_go_on() {
         "on c"
     );
 }
+
+/// A failed master that will not come back is removed: the new master's
+/// outbox is kept for its resync until then (it would grow for ever); after
+/// `ferry remove-node` the node is out of `/status`, the master no longer
+/// records it and cleans its outbox up, and the other replica goes on. The
+/// master itself and unknown nodes cannot be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_master_that_will_not_return_is_removed() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 3, SCHEMA);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.signal_server(0, "KILL");
+    let client = eventually_client(&c).await;
+    client
+        .execute("INSERT INTO items VALUES (101, 'after')", &[])
+        .await
+        .unwrap();
+    c.wait_status(Duration::from_secs(10), "outbox kept for a", |doc| {
+        doc["outbox_kept_for"] == "a"
+    })
+    .await;
+    let out = c.ferry_admin(&["remove-node", "b"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node b is the master"),
+        "{out:?}"
+    );
+    let out = c.ferry_admin(&["remove-node", "zz"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no node named zz"),
+        "{out:?}"
+    );
+    let out = c.ferry_admin(&["remove-node", "a"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{}", c.ferry_log());
+    assert!(stdout.contains("a: removed from the cluster"), "{stdout}");
+    assert!(stdout.contains("[[nodes]] entry named \"a\""), "{stdout}");
+    c.wait_status(Duration::from_secs(10), "a gone, outbox released", |doc| {
+        node(doc, "a").is_null() && doc["outbox_kept_for"].is_null()
+    })
+    .await;
+    let doc = status(&c);
+    assert_eq!(doc["master"], "b", "{doc}");
+    assert_eq!(
+        c.psql(1, "SELECT count(*) FROM ferry.replicas WHERE name = 'a'")
+            .trim(),
+        "0"
+    );
+    // Writes go on and reach c, and the outbox no longer keeps them.
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'later' FROM generate_series(102, 200) g")
+        .await
+        .unwrap();
+    c.wait_psql(
+        2,
+        "SELECT count(*) FROM items",
+        "200",
+        Duration::from_secs(20),
+    )
+    .await;
+    c.wait_status(Duration::from_secs(20), "outbox cleaned up", |doc| {
+        doc["outbox_backlog"] == 0
+    })
+    .await;
+    assert!(c.ferry_log().contains("node removed from the cluster"));
+}

@@ -8,6 +8,7 @@ mod add_node;
 mod force_master;
 mod health;
 mod metrics;
+mod remove_node;
 mod resume;
 mod resync;
 mod status;
@@ -44,6 +45,8 @@ pub enum Request {
         dsn: String,
         priority: i32,
     },
+    /// A node other than the master leaves the cluster for good.
+    RemoveNode { node: String },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -80,6 +83,7 @@ pub fn router(source: Source) -> Router {
         .route("/switchover", post(switchover::post))
         .route("/nodes", post(add_node::post))
         .route("/nodes/{name}/resync", post(resync::post))
+        .route("/nodes/{name}/remove", post(remove_node::post))
         .with_state(source)
 }
 

@@ -16,6 +16,7 @@
 //!    with it. Then the old master, if it answers, has its sessions ended.
 
 mod add_node;
+mod remove_node;
 mod switchover;
 
 use crate::health::{HealthConfig, NodeHealth, Probe};
@@ -99,6 +100,12 @@ pub enum Control {
     /// A new node, prepared from the master, joins as a replica.
     AddNode {
         node: Node,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// `ferry remove-node NODE`: a node other than the master leaves the
+    /// cluster for good.
+    RemoveNode {
+        node: String,
         reply: oneshot::Sender<Result<i64, String>>,
     },
 }
@@ -196,6 +203,9 @@ impl Coordinator {
                 }
                 Some(Control::AddNode { node, reply }) => {
                     let _ = reply.send(self.add_node(node).await);
+                }
+                Some(Control::RemoveNode { node, reply }) => {
+                    let _ = reply.send(self.remove_node(&node));
                 }
                 None => {}
             }

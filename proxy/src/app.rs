@@ -206,7 +206,8 @@ struct AppStatus {
     sync: Option<Arc<SyncPoint>>,
     /// Suspend/cancel/resume requests to the batcher.
     commands: tokio::sync::mpsc::Sender<SuspendCommand>,
-    /// `ferry force-master` requests to the coordinator.
+    /// Operators' requests to the coordinator (force-master, resync,
+    /// remove-node).
     force: tokio::sync::mpsc::Sender<Control>,
     /// Replication patterns (for resyncs).
     patterns: (Vec<Pattern>, Vec<Pattern>),
@@ -410,6 +411,10 @@ impl StatusSource for AppStatus {
         if let Request::Resync { node } = request {
             return self.resync(node);
         }
+        if let Request::RemoveNode { node } = request {
+            let (roles, control) = (self.roles.clone(), self.force.clone());
+            return Box::pin(crate::remove_node::remove(roles, control, node));
+        }
         if let Request::Switchover { to } = request {
             let switchover = self.switchover.clone();
             return Box::pin(async move { switchover.run(to).await });
@@ -437,7 +442,8 @@ impl StatusSource for AppStatus {
                 Request::ForceMaster { .. }
                 | Request::Resync { .. }
                 | Request::Switchover { .. }
-                | Request::AddNode { .. } => return (500, serde_json::Value::Null),
+                | Request::AddNode { .. }
+                | Request::RemoveNode { .. } => return (500, serde_json::Value::Null),
             };
             let unavailable = |why: &str| {
                 (

@@ -6,4 +6,5 @@ pub mod add_node;
 pub mod app;
 pub mod config;
 pub mod frontend;
+pub mod remove_node;
 pub mod switchover;

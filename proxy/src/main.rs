@@ -102,6 +102,15 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Take a node other than the master out of the cluster for good (a
+    /// failed master that will not come back, a retired replica): it gets no
+    /// more batches, and the master stops keeping the outbox for it. Remove
+    /// its [[nodes]] entry from the configuration file too.
+    RemoveNode {
+        node: String,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Compare every replicated table on every replica with the master.
     Verify {
         #[arg(long, short, env = "FERRY_CONFIG")]
@@ -190,6 +199,7 @@ fn main() -> ExitCode {
                 commands::force_master::run(&admin, &node).await
             }
             Command::Resync { node, admin } => commands::resync::run(&admin, &node).await,
+            Command::RemoveNode { node, admin } => commands::remove_node::run(&admin, &node).await,
             Command::AddNode {
                 name,
                 dsn,

@@ -143,6 +143,11 @@ pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, s
      ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, \
      resyncing = false, updated_at = now()";
 
+/// Forgets a node removed from the cluster: its position (or the resync
+/// pin a failover left for it) no longer holds the outbox clean-up back.
+/// Parameter: name.
+pub const FORGET_REPLICA: &str = "DELETE FROM ferry.replicas WHERE name = $1";
+
 /// The batch id the master handed out last. No parameters.
 pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
 

@@ -5,6 +5,7 @@ pub mod admin_http;
 pub mod demo;
 pub mod force_master;
 pub mod init;
+pub mod remove_node;
 pub mod resume;
 pub mod resync;
 pub mod run;

@@ -1,0 +1,85 @@
+//! `ferry remove-node NAME` / `POST /nodes/{name}/remove`: a node other
+//! than the master leaves the cluster for good — a failed master that will
+//! not come back, a replica retired. The coordinator stops checking it and
+//! publishes the topology without it (the batcher restarts without it; it
+//! serves no reads and counts for no sync commit); then the master forgets
+//! its position, or the resync pin a failover left for a failed master,
+//! which would otherwise hold the outbox clean-up back for ever.
+//!
+//! The configuration file is not changed: remove the node's `[[nodes]]`
+//! entry there before Ferry restarts, or it is taken in again then (and,
+//! once the clean-up has passed its position, refused as behind it).
+
+use ferry_cluster::failover::Control;
+use ferry_cluster::Topology;
+use ferry_sql::schema;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// How long the batcher that shipped to the node takes to stop at most
+/// (it is stopped, then aborted after a second): its last position record
+/// must not bring back the row this removal drops.
+const BATCHER_STOP: Duration = Duration::from_millis(1500);
+
+/// Removes the node: the admin endpoint's answer.
+pub async fn remove(
+    roles: watch::Receiver<Topology>,
+    control: mpsc::Sender<Control>,
+    node: String,
+) -> (u16, serde_json::Value) {
+    let refuse = |code: u16, error: &str, message: String| {
+        (
+            code,
+            serde_json::json!({"error": error, "message": message}),
+        )
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = Control::RemoveNode {
+        node: node.clone(),
+        reply,
+    };
+    if control.send(request).await.is_err() {
+        return refuse(503, "unavailable", "the coordinator is not running".into());
+    }
+    let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
+        Ok(Ok(Ok(epoch))) => epoch,
+        Ok(Ok(Err(why))) => return refuse(409, "cannot_remove", why),
+        _ => return refuse(503, "unavailable", "no answer from the coordinator".into()),
+    };
+    tokio::time::sleep(BATCHER_STOP).await;
+    let master = roles.borrow().master.clone();
+    let forgotten = async {
+        let client =
+            ferry_batcher::install::connect(&master.name, &master.target, "ferry control").await?;
+        client
+            .execute(schema::FORGET_REPLICA, &[&node])
+            .await
+            .map_err(ferry_batcher::BatchError::pg(&master.name))
+    }
+    .await;
+    let config = format!(
+        "remove the [[nodes]] entry named {node:?} from the configuration file before Ferry restarts"
+    );
+    match forgotten {
+        Ok(rows) => {
+            info!(node = %node, master = %master.name, records = rows, "node removed; the master no longer keeps the outbox for it");
+            (
+                200,
+                serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
+                    "forgotten": true, "config": config}),
+            )
+        }
+        Err(e) => {
+            warn!(node = %node, master = %master.name, error = %e,
+                "node removed, but the master's record of it was not dropped: the outbox may still be kept for it");
+            (
+                200,
+                serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
+                    "forgotten": false, "config": config,
+                    "warning": format!("the master's record of {node} was not dropped ({e}); \
+                        run `ferry remove-node {node}` again once the master answers")}),
+            )
+        }
+    }
+}
