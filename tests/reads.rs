@@ -163,6 +163,17 @@ async fn transactions_pinned_sessions_and_named_statements_read_on_the_master() 
     for _ in 0..3 {
         assert_eq!(one(&pinned, "SHOW port").await, master_port);
     }
+    // So is one that sets something among other statements of one query
+    // string (the whole string counts as a write).
+    let mixed = c.proxy_client().await;
+    assert!(replica_ports.contains(&one(&mixed, "SHOW port").await));
+    mixed
+        .batch_execute("SET search_path = nowhere, public; INSERT INTO mine VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(one(&mixed, "SHOW search_path").await, "nowhere, public");
+    assert_eq!(one(&mixed, "SHOW port").await, master_port);
+    drop(mixed);
     // It gave its replica place back: only the first session reads from
     // a replica now.
     let (_, metrics) = c.admin_get("/metrics");

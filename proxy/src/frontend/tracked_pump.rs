@@ -671,10 +671,15 @@ pub(crate) async fn pump_routed(
 
 /// Whether a statement leaves state in the master's server session that a
 /// replica session would lack: settings (`SET`, a session `set_config()`),
-/// prepared statements, listens, temporary tables, advisory locks. Reads
-/// of such a session stay on the master from then on.
+/// prepared statements, listens, temporary tables, advisory locks — alone
+/// or among other statements of a query string (`SET search_path = app;
+/// INSERT …` is a write, and sets the path all the same). Reads of such a
+/// session stay on the master from then on.
 fn pins(sql: &str, kind: Kind) -> bool {
-    kind == Kind::Session || pins_session(sql) || set_config::scope(sql) != Scope::None
+    kind == Kind::Session
+        || pins_session(sql)
+        || set_config::scope(sql) != Scope::None
+        || !ferry_sql::session_effect::effects(sql).is_empty()
 }
 
 /// Keeps a session's reads on the master from now on: its replica place
