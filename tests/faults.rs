@@ -175,9 +175,10 @@ async fn a_stopped_replica_catches_up_from_where_it_was() {
 /// A replica whose position is older than the master's outbox clean-up
 /// (it was out of the configuration while the rows it lacks were cleaned
 /// up) is refused with an error that says what to do — never shipped
-/// batches with holes — and the others go on.
+/// batches with holes — and the others go on; `ferry resync` brings it
+/// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
+async fn a_replica_behind_the_outbox_clean_up_is_refused_then_resynced() {
     let c = cluster(3);
     let client = c.proxy_client().await;
     client
@@ -206,7 +207,7 @@ async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
         let error = node_c["last_error"].as_str().unwrap_or_default();
         if node_c["reachable"] == false
             && error.contains("before the master's outbox clean-up")
-            && error.contains("ferry add-node")
+            && error.contains("ferry resync c")
         {
             Ok(())
         } else {
@@ -227,6 +228,22 @@ async fn a_replica_behind_the_outbox_clean_up_is_refused_not_shipped_holes() {
         "1",
         "c got no batch"
     );
+    // `ferry resync c` copies the master's tables to it; it is shipped
+    // batches again from the copy on, and holds everything.
+    let out = c.ferry_admin(&["resync", "c"]);
+    assert!(out.status.success(), "{out:?}\n{}", c.ferry_log());
+    client
+        .batch_execute("INSERT INTO counters VALUES (103, 1)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(15)).await.unwrap();
+    c.wait_status(Duration::from_secs(10), "c reachable", |doc| {
+        doc["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "c"))
+            .is_some_and(|n| n["reachable"] == true && n["last_error"].is_null())
+    })
+    .await;
 }
 
 /// A master restarted within the failure window (here widened to 20

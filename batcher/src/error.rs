@@ -40,7 +40,7 @@ pub enum BatchError {
     SchemaCopy { node: String, detail: String },
     #[error("node {node}: apply timed out after {secs}s")]
     Timeout { node: String, secs: u64 },
-    #[error("replica {node} stands at batch {batch}, before the master's outbox clean-up: changes it lacks are gone from the outbox (it was out of the configuration while they were cleaned up), so it cannot catch up by batches and gets none; take it out of the configuration, drop its replicated tables and add it again with `ferry add-node`")]
+    #[error("replica {node} stands at batch {batch}, before the master's outbox clean-up: changes it lacks are gone from the outbox (it was out of the configuration while they were cleaned up), so it cannot catch up by batches and gets none; `ferry resync {node}` copies the master's tables to it and takes it back")]
     BehindCleanup { node: String, batch: i64 },
 }
 

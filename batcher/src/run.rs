@@ -82,6 +82,9 @@ struct Replica {
     connecting: Option<JoinHandle<Result<Connected, BatchError>>>,
     /// Rows in the replica's `ferry.quarantine` (read at connect).
     quarantined: i64,
+    /// The last connection attempt was refused: the replica stands before
+    /// the master's outbox clean-up.
+    behind_cleanup: bool,
 }
 
 /// A replica's opened apply session, its ledger position and the rows it
@@ -161,6 +164,7 @@ impl Batcher {
                 failed: None,
                 connecting: None,
                 quarantined: 0,
+                behind_cleanup: false,
             })
             .collect();
         let mut susp = Suspensions::new();
@@ -639,11 +643,13 @@ impl Batcher {
                         r.position = Some(position);
                         r.quarantined = quarantined;
                         r.last_error = None;
+                        r.behind_cleanup = false;
                     }
                     Err(e) => {
                         if r.last_error.as_deref() != Some(&e.to_string()) {
                             warn!(node = %name, error = %e, "replica unavailable; retrying");
                         }
+                        r.behind_cleanup = matches!(e, BatchError::BehindCleanup { .. });
                         r.last_error = Some(e.to_string());
                         r.retry_at = Instant::now() + Duration::from_secs(1);
                     }
@@ -844,6 +850,7 @@ impl Batcher {
                     failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
                     suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
                     quarantined: r.quarantined,
+                    behind_cleanup: r.behind_cleanup,
                 }
             })
             .collect();

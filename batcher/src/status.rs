@@ -23,6 +23,10 @@ pub struct ReplicaStatus {
     /// Changes of its own the node committed that never reached the
     /// cluster, kept in its `ferry.quarantine` (moved there by a resync).
     pub quarantined: i64,
+    /// Refused because its position is older than the master's outbox
+    /// clean-up: only a resync (a full copy) brings it back.
+    #[serde(skip)]
+    pub behind_cleanup: bool,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL

@@ -219,9 +219,16 @@ struct AppStatus {
 
 impl AppStatus {
     /// Copies the master's tables to a fenced node, then has the
-    /// coordinator take it back as a replica.
+    /// coordinator take it back as a replica; or to a replica refused as
+    /// standing before the master's outbox clean-up, which the batcher
+    /// then ships to from the copy on.
     fn resync(&self, node: String) -> Answer {
         let topo = self.roles.borrow().clone();
+        let refused = self.replication.read().is_ok_and(|r| {
+            r.replicas
+                .iter()
+                .any(|s| s.name == node && s.behind_cleanup && !s.reachable)
+        });
         let force = self.force.clone();
         let (include, exclude) = self.patterns.clone();
         Box::pin(async move {
@@ -234,11 +241,16 @@ impl AppStatus {
             if let Some(why) = &topo.waiting {
                 return refuse(409, "no_master", format!("no master to copy from: {why}"));
             }
-            let Some((n, _)) = topo.fenced.iter().find(|(n, _)| n.name == node) else {
+            let fenced = topo.fenced.iter().find(|(n, _)| n.name == node);
+            let replica = topo.replicas.iter().find(|n| refused && n.name == node);
+            let Some(n) = fenced.map(|(n, _)| n).or(replica) else {
                 return refuse(
                     409,
                     "not_fenced",
-                    format!("node {node} is not fenced out of the cluster"),
+                    format!(
+                        "node {node} is not fenced out of the cluster, nor a replica refused as \
+                         standing before the master's outbox clean-up"
+                    ),
                 );
             };
             let copied = match ferry_batcher::resync::copy_all(
@@ -253,6 +265,17 @@ impl AppStatus {
                 Ok(c) => c,
                 Err(e) => return refuse(409, "resync_failed", e.to_string()),
             };
+            if fenced.is_none() {
+                // A replica already: the batcher ships to it from the copy's
+                // snapshot on, at its next connection attempt.
+                info!(node = %node, rows = copied.rows, "replica behind the clean-up copied anew; it catches up from here");
+                return (
+                    200,
+                    serde_json::json!({"state": "replica", "epoch": topo.epoch, "tables": copied.tables,
+                        "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
+                        "keyed": copied.keyed}),
+                );
+            }
             let (reply, answer) = tokio::sync::oneshot::channel();
             if force.send(Control::Admit { node, reply }).await.is_err() {
                 return refuse(503, "unavailable", "the coordinator is not running".into());

@@ -331,7 +331,26 @@ pub(crate) async fn pump_routed(
                         }
                     }
                     Step::Frame { tag: b'P', len } if routing.is_some() => {
-                        let chosen = match read_cycle::at_parse(&cbuf[at..]) {
+                        // Only a read of the unnamed statement, parsed while
+                        // the session is idle, is looked at further (and
+                        // waits for the rest of its cycle); anything else
+                        // goes on at once.
+                        let unnamed_read = read_cstr(&cbuf[at + 5..at + len])
+                            .filter(|(name, _)| name.is_empty())
+                            .and_then(|(_, rest)| read_cstr(rest))
+                            .is_some_and(|(sql, _)| {
+                                let r = lock();
+                                r.status == b'I'
+                                    && r.queue.is_empty()
+                                    && !r.pinned
+                                    && classify(sql) == Kind::Read
+                            });
+                        let cycle = if unnamed_read {
+                            read_cycle::at_parse(&cbuf[at..])
+                        } else {
+                            Cycle::Other
+                        };
+                        let chosen = match cycle {
                             // The rest is on its way, and the client waits
                             // for no answer before it is sent.
                             Cycle::Incomplete => break,
@@ -340,9 +359,10 @@ pub(crate) async fn pump_routed(
                                 parse,
                                 sql,
                             } => {
-                                let kind = classify(sql);
+                                // A read, as the look above found.
+                                let kind = Kind::Read;
                                 let mut r = lock();
-                                let chosen = if kind == Kind::Read && !pins(sql, kind) {
+                                let chosen = if !pins(sql, kind) {
                                     choose(
                                         &mut r,
                                         routing,
