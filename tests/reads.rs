@@ -118,7 +118,7 @@ async fn causal_reads_never_miss_the_session_s_own_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_pinned_sessions_and_named_statements_read_on_the_master() {
+async fn transactions_and_pinned_sessions_read_on_the_master() {
     let c = cluster("replicas").await;
     let master_port = c.servers[0].port.to_string();
     let replica_ports: Vec<String> = c.servers[1..].iter().map(|s| s.port.to_string()).collect();
@@ -142,17 +142,31 @@ async fn transactions_pinned_sessions_and_named_statements_read_on_the_master() 
     );
     // Extended protocol: a cycle that uses only the unnamed statement and
     // portal (what JDBC, psycopg and libpq's PQexecParams send) is a read
-    // like a Query; a named statement lives on the master, and so do its
-    // executions.
+    // like a Query, and so is one that runs a statement the session
+    // prepared under a name (JDBC and psycopg once a statement has run a
+    // few times, tokio-postgres always): the replica connection parses it
+    // once. Inside a transaction, both go to the master.
     assert!(replica_ports.contains(&unnamed(&client).await));
-    let row = client
-        .query_one("SELECT current_setting('port')", &[])
+    let prepared = client
+        .prepare("SELECT current_setting('port')")
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), master_port);
+    for _ in 0..3 {
+        let row = client.query_one(&prepared, &[]).await.unwrap();
+        assert!(replica_ports.contains(&row.get::<_, String>(0)));
+    }
     client.batch_execute("BEGIN").await.unwrap();
     assert_eq!(unnamed(&client).await, master_port);
+    let row = client.query_one(&prepared, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), master_port);
     client.batch_execute("COMMIT").await.unwrap();
+    // A named statement that writes runs on the master.
+    let insert = client
+        .prepare("INSERT INTO mine VALUES (3) RETURNING current_setting('port')")
+        .await
+        .unwrap();
+    let row = client.query_one(&insert, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), master_port);
     // A session that sets something is pinned to the master from then on.
     let pinned = c.proxy_client().await;
     assert!(replica_ports.contains(&one(&pinned, "SHOW port").await));
@@ -338,8 +352,10 @@ async fn a_read_that_writes_after_all_cannot_change_a_replica() {
 /// (libpq's `PQprepare(conn, "", …)` then `PQexecPrepared(conn, "", …)`).
 /// Parsed in a cycle that ran on a replica, it is parsed on the master too
 /// before such a bind, and the client sees only the answers it asked for.
+/// Named statements run on the replica, which makes them first as the
+/// master has them, unseen by the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_unnamed_statement_parsed_on_a_replica_can_be_bound_again() {
+async fn statements_parsed_on_one_server_run_on_the_other_unseen() {
     use bytes::BytesMut;
     use ferry_testkit::raw::{login, read_msg};
     use postgres_protocol::message::backend::Message;
@@ -368,6 +384,7 @@ async fn the_unnamed_statement_parsed_on_a_replica_can_be_bound_again() {
                     'D'
                 }
                 Message::CommandComplete(_) => 'C',
+                Message::CloseComplete => '3',
                 Message::ErrorResponse(_) => 'E',
                 Message::ReadyForQuery(_) => 'Z',
                 _ => '?',
@@ -407,6 +424,58 @@ async fn the_unnamed_statement_parsed_on_a_replica_can_be_bound_again() {
         assert_eq!(tags, "2TDCZ", "round {round}");
         assert_eq!(values, std::slice::from_ref(&master_port), "round {round}");
     }
+    // A named statement: parsed on the master, run on the replica, which
+    // parses it first (the client sees no ParseComplete for that) ...
+    let parse = |name: &str, sql: &str, out: &mut BytesMut| {
+        frontend::parse(name, sql, [], out).unwrap();
+        frontend::sync(out);
+    };
+    let run = |name: &str, out: &mut BytesMut| {
+        frontend::bind(
+            "",
+            name,
+            [],
+            [] as [Option<&[u8]>; 0],
+            |_, _| Ok(postgres_protocol::IsNull::No),
+            [],
+            out,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, out).unwrap();
+        frontend::sync(out);
+    };
+    out.clear();
+    parse("s1", "SELECT current_setting('port') || '/1'", &mut out);
+    s.write_all(&out).unwrap();
+    assert_eq!(answer(&mut s).0, "1Z");
+    for _ in 0..2 {
+        out.clear();
+        run("s1", &mut out);
+        s.write_all(&out).unwrap();
+        let (tags, values) = answer(&mut s);
+        assert_eq!(tags, "2DCZ");
+        assert_ne!(values[0], format!("{master_port}/1"));
+        assert!(values[0].ends_with("/1"), "{values:?}");
+    }
+    // ... and, closed and made again under the same name with another
+    // text, it is made anew there (Close and Parse, unseen by the client).
+    out.clear();
+    frontend::close(b'S', "s1", &mut out).unwrap();
+    frontend::sync(&mut out);
+    s.write_all(&out).unwrap();
+    assert_eq!(answer(&mut s).0, "3Z");
+    out.clear();
+    parse("s1", "SELECT current_setting('port') || '/2'", &mut out);
+    s.write_all(&out).unwrap();
+    assert_eq!(answer(&mut s).0, "1Z");
+    out.clear();
+    run("s1", &mut out);
+    s.write_all(&out).unwrap();
+    let (tags, values) = answer(&mut s);
+    assert_eq!(tags, "2DCZ");
+    assert!(values[0].ends_with("/2"), "{values:?}");
+    assert_ne!(values[0], format!("{master_port}/2"));
     // A simple Query still works after it, on a replica.
     out.clear();
     frontend::query("SHOW port", &mut out).unwrap();

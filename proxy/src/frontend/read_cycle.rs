@@ -4,10 +4,11 @@
 //! psycopg with parameters, libpq's `PQexecParams`): Parse, Bind, Describe,
 //! Execute, Sync. A cycle of those moves to a replica only as a whole, and
 //! only when it leaves nothing behind on the server that a later message
-//! could need elsewhere: it parses the unnamed statement and binds and runs
-//! the unnamed portal alone (named statements and portals live in the
-//! master's session). The cycle is inspected here, without I/O; whether its
-//! statement is a read is the classifier's to say.
+//! could need elsewhere: it parses the unnamed statement, or runs a named
+//! statement the session prepared (the replica connection parses it too,
+//! once), and binds and runs the unnamed portal alone (named portals live
+//! in the master's session). The cycle is inspected here, without I/O;
+//! whether its statement is a read is the classifier's to say.
 
 /// What the client bytes at a Parse message hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,6 +92,91 @@ pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
         }
         at += 1 + len;
     }
+}
+
+/// What the client bytes at a Bind message hold, when the cycle runs a
+/// named statement: a whole cycle that could run on a replica — `len`
+/// bytes up to and including its Sync, binding `statement` into the
+/// unnamed portal (once or more) and running it — or, as for
+/// [`at_parse`], not all of it yet, or anything else.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bound<'a> {
+    Named { len: usize, statement: &'a str },
+    Incomplete,
+    Other,
+}
+
+/// Inspects the client bytes `buf`, which start with a Bind message.
+/// The statement's own text is the caller's to look at (it was parsed
+/// earlier, on the master).
+pub fn at_bind(buf: &[u8]) -> Bound<'_> {
+    let mut at = 0;
+    let mut statement: Option<&str> = None;
+    loop {
+        if at >= CYCLE_LIMIT {
+            return Bound::Other;
+        }
+        let Some(header) = buf.get(at..at + 5) else {
+            return Bound::Incomplete;
+        };
+        let tag = header[0];
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let Ok(len) = usize::try_from(len) else {
+            return Bound::Other;
+        };
+        if len < 4 || at + 1 + len > CYCLE_LIMIT {
+            return Bound::Other;
+        }
+        let Some(body) = buf.get(at + 5..at + 1 + len) else {
+            return Bound::Incomplete;
+        };
+        let fits = match tag {
+            // Bind: the unnamed portal, of the one named statement.
+            b'B' => match cstr(body) {
+                Some(("", rest)) => match (cstr(rest), statement) {
+                    (Some((name, _)), None) if !name.is_empty() => {
+                        statement = Some(name);
+                        true
+                    }
+                    (Some((name, _)), Some(s)) => name == s,
+                    _ => false,
+                },
+                _ => false,
+            },
+            b'D' if at > 0 => match (body.first(), cstr(&body[1..])) {
+                (Some(b'P'), Some(("", _))) => true,
+                (Some(b'S'), Some((name, _))) => Some(name) == statement,
+                _ => false,
+            },
+            b'E' if at > 0 => matches!(cstr(body), Some(("", _))),
+            b'S' if at > 0 => {
+                return match statement {
+                    Some(statement) => Bound::Named {
+                        len: at + 1 + len,
+                        statement,
+                    },
+                    None => Bound::Other,
+                };
+            }
+            _ => false,
+        };
+        if !fits {
+            return Bound::Other;
+        }
+        at += 1 + len;
+    }
+}
+
+/// A Close of a prepared statement, whole (run on a replica connection
+/// before it parses the statement of that name anew).
+pub fn close_statement(name: &str) -> Vec<u8> {
+    let mut out = vec![b'C'];
+    let len = 4 + 1 + name.len() + 1;
+    out.extend_from_slice(&i32::try_from(len).unwrap_or(i32::MAX).to_be_bytes());
+    out.push(b'S');
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out
 }
 
 /// Whether a client message (other than Parse) uses the unnamed statement:
@@ -257,6 +343,52 @@ mod tests {
             at_parse(&cycle(&[msg(b'P', b"\0SELECT"), sync()])),
             Cycle::Other
         );
+    }
+
+    #[test]
+    fn a_named_statement_run_in_the_unnamed_portal_is_one_unit() {
+        let buf = cycle(&[
+            bind("", "s1"),
+            describe(b'P', ""),
+            execute(""),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+            bind("", "s2"),
+        ]);
+        let first = buf.len() - bind("", "s2").len();
+        assert_eq!(
+            at_bind(&buf),
+            Bound::Named {
+                len: first,
+                statement: "s1"
+            }
+        );
+        let described = cycle(&[bind("", "s1"), describe(b'S', "s1"), execute(""), sync()]);
+        assert!(matches!(at_bind(&described), Bound::Named { .. }));
+        assert_eq!(at_bind(&buf[..first - 1]), Bound::Incomplete);
+    }
+
+    #[test]
+    fn other_named_cycles_stay_on_the_master() {
+        for other in [
+            cycle(&[bind("", ""), execute(""), sync()]),
+            cycle(&[bind("c1", "s1"), execute("c1"), sync()]),
+            cycle(&[
+                bind("", "s1"),
+                execute(""),
+                bind("", "s2"),
+                execute(""),
+                sync(),
+            ]),
+            cycle(&[bind("", "s1"), describe(b'S', "s2"), sync()]),
+            cycle(&[bind("", "s1"), msg(b'H', b""), execute(""), sync()]),
+            cycle(&[bind("", "s1"), parse("", "SELECT 1"), sync()]),
+        ] {
+            assert_eq!(at_bind(&other), Bound::Other, "{other:?}");
+        }
+        let close = close_statement("s1");
+        assert_eq!(close, msg(b'C', b"Ss1\0"));
     }
 
     #[test]

@@ -233,6 +233,15 @@ impl SessionState {
         self.prepared.iter().map(|(_, f)| f.as_ref())
     }
 
+    /// The Parse message (whole) of the named prepared statement `name`, as
+    /// the server confirmed it.
+    pub fn prepared(&self, name: &str) -> Option<&Bytes> {
+        self.prepared
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f)
+    }
+
     /// Whether the cycle the server answers next ends a transaction with
     /// COMMIT.
     pub fn next_commits(&self) -> bool {

@@ -19,9 +19,12 @@
 //! `SET`, `PREPARE`, `LISTEN`, temporary tables and advisory locks pin the
 //! session to the master for good (they live in one server session).
 //! Extended-protocol reads move the same way when a cycle (Parse … Sync)
-//! uses only the unnamed statement and portal ([`super::read_cycle`]);
-//! named statements and portals live on the master, and so do the cycles
-//! that use them.
+//! parses and runs the unnamed statement, or runs a read the session
+//! prepared under a name, in the unnamed portal ([`super::read_cycle`]):
+//! named statements are prepared on the master, and on the replica
+//! connection before they first run there (the client does not see those
+//! answers); named portals live on the master, and so do the cycles that
+//! use them.
 //!
 //! Every Query, Sync and FunctionCall produces one ReadyForQuery; a queue
 //! of their destinations, in order, tells the client side which server
@@ -30,7 +33,7 @@
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::gate::Gate;
 use super::read_balance::{Lease, ReaderCounts};
-use super::read_cycle::{self, Cycle};
+use super::read_cycle::{self, Bound, Cycle};
 use super::session::{End, PumpError};
 use super::session_state::SessionState;
 use bytes::{Buf, Bytes, BytesMut};
@@ -41,7 +44,7 @@ use ferry_wire::codec::read_cstr;
 use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,7 +131,12 @@ impl ReadRouting {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dest {
     Master,
-    Replica,
+    /// The replica, whose answer starts with `skip` CloseComplete and
+    /// ParseComplete messages the client did not ask for (a named
+    /// statement made on the replica connection before it runs).
+    Replica {
+        skip: usize,
+    },
 }
 
 /// One session's state, shared by the two directions of its pump and
@@ -269,6 +277,8 @@ pub(crate) async fn pump_routed(
     let to_server = async {
         let mut scanner = FrameScanner::default();
         let mut replica_w: Option<OwnedWriteHalf> = None;
+        // Named statements made on the replica connection, as parsed.
+        let mut replica_parsed: HashMap<String, Bytes> = HashMap::new();
         let mut replica_down_until: Option<Instant> = None;
         loop {
             // A switchover is under way: a statement that would start
@@ -323,7 +333,7 @@ pub(crate) async fn pump_routed(
                         }
                         drop(r);
                         match chosen {
-                            Some(c) => (c, len, Vec::new()),
+                            Some(c) => (c, len, None),
                             None => {
                                 at += len;
                                 continue;
@@ -384,9 +394,9 @@ pub(crate) async fn pump_routed(
                                     r.session.client_message(tag, body);
                                 }
                                 r.settle();
-                                r.unnamed_on_replica = Some(parse.clone().into());
+                                r.unnamed_on_replica = Some(parse.into());
                                 drop(r);
-                                (c, whole, parse)
+                                (c, whole, None)
                             }
                             None => {
                                 let body = &cbuf[at + 5..at + len];
@@ -397,6 +407,48 @@ pub(crate) async fn pump_routed(
                                     routing,
                                     &mut replica_w,
                                 );
+                                at += len;
+                                continue;
+                            }
+                        }
+                    }
+                    Step::Frame { tag: b'B', len }
+                        if routing.is_some() && named_read(&lock(), &cbuf[at + 5..at + len]) =>
+                    {
+                        // A read the session prepared under a name, run in
+                        // the unnamed portal while the session is idle:
+                        // its whole cycle may go to the replica, which
+                        // parses the statement first if it has not yet.
+                        let bound = match read_cycle::at_bind(&cbuf[at..]) {
+                            Bound::Incomplete => break,
+                            Bound::Named {
+                                len: whole,
+                                statement,
+                            } => Some((whole, statement.to_string())),
+                            Bound::Other => None,
+                        };
+                        let chosen = bound.and_then(|(whole, statement)| {
+                            let mut r = lock();
+                            let frame = r.session.prepared(&statement).cloned()?;
+                            let c = choose(
+                                &mut r,
+                                routing,
+                                Kind::Read,
+                                seed,
+                                (&mut replica_w, &mut replica_down_until),
+                            )?;
+                            for (tag, body) in read_cycle::frames(&cbuf[at..at + whole]) {
+                                r.session.client_message(tag, body);
+                            }
+                            r.settle();
+                            Some((c, whole, Some((statement, frame))))
+                        });
+                        match chosen {
+                            Some(routed) => routed,
+                            None => {
+                                let body = &cbuf[at + 5..at + len];
+                                let mut r = lock();
+                                to_master(&mut r, (b'B', body), follow, routing, &mut replica_w);
                                 at += len;
                                 continue;
                             }
@@ -438,10 +490,10 @@ pub(crate) async fn pump_routed(
                     }
                     Step::More => break,
                 };
-                let ((routing, i), len, parse) = routed;
+                let ((routing, i), len, named) = routed;
                 let Some((name, target)) = routing.replica(i) else {
                     // No such slot: the master answers.
-                    read_on_master(&mut lock(), routing, &cbuf[at..at + len], &parse);
+                    read_on_master(&mut lock(), routing, &cbuf[at..at + len]);
                     at += len;
                     continue;
                 };
@@ -454,12 +506,13 @@ pub(crate) async fn pump_routed(
                             *handover.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some((rr, pending));
                             replica_w = Some(rw);
+                            replica_parsed.clear();
                             debug!(node = %name, "read connection opened");
                         }
                         Err(e) => {
                             warn!(node = %name, error = %e, "replica unavailable for reads; using the master");
                             replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                            read_on_master(&mut lock(), routing, &cbuf[at..at + len], &parse);
+                            read_on_master(&mut lock(), routing, &cbuf[at..at + len]);
                             at += len;
                             continue;
                         }
@@ -474,12 +527,36 @@ pub(crate) async fn pump_routed(
                     lock().unsent = 0;
                     at = 0;
                 }
+                // A named statement the replica connection lacks (or holds
+                // in another text) is made there first; the client does not
+                // see the answers to that.
+                let mut skip = 0;
+                let mut out: Vec<u8> = Vec::new();
+                if let Some((statement, frame)) = &named {
+                    if replica_parsed.get(statement) != Some(frame) {
+                        if replica_parsed.contains_key(statement) {
+                            out.extend(read_cycle::close_statement(statement));
+                            skip += 1;
+                        }
+                        out.extend_from_slice(frame);
+                        skip += 1;
+                    }
+                }
+                let cycle: &[u8] = if out.is_empty() {
+                    &cbuf[..len]
+                } else {
+                    out.extend_from_slice(&cbuf[..len]);
+                    &out
+                };
                 let sent = match replica_w.as_mut() {
-                    Some(w) => w.write_all(&cbuf[..len]).await.is_ok(),
+                    Some(w) => w.write_all(cycle).await.is_ok(),
                     None => false,
                 };
+                if let (true, Some((statement, frame))) = (sent, named) {
+                    replica_parsed.insert(statement, frame);
+                }
                 if sent {
-                    lock().queue.push_back(Dest::Replica);
+                    lock().queue.push_back(Dest::Replica { skip });
                     queued.notify_one();
                     routing.metrics.replica.inc();
                     cbuf.advance(len);
@@ -489,7 +566,7 @@ pub(crate) async fn pump_routed(
                     warn!(node = %name, "replica connection for reads failed; using the master");
                     replica_w = None;
                     replica_down_until = Some(Instant::now() + REPLICA_RETRY);
-                    read_on_master(&mut lock(), routing, &cbuf[..len], &parse);
+                    read_on_master(&mut lock(), routing, &cbuf[..len]);
                     at = len;
                 }
             }
@@ -516,7 +593,7 @@ pub(crate) async fn pump_routed(
         let mut replica: Option<(OwnedReadHalf, BytesMut, FrameScanner)> = None;
         loop {
             let front = lock().queue.front().copied();
-            if front == Some(Dest::Replica) {
+            if let Some(Dest::Replica { skip }) = front {
                 // A connection handed over replaces the one held: the
                 // client side opens one only when it has none, or when the
                 // session moved to another replica (with nothing owed by
@@ -530,7 +607,7 @@ pub(crate) async fn pump_routed(
                         "read routed to a replica without a connection",
                     )));
                 };
-                match relay_replica_answer(rr, rbuf, rscan, &mut cw).await {
+                match relay_replica_answer(rr, rbuf, rscan, &mut cw, skip).await {
                     Ok(()) => {
                         let mut r = lock();
                         r.queue.pop_front();
@@ -633,7 +710,7 @@ pub(crate) async fn pump_routed(
                                         r.need = routing.ticks.commit_tick();
                                     }
                                 }
-                                let next = r.queue.front() == Some(&Dest::Replica);
+                                let next = matches!(r.queue.front(), Some(Dest::Replica { .. }));
                                 (None, commit && sync.is_some(), tag == b'Z' && next)
                             }
                         };
@@ -795,18 +872,44 @@ fn to_master(
 
 /// A read that was to go to a replica goes to the master after all (only
 /// reads are routed: it cannot write): `sent` is the Query, or the
-/// extended-protocol cycle whose Parse is `parse` (empty for a Query).
-fn read_on_master(r: &mut Route, routing: &ReadRouting, sent: &[u8], parse: &[u8]) {
+/// extended-protocol cycle.
+fn read_on_master(r: &mut Route, routing: &ReadRouting, sent: &[u8]) {
     routing.metrics.master.inc();
-    if parse.is_empty() {
-        r.tracker.query(false);
-    } else {
-        for (tag, body) in read_cycle::frames(sent) {
-            r.tracker.client_message(tag, body);
+    match sent.first() {
+        Some(b'Q') => r.tracker.query(false),
+        first => {
+            for (tag, body) in read_cycle::frames(sent) {
+                r.tracker.client_message(tag, body);
+            }
+            if first == Some(&b'P') {
+                r.unnamed_on_replica = None;
+            }
         }
-        r.unnamed_on_replica = None;
     }
     r.queue.push_back(Dest::Master);
+}
+
+/// Whether a Bind message runs, in the unnamed portal, a read the session
+/// prepared under a name, while the session is idle and not pinned: the
+/// start of a cycle that may go to a replica.
+fn named_read(r: &Route, body: &[u8]) -> bool {
+    if r.status != b'I' || !r.queue.is_empty() || r.pinned {
+        return false;
+    }
+    let Some(("", rest)) = read_cstr(body) else {
+        return false;
+    };
+    let Some((name, _)) = read_cstr(rest).filter(|(n, _)| !n.is_empty()) else {
+        return false;
+    };
+    r.session.prepared(name).is_some_and(|frame| {
+        let sql = frame
+            .get(5..)
+            .and_then(read_cstr)
+            .and_then(|(_, rest)| read_cstr(rest))
+            .map_or("", |(s, _)| s);
+        classify(sql) == Kind::Read && !pins(sql, Kind::Read)
+    })
 }
 
 /// Largest server message the tracked pump accepts (PostgreSQL's own limit
@@ -837,20 +940,26 @@ fn read_only(params: &[(String, String)]) -> Vec<(String, String)> {
 const REPLICA_RETRY: Duration = Duration::from_secs(5);
 
 /// Forwards one answer (up to and including its ReadyForQuery) from the
-/// replica. Fails, without forwarding it, on a FATAL or PANIC error (the
-/// replica is shutting down or crashed) and on a broken connection.
+/// replica, less its first `skip` CloseComplete and ParseComplete messages
+/// (answers to what Ferry sent before the client's cycle; an error ends
+/// them: the server skips the rest up to the Sync). Fails, without
+/// forwarding it, on a FATAL or PANIC error (the replica is shutting down
+/// or crashed) and on a broken connection.
 async fn relay_replica_answer(
     rr: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     rscan: &mut FrameScanner,
     cw: &mut tokio::net::tcp::WriteHalf<'_>,
+    mut skip: usize,
 ) -> Result<(), std::io::Error> {
     loop {
         let mut at = 0;
         let mut done = false;
         loop {
             let step = rscan
-                .step(&rbuf[at..], SERVER_MAX_MESSAGE, |t| t == b'Z' || t == b'E')
+                .step(&rbuf[at..], SERVER_MAX_MESSAGE, |t| {
+                    matches!(t, b'Z' | b'E') || (skip > 0 && matches!(t, b'1' | b'3'))
+                })
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             match step {
                 Step::Pass(n) => at += n,
@@ -861,7 +970,17 @@ async fn relay_replica_answer(
                             "the replica ended the connection",
                         ));
                     }
+                    skip = 0;
                     at += len;
+                }
+                Step::Frame {
+                    tag: b'1' | b'3',
+                    len,
+                } => {
+                    cw.write_all(&rbuf[..at]).await?;
+                    rbuf.advance(at + len);
+                    at = 0;
+                    skip = skip.saturating_sub(1);
                 }
                 Step::Frame { len, .. } => {
                     at += len;
