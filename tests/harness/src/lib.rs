@@ -330,14 +330,42 @@ impl Cluster {
 
     /// Signals every process of node `i`'s server (the postmaster's
     /// children first: running backends go on serving when only the
-    /// postmaster is hit).
+    /// postmaster is hit). `KILL` returns once they are all gone: a
+    /// statement sent after it finds no backend that still reads it (a
+    /// killed process lives on until it is next scheduled, on a busy
+    /// machine long enough to take a statement that then never answers).
     pub fn signal_server(&self, i: usize, sig: &str) {
+        let mut pids: Vec<i32> = Vec::new();
         if let Some(pid) = self.servers[i].pid() {
+            let children = Command::new("pgrep")
+                .args(["-P", &pid.to_string()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            pids.extend(
+                children
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok()),
+            );
+            pids.push(pid);
             let _ = Command::new("pkill")
                 .args([&format!("-{sig}"), "-P", &pid.to_string()])
                 .status();
         }
         let _ = self.servers[i].signal(sig);
+        if sig == "KILL" {
+            // Gone, or a zombie (its sockets are closed by then).
+            let alive = |pid: &i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+                    .is_some_and(|rest| !rest.starts_with('Z'))
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pids.iter().any(alive) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     /// Runs `sql` (with one int parameter) through Ferry for every value
