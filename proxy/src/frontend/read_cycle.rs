@@ -32,34 +32,46 @@ pub enum Cycle<'a> {
 /// with huge parameters) goes to the master rather than be held whole.
 pub const CYCLE_LIMIT: usize = 256 * 1024;
 
+/// Why a cycle's messages cannot be read on.
+enum Stop {
+    /// The message has not all arrived.
+    Incomplete,
+    /// Its length is bad, or the cycle would pass [`CYCLE_LIMIT`].
+    Other,
+}
+
+/// The client message at `at` in `buf`: its tag, its body and where the
+/// next one starts.
+fn message(buf: &[u8], at: usize) -> Result<(u8, &[u8], usize), Stop> {
+    if at >= CYCLE_LIMIT {
+        return Err(Stop::Other);
+    }
+    let header = buf.get(at..at + 5).ok_or(Stop::Incomplete)?;
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len = usize::try_from(len).map_err(|_| Stop::Other)?;
+    if len < 4 || at + 1 + len > CYCLE_LIMIT {
+        return Err(Stop::Other);
+    }
+    let body = buf.get(at + 5..at + 1 + len).ok_or(Stop::Incomplete)?;
+    Ok((header[0], body, at + 1 + len))
+}
+
 /// Inspects the client bytes `buf`, which start with a Parse message.
 pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
     let mut at = 0;
     let mut sql = None;
     let mut parse = 0;
     loop {
-        if at >= CYCLE_LIMIT {
-            return Cycle::Other;
-        }
-        let Some(header) = buf.get(at..at + 5) else {
-            return Cycle::Incomplete;
-        };
-        let tag = header[0];
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let Ok(len) = usize::try_from(len) else {
-            return Cycle::Other;
-        };
-        if len < 4 || at + 1 + len > CYCLE_LIMIT {
-            return Cycle::Other;
-        }
-        let Some(body) = buf.get(at + 5..at + 1 + len) else {
-            return Cycle::Incomplete;
+        let (tag, body, next) = match message(buf, at) {
+            Ok(m) => m,
+            Err(Stop::Incomplete) => return Cycle::Incomplete,
+            Err(Stop::Other) => return Cycle::Other,
         };
         let unnamed = match (tag, at == 0) {
             (b'P', true) => match cstr(body) {
                 Some(("", rest)) => {
                     sql = cstr(rest).map(|(s, _)| s);
-                    parse = 1 + len;
+                    parse = next;
                     sql.is_some()
                 }
                 _ => false,
@@ -78,7 +90,7 @@ pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
             (b'S', false) => {
                 return match sql {
                     Some(sql) => Cycle::Unnamed {
-                        len: at + 1 + len,
+                        len: next,
                         parse,
                         sql,
                     },
@@ -90,7 +102,7 @@ pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
         if !unnamed {
             return Cycle::Other;
         }
-        at += 1 + len;
+        at = next;
     }
 }
 
@@ -113,22 +125,10 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
     let mut at = 0;
     let mut statement: Option<&str> = None;
     loop {
-        if at >= CYCLE_LIMIT {
-            return Bound::Other;
-        }
-        let Some(header) = buf.get(at..at + 5) else {
-            return Bound::Incomplete;
-        };
-        let tag = header[0];
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let Ok(len) = usize::try_from(len) else {
-            return Bound::Other;
-        };
-        if len < 4 || at + 1 + len > CYCLE_LIMIT {
-            return Bound::Other;
-        }
-        let Some(body) = buf.get(at + 5..at + 1 + len) else {
-            return Bound::Incomplete;
+        let (tag, body, next) = match message(buf, at) {
+            Ok(m) => m,
+            Err(Stop::Incomplete) => return Bound::Incomplete,
+            Err(Stop::Other) => return Bound::Other,
         };
         let fits = match tag {
             // Bind: the unnamed portal, of the one named statement.
@@ -152,7 +152,7 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
             b'S' if at > 0 => {
                 return match statement {
                     Some(statement) => Bound::Named {
-                        len: at + 1 + len,
+                        len: next,
                         statement,
                     },
                     None => Bound::Other,
@@ -163,7 +163,7 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
         if !fits {
             return Bound::Other;
         }
-        at += 1 + len;
+        at = next;
     }
 }
 
@@ -197,14 +197,10 @@ pub fn parses_unnamed(body: &[u8]) -> bool {
 /// The messages (tag, body) of whole client messages, as [`at_parse`]
 /// found them.
 pub fn frames(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut rest = buf;
+    let mut at = 0;
     std::iter::from_fn(move || {
-        let header = rest.get(..5)?;
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let end = usize::try_from(len).ok()?.checked_add(1)?;
-        let body = rest.get(5..end)?;
-        let tag = header[0];
-        rest = &rest[end..];
+        let (tag, body, next) = message(buf, at).ok()?;
+        at = next;
         Some((tag, body))
     })
 }
