@@ -10,7 +10,7 @@ use crate::frontend::read_balance::ReaderCounts;
 use crate::frontend::session::{FrontendMetrics, Shared};
 use crate::frontend::startup::{AuthMethod, UserDb};
 use crate::frontend::tracked_pump::{ReadMetrics, ReadMode, ReadRouting};
-use crate::switchover::Switchover;
+use crate::switchover::{refuse, Switchover};
 use ferry_admin::{Answer, Request, StatusSource};
 use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;
@@ -232,26 +232,20 @@ impl AppStatus {
         let force = self.force.clone();
         let (include, exclude) = self.patterns.clone();
         Box::pin(async move {
-            let refuse = |code: u16, error: &str, message: String| {
-                (
-                    code,
-                    serde_json::json!({"error": error, "message": message}),
-                )
-            };
             if let Some(why) = &topo.waiting {
-                return refuse(409, "no_master", format!("no master to copy from: {why}"));
+                return refuse((409, "no_master", format!("no master to copy from: {why}")));
             }
             let fenced = topo.fenced.iter().find(|(n, _)| n.name == node);
             let replica = topo.replicas.iter().find(|n| refused && n.name == node);
             let Some(n) = fenced.map(|(n, _)| n).or(replica) else {
-                return refuse(
+                return refuse((
                     409,
                     "not_fenced",
                     format!(
                         "node {node} is not fenced out of the cluster, nor a replica refused as \
                          standing before the master's outbox clean-up"
                     ),
-                );
+                ));
             };
             let copied = match ferry_batcher::resync::copy_all(
                 (&topo.master.name, &topo.master.target),
@@ -263,7 +257,7 @@ impl AppStatus {
             .await
             {
                 Ok(c) => c,
-                Err(e) => return refuse(409, "resync_failed", e.to_string()),
+                Err(e) => return refuse((409, "resync_failed", e.to_string())),
             };
             if fenced.is_none() {
                 // A replica already: the batcher ships to it from the copy's
@@ -278,7 +272,7 @@ impl AppStatus {
             }
             let (reply, answer) = tokio::sync::oneshot::channel();
             if force.send(Control::Admit { node, reply }).await.is_err() {
-                return refuse(503, "unavailable", "the coordinator is not running".into());
+                return refuse((503, "unavailable", "the coordinator is not running".into()));
             }
             match tokio::time::timeout(Duration::from_secs(30), answer).await {
                 Ok(Ok(Ok(epoch))) => (
@@ -287,8 +281,8 @@ impl AppStatus {
                         "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
                         "keyed": copied.keyed}),
                 ),
-                Ok(Ok(Err(why))) => refuse(409, "cannot_admit", why),
-                _ => refuse(503, "unavailable", "no answer from the coordinator".into()),
+                Ok(Ok(Err(why))) => refuse((409, "cannot_admit", why)),
+                _ => refuse((503, "unavailable", "no answer from the coordinator".into())),
             }
         })
     }

@@ -10,6 +10,7 @@
 //! entry there before Ferry restarts, or it is taken in again then (and,
 //! once the clean-up has passed its position, refused as behind it).
 
+use crate::switchover::refuse;
 use ferry_cluster::failover::Control;
 use ferry_cluster::Topology;
 use ferry_sql::schema;
@@ -28,24 +29,18 @@ pub async fn remove(
     control: mpsc::Sender<Control>,
     node: String,
 ) -> (u16, serde_json::Value) {
-    let refuse = |code: u16, error: &str, message: String| {
-        (
-            code,
-            serde_json::json!({"error": error, "message": message}),
-        )
-    };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let request = Control::RemoveNode {
         node: node.clone(),
         reply,
     };
     if control.send(request).await.is_err() {
-        return refuse(503, "unavailable", "the coordinator is not running".into());
+        return refuse((503, "unavailable", "the coordinator is not running".into()));
     }
     let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
         Ok(Ok(Ok(epoch))) => epoch,
-        Ok(Ok(Err(why))) => return refuse(409, "cannot_remove", why),
-        _ => return refuse(503, "unavailable", "no answer from the coordinator".into()),
+        Ok(Ok(Err(why))) => return refuse((409, "cannot_remove", why)),
+        _ => return refuse((503, "unavailable", "no answer from the coordinator".into())),
     };
     tokio::time::sleep(BATCHER_STOP).await;
     let master = roles.borrow().master.clone();
