@@ -177,7 +177,15 @@ pub(crate) struct Route {
     /// is owed: the next parse on a replica needs the session idle). A
     /// ReadyForQuery when none are left ends the wait: the parse failed.
     swallow_parse_complete: Option<usize>,
+    /// Whether each named statement is a read, with the Parse it was made
+    /// by: classified once, not at every execution (kept for at most
+    /// [`NAMED_READS`] names: drivers like tokio-postgres make a name per
+    /// query).
+    named_reads: HashMap<String, (Bytes, bool)>,
 }
+
+/// Named statements whose kind a session keeps.
+const NAMED_READS: usize = 256;
 
 impl Route {
     /// A new session's state; `busy` is its flag at the gate.
@@ -196,6 +204,7 @@ impl Route {
             slot: None,
             unnamed_on_replica: None,
             swallow_parse_complete: None,
+            named_reads: HashMap::new(),
         }
     }
 
@@ -413,7 +422,8 @@ pub(crate) async fn pump_routed(
                         }
                     }
                     Step::Frame { tag: b'B', len }
-                        if routing.is_some() && named_read(&lock(), &cbuf[at + 5..at + len]) =>
+                        if routing.is_some()
+                            && named_read(&mut lock(), &cbuf[at + 5..at + len]) =>
                     {
                         // A read the session prepared under a name, run in
                         // the unnamed portal while the session is idle:
@@ -892,7 +902,7 @@ fn read_on_master(r: &mut Route, routing: &ReadRouting, sent: &[u8]) {
 /// Whether a Bind message runs, in the unnamed portal, a read the session
 /// prepared under a name, while the session is idle and not pinned: the
 /// start of a cycle that may go to a replica.
-fn named_read(r: &Route, body: &[u8]) -> bool {
+fn named_read(r: &mut Route, body: &[u8]) -> bool {
     if r.status != b'I' || !r.queue.is_empty() || r.pinned {
         return false;
     }
@@ -902,14 +912,25 @@ fn named_read(r: &Route, body: &[u8]) -> bool {
     let Some((name, _)) = read_cstr(rest).filter(|(n, _)| !n.is_empty()) else {
         return false;
     };
-    r.session.prepared(name).is_some_and(|frame| {
-        let sql = frame
-            .get(5..)
-            .and_then(read_cstr)
-            .and_then(|(_, rest)| read_cstr(rest))
-            .map_or("", |(s, _)| s);
-        classify(sql) == Kind::Read && !pins(sql, Kind::Read)
-    })
+    let Some(frame) = r.session.prepared(name).cloned() else {
+        return false;
+    };
+    if let Some((known, read)) = r.named_reads.get(name) {
+        if *known == frame {
+            return *read;
+        }
+    }
+    let sql = frame
+        .get(5..)
+        .and_then(read_cstr)
+        .and_then(|(_, rest)| read_cstr(rest))
+        .map_or("", |(s, _)| s);
+    let read = classify(sql) == Kind::Read && !pins(sql, Kind::Read);
+    if r.named_reads.len() >= NAMED_READS {
+        r.named_reads.clear();
+    }
+    r.named_reads.insert(name.to_string(), (frame, read));
+    read
 }
 
 /// Largest server message the tracked pump accepts (PostgreSQL's own limit
