@@ -225,6 +225,55 @@ async fn cancel_requests_reach_the_right_server_session() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// Nodes named by their Unix-socket directory (`host=/dir port=N`, as
+/// libpq reads it) are reached that way by every part of Ferry: client
+/// sessions on the master, the batcher's shipping, reads on a replica,
+/// cancel requests (here of a read running on the replica) and `ferry
+/// verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_named_by_their_unix_socket_serve_every_path() {
+    let c = cluster(Options {
+        unix_sockets: true,
+        env: vec![("FERRY_PROXY_READS".into(), "replicas".into())],
+        ..Default::default()
+    });
+    let config = std::fs::read_to_string(&c.config_path).unwrap();
+    assert!(config.contains("dsn = \"host=/"), "{config}");
+    c.wait_replicas_serving(1).await;
+    let client = c.proxy_client().await;
+    client
+        .execute("INSERT INTO items (id, name) VALUES (1, 'one')", &[])
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    // A read outside a transaction is served by the replica, b.
+    let port: String = client
+        .query_one("SELECT current_setting('port')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, c.servers[1].port.to_string());
+    // A long read runs on the replica: the client's cancel must reach it
+    // there, not (only) the idle master session.
+    let token = client.cancel_token();
+    let reader = tokio::spawn(async move {
+        client
+            .query_one("SELECT count(*) FROM generate_series(1, 2000000000)", &[])
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the cancel reached the replica")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"));
+    let (ok, table) = c.verify(5);
+    assert!(ok, "{table}");
+}
+
 /// Reads until the connection closes; returns the SQLSTATE of an error seen.
 fn error_then_close(s: &mut TcpStream) -> Option<String> {
     let mut buf = BytesMut::new();

@@ -14,11 +14,14 @@ use std::fmt;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::stream::{Address, Stream};
 
 /// Where and as whom to connect, parsed from a libpq-style DSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// A host name or address, or (starting with `/`) the directory of the
+    /// server's Unix-domain socket, as libpq reads it.
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -27,17 +30,21 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `postgresql://user:pw@host:port/db` or `host=... port=...`.
+    /// Parses `postgresql://user:pw@host:port/db` or `host=... port=...`;
+    /// a host starting with `/` (`host=/var/run/postgresql`, or
+    /// `postgresql://user@%2Fvar%2Frun%2Fpostgresql:5432/db`) is a Unix
+    /// socket directory.
     pub fn from_dsn(dsn: &str) -> Result<Self, ConnError> {
         let cfg: tokio_postgres::Config = dsn
             .parse()
             .map_err(|e: tokio_postgres::Error| ConnError::Dsn(e.to_string()))?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(_) => {
-                return Err(ConnError::Dsn(
-                    "unix sockets are not supported yet; use a TCP host".into(),
-                ))
+            Some(tokio_postgres::config::Host::Unix(dir)) => {
+                let dir = dir.to_str().ok_or_else(|| {
+                    ConnError::Dsn("the socket directory is not valid UTF-8".into())
+                })?;
+                dir.to_string()
             }
             None => "127.0.0.1".to_string(),
         };
@@ -57,6 +64,11 @@ impl Target {
             password,
             dbname,
         })
+    }
+
+    /// Where the server listens.
+    pub fn address(&self) -> Address {
+        Address::new(&self.host, self.port)
     }
 
     /// `host:port/dbname`, for logs and status (never the password).
@@ -144,7 +156,7 @@ pub enum ConnError {
 
 /// An authenticated connection whose message stream Ferry drives itself.
 pub struct ServerConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// ParameterStatus values the server reported at startup.
     pub params: Vec<(String, String)>,
@@ -168,8 +180,7 @@ impl ServerConn {
     }
 
     async fn connect_inner(target: &Target, extra: &[(String, String)]) -> Result<Self, ConnError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        stream.set_nodelay(true)?;
+        let stream = Stream::connect(&target.address()).await?;
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(8192),
@@ -373,14 +384,14 @@ impl ServerConn {
     }
 
     /// Hands over the socket and any bytes already read, for raw pumping.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.buf)
     }
 }
 
 /// Sends a CancelRequest for `(pid, secret)` to the server at `target`.
 pub async fn send_cancel(target: &Target, pid: i32, secret: i32) -> Result<(), ConnError> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let mut stream = Stream::connect(&target.address()).await?;
     let mut out = BytesMut::new();
     frontend::cancel_request(pid, secret, &mut out);
     stream.write_all(&out).await?;
@@ -406,5 +417,10 @@ mod tests {
             ("localhost", 5, "u")
         );
         assert!(Target::from_dsn("postgresql://127.0.0.1/app").is_err());
+        let t = Target::from_dsn("host=/tmp/pg port=5433 user=u dbname=app").unwrap();
+        assert_eq!(t.address(), Address::Unix("/tmp/pg/.s.PGSQL.5433".into()));
+        let t = Target::from_dsn("postgresql://u@%2Ftmp%2Fpg:5434/app").unwrap();
+        assert_eq!(t.host, "/tmp/pg");
+        assert_eq!(t.port, 5434);
     }
 }

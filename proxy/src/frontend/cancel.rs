@@ -1,6 +1,8 @@
 //! Cancel keys. Ferry hands each client its own (pid, secret) pair and
-//! remembers which server session it stands for, so a CancelRequest that
-//! arrives on a new connection reaches the right server.
+//! remembers which server sessions it stands for, so a CancelRequest that
+//! arrives on a new connection reaches the right server: the master
+//! session, and the replica session that serves the client's reads, if it
+//! has one (the statement to cancel may be running on either).
 
 use ferry_wire::Target;
 use std::collections::HashMap;
@@ -14,10 +16,13 @@ pub struct ServerKey {
     pub secret: i32,
 }
 
-/// Client key → server key, for live sessions.
+/// A live session's keys: its secret, its master session, its read session.
+type Entry = (i32, ServerKey, Option<ServerKey>);
+
+/// Client key → server keys, for live sessions.
 #[derive(Clone, Default)]
 pub struct CancelRegistry {
-    inner: Arc<Mutex<HashMap<i32, (i32, ServerKey)>>>,
+    inner: Arc<Mutex<HashMap<i32, Entry>>>,
 }
 
 impl CancelRegistry {
@@ -30,7 +35,7 @@ impl CancelRegistry {
             let pid = rand::random::<i32>() & 0x7fff_ffff;
             if pid != 0 && !map.contains_key(&pid) {
                 let secret = rand::random::<i32>();
-                map.insert(pid, (secret, server));
+                map.insert(pid, (secret, server, None));
                 return (pid, secret);
             }
         }
@@ -45,6 +50,15 @@ impl CancelRegistry {
         }
     }
 
+    /// Records the replica session that now serves the session's reads.
+    pub fn set_reader(&self, pid: i32, reader: ServerKey) {
+        if let Ok(mut map) = self.inner.lock() {
+            if let Some(entry) = map.get_mut(&pid) {
+                entry.2 = Some(reader);
+            }
+        }
+    }
+
     /// Forgets a session that ended.
     pub fn remove(&self, pid: i32) {
         if let Ok(mut map) = self.inner.lock() {
@@ -52,12 +66,17 @@ impl CancelRegistry {
         }
     }
 
-    /// The server key for a client's (pid, secret), if both match.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<ServerKey> {
-        let map = self.inner.lock().ok()?;
+    /// The server keys for a client's (pid, secret), if both match: the
+    /// master session's, then the read session's. A server ignores a
+    /// cancel for a session that runs nothing, so both are sent.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Vec<ServerKey> {
+        let Ok(map) = self.inner.lock() else {
+            return Vec::new();
+        };
         map.get(&pid)
-            .filter(|(s, _)| *s == secret)
-            .map(|(_, k)| k.clone())
+            .filter(|(s, _, _)| *s == secret)
+            .map(|(_, master, reader)| std::iter::once(master).chain(reader).cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -65,18 +84,32 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
+    fn key(pid: i32) -> ServerKey {
+        ServerKey {
+            target: Target::from_dsn("postgresql://u@h:1/d").unwrap(),
+            pid,
+            secret: 7,
+        }
+    }
+
     #[test]
     fn wrong_secret_cancels_nothing() {
         let reg = CancelRegistry::default();
-        let target = Target::from_dsn("postgresql://u@h:1/d").unwrap();
-        let (pid, secret) = reg.register(ServerKey {
-            target,
-            pid: 42,
-            secret: 7,
-        });
-        assert_eq!(reg.lookup(pid, secret).map(|k| k.pid), Some(42));
-        assert!(reg.lookup(pid, secret.wrapping_add(1)).is_none());
+        let (pid, secret) = reg.register(key(42));
+        let pids = |s| reg.lookup(pid, s).iter().map(|k| k.pid).collect::<Vec<_>>();
+        assert_eq!(pids(secret), [42]);
+        assert!(pids(secret.wrapping_add(1)).is_empty());
         reg.remove(pid);
-        assert!(reg.lookup(pid, secret).is_none());
+        assert!(pids(secret).is_empty());
+    }
+
+    #[test]
+    fn a_session_reading_on_a_replica_cancels_there_too() {
+        let reg = CancelRegistry::default();
+        let (pid, secret) = reg.register(key(42));
+        reg.set_reader(pid, key(43));
+        reg.update(pid, key(44));
+        let pids: Vec<i32> = reg.lookup(pid, secret).iter().map(|k| k.pid).collect();
+        assert_eq!(pids, [44, 43]);
     }
 }

@@ -107,9 +107,9 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         }
         Ok(Ok(Startup::Closed)) => return,
         Ok(Ok(Startup::Cancel { pid, secret })) => {
-            if let Some(key) = shared.cancels.lookup(pid, secret) {
+            for key in shared.cancels.lookup(pid, secret) {
                 if let Err(e) = send_cancel(&key.target, key.pid, key.secret).await {
-                    warn!(error = %e, "cancel request could not be delivered");
+                    warn!(node = %key.target.describe(), error = %e, "cancel request could not be delivered");
                 }
             }
             return;
@@ -182,6 +182,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         routing: shared.reads.as_deref(),
                         sync: shared.sync.as_deref(),
                         session_id: pid,
+                        cancels: &shared.cancels,
                         gate: &shared.gate,
                         replaced: &replaced,
                     },

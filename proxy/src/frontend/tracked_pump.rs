@@ -30,6 +30,7 @@
 //! of their destinations, in order, tells the client side which server
 //! answers next, so answers reach the client in the order it asked.
 
+use super::cancel::{CancelRegistry, ServerKey};
 use super::commit_tracker::{client_wants, server_wants, CommitTracker};
 use super::gate::Gate;
 use super::read_balance::{Lease, ReaderCounts};
@@ -41,6 +42,7 @@ use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
 use ferry_sql::set_config::{self, Scope};
 use ferry_wire::codec::read_cstr;
+use ferry_wire::stream::{OwnedReadHalf, OwnedWriteHalf};
 use ferry_wire::{backend, FrameScanner, ServerConn, Step, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -49,7 +51,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -239,8 +240,10 @@ pub(crate) struct RoutedSession<'a> {
     pub routing: Option<&'a ReadRouting>,
     /// Sync mode: commits of writes wait here, as in [`super::session`].
     pub sync: Option<&'a SyncPoint>,
-    /// Spreads sessions over the replicas.
+    /// Spreads sessions over the replicas; the session's cancel key.
     pub session_id: i32,
+    /// Where cancel requests learn of the session's read connection.
+    pub cancels: &'a CancelRegistry,
     /// Closed during a planned switchover: new statements wait.
     pub gate: &'a Gate,
     /// Whether the master this session runs on has been replaced (a
@@ -267,6 +270,7 @@ pub(crate) async fn pump_routed(
         routing,
         sync,
         session_id,
+        cancels,
         gate,
         replaced,
     } = session;
@@ -511,6 +515,14 @@ pub(crate) async fn pump_routed(
                     let params = read_only(params);
                     match ServerConn::connect(&target, &params, routing.connect_timeout).await {
                         Ok(conn) => {
+                            cancels.set_reader(
+                                session_id,
+                                ServerKey {
+                                    target: target.clone(),
+                                    pid: conn.pid,
+                                    secret: conn.secret,
+                                },
+                            );
                             let (stream, pending) = conn.into_parts();
                             let (rr, rw) = stream.into_split();
                             *handover.lock().unwrap_or_else(|p| p.into_inner()) =

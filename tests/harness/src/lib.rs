@@ -72,6 +72,9 @@ pub struct Options {
     pub extra_config: String,
     /// Environment for the ferry process (`FERRY_...` overrides).
     pub env: Vec<(String, String)>,
+    /// Name the nodes in Ferry's configuration by their Unix-socket
+    /// directory (`host=/dir`) instead of 127.0.0.1.
+    pub unix_sockets: bool,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             server_password: None,
             extra_config: String::new(),
             env: Vec::new(),
+            unix_sockets: false,
         }
     }
 }
@@ -156,9 +160,17 @@ impl Cluster {
              [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
         );
         for (i, (s, name)) in servers.iter().zip(&names).enumerate() {
+            let dsn = if opts.unix_sockets {
+                format!(
+                    "host={} port={} user=postgres dbname={DB}",
+                    s.socket_dir(),
+                    s.port
+                )
+            } else {
+                s.dsn(DB, opts.server_password.as_deref())
+            };
             toml += &format!(
-                "[[nodes]]\nname = \"{name}\"\ndsn = \"{}\"\npriority = {}\n",
-                s.dsn(DB, opts.server_password.as_deref()),
+                "[[nodes]]\nname = \"{name}\"\ndsn = \"{dsn}\"\npriority = {}\n",
                 i + 1
             );
         }
