@@ -220,6 +220,20 @@ async fn transactions_and_pinned_sessions_read_on_the_master() {
         .await
         .unwrap();
     assert_eq!(one(&temp, "SELECT a FROM scratch").await, "7");
+    // DISCARD ALL (what a connection pool sends when it takes a connection
+    // back) leaves the session holding nothing of its own: its reads go to
+    // a replica again. Inside a transaction the server refuses it, and the
+    // session stays pinned.
+    temp.batch_execute("BEGIN").await.unwrap();
+    assert!(temp.batch_execute("DISCARD ALL").await.is_err());
+    temp.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(one(&temp, "SHOW port").await, master_port);
+    temp.batch_execute("DISCARD ALL").await.unwrap();
+    assert!(replica_ports.contains(&one(&temp, "SHOW port").await));
+    assert_eq!(one(&pinned, "SHOW port").await, master_port);
+    pinned.batch_execute("DISCARD ALL").await.unwrap();
+    assert!(replica_ports.contains(&one(&pinned, "SHOW port").await));
+    assert_eq!(one(&pinned, "SHOW application_name").await, "");
     let (_, metrics) = c.admin_get("/metrics");
     assert!(
         metric(&metrics, "ferry_reads_replica_total") >= 3,

@@ -40,6 +40,13 @@ pub fn effects(sql: &str) -> Vec<Effect> {
         .collect()
 }
 
+/// Whether a query string is `DISCARD ALL` alone: the only form the server
+/// runs it in (among other statements, or in a transaction block, it is
+/// refused), after which the session holds nothing of its own.
+pub fn discards_all(sql: &str) -> bool {
+    matches!(statements(sql).as_slice(), [one] if effect(one) == Effect::Clear)
+}
+
 /// Whether a query string is one common statement that leaves the session
 /// alone, told without allocating (every client statement passes here):
 /// it starts with a data or transaction word, holds no second statement
@@ -161,6 +168,16 @@ fn statements(sql: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discard_all_counts_alone_only() {
+        assert!(discards_all("DISCARD ALL"));
+        assert!(discards_all(" /* pool */ discard all ;"));
+        assert!(!discards_all("DISCARD ALL; SELECT 1"));
+        assert!(!discards_all("SET x.y = 1; DISCARD ALL"));
+        assert!(!discards_all("DISCARD PLANS"));
+        assert!(!discards_all("SELECT 'DISCARD ALL'"));
+    }
 
     #[test]
     fn settings_prepared_statements_and_listens_replay() {

@@ -40,6 +40,7 @@ use super::session_state::SessionState;
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_batcher::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
+use ferry_sql::session_effect::discards_all;
 use ferry_sql::set_config::{self, Scope};
 use ferry_wire::codec::read_cstr;
 use ferry_wire::stream::{OwnedReadHalf, OwnedWriteHalf};
@@ -328,8 +329,15 @@ pub(crate) async fn pump_routed(
                         // it was parsed.
                         r.unnamed_on_replica = None;
                         let kind = if follow { classify(sql) } else { Kind::Write };
-                        if routing.is_some() && pins(sql, kind) && !r.pinned {
-                            pin(&mut r, &mut replica_w);
+                        if routing.is_some() {
+                            if discards_all(sql) && r.status == b'I' && r.queue.is_empty() {
+                                // What pinned the session is gone once this
+                                // completes, and the next read cannot go out
+                                // before it has (nothing may be outstanding).
+                                r.pinned = false;
+                            } else if pins(sql, kind) && !r.pinned {
+                                pin(&mut r, &mut replica_w);
+                            }
                         }
                         let chosen = choose(
                             &mut r,
