@@ -262,7 +262,18 @@ async fn nodes_named_by_their_unix_socket_serve_every_path() {
             .await
             .map(|_| ())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Cancel once it runs there: a cancel that arrives before the query
+    // executes is ignored (PostgreSQL shows a statement active from its
+    // Parse on, and ignores a cancel while it reads the Bind that follows).
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE state = 'active' AND query LIKE '%generate_series(1, 2000000000)%' \
+         AND clock_timestamp() - query_start > interval '300 ms' AND pid <> pg_backend_pid()",
+        "1",
+        Duration::from_secs(20),
+    )
+    .await;
     token.cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), reader)
         .await

@@ -107,7 +107,9 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         }
         Ok(Ok(Startup::Closed)) => return,
         Ok(Ok(Startup::Cancel { pid, secret })) => {
-            for key in shared.cancels.lookup(pid, secret) {
+            let keys = shared.cancels.lookup(pid, secret);
+            debug!(session = pid, servers = keys.len(), "cancel request");
+            for key in keys {
                 if let Err(e) = send_cancel(&key.target, key.pid, key.secret).await {
                     warn!(node = %key.target.describe(), error = %e, "cancel request could not be delivered");
                 }
