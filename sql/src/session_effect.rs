@@ -44,7 +44,11 @@ pub fn effects(sql: &str) -> Vec<Effect> {
 /// runs it in (among other statements, or in a transaction block, it is
 /// refused), after which the session holds nothing of its own.
 pub fn discards_all(sql: &str) -> bool {
-    matches!(statements(sql).as_slice(), [one] if effect(one) == Effect::Clear)
+    // Every routed Query passes here: look closer only at a DISCARD.
+    let discard = without_leading_comments(sql)
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case("discard"));
+    discard && matches!(statements(sql).as_slice(), [one] if effect(one) == Effect::Clear)
 }
 
 /// Whether a query string is one common statement that leaves the session
