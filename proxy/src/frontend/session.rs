@@ -109,11 +109,14 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         Ok(Ok(Startup::Cancel { pid, secret })) => {
             let keys = shared.cancels.lookup(pid, secret);
             debug!(session = pid, servers = keys.len(), "cancel request");
-            for key in keys {
+            // At once to each: an unreachable master must not hold up the
+            // cancel of a read running on a replica.
+            futures_util::future::join_all(keys.iter().map(|key| async move {
                 if let Err(e) = send_cancel(&key.target, key.pid, key.secret).await {
                     warn!(node = %key.target.describe(), error = %e, "cancel request could not be delivered");
                 }
-            }
+            }))
+            .await;
             return;
         }
         Ok(Ok(Startup::Client { params })) => params,
