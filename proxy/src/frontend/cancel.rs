@@ -4,7 +4,7 @@
 //! session, and the replica session that serves the client's reads, if it
 //! has one (the statement to cancel may be running on either).
 
-use ferry_wire::Target;
+use ferry_wire::{ServerConn, Target};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,17 @@ pub struct ServerKey {
     pub target: Target,
     pub pid: i32,
     pub secret: i32,
+}
+
+impl ServerKey {
+    /// The key of a server session Ferry opened at `target`.
+    pub fn of(target: &Target, conn: &ServerConn) -> Self {
+        ServerKey {
+            target: target.clone(),
+            pid: conn.pid,
+            secret: conn.secret,
+        }
+    }
 }
 
 /// A live session's keys: its secret, its master session, its read session.

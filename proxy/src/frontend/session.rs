@@ -143,7 +143,9 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let Some((master, server)) = connect_master(&shared, &params, &mut client).await else {
         return;
     };
-    let (pid, secret) = shared.cancels.register(server_key(&master, &server));
+    let (pid, secret) = shared
+        .cancels
+        .register(ServerKey::of(&master.target, &server));
     let span = info_span!("session", session = pid, user = %user);
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
@@ -169,7 +171,9 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                     None => return,
                 },
             };
-            shared.cancels.update(pid, server_key(&master, &server));
+            shared
+                .cancels
+                .update(pid, ServerKey::of(&master.target, &server));
             let node = master.name.clone();
             let replaced = || shared.roles.borrow().master.name != node;
             let mut roles = shared.roles.clone();
@@ -258,14 +262,6 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     .await;
     shared.cancels.remove(pid);
     shared.metrics.connections.dec();
-}
-
-fn server_key(master: &Node, server: &ServerConn) -> ServerKey {
-    ServerKey {
-        target: master.target.clone(),
-        pid: server.pid,
-        secret: server.secret,
-    }
 }
 
 /// Connects a session whose master was lost to the master there is now

@@ -523,14 +523,7 @@ pub(crate) async fn pump_routed(
                     let params = read_only(params);
                     match ServerConn::connect(&target, &params, routing.connect_timeout).await {
                         Ok(conn) => {
-                            cancels.set_reader(
-                                session_id,
-                                ServerKey {
-                                    target: target.clone(),
-                                    pid: conn.pid,
-                                    secret: conn.secret,
-                                },
-                            );
+                            cancels.set_reader(session_id, ServerKey::of(&target, &conn));
                             let (stream, pending) = conn.into_parts();
                             let (rr, rw) = stream.into_split();
                             *handover.lock().unwrap_or_else(|p| p.into_inner()) =
