@@ -1,24 +1,23 @@
 //! Preparing a new, empty node to join as a replica (`ferry add-node`):
 //!
-//! 1. **Definitions.** The replicated tables' and sequences' definitions
-//!    are copied from the master with `pg_dump --schema-only` (columns,
-//!    defaults, keys, constraints, indexes, triggers; Ferry's own capture
-//!    triggers are left out: capture is generated on the node next).
+//! 1. **Definitions.** The master's whole schema (`pg_dump
+//!    --schema-only`, Ferry's own schema left out): the replicated tables
+//!    with their partitions and inheritance children, and everything they
+//!    depend on — types, enums, domains, sequences, functions used in
+//!    defaults, checks and triggers, other schemas. Ferry's capture and
+//!    event triggers are left out: capture is generated on the node next.
 //! 2. **Capture.** The `ferry` schema and capture are installed as on any
 //!    replica.
 //! 3. **Rows.** A consistent copy from one master snapshot, which becomes
 //!    the node's ledger position ([`crate::resync::copy_all`]); from there
 //!    it catches up from the batch stream like any replica.
 
-use crate::catalog::{replicated_sequences, replicated_table_names, replicated_tables};
+use crate::catalog::{replicated_table_names, replicated_tables};
 use crate::install::{connect, prepare_replica};
 use crate::pattern::Pattern;
 use crate::resync::{copy_all, Copied, Progress};
 use crate::BatchError;
-use ferry_sql::quote::ident;
-use ferry_sql::{resync, sequences};
 use ferry_wire::Target;
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use tracing::info;
 
@@ -53,47 +52,22 @@ pub async fn prepare_new_node(
         });
     }
     report(Phase::Definitions);
-    let mut objects: Vec<String> = shapes
-        .iter()
-        .map(|s| format!("{}.{}", ident(&s.table.schema), ident(&s.table.name)))
-        .collect();
-    let mut schemas: BTreeSet<String> = shapes.iter().map(|s| s.table.schema.clone()).collect();
-    let seqs = m
-        .query(sequences::LIST, &[])
+    let script = dump_definitions(master, node_name).await?;
+    let create = format!("BEGIN;\n{script}\nCOMMIT;");
+    n.batch_execute(&create)
         .await
-        .map_err(BatchError::pg(master_name))?;
-    let wanted = replicated_sequences(&m, master_name, include, exclude).await?;
-    for row in seqs {
-        let (regclass, schema, name): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        if wanted.contains(&regclass) {
-            objects.push(format!("{}.{}", ident(&schema), ident(&name)));
-            schemas.insert(schema);
-        }
-    }
-    if !objects.is_empty() {
-        let script = dump_definitions(master, &objects, node_name).await?;
-        let mut create = String::from("BEGIN;\n");
-        for s in &schemas {
-            create += &resync::create_schema(s);
-            create += ";\n";
-        }
-        create += &script;
-        create += "\nCOMMIT;";
-        n.batch_execute(&create)
-            .await
-            .map_err(|e| BatchError::SchemaCopy {
-                node: node_name.to_string(),
-                detail: e
-                    .as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-            })?;
-        info!(
-            node = node_name,
-            objects = objects.len(),
-            "table definitions copied from the master"
-        );
-    }
+        .map_err(|e| BatchError::SchemaCopy {
+            node: node_name.to_string(),
+            detail: e.as_db_error().map_or_else(
+                || e.to_string(),
+                |d| format!("{} (the new node's database must be empty)", d.message()),
+            ),
+        })?;
+    info!(
+        node = node_name,
+        tables = shapes.len(),
+        "schema copied from the master"
+    );
     prepare_replica(
         (master_name, &m),
         &shapes,
@@ -112,14 +86,10 @@ pub async fn prepare_new_node(
     .await
 }
 
-/// `pg_dump --schema-only` of the named objects on the master, as a script
-/// the node can run: psql meta-commands and Ferry's capture triggers (which
-/// name functions the node does not have yet) are left out.
-async fn dump_definitions(
-    master: &Target,
-    objects: &[String],
-    node_name: &str,
-) -> Result<String, BatchError> {
+/// `pg_dump --schema-only` of the master's database without Ferry's
+/// schema, as a script the node can run: psql meta-commands and Ferry's
+/// triggers (which name functions the node does not have yet) are left out.
+async fn dump_definitions(master: &Target, node_name: &str) -> Result<String, BatchError> {
     let failed = |detail: String| BatchError::SchemaCopy {
         node: node_name.to_string(),
         detail,
@@ -135,6 +105,7 @@ async fn dump_definitions(
         "--no-publications",
         "--no-subscriptions",
         "--no-comments",
+        "--exclude-schema=ferry",
         "-h",
         &master.host,
         "-p",
@@ -144,9 +115,6 @@ async fn dump_definitions(
         "-d",
         &master.dbname,
     ]);
-    for o in objects {
-        cmd.arg("-t").arg(o);
-    }
     if let Some(pw) = &master.password {
         cmd.env("PGPASSWORD", pw);
     }
@@ -164,12 +132,35 @@ async fn dump_definitions(
     Ok(runnable(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The dump without psql meta-commands and Ferry's capture triggers.
+/// The dump without psql meta-commands and Ferry's triggers. A dump is a
+/// sequence of objects, each after a header comment naming it (`-- Name:
+/// t ferry_capture_ins; Type: TRIGGER; ...`); an object of Ferry's is
+/// left out whole (an event trigger's definition spans lines).
 fn runnable(dump: &str) -> String {
-    dump.lines()
-        .filter(|l| !l.starts_with('\\') && !l.starts_with("CREATE TRIGGER ferry_capture_"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut out: Vec<&str> = Vec::new();
+    let mut skipping = false;
+    for line in dump.lines() {
+        if let Some(header) = line.strip_prefix("-- Name: ") {
+            skipping = is_ferrys(header);
+        }
+        if !skipping && !line.starts_with('\\') {
+            out.push(line);
+        }
+    }
+    out.join("\n")
+}
+
+/// Whether a dump header (`NAME; Type: TYPE; ...`) names one of Ferry's
+/// triggers or event triggers.
+fn is_ferrys(header: &str) -> bool {
+    let mut fields = header.split("; ");
+    let name = fields.next().unwrap_or_default();
+    let kind = fields
+        .next()
+        .and_then(|f| f.strip_prefix("Type: "))
+        .unwrap_or_default();
+    let object = name.rsplit(' ').next().unwrap_or_default();
+    matches!(kind, "TRIGGER" | "EVENT TRIGGER") && object.starts_with("ferry_")
 }
 
 /// `pg_dump` on PATH, else the newest under /usr/lib/postgresql.
@@ -202,14 +193,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meta_commands_and_capture_triggers_are_left_out() {
-        let dump = "\\restrict abc\nSET x = 1;\nCREATE TABLE public.t (a int);\n\
-                    CREATE TRIGGER ferry_capture_ins AFTER INSERT ON public.t FOR EACH STATEMENT EXECUTE FUNCTION ferry.c();\n\
-                    CREATE TRIGGER audit AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.f();\n\\unrestrict abc";
-        assert_eq!(
-            runnable(dump),
-            "SET x = 1;\nCREATE TABLE public.t (a int);\n\
-             CREATE TRIGGER audit AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.f();"
-        );
+    fn meta_commands_and_ferrys_triggers_are_left_out() {
+        let dump = "\\restrict abc\nSET x = 1;\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\n\
+                    CREATE TABLE public.t (a int);\n\n--\n\
+                    -- Name: t ferry_capture_ins; Type: TRIGGER; Schema: public; Owner: -\n--\n\n\
+                    CREATE TRIGGER ferry_capture_ins AFTER INSERT ON public.t FOR EACH STATEMENT EXECUTE FUNCTION ferry.c();\n\n--\n\
+                    -- Name: t audit; Type: TRIGGER; Schema: public; Owner: -\n--\n\n\
+                    CREATE TRIGGER audit AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.f();\n\n--\n\
+                    -- Name: ferry_ddl; Type: EVENT TRIGGER; Schema: -; Owner: -\n--\n\n\
+                    CREATE EVENT TRIGGER ferry_ddl ON ddl_command_end\n   EXECUTE FUNCTION ferry.on_ddl();\n\n--\n\
+                    -- Name: audit_ddl; Type: EVENT TRIGGER; Schema: -; Owner: -\n--\n\n\
+                    CREATE EVENT TRIGGER audit_ddl ON ddl_command_end\n   EXECUTE FUNCTION public.a();\n\\unrestrict abc";
+        let kept = runnable(dump);
+        assert!(kept.contains("CREATE TABLE public.t"), "{kept}");
+        assert!(kept.contains("CREATE TRIGGER audit"), "{kept}");
+        assert!(kept.contains("CREATE EVENT TRIGGER audit_ddl ON ddl_command_end\n   EXECUTE FUNCTION public.a();"), "{kept}");
+        assert!(!kept.contains("ferry_capture_ins"), "{kept}");
+        assert!(!kept.contains("ferry.on_ddl"), "{kept}");
+        assert!(!kept.contains("restrict"), "{kept}");
     }
 }

@@ -264,6 +264,7 @@ impl ApplySession {
         b: &Batch,
     ) -> Result<Applied, BatchError> {
         let node = self.node.clone();
+        self.replay_ahead(b).await?;
         let mut sent: Vec<String> = Vec::new();
         let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
         let guard = [
@@ -301,7 +302,11 @@ impl ApplySession {
                     }
                 }
                 Step::Ddl(change) => {
-                    let Some(statement) = &change.statement else {
+                    let Some(statement) = change
+                        .statement
+                        .as_ref()
+                        .filter(|_| !change.commits_first())
+                    else {
                         continue;
                     };
                     once(
@@ -327,6 +332,45 @@ impl ApplySession {
             }
         }
         self.fly(b, &out, &names).await
+    }
+
+    /// Replays, each in a transaction of its own, the batch's changes that
+    /// must be committed before its rows can use them (see
+    /// [`crate::schema_steps::DdlChange::commits_first`]). One that the
+    /// replica already has (the batch was tried before) is skipped there.
+    async fn replay_ahead(&mut self, b: &Batch) -> Result<(), BatchError> {
+        for change in b.schema_changes().filter(|c| c.commits_first()) {
+            let Some(statement) = &change.statement else {
+                continue;
+            };
+            let mut out = BytesMut::new();
+            frontend::parse("", ddl::REPLAY, [], &mut out).map_err(io(&self.node))?;
+            run(
+                "",
+                &[statement.clone(), change.search_path.clone()],
+                &mut out,
+            )
+            .map_err(io(&self.node))?;
+            frontend::sync(&mut out);
+            self.conn
+                .write_all(&out)
+                .await
+                .map_err(BatchError::conn(&self.node))?;
+            let (error, _) = self
+                .conn
+                .read_until_ready(1)
+                .await
+                .map_err(BatchError::conn(&self.node))?;
+            if let Some(error) = error {
+                return Err(BatchError::Apply {
+                    node: self.node.clone(),
+                    batch: b.id,
+                    error: Box::new(error),
+                    statement: statement.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sends a batch's flight (ending in Sync) and reads the answers; rolls
@@ -378,10 +422,10 @@ fn sequence_params(b: &Batch) -> Option<[String; 2]> {
         return None;
     }
     let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
-    let positions: Vec<String> = b.sequences.iter().map(|(_, p)| p.to_string()).collect();
+    let positions: Vec<Option<i64>> = b.sequences.iter().map(|(_, p)| *p).collect();
     Some([
         sequences::array_literal(&names),
-        sequences::array_literal(&positions),
+        sequences::positions_literal(&positions),
     ])
 }
 

@@ -52,8 +52,10 @@ pub struct Batch {
     pub snap: String,
     pub parts: Vec<TablePart>,
     /// Every replicated sequence's position on the master, as
-    /// `(regclass text, last value)`.
-    pub sequences: Vec<(String, i64)>,
+    /// `(regclass text, last value)`: None for one that hands out its
+    /// start value next (never used, or restarted: `TRUNCATE ... RESTART
+    /// IDENTITY`).
+    pub sequences: Vec<(String, Option<i64>)>,
     /// When the window holds schema changes, the batch is these steps, in
     /// order, instead of `parts` (see [`crate::schema_steps`]).
     pub steps: Vec<Step>,
@@ -359,11 +361,11 @@ impl Cutter {
             if ddl.is_empty() {
                 contents.push((last_parts, Vec::new()));
             }
-            let sequences: Vec<(String, i64)> = self
+            let sequences: Vec<(String, Option<i64>)> = self
                 .sequences
                 .iter()
-                .zip(&positions)
-                .filter_map(|(name, pos)| pos.map(|p| (name.clone(), p)))
+                .cloned()
+                .zip(positions.iter().copied())
                 .collect();
             *self
                 .shipped_sequences
@@ -420,7 +422,7 @@ impl Cutter {
                 from = %from_snap, "schema change in a batch's window");
         }
         let mut steps = Vec::new();
-        for (k, planned) in plan(&entries, &self.shapes).into_iter().enumerate() {
+        for (k, planned) in plan(&entries, &self.shapes, counts).into_iter().enumerate() {
             match planned {
                 Planned::Session(i) => {
                     let n = counts.get(i).copied().unwrap_or(0);

@@ -339,6 +339,7 @@ impl Batcher {
                         },
                         query: change.query.clone(),
                         replicated: replayed,
+                        seq: Some(change.seq),
                     });
                 }
                 self.ship(batch, replicas, tick, &held).await;
@@ -495,6 +496,7 @@ impl Batcher {
                 object: r.get(3),
                 query: r.get(4),
                 replicated: r.get(5),
+                seq: None,
             })
             .collect();
         *seen = rows.last().map_or(*seen, |r| r.get(0));
@@ -528,9 +530,12 @@ impl Batcher {
         Ok(())
     }
 
-    /// Keeps a schema change in /status (the last 20).
+    /// Keeps a schema change in /status (the last 20), once.
     fn report(&self, change: SchemaChange) {
         if let Ok(mut s) = self.status.write() {
+            if s.schema_changes.iter().any(|c| c.is_same_change(&change)) {
+                return;
+            }
             s.schema_changes.push(change);
             let excess = s.schema_changes.len().saturating_sub(20);
             s.schema_changes.drain(..excess);

@@ -49,6 +49,8 @@ impl LogEntry {
 /// A schema change as the replica replays it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DdlChange {
+    /// Its capture sequence value: names the change in the log.
+    pub seq: i64,
     pub at: String,
     pub tag: String,
     pub object: String,
@@ -59,6 +61,28 @@ pub struct DdlChange {
     /// reported, not replayed.
     pub statement: Option<String>,
     pub search_path: String,
+}
+
+impl DdlChange {
+    /// Whether the replica must commit this change before the batch's rows
+    /// can use it, and so replays it in a transaction of its own ahead of
+    /// the batch: a value added to an enum cannot be used in the
+    /// transaction that added it (`55P04`), and it is harmless to add it
+    /// early.
+    pub fn commits_first(&self) -> bool {
+        let Some(statement) = &self.statement else {
+            return false;
+        };
+        let words: Vec<String> = statement
+            .split_whitespace()
+            .take(64)
+            .map(str::to_ascii_uppercase)
+            .collect();
+        words.len() > 4
+            && words[0] == "ALTER"
+            && words[1] == "TYPE"
+            && words.windows(2).any(|w| w[0] == "ADD" && w[1] == "VALUE")
+    }
 }
 
 /// One step of the plan.
@@ -76,24 +100,55 @@ pub enum Planned {
 }
 
 /// Orders the batch (see the module comment). `session` are the cutter's
-/// table shapes.
-pub fn plan(entries: &[LogEntry], session: &[TableShape]) -> Vec<Planned> {
+/// table shapes, `rows` their rows in the window (a table without any
+/// has nothing to place).
+///
+/// Every change that replays is a barrier for every table, not only for
+/// those it touched: rows may need a change that names no replicated
+/// table (a partition created for them, a value added to an enum), so
+/// each table's changes are cut at every replayed change's sequence value
+/// and each piece applies in its place.
+pub fn plan(entries: &[LogEntry], session: &[TableShape], rows: &[u64]) -> Vec<Planned> {
     let touched: BTreeSet<&TableName> = entries
         .iter()
         .flat_map(|e| e.tables.iter())
         .flat_map(|(pre, post)| pre.iter().chain(post.iter()).map(|s| &s.table))
         .collect();
-    let mut out: Vec<Planned> = session
+    let barriers = entries.iter().any(|e| e.replicate);
+    let untouched = session
         .iter()
         .enumerate()
-        .filter(|(_, s)| !touched.contains(&s.table))
-        .map(|(i, _)| Planned::Session(i))
-        .collect();
-    let statements = statements(entries);
+        .filter(|(i, s)| !touched.contains(&s.table) && rows.get(*i).copied().unwrap_or(1) > 0);
+    let mut out: Vec<Planned> = Vec::new();
     // Per table (by its current name): where its next segment starts, and
     // its shape since then.
     let mut open: BTreeMap<TableName, (i64, TableShape)> = BTreeMap::new();
+    for (i, s) in untouched {
+        if barriers {
+            open.insert(s.table.clone(), (0, s.clone()));
+        } else {
+            out.push(Planned::Session(i));
+        }
+    }
+    let statements = statements(entries);
     for (e, statement) in entries.iter().zip(statements) {
+        let names: BTreeSet<TableName> = e
+            .tables
+            .iter()
+            .filter_map(|(pre, post)| pre.as_ref().or(post.as_ref()).map(|s| s.table.clone()))
+            .collect();
+        if e.replicate {
+            for (name, (after, shape)) in open.iter_mut() {
+                if !names.contains(name) {
+                    out.push(Planned::Segment {
+                        shape: shape.clone(),
+                        after: *after,
+                        before: e.seq,
+                    });
+                    *after = e.seq;
+                }
+            }
+        }
         for (pre, post) in &e.tables {
             let name = pre.as_ref().or(post.as_ref()).map(|s| s.table.clone());
             let after = name
@@ -113,6 +168,7 @@ pub fn plan(entries: &[LogEntry], session: &[TableShape]) -> Vec<Planned> {
         }
         if e.replicate {
             out.push(Planned::Ddl(DdlChange {
+                seq: e.seq,
                 at: e.at.clone(),
                 tag: e.tag.clone(),
                 object: e.object.clone(),
@@ -173,6 +229,7 @@ mod tests {
                 })
                 .collect(),
             key: Some(vec!["id".into()]),
+            partitioned: false,
         }
     }
 
@@ -198,9 +255,18 @@ mod tests {
         let q = "INSERT INTO t VALUES (1); ALTER TABLE t ADD c int; UPDATE t SET c = 1";
         let plan = plan(
             &[entry(10, q, vec![(Some(old.clone()), Some(new.clone()))])],
-            &[old.clone(), other],
+            &[old.clone(), other.clone()],
+            &[1, 1],
         );
-        assert_eq!(plan[0], Planned::Session(1));
+        // The other table's rows are cut at the change too.
+        assert_eq!(
+            plan[0],
+            Planned::Segment {
+                shape: other.clone(),
+                after: 0,
+                before: 10
+            }
+        );
         assert_eq!(
             plan[1],
             Planned::Segment {
@@ -221,6 +287,14 @@ mod tests {
                 before: i64::MAX
             }
         );
+        assert_eq!(
+            plan[4],
+            Planned::Segment {
+                shape: other,
+                after: 10,
+                before: i64::MAX
+            }
+        );
     }
 
     #[test]
@@ -234,6 +308,7 @@ mod tests {
                 entry(8, q, vec![(Some(t.clone()), Some(u.clone()))]),
                 entry(9, q, vec![(Some(u.clone()), None)]),
             ],
+            &[],
             &[],
         );
         let segments: Vec<(String, i64, i64)> = plan
@@ -266,8 +341,54 @@ mod tests {
     }
 
     #[test]
+    fn a_change_that_names_no_table_still_orders_every_tables_rows() {
+        let t = shape("t", &["id"]);
+        let quiet = shape("q", &["id"]);
+        let q = "ALTER TYPE mood ADD VALUE 'ok'";
+        let plan = plan(&[entry(7, q, vec![])], &[t.clone(), quiet], &[3, 0]);
+        assert_eq!(plan.len(), 3, "{plan:?}");
+        assert_eq!(
+            plan[0],
+            Planned::Segment {
+                shape: t.clone(),
+                after: 0,
+                before: 7
+            }
+        );
+        assert!(matches!(&plan[1], Planned::Ddl(d) if d.statement.as_deref() == Some(q)));
+        assert_eq!(
+            plan[2],
+            Planned::Segment {
+                shape: t,
+                after: 7,
+                before: i64::MAX
+            }
+        );
+    }
+
+    #[test]
+    fn only_enum_values_are_committed_ahead_of_their_batch() {
+        let change = |statement: &str| DdlChange {
+            seq: 1,
+            at: String::new(),
+            tag: "ALTER TYPE".into(),
+            object: String::new(),
+            query: statement.into(),
+            statement: Some(statement.into()),
+            search_path: String::new(),
+        };
+        assert!(change("ALTER TYPE mood ADD VALUE 'ok'").commits_first());
+        assert!(
+            change("alter  type public.mood\n add value if not exists 'x' after 'y'")
+                .commits_first()
+        );
+        assert!(!change("ALTER TYPE mood RENAME VALUE 'a' TO 'b'").commits_first());
+        assert!(!change("ALTER TABLE t ADD COLUMN v int").commits_first());
+    }
+
+    #[test]
     fn ddl_inside_a_function_is_not_guessed() {
-        let plan = plan(&[entry(3, "SELECT migrate()", vec![])], &[]);
+        let plan = plan(&[entry(3, "SELECT migrate()", vec![])], &[], &[]);
         match &plan[0] {
             Planned::Ddl(d) => assert_eq!(d.statement, None),
             p => panic!("{p:?}"),

@@ -41,6 +41,18 @@ pub struct SchemaChange {
     /// touched no replicated table, or Ferry could not tell which statement
     /// to replay and the replicas need the change by hand).
     pub replicated: bool,
+    /// Its place in the DDL log (capture order), when it shipped in a
+    /// batch: a batch cut again after it failed on a replica carries the
+    /// same change.
+    #[serde(skip)]
+    pub seq: Option<i64>,
+}
+
+impl SchemaChange {
+    /// Whether both report the same logged change.
+    pub fn is_same_change(&self, other: &SchemaChange) -> bool {
+        self.seq.is_some() && self.seq == other.seq
+    }
 }
 
 /// The replication path as a whole.

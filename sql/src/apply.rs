@@ -29,7 +29,7 @@ pub fn delete(shape: &TableShape, temp: &str) -> Option<String> {
         .join(" AND ");
     Some(format!(
         "DELETE FROM {t} AS t USING {temp} AS b WHERE b._op = 'D' AND {on}",
-        t = shape.table.quoted(),
+        t = shape.own_rows(),
     ))
 }
 
@@ -82,7 +82,7 @@ pub fn upsert(shape: &TableShape, temp: &str) -> String {
 pub fn truncate(shape: &TableShape, temp: &str) -> String {
     format!(
         "DELETE FROM {} WHERE EXISTS (SELECT FROM {temp} WHERE _op = 'T')",
-        shape.table.quoted(),
+        shape.own_rows(),
     )
 }
 

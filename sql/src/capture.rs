@@ -96,21 +96,62 @@ SELECT jsonb_build_object(
                         'identity', a.attidentity <> '') ORDER BY a.attnum)
                FROM pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
-         'key', to_jsonb(ferry.replication_key(c.oid)))
+         'key', to_jsonb(ferry.replication_key(c.oid)),
+         'partitioned', c.relkind = 'p')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.oid = rel
 $f$;
+CREATE OR REPLACE FUNCTION ferry.capture_mode(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+SELECT CASE WHEN c.relkind = 'p' THEN 'partitioned'
+            WHEN EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid)
+            THEN 'inherit'
+            ELSE 'plain' END
+  FROM pg_class c WHERE c.oid = rel
+$f$;
+CREATE OR REPLACE FUNCTION ferry.partition_members(rel regclass) RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+SELECT COALESCE(array_agg(t.relid::oid ORDER BY t.relid::oid), '{}')
+  FROM pg_partition_tree(rel) t JOIN pg_class c ON c.oid = t.relid
+ WHERE t.relid <> rel AND c.relkind IN ('r', 'p')
+$f$;
+CREATE OR REPLACE FUNCTION ferry.former_members(rel regclass) RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+SELECT COALESCE(array_agg(DISTINCT t.tgrelid), '{}')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_trigger t
+    ON t.tgname = 'ferry_member_trn'
+   AND t.tgfoid = to_regprocedure(format('ferry.%I()', 'c_' || ferry.stem(n.nspname, c.relname) || '_mtrn'))
+ WHERE c.oid = rel AND t.tgrelid <> ALL (ferry.partition_members(rel))
+$f$;
+CREATE OR REPLACE FUNCTION ferry.capture_scope(rels oid[]) RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+WITH RECURSIVE own AS (
+    SELECT CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid ELSE c.oid END AS oid
+      FROM unnest(rels) u(oid) JOIN pg_class c ON c.oid = u.oid
+), kin(oid) AS (
+    SELECT oid FROM own
+    UNION
+    SELECT CASE WHEN k.oid = i.inhparent THEN i.inhrelid ELSE i.inhparent END
+      FROM kin k JOIN pg_inherits i ON k.oid IN (i.inhparent, i.inhrelid)
+      JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE NOT c.relispartition
+)
+SELECT COALESCE(array_agg(DISTINCT oid), '{}') FROM kin
+$f$;
 CREATE OR REPLACE FUNCTION ferry.capture_table(rel regclass) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning AS $f$
 DECLARE
     now_shape jsonb;
     sch text;
     nam text;
     stem text;
     outbox text;
-    target text;
     display text;
     keyed boolean;
+    mode text;
+    members oid[];
     locked boolean := false;
     fp text;
     pre jsonb;
@@ -120,11 +161,14 @@ DECLARE
     have text[];
     have_types text[];
     c record;
-    when_changed text;
-    fn text;
     nonempty boolean;
     quiet text := current_setting('ferry.in_ddl', true);
 BEGIN
+    -- A partition's rows are captured by its partitioned root.
+    IF (SELECT k.relispartition FROM pg_class k WHERE k.oid = rel) THEN
+        PERFORM ferry.capture_table(pg_partition_root(rel));
+        RETURN NULL;
+    END IF;
     PERFORM set_config('ferry.in_ddl', 'on', true);
     -- Read the table and its capture; when they do not line up, lock the
     -- table against schema changes and read again: a change that committed
@@ -136,10 +180,15 @@ BEGIN
         nam := now_shape->>'name';
         stem := ferry.stem(sch, nam);
         outbox := format('ferry.%I', 'o_' || stem);
-        target := format('%I.%I', sch, nam);
         display := sch || '.' || nam;
         keyed := jsonb_typeof(now_shape->'key') = 'array';
-        fp := md5(concat_ws('|', 'v2', target, keyed, now_shape->>'key'));
+        mode := ferry.capture_mode(rel);
+        members := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
+        -- The table's own triggers (row triggers name its columns), and
+        -- its partitions': a new partition needs only its own.
+        fp := md5(concat_ws('|', 'v3', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
+                  CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
+              || '/' || md5(members::text);
         SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
          WHERE p.relid = rel OR p.table_name = display
          ORDER BY p.relid = rel DESC LIMIT 1;
@@ -221,68 +270,284 @@ BEGIN
             display, have, want USING ERRCODE = 'XX000';
     END IF;
     IF installed IS DISTINCT FROM fp THEN
-        -- One sequence value per statement: a statement never changes the
-        -- same key twice, and statements of conflicting transactions are
-        -- ordered by the row locks they wait for, so (key, _seq) orders
-        -- every change. SECURITY DEFINER, so that any role that may write
-        -- the table may capture into the outbox; every name the bodies
-        -- resolve is schema-qualified, so a caller's search_path cannot
-        -- substitute a function, type or table.
-        FOR c IN SELECT * FROM (VALUES ('ins', 'U', 'ferry_new'), ('upd', 'U', 'ferry_new'),
-                                       ('del', 'D', 'ferry_old')) v(op, code, src) LOOP
-            EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
-                format('ferry.%I', 'c_' || stem || '_' || c.op),
-                format('DECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
-                       'x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); '
-                       'BEGIN INSERT INTO %s SELECT s, x, %L, n.* FROM %I n; RETURN NULL; END',
-                       outbox, c.code, c.src));
-        END LOOP;
-        fn := format('ferry.%I', 'c_' || stem || '_trn');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
-            format('BEGIN INSERT INTO %s (_seq, _xid, _op) VALUES (pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), '
-                   'pg_catalog.pg_current_xact_id(), ''T''); RETURN NULL; END', outbox));
-        EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_ins AFTER INSERT ON %s '
-            'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-            target, format('ferry.%I', 'c_' || stem || '_ins'));
-        IF keyed THEN
-            EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_upd AFTER UPDATE ON %s '
-                'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                target, format('ferry.%I', 'c_' || stem || '_upd'));
-            EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_del AFTER DELETE ON %s '
-                'REFERENCING OLD TABLE AS ferry_old FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                target, format('ferry.%I', 'c_' || stem || '_del'));
-            -- An UPDATE that changes a key also deletes the old key. Only
-            -- such rows fire this (the WHEN clause is evaluated in C), and
-            -- row triggers fire before statement triggers, so the deletion
-            -- takes the lower sequence number: keys that swap net correctly.
-            SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', k), ' OR ')
-              INTO when_changed FROM jsonb_array_elements_text(now_shape->'key') k;
-            fn := format('ferry.%I', 'c_' || stem || '_key');
-            EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
-                format('BEGIN INSERT INTO %s SELECT pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), '
-                       'pg_catalog.pg_current_xact_id(), ''D'', OLD.*; RETURN NULL; END', outbox));
-            EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_key AFTER UPDATE ON %s '
-                'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()', target, when_changed, fn);
-        ELSE
-            fn := format('ferry.%I', 'c_' || stem || '_ref');
-            EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
-                format('BEGIN RAISE EXCEPTION USING ERRCODE = ''55000'', '
-                       'MESSAGE = pg_catalog.format(''cannot %%s table %%s because it has no primary key or unique not-null key'', '
-                       'pg_catalog.lower(TG_OP), %L), '
-                       'HINT = ''Ferry replicates updates and deletes by key: add a primary key, or exclude the table from replication.tables.''; END',
-                       '"' || display || '"'));
-            EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_upd BEFORE UPDATE OR DELETE ON %s '
-                'FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
-            EXECUTE format('DROP TRIGGER IF EXISTS ferry_capture_del ON %s', target);
-            EXECUTE format('DROP TRIGGER IF EXISTS ferry_capture_key ON %s', target);
-        END IF;
-        EXECUTE format('CREATE OR REPLACE TRIGGER ferry_capture_trn BEFORE TRUNCATE ON %s '
-            'FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, format('ferry.%I', 'c_' || stem || '_trn'));
+        PERFORM ferry.capture_triggers(rel, mode, now_shape, members,
+            split_part(installed, '/', 1) IS DISTINCT FROM split_part(fp, '/', 1));
     END IF;
     DELETE FROM ferry.capture WHERE relid = rel OR table_name = display;
     INSERT INTO ferry.capture (table_name, fingerprint, relid, shape) VALUES (display, fp, rel, now_shape);
     PERFORM set_config('ferry.in_ddl', COALESCE(quiet, ''), true);
     RETURN pre;
+END
+$f$;
+CREATE OR REPLACE FUNCTION ferry.capture_triggers(rel regclass, mode text, shape jsonb, members oid[], whole boolean)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning AS $f$
+DECLARE
+    sch text := shape->>'schema';
+    nam text := shape->>'name';
+    stem text := ferry.stem(sch, nam);
+    outbox text := format('ferry.%I', 'o_' || stem);
+    target text := format('%I.%I', sch, nam);
+    display text := sch || '.' || nam;
+    keyed boolean := jsonb_typeof(shape->'key') = 'array';
+    -- One sequence value per statement (per row in row triggers): a
+    -- statement never changes the same key twice, and statements of
+    -- conflicting transactions are ordered by the row locks they wait
+    -- for, so (key, _seq) orders every change. SECURITY DEFINER, so that
+    -- any role that may write the table may capture into the outbox;
+    -- every name the bodies resolve is schema-qualified, so a caller's
+    -- search_path cannot substitute a function, type or table.
+    head text := 'DECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
+                 'x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); BEGIN ';
+    next_seq text := 'pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), pg_catalog.pg_current_xact_id()';
+    -- A deletion is recorded only for a key the table no longer holds at
+    -- the end of the statement: a writable CTE that deletes a key and
+    -- inserts it again fires its triggers in either order, and the insert
+    -- is what stands.
+    gone_old text;
+    gone_row text;
+    key_changed text;
+    -- Column lists by name, in the root's attribute order, for partitions
+    -- (whose own attribute numbers may differ).
+    out_cols text;
+    new_row text;
+    out_key text;
+    old_key text;
+    only_kw text;
+    fn text;
+    m oid;
+    t text;
+BEGIN
+    IF keyed THEN
+        SELECT string_agg(format('t.%1$I = o.%1$I', k), ' AND ') INTO gone_old
+          FROM jsonb_array_elements_text(shape->'key') k;
+        SELECT string_agg(format('t.%1$I = OLD.%1$I', k), ' AND ') INTO gone_row
+          FROM jsonb_array_elements_text(shape->'key') k;
+        SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', k), ' OR ') INTO key_changed
+          FROM jsonb_array_elements_text(shape->'key') k;
+    END IF;
+    SELECT string_agg(format('%I', 'a' || (c->>'attnum')), ', ' ORDER BY (c->>'attnum')::int),
+           string_agg(format('NEW.%I', c->>'name'), ', ' ORDER BY (c->>'attnum')::int)
+      INTO out_cols, new_row
+      FROM jsonb_array_elements(shape->'columns') c;
+    SELECT string_agg(format('%I', 'a' || (c->>'attnum')), ', ' ORDER BY (c->>'attnum')::int),
+           string_agg(format('OLD.%I', c->>'name'), ', ' ORDER BY (c->>'attnum')::int)
+      INTO out_key, old_key
+      FROM jsonb_array_elements(shape->'columns') c
+     WHERE shape->'key' ? (c->>'name');
+    IF NOT whole THEN
+        PERFORM ferry.capture_members(rel, shape, members);
+        RETURN;
+    END IF;
+    -- Triggers change kind (row, statement) with the mode: replacing one
+    -- of another kind on a partitioned table leaves its partitions' clones
+    -- behind, so they are dropped first.
+    FOREACH t IN ARRAY ARRAY['ferry_capture_ins', 'ferry_capture_upd', 'ferry_capture_del',
+                             'ferry_capture_key', 'ferry_capture_trn', 'ferry_capture_trn_end',
+                             'ferry_capture_rins', 'ferry_capture_rupd', 'ferry_capture_rdel',
+                             'ferry_capture_rref'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t, target);
+    END LOOP;
+    -- TRUNCATE: a marker (the replica empties the table there). The table
+    -- also notes that it is being truncated, so that its partitions' own
+    -- TRUNCATE triggers, which fire in the same statement, add nothing.
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+        format('ferry.%I', 'c_' || stem || '_trn'),
+        format('BEGIN INSERT INTO %s (_seq, _xid, _op) VALUES (%s, ''T''); '
+               'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
+               'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
+               'TG_RELID::pg_catalog.text), true); RETURN NULL; END', outbox, next_seq));
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+        format('ferry.%I', 'c_' || stem || '_tre'),
+        'BEGIN PERFORM pg_catalog.set_config(''ferry.truncating'', COALESCE(pg_catalog.array_to_string(pg_catalog.array_remove('
+        'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''), '
+        'TG_RELID::pg_catalog.text), '',''), ''''), true); RETURN NULL; END');
+    EXECUTE format('CREATE TRIGGER ferry_capture_trn BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        target, format('ferry.%I', 'c_' || stem || '_trn'));
+    EXECUTE format('CREATE TRIGGER ferry_capture_trn_end AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        target, format('ferry.%I', 'c_' || stem || '_tre'));
+    IF NOT keyed THEN
+        -- Inserts replicate; updates and deletes are refused.
+        fn := format('ferry.%I', 'c_' || stem || '_ref');
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+            format('BEGIN RAISE EXCEPTION USING ERRCODE = ''55000'', '
+                   'MESSAGE = pg_catalog.format(''cannot %%s table %%s because it has no primary key or unique not-null key'', '
+                   'pg_catalog.lower(TG_OP), %L), '
+                   'HINT = ''Ferry replicates updates and deletes by key: add a primary key, or exclude the table from replication.tables.''; END',
+                   '"' || display || '"'));
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %s FOR EACH %s EXECUTE FUNCTION %s()',
+            CASE WHEN mode = 'plain' THEN 'ferry_capture_upd' ELSE 'ferry_capture_rref' END, target,
+            CASE WHEN mode = 'plain' THEN 'STATEMENT' ELSE 'ROW' END, fn);
+    END IF;
+    IF mode = 'plain' THEN
+        -- Statement triggers with transition tables: the cheap path.
+        fn := format('ferry.%I', 'c_' || stem || '_ins');
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+            format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; RETURN NULL; END', head, outbox));
+        EXECUTE format('CREATE TRIGGER ferry_capture_ins AFTER INSERT ON %s '
+            'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
+        IF NOT keyed THEN
+            RETURN;
+        END IF;
+        fn := format('ferry.%I', 'c_' || stem || '_upd');
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+            format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; RETURN NULL; END', head, outbox));
+        EXECUTE format('CREATE TRIGGER ferry_capture_upd AFTER UPDATE ON %s '
+            'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
+        fn := format('ferry.%I', 'c_' || stem || '_del');
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+            format('%s INSERT INTO %s SELECT s, x, ''D'', o.* FROM ferry_old o '
+                   'WHERE NOT EXISTS (SELECT FROM ONLY %s t WHERE %s); RETURN NULL; END',
+                   head, outbox, target, gone_old));
+        EXECUTE format('CREATE TRIGGER ferry_capture_del AFTER DELETE ON %s '
+            'REFERENCING OLD TABLE AS ferry_old FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
+        -- An UPDATE that changes a key also deletes the old key. Only such
+        -- rows fire this (the WHEN clause is evaluated in C), and row
+        -- triggers fire before statement triggers, so the deletion takes
+        -- the lower sequence number: keys that swap net correctly.
+        fn := format('ferry.%I', 'c_' || stem || '_key');
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+            format('BEGIN IF NOT EXISTS (SELECT FROM ONLY %s t WHERE %s) THEN '
+                   'INSERT INTO %s SELECT %s, ''D'', OLD.*; END IF; RETURN NULL; END',
+                   target, gone_row, outbox, next_seq));
+        EXECUTE format('CREATE TRIGGER ferry_capture_key AFTER UPDATE ON %s '
+            'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION %s()', target, key_changed, fn);
+        RETURN;
+    END IF;
+    -- Row triggers, for a table in an inheritance tree (its statement
+    -- triggers would see its children's rows as its own; a row trigger
+    -- fires on the table that holds the row) and for a partitioned table
+    -- (PostgreSQL clones its row triggers onto every partition, now and
+    -- later, so statements that name a partition are captured too; a row
+    -- that moves to another partition fires the DELETE and INSERT row
+    -- triggers, where no UPDATE trigger sees it, and a MERGE that moves
+    -- rows leaves them out of every transition table). Columns are named,
+    -- so a partition whose attribute numbers differ from the root's
+    -- captures in the root's layout. Named apart from the statement
+    -- triggers: a table attached as a partition keeps its own until this
+    -- function runs after the ATTACH, and the clones must not collide.
+    only_kw := CASE WHEN mode = 'inherit' THEN 'ONLY ' ELSE '' END;
+    fn := format('ferry.%I', 'c_' || stem || '_rins');
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        format('BEGIN INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); RETURN NULL; END',
+               outbox, out_cols, next_seq, new_row));
+    EXECUTE format('CREATE TRIGGER ferry_capture_rins AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
+    IF NOT keyed THEN
+        IF mode = 'partitioned' THEN
+            PERFORM ferry.capture_members(rel, shape, members);
+        END IF;
+        RETURN;
+    END IF;
+    fn := format('ferry.%I', 'c_' || stem || '_rupd');
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        format('BEGIN IF (%s) AND NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
+               'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); END IF; '
+               'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); RETURN NULL; END',
+               key_changed, only_kw, target, gone_row, outbox, out_key, next_seq, old_key,
+               outbox, out_cols, next_seq, new_row));
+    EXECUTE format('CREATE TRIGGER ferry_capture_rupd AFTER UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
+    fn := format('ferry.%I', 'c_' || stem || '_rdel');
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        format('BEGIN IF NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
+               'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); END IF; RETURN NULL; END',
+               only_kw, target, gone_row, outbox, out_key, next_seq, old_key));
+    EXECUTE format('CREATE TRIGGER ferry_capture_rdel AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
+    IF mode <> 'partitioned' THEN
+        RETURN;
+    END IF;
+    PERFORM ferry.capture_members(rel, shape, members);
+END
+$f$;
+CREATE OR REPLACE FUNCTION ferry.capture_members(rel regclass, shape jsonb, members oid[])
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning AS $f$
+DECLARE
+    stem text := ferry.stem(shape->>'schema', shape->>'name');
+    outbox text := format('ferry.%I', 'o_' || stem);
+    display text := (shape->>'schema') || '.' || (shape->>'name');
+    keyed boolean := jsonb_typeof(shape->'key') = 'array';
+    next_seq text := 'pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), pg_catalog.pg_current_xact_id()';
+    out_cols text;
+    old_cols text;
+    trn_skip text;
+    m oid;
+    t text;
+BEGIN
+    SELECT string_agg(format('%I', 'a' || (c->>'attnum')), ', ' ORDER BY (c->>'attnum')::int),
+           string_agg(format('o.%I', c->>'name'), ', ' ORDER BY (c->>'attnum')::int)
+      INTO out_cols, old_cols
+      FROM jsonb_array_elements(shape->'columns') c;
+    -- A TRUNCATE that names a partition fires that partition's statement
+    -- triggers only (row triggers do not fire for it): the partition's
+    -- rows are deleted on the replicas by key, unless a table above it is
+    -- truncated by the same statement (which then marks itself, see
+    -- `_trn`).
+    FOREACH m IN ARRAY ferry.former_members(rel) LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS ferry_member_trn ON %s', m::regclass);
+        EXECUTE format('DROP TRIGGER IF EXISTS ferry_member_trn_end ON %s', m::regclass);
+    END LOOP;
+    trn_skip := 'IF EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) a '
+                'WHERE a::pg_catalog.oid <> TG_RELID AND a::pg_catalog.oid::pg_catalog.text = ANY ('
+                'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''))) THEN '
+                'RETURN NULL; END IF; ';
+    IF keyed THEN
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+            format('ferry.%I', 'c_' || stem || '_mtrn'),
+            format('BEGIN %s EXECUTE pg_catalog.format(%L, TG_RELID::pg_catalog.regclass); '
+                   'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
+                   'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
+                   'TG_RELID::pg_catalog.text), true); RETURN NULL; END',
+                   trn_skip,
+                   format('INSERT INTO %s (_seq, _xid, _op, %s) SELECT %s, ''D'', %s FROM %%s o',
+                          outbox, out_cols, next_seq, old_cols)));
+    ELSE
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+            format('ferry.%I', 'c_' || stem || '_mtrn'),
+            format('BEGIN %s RAISE EXCEPTION USING ERRCODE = ''55000'', MESSAGE = pg_catalog.format('
+                   '''cannot truncate partition %%s of table %%s because the table has no primary key or unique not-null key'', '
+                   'TG_RELID::pg_catalog.regclass, %L), '
+                   'HINT = ''TRUNCATE the partitioned table, or add a primary key.''; END',
+                   trn_skip, '"' || display || '"'));
+    END IF;
+    FOREACH m IN ARRAY members LOOP
+        -- What a table attached as a partition had as a table of its own
+        -- (the root's clones are kept).
+        FOR t IN SELECT g.tgname FROM pg_trigger g
+                  WHERE g.tgrelid = m AND g.tgparentid = 0 AND g.tgname LIKE 'ferry\_capture\_%' LOOP
+            EXECUTE format('DROP TRIGGER %I ON %s', t, m::regclass);
+        END LOOP;
+        -- Created once per partition (the functions they call follow the
+        -- root): adding a partition to a table with thousands costs one.
+        IF NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = m AND g.tgname = 'ferry_member_trn') THEN
+            EXECUTE format('CREATE TRIGGER ferry_member_trn BEFORE TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION %s()', m::regclass, format('ferry.%I', 'c_' || stem || '_mtrn'));
+            EXECUTE format('CREATE TRIGGER ferry_member_trn_end AFTER TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION %s()', m::regclass, format('ferry.%I', 'c_' || stem || '_tre'));
+        END IF;
+    END LOOP;
+END
+$f$;
+CREATE OR REPLACE FUNCTION ferry.reship(rel regclass) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    shape jsonb := ferry.table_shape(rel);
+    outbox text := format('ferry.%I', 'o_' || ferry.stem(shape->>'schema', shape->>'name'));
+    x xid8 := pg_current_xact_id();
+    cols text;
+    vals text;
+BEGIN
+    SELECT string_agg(format('%I', 'a' || (c->>'attnum')), ', ' ORDER BY (c->>'attnum')::int),
+           string_agg(format('t.%I', c->>'name'), ', ' ORDER BY (c->>'attnum')::int)
+      INTO cols, vals
+      FROM jsonb_array_elements(shape->'columns') c;
+    -- A TRUNCATE marker, then every row: the replica empties the table
+    -- and takes the master's rows, in the batch that carries the change.
+    EXECUTE format('INSERT INTO %s (_seq, _xid, _op) VALUES ($1, $2, ''T'')', outbox)
+        USING nextval('ferry.capture_seq'), x;
+    EXECUTE format('INSERT INTO %s (_seq, _xid, _op, %s) SELECT $1, $2, ''U'', %s FROM %s%I.%I t',
+                   outbox, cols, vals, CASE WHEN (shape->>'partitioned')::boolean THEN '' ELSE 'ONLY ' END,
+                   shape->>'schema', shape->>'name')
+        USING nextval('ferry.capture_seq'), x;
 END
 $f$;
 "#;
@@ -293,9 +558,17 @@ mod tests {
 
     #[test]
     fn outbox_is_positional_and_names_are_quoted() {
-        assert!(FUNCTIONS.contains("n.* FROM %I n"));
+        // Statement triggers copy whole rows; row triggers name columns.
+        assert!(FUNCTIONS.contains("n.* FROM ferry_new n"));
         assert!(FUNCTIONS.contains("OLD.*"));
+        assert!(FUNCTIONS.contains("format('NEW.%I', c->>'name')"));
         assert!(FUNCTIONS.contains("format('ferry.%I', 'o_' || stem)"));
         assert!(INSTALL_TABLE.contains("$1"));
+    }
+
+    #[test]
+    fn a_deletion_is_captured_only_for_a_key_the_table_no_longer_holds() {
+        assert!(FUNCTIONS.contains("WHERE NOT EXISTS (SELECT FROM ONLY %s t WHERE %s)"));
+        assert!(FUNCTIONS.contains("SET client_min_messages = warning"));
     }
 }

@@ -84,12 +84,27 @@ DECLARE
     skipped boolean := false;
     replicate boolean := false;
     pre jsonb;
+    formers oid[];
+    a record;
+    -- Tables whose rows the replicas cannot compute themselves: they
+    -- receive the master's, after the change.
+    reship oid[] := '{}';
     dropped jsonb := COALESCE(NULLIF(current_setting('ferry.dropped', true), '')::jsonb, '[]');
 BEGIN
     IF current_setting('ferry.in_ddl', true) = 'on' THEN
         RETURN;
     END IF;
     skipped := current_setting('ferry.dropped_temp', true) = 'on';
+    -- Tables rewritten with a volatile default, or retyped with a USING
+    -- expression (which may be volatile): each node would compute its own
+    -- values (see `ferry.on_rewrite`).
+    SELECT COALESCE(array_agg(DISTINCT CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid ELSE c.oid END), '{}')
+      INTO reship
+      FROM unnest(string_to_array(NULLIF(current_setting('ferry.rewritten', true), ''), ',')) e
+      JOIN pg_class c ON c.oid = split_part(e, ':', 1)::oid
+     WHERE (split_part(e, ':', 2)::int & 2) <> 0
+        OR ((split_part(e, ':', 2)::int & 4) <> 0 AND query ~* '\mUSING\M');
+    PERFORM set_config('ferry.rewritten', '', true);
     PERFORM set_config('ferry.dropped', '', true);
     PERFORM set_config('ferry.dropped_temp', '', true);
     PERFORM set_config('ferry.in_ddl', 'on', true);
@@ -119,15 +134,52 @@ BEGIN
             rels := rels || rel;
         END IF;
     END LOOP;
-    FOR r IN SELECT c.oid, c.relkind, c.relispartition, n.nspname::text AS sch, c.relname::text AS nam
+    FOR r IN SELECT n.nspname::text AS sch, c.relname::text AS nam
                FROM unnest(rels) u(oid) JOIN pg_class c ON c.oid = u.oid
                JOIN pg_namespace n ON n.oid = c.relnamespace LOOP
         CONTINUE WHEN r.sch LIKE 'pg\_temp%' OR NOT ferry.replicated(r.sch, r.nam);
         replicate := true;
-        IF r.relkind IN ('r', 'p') AND NOT r.relispartition THEN
-            pre := ferry.capture_table(r.oid);
-            tables := tables || jsonb_build_array(jsonb_build_object('pre', pre, 'post', ferry.table_shape(r.oid)));
+    END LOOP;
+    -- Capture follows every table the command may have changed the
+    -- capture of: a partition's root (a partition created, attached or
+    -- detached), and the whole inheritance tree of a table in one (a
+    -- column added to a parent is added to its children).
+    FOR r IN SELECT c.oid, c.relkind, n.nspname::text AS sch, c.relname::text AS nam
+               FROM unnest(ferry.capture_scope(rels)) u(oid) JOIN pg_class c ON c.oid = u.oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition LOOP
+        CONTINUE WHEN r.sch LIKE 'pg\_temp%' OR NOT ferry.replicated(r.sch, r.nam);
+        replicate := true;
+        formers := '{}';
+        IF r.relkind = 'p' THEN
+            formers := ferry.former_members(r.oid);
+            -- A table attached as a partition stops being a table of its
+            -- own: what it captured before ships before the ATTACH.
+            FOR a IN DELETE FROM ferry.capture p WHERE p.relid = ANY (ferry.partition_members(r.oid))
+                     RETURNING p.shape LOOP
+                tables := tables || jsonb_build_array(jsonb_build_object('pre', a.shape, 'post', NULL));
+            END LOOP;
         END IF;
+        pre := ferry.capture_table(r.oid);
+        tables := tables || jsonb_build_array(jsonb_build_object('pre', pre, 'post', ferry.table_shape(r.oid)));
+        -- A column added with a default that is not a constant (now(),
+        -- current_user): each node stores the value it computes when it
+        -- runs the change. A table made by CREATE TABLE AS holds what its
+        -- query gave on the master.
+        IF tag IN ('CREATE TABLE AS', 'SELECT INTO')
+           OR EXISTS (SELECT FROM pg_attrdef d
+                       WHERE d.adrelid = r.oid AND NOT ferry.deterministic(d.adbin::text)
+                         AND d.adnum NOT IN (SELECT (c->>'attnum')::int2 FROM jsonb_array_elements(pre->'columns') c)
+                         AND pre IS NOT NULL) THEN
+            reship := reship || r.oid;
+        END IF;
+        -- A detached partition becomes a table of its own.
+        FOR a IN SELECT c.oid FROM unnest(formers) f(oid) JOIN pg_class c ON c.oid = f.oid
+                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE NOT c.relispartition AND ferry.replicated(n.nspname, c.relname) LOOP
+            pre := ferry.capture_table(a.oid);
+            tables := tables || jsonb_build_array(jsonb_build_object('pre', pre, 'post', ferry.table_shape(a.oid)));
+        END LOOP;
     END LOOP;
     FOR r IN SELECT d FROM jsonb_array_elements(dropped) d LOOP
         objects := objects || ('drop ' || (r.d->>'type') || ' ' || (r.d->>'schema') || '.' || (r.d->>'name'));
@@ -154,7 +206,30 @@ BEGIN
     INSERT INTO ferry.ddl_log (tag, object, query, seq, xid, search_path, replicate, tables)
     VALUES (tag, array_to_string(objects, ', '), query,
             nextval('ferry.capture_seq'), pg_current_xact_id(), path, replicate, tables);
+    -- After the log row, so that the replicas replay the change first.
+    FOR a IN SELECT DISTINCT p.relid FROM ferry.capture p WHERE p.relid = ANY (reship) LOOP
+        PERFORM ferry.reship(a.relid);
+    END LOOP;
     PERFORM set_config('ferry.in_ddl', '', true);
+END
+$f$;
+CREATE OR REPLACE FUNCTION ferry.deterministic(expr text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+SELECT expr NOT LIKE '%SQLVALUEFUNCTION%' AND expr NOT LIKE '%NEXTVALUEEXPR%'
+   AND NOT EXISTS (SELECT FROM regexp_matches(expr, ':(?:funcid|opfuncid) ([0-9]+)', 'g') m
+                     JOIN pg_proc p ON p.oid = m[1]::oid
+                    WHERE p.provolatile <> 'i')
+$f$;
+CREATE OR REPLACE FUNCTION ferry.on_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    IF current_setting('ferry.in_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('ferry.rewritten',
+        concat_ws(',', NULLIF(current_setting('ferry.rewritten', true), ''),
+                  pg_event_trigger_table_rewrite_oid()::text || ':' || pg_event_trigger_table_rewrite_reason()::text),
+        true);
 END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
@@ -185,10 +260,12 @@ END
 $f$;
 DROP EVENT TRIGGER IF EXISTS ferry_ddl;
 DROP EVENT TRIGGER IF EXISTS ferry_ddl_drop;
+DROP EVENT TRIGGER IF EXISTS ferry_rewrite;
 DROP FUNCTION IF EXISTS ferry.log_ddl();
 DROP FUNCTION IF EXISTS ferry.log_drop();
 CREATE EVENT TRIGGER ferry_ddl ON ddl_command_end EXECUTE FUNCTION ferry.on_ddl();
 CREATE EVENT TRIGGER ferry_ddl_drop ON sql_drop EXECUTE FUNCTION ferry.on_drop();
+CREATE EVENT TRIGGER ferry_rewrite ON table_rewrite EXECUTE FUNCTION ferry.on_rewrite();
 "#;
 
 /// Stores the replication patterns for the event triggers, as LIKE

@@ -99,6 +99,11 @@ pub struct TableShape {
     /// on not-null columns. `None`: inserts replicate, updates and deletes
     /// are refused.
     pub key: Option<Vec<String>>,
+    /// A partitioned table: its rows live in its partitions, which
+    /// statements reach through it. Any other table is read and changed
+    /// `ONLY` itself: an inheritance parent's statements would otherwise
+    /// reach its children's rows, which replicate as tables of their own.
+    pub partitioned: bool,
 }
 
 /// The JSON form `ferry.table_shape` returns.
@@ -108,6 +113,9 @@ struct ShapeJson {
     name: String,
     columns: Vec<Column>,
     key: Option<Vec<String>>,
+    /// Absent in shapes recorded by an older install.
+    #[serde(default)]
+    partitioned: bool,
 }
 
 impl From<ShapeJson> for TableShape {
@@ -116,11 +124,22 @@ impl From<ShapeJson> for TableShape {
             table: TableName::new(j.schema, j.name),
             columns: j.columns,
             key: j.key,
+            partitioned: j.partitioned,
         }
     }
 }
 
 impl TableShape {
+    /// The table's own rows, for statements that read or delete them:
+    /// `ONLY "schema"."name"`, or the partitioned table itself.
+    pub fn own_rows(&self) -> String {
+        if self.partitioned {
+            self.table.quoted()
+        } else {
+            format!("ONLY {}", self.table.quoted())
+        }
+    }
+
     /// Parses the JSON `ferry.table_shape` returns (and the DDL log records).
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
@@ -211,6 +230,7 @@ pub(crate) fn sample() -> TableShape {
             },
         ],
         key: Some(vec!["id".into(), "order_id".into()]),
+        partitioned: false,
     }
 }
 

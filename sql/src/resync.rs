@@ -135,7 +135,7 @@ pub fn copy_out_keys(shape: &TableShape, name: &str) -> Option<String> {
     Some(format!(
         "COPY (SELECT {} FROM {} WHERE ({key}) IN (SELECT {key} FROM pg_temp.{})) TO STDOUT (FORMAT binary)",
         list(shape.shipped_names(), ""),
-        shape.table.quoted(),
+        shape.own_rows(),
         crate::quote::ident(name)
     ))
 }
@@ -146,7 +146,7 @@ pub fn delete_keys(shape: &TableShape, name: &str) -> Option<String> {
     let key = list(shape.key.as_ref()?.iter().map(String::as_str), "");
     Some(format!(
         "DELETE FROM {} WHERE ({key}) IN (SELECT {key} FROM pg_temp.{})",
-        shape.table.quoted(),
+        shape.own_rows(),
         crate::quote::ident(name)
     ))
 }
@@ -154,43 +154,36 @@ pub fn delete_keys(shape: &TableShape, name: &str) -> Option<String> {
 /// Rows a node holds in quarantine. Returns one bigint.
 pub const QUARANTINED: &str = "SELECT count(*) FROM ferry.quarantine";
 
-/// On a new node, before table definitions are copied to it: the schema
-/// of replicated tables.
-pub fn create_schema(schema: &str) -> String {
-    format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        crate::quote::ident(schema)
-    )
-}
-
 /// On the master: the copy's transaction.
 pub const BEGIN_MASTER: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
 
 /// On the master, inside the copy's transaction: its snapshot and the last
 /// batch id (the node's ledger starts there). Returns `(snapshot, id)`.
-pub const POSITION: &str =
-    "SELECT pg_current_snapshot()::text, (SELECT last_value FROM ferry.batch_ids)";
+/// The id is the last one handed out (0 before the first batch): the next
+/// batch's id is above it, whether or not a batch was ever cut.
+pub const POSITION: &str = "SELECT pg_current_snapshot()::text, \
+     (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM ferry.batch_ids)";
 
 /// On the master: one table's shipped columns, in binary.
 pub fn copy_out(shape: &TableShape) -> String {
     format!(
         "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
         list(shape.shipped_names(), ""),
-        shape.table.quoted()
+        shape.own_rows()
     )
 }
 
 /// On the node: empties every replicated table at once (foreign keys
 /// between them allow it only together).
 pub fn truncate_all(shapes: &[TableShape]) -> String {
-    let names: Vec<String> = shapes.iter().map(|s| s.table.quoted()).collect();
+    let names: Vec<String> = shapes.iter().map(TableShape::own_rows).collect();
     format!("TRUNCATE {}", names.join(", "))
 }
 
 /// On the node: every row of one table (inside the resync's transaction,
 /// with triggers off: foreign keys to it are not checked).
 pub fn delete_all(shape: &TableShape) -> String {
-    format!("DELETE FROM {}", shape.table.quoted())
+    format!("DELETE FROM {}", shape.own_rows())
 }
 
 /// On the node: one table's rows, in binary, into its shipped columns.
@@ -218,9 +211,20 @@ mod tests {
         let s = sample();
         assert_eq!(
             copy_out(&s),
-            "COPY (SELECT \"id\", \"order_id\", \"qty\" FROM \"public\".\"Order Lines\") TO STDOUT (FORMAT binary)"
+            "COPY (SELECT \"id\", \"order_id\", \"qty\" FROM ONLY \"public\".\"Order Lines\") TO STDOUT (FORMAT binary)"
         );
         assert!(copy_in(&s).starts_with("COPY \"public\".\"Order Lines\" (\"id\""));
-        assert_eq!(truncate_all(&[s]), "TRUNCATE \"public\".\"Order Lines\"");
+        assert_eq!(
+            truncate_all(std::slice::from_ref(&s)),
+            "TRUNCATE ONLY \"public\".\"Order Lines\""
+        );
+        let partitioned = TableShape {
+            partitioned: true,
+            ..s
+        };
+        assert_eq!(
+            truncate_all(&[partitioned]),
+            "TRUNCATE \"public\".\"Order Lines\""
+        );
     }
 }

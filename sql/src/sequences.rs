@@ -5,8 +5,11 @@
 //! So every batch also carries the master's current position of every
 //! replicated sequence, read after the cut's snapshot (sequences are not
 //! transactional, so the position read is at least every value used by the
-//! transactions in the batch), and the replica moves its sequences forward
-//! to them — never back.
+//! transactions in the batch), and the replica sets its sequences to them:
+//! forward as values are used, back to the start when the master's was
+//! restarted (`TRUNCATE ... RESTART IDENTITY`, `ALTER SEQUENCE ...
+//! RESTART`), so that a replica promoted later hands out what the master
+//! would have.
 
 /// Sequences outside the system schemas, as `(regclass text, schema, name)`;
 /// the batcher keeps those its table patterns match (serial and identity
@@ -29,15 +32,26 @@ pub fn read(param: &str) -> String {
     )
 }
 
-/// On a replica: moves each named sequence forward to the master's
-/// position, leaving one that is already there (or beyond) alone; a
-/// sequence the replica lacks is skipped. Parameters: regclass texts and
-/// positions, as `text[]` and `bigint[]` (text format).
-pub const ADVANCE: &str = "SELECT count(pg_catalog.setval(r.c, u.pos, true)) \
+/// On a replica: sets each named sequence to the master's position
+/// (NULL: not used since its start, so its start value comes next),
+/// leaving one that is already there alone; a sequence the replica lacks
+/// is skipped. Parameters: regclass texts and positions, as `text[]` and
+/// `bigint[]` (text format, see [`positions_literal`]).
+pub const ADVANCE: &str = "SELECT count(CASE WHEN u.pos IS NULL \
+         THEN pg_catalog.setval(r.c, s.seqstart, false) ELSE pg_catalog.setval(r.c, u.pos, true) END) \
      FROM unnest($1::text[], $2::bigint[]) AS u(name, pos) \
      CROSS JOIN LATERAL (SELECT pg_catalog.to_regclass(u.name) AS c) r \
-     WHERE r.c IS NOT NULL \
-       AND u.pos > COALESCE(pg_catalog.pg_sequence_last_value(r.c), u.pos - 1)";
+     JOIN pg_catalog.pg_sequence s ON s.seqrelid = r.c \
+     WHERE u.pos IS DISTINCT FROM pg_catalog.pg_sequence_last_value(r.c)";
+
+/// A text-format `bigint[]` of sequence positions, NULL for none.
+pub fn positions_literal(positions: &[Option<i64>]) -> String {
+    let items: Vec<String> = positions
+        .iter()
+        .map(|p| p.map_or_else(|| "NULL".to_string(), |v| v.to_string()))
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
 
 /// A PostgreSQL array literal of the given elements, each double-quoted
 /// with `"` and `\` escaped, for a text-format array parameter.
@@ -72,5 +86,6 @@ mod tests {
             r#"{"public.s","\"Odd\"\"Name\".\"x,y\"","a\\b"}"#
         );
         assert_eq!(array_literal(&["1", "-5"]), r#"{"1","-5"}"#);
+        assert_eq!(positions_literal(&[Some(1), None, Some(-5)]), "{1,NULL,-5}");
     }
 }

@@ -91,6 +91,7 @@ fn shape(t: usize) -> TableShape {
             col(4, "note", "text"),
         ],
         key: Some(vec!["id".into()]),
+        partitioned: false,
     }
 }
 

@@ -125,7 +125,11 @@ impl Cluster {
             admin_port: free_port().expect("port"),
             config_path: dir.join("ferry.toml"),
             server_password: opts.server_password.clone(),
-            ferry_bin: PathBuf::from(ferry_bin),
+            // FERRY_TEST_BIN runs a test against another build (an older
+            // one, to see a test fail where a fix is missing).
+            ferry_bin: std::env::var_os("FERRY_TEST_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(ferry_bin)),
             ferry: None,
             ferry_starts: 0,
             env: opts.env.clone(),
@@ -253,6 +257,15 @@ impl Cluster {
     pub fn ferry_log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("ferry-{}.log", self.ferry_starts)))
             .unwrap_or_default()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to the ferry process.
+    pub fn signal_ferry(&self, sig: &str) {
+        if let Some(c) = &self.ferry {
+            let _ = Command::new("kill")
+                .args([format!("-{sig}"), c.id().to_string()])
+                .status();
+        }
     }
 
     /// kill -9 of the ferry process.
@@ -549,7 +562,10 @@ async fn digest(c: &Client) -> Vec<(String, i64, String)> {
         // while this polls) counts as a difference, not a failure.
         match c
             .query_one(
-                &format!("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM public.{t} x"),
+                // ONLY: an inheritance parent's own rows (its children
+                // are compared as tables of their own; a partitioned
+                // table's rows are its partitions').
+                &format!("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM ONLY public.{t} x"),
                 &[],
             )
             .await
