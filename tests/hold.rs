@@ -351,3 +351,60 @@ async fn a_switchover_that_cannot_drain_changes_nothing() {
         "1005"
     );
 }
+
+/// A stop (SIGTERM) ends Ferry as a PostgreSQL server's shutdown would:
+/// new sessions are refused at once; a transaction under way may still
+/// commit; a new statement of an idle session waits; once
+/// `shutdown_timeout_ms` has passed (a transaction never ending holds it
+/// no longer), every session ends with 57P01. The batcher stops once, no
+/// session is moved, and the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_lets_transactions_finish_then_ends_every_session_with_57p01() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: SCHEMA.into(),
+            env: vec![("FERRY_PROXY_SHUTDOWN_TIMEOUT_MS".into(), "3000".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let idle = c.proxy_client().await;
+    let busy = c.proxy_client().await;
+    busy.batch_execute("BEGIN; INSERT INTO items VALUES (1, 'under way')")
+        .await
+        .unwrap();
+    let stuck = c.proxy_client().await;
+    stuck
+        .batch_execute("BEGIN; INSERT INTO items VALUES (2, 'never committed')")
+        .await
+        .unwrap();
+    let stopped_at = std::time::Instant::now();
+    c.signal_ferry("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio_postgres::connect(&c.proxy_url(), tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "a new session after the stop"
+    );
+    busy.batch_execute("COMMIT").await.unwrap();
+    let held = idle.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&held), Some("57P01"), "{held:?}");
+    let waited = stopped_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(8),
+        "sessions ended after {waited:?}"
+    );
+    assert!(stuck.batch_execute("SELECT 1").await.is_err());
+    let exited = c.wait_ferry_exit(Duration::from_secs(10));
+    let log = c.ferry_log();
+    assert_eq!(exited, Some(true), "{log}");
+    assert_eq!(log.matches("batcher restarting").count(), 0, "{log}");
+    assert_eq!(log.matches("moving the session").count(), 0, "{log}");
+    assert_eq!(
+        c.psql(0, "SELECT string_agg(v, ',') FROM items").trim(),
+        "under way"
+    );
+}

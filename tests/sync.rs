@@ -296,3 +296,188 @@ async fn a_schema_change_is_acknowledged_once_a_replica_has_it() {
         );
     }
 }
+
+/// Commits held for the sync replicas when the master dies (the replicas
+/// frozen for half a second around the kill) are answered, each within the
+/// hold timeout: with SQLSTATE 08007 (the outcome on the old master is
+/// unknown, and the new master does not have it), or as committed when
+/// the new master does have it. No client is left waiting, and every
+/// commit acknowledged is on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_held_for_the_replicas_are_answered_when_the_master_dies() {
+    let c = sync_cluster(
+        3,
+        &[
+            ("FERRY_PROXY_HOLD_TIMEOUT_MS", "10000"),
+            ("FERRY_HEALTH_FAILURES", "3"),
+        ],
+    );
+    let mut clients = Vec::new();
+    for id in 0..6i64 {
+        let client = c.proxy_client().await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO acked VALUES ({}, 1)",
+                1000 + id
+            ))
+            .await
+            .unwrap();
+        clients.push((1000 + id, client));
+    }
+    c.signal_server(1, "STOP");
+    c.signal_server(2, "STOP");
+    let commits: Vec<_> = clients
+        .into_iter()
+        .map(|(id, client)| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(40), client.batch_execute("COMMIT"))
+                        .await;
+                (
+                    id,
+                    answer.map(|r| r.map_err(|e| e.code().cloned())),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.signal_server(0, "KILL");
+    c.signal_server(1, "CONT");
+    c.signal_server(2, "CONT");
+    let mut acked = Vec::new();
+    let mut unknown = 0;
+    for t in commits {
+        let (id, answer, took) = t.await.unwrap();
+        match answer {
+            Err(_) => panic!(
+                "the COMMIT of {id} got no answer in 40 s\n{}",
+                c.ferry_log()
+            ),
+            Ok(Ok(())) => acked.push(id),
+            Ok(Err(code)) => {
+                assert_eq!(
+                    code,
+                    Some(tokio_postgres::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN),
+                    "{id}"
+                );
+                unknown += 1;
+            }
+        }
+        assert!(
+            took < Duration::from_secs(25),
+            "{id} answered after {took:?}"
+        );
+    }
+    // Some commits were in a batch that reached the frozen replicas' sockets
+    // before the master died (they apply it when they wake): those are
+    // acknowledged; the others are not on the new master.
+    assert_eq!(unknown + acked.len(), 6);
+    // Whatever was acknowledged is on the new master.
+    eventually(Duration::from_secs(20), "a new master", || {
+        let doc = c.status_doc();
+        let m = doc["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["role"] == "master").cloned());
+        match m {
+            Some(m) if m["name"] != "a" => Ok(()),
+            _ => Err(doc),
+        }
+    })
+    .await;
+    let client = c.proxy_client().await;
+    for id in acked {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM acked WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "acknowledged commit {id} is missing");
+    }
+}
+
+/// The same, with the replicas' apply blocked by a lock (a long query on
+/// the replicas, say) instead of frozen: the new master does not have the
+/// held commits, so each ends with 08007 — and when the lock goes, the old
+/// master's batch that waited for it is refused there (the node was fenced
+/// meanwhile) instead of bringing those commits back behind the clients'
+/// backs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_held_when_the_master_dies_stay_unknown_to_the_new_master() {
+    let c = sync_cluster(
+        3,
+        &[
+            ("FERRY_PROXY_HOLD_TIMEOUT_MS", "10000"),
+            ("FERRY_HEALTH_FAILURES", "3"),
+        ],
+    );
+    let mut clients = Vec::new();
+    for id in 0..4i64 {
+        let client = c.proxy_client().await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO acked VALUES ({}, 2)",
+                2000 + id
+            ))
+            .await
+            .unwrap();
+        clients.push((2000 + id, client));
+    }
+    let mut locks = Vec::new();
+    for i in 1..3 {
+        let l = c.node_client(i).await;
+        l.batch_execute("BEGIN; LOCK TABLE acked IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        locks.push(l);
+    }
+    let commits: Vec<_> = clients
+        .into_iter()
+        .map(|(id, client)| {
+            tokio::spawn(async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(40), client.batch_execute("COMMIT"))
+                        .await;
+                (id, answer.map(|r| r.map_err(|e| e.code().cloned())))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.signal_server(0, "KILL");
+    for t in commits {
+        let (id, answer) = t.await.unwrap();
+        assert_eq!(
+            answer.ok(),
+            Some(Err(Some(
+                tokio_postgres::error::SqlState::TRANSACTION_RESOLUTION_UNKNOWN
+            ))),
+            "the COMMIT of {id}\n{}",
+            c.ferry_log()
+        );
+    }
+    for l in &locks {
+        l.batch_execute("COMMIT").await.unwrap();
+    }
+    // The nodes left agree, without the commits nobody was told of.
+    eventually(Duration::from_secs(20), "b and c equal", || {
+        let q = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM acked";
+        let (b, cc) = (c.psql(1, q), c.psql(2, q));
+        if b == cc {
+            Ok(b)
+        } else {
+            Err((b, cc))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 1..3 {
+        assert_eq!(
+            c.psql(i, "SELECT count(*) FROM acked WHERE id >= 2000")
+                .trim(),
+            "0",
+            "node {i}\n{}",
+            c.ferry_log()
+        );
+    }
+}

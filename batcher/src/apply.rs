@@ -10,7 +10,8 @@
 //! COPY pg_temp.b_x FROM STDIN (FORMAT binary)   CopyData… CopyDone   (per table)
 //! DELETE …; INSERT … ON CONFLICT …                                   (per table)
 //! DELETE FROM pg_temp.b_x (now and then TRUNCATE)                     (per table)
-//! SELECT setval(…) for sequences behind the master's positions
+//! SELECT setval(…) for sequences not at the master's positions
+//! SELECT ferry.end_apply(epoch)                  (a fence recorded meanwhile refuses it)
 //! COMMIT
 //! Sync
 //! ```
@@ -80,6 +81,7 @@ impl ApplySession {
             |name: &str, sql: &str| frontend::parse(name, sql, [], &mut out).map_err(io(node));
         prepare(BEGIN, schema::APPLY_BEGIN)?;
         prepare(GUARD, schema::BEGIN_APPLY)?;
+        prepare(END, schema::END_APPLY)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
         let copy_sql: Vec<String> = shapes.iter().map(apply::copy_in).collect();
@@ -245,6 +247,8 @@ impl ApplySession {
             run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
             sent.push(sequences::ADVANCE);
         }
+        run(END, &[epoch.to_string()], &mut out).map_err(io(&node))?;
+        sent.push(schema::END_APPLY);
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
         sent.push(schema::APPLY_COMMIT);
         frontend::sync(&mut out);
@@ -322,6 +326,7 @@ impl ApplySession {
         if let Some(params) = sequence_params(b) {
             once(sequences::ADVANCE, &params, &mut out).map_err(io(&node))?;
         }
+        once(schema::END_APPLY, &[epoch.to_string()], &mut out).map_err(io(&node))?;
         once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
         frontend::sync(&mut out);
         // A failing replay is named by its statement, not by the call.
@@ -432,6 +437,7 @@ fn sequence_params(b: &Batch) -> Option<[String; 2]> {
 /// Names of the session's prepared statements.
 const BEGIN: &str = "ferry_begin";
 const GUARD: &str = "ferry_guard";
+const END: &str = "ferry_end";
 const COMMIT: &str = "ferry_commit";
 const SEQUENCES: &str = "ferry_sequences";
 

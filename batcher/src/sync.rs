@@ -52,6 +52,10 @@ pub struct SyncPoint {
     /// Per replica (in configuration order), the tick through which it has
     /// applied everything.
     applied: Vec<AtomicU64>,
+    /// Per node, the highest tick it was ever seen to have applied through
+    /// (not reset when it stops being a replica): a node promoted to master
+    /// holds everything it applied as a replica.
+    reached: Vec<AtomicU64>,
     /// Per replica: connected and shipping (not suspended), so it may
     /// serve reads.
     serving: Vec<AtomicBool>,
@@ -105,6 +109,7 @@ impl SyncPoint {
             started: AtomicU64::new(0),
             confirmed: watch::channel(0).0,
             applied: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
+            reached: (0..replicas).map(|_| AtomicU64::new(0)).collect(),
             serving: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
             nodes: std::sync::RwLock::new(nodes),
             assigned,
@@ -153,6 +158,14 @@ impl SyncPoint {
                 .applied
                 .get(i)
                 .is_some_and(|a| a.load(Ordering::SeqCst) >= tick)
+    }
+
+    /// Whether `node` was ever seen to have applied everything through
+    /// `tick` (as a replica; it keeps that when it is promoted).
+    pub fn has_reached(&self, node: &str, tick: u64) -> bool {
+        self.slot(node)
+            .and_then(|i| self.reached.get(i))
+            .is_some_and(|t| t.load(Ordering::SeqCst) >= tick)
     }
 
     /// Whether replica `i` is connected and shipping (not suspended): only
@@ -217,7 +230,12 @@ impl SyncPoint {
     /// Called by a session after the master confirmed a commit that may
     /// have written, before the client hears of it.
     pub async fn wait_for_commit(&self) -> Outcome {
-        let need = self.commit_tick();
+        self.wait_for(self.commit_tick()).await
+    }
+
+    /// Waits until `k` replicas have applied everything through `need` (a
+    /// [`Self::commit_tick`] taken after the commit completed).
+    pub async fn wait_for(&self, need: u64) -> Outcome {
         // Nothing confirmed can be past `need` yet (confirmed <= started).
         let mut rx = self.confirmed.subscribe();
         self.metrics.waits.inc();
@@ -298,8 +316,9 @@ impl SyncPoint {
                     .map_or(0, |(_, t)| *t)
             })
             .collect();
-        for (slot, &tick) in self.applied.iter().zip(&applied) {
+        for ((slot, reached), &tick) in self.applied.iter().zip(&self.reached).zip(&applied) {
             slot.store(tick, Ordering::SeqCst);
+            reached.fetch_max(tick, Ordering::SeqCst);
         }
         self.confirm(applied);
     }
@@ -312,6 +331,9 @@ impl SyncPoint {
             return;
         };
         slot.fetch_max(tick, Ordering::SeqCst);
+        if let Some(reached) = self.slot(node).and_then(|i| self.reached.get(i)) {
+            reached.fetch_max(tick, Ordering::SeqCst);
+        }
         let applied: Vec<u64> = self
             .applied
             .iter()

@@ -126,8 +126,10 @@ pub async fn write(client: &Client, r: &Recorded) -> Result<(), tokio_postgres::
     Ok(())
 }
 
-/// Raises a node's fence to `epoch`.
+/// Raises a node's fence to `epoch`, and ends the apply sessions of the
+/// older epoch there.
 pub async fn fence(client: &Client, node: &str, epoch: i64) -> Result<(), tokio_postgres::Error> {
     client.execute(cluster::FENCE, &[&epoch, &node]).await?;
+    client.query_one(cluster::END_OLD_APPLIES, &[]).await?;
     Ok(())
 }

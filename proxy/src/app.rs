@@ -563,11 +563,14 @@ async fn supervise_batcher(
         target: n.target.clone(),
     };
     loop {
+        if *shutdown.borrow() {
+            return;
+        }
         let topo = roles.borrow_and_update().clone();
         if topo.waiting.is_some() {
             // No master: nothing to replicate from until one is decided.
             tokio::select! {
-                _ = roles.changed() => continue,
+                r = roles.changed() => if r.is_ok() { continue } else { return },
                 _ = shutdown.changed() => return,
             }
         }
@@ -578,8 +581,9 @@ async fn supervise_batcher(
         let (stop, stopped) = watch::channel(false);
         let batcher = Batcher::new(cfg, status.clone(), metrics.clone(), commands.clone());
         let mut run = tokio::spawn(batcher.run(stopped));
+        // A closed topology channel is Ferry stopping too.
         let again = tokio::select! {
-            _ = roles.changed() => true,
+            r = roles.changed() => r.is_ok() && !*shutdown.borrow(),
             _ = shutdown.changed() => false,
             _ = &mut run => return,
         };
@@ -602,6 +606,13 @@ pub struct App {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    /// Turned true first: the proxy port stops accepting.
+    accepting: watch::Sender<bool>,
+    /// Turned true once sessions had their time: they end.
+    stopping: watch::Sender<bool>,
+    gate: Arc<Gate>,
+    sessions: prometheus_client::metrics::gauge::Gauge,
+    shutdown_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -646,6 +657,10 @@ impl App {
         let frontend_metrics = FrontendMetrics::register(&mut registry);
         let status = SharedStatus::default();
         let (tx, rx) = watch::channel(false);
+        // A stop: first no new sessions, then every session ends (see
+        // `App::shutdown`).
+        let (accepting, not_accepting) = watch::channel(false);
+        let (stopping, sessions_stop) = watch::channel(false);
         // Batcher ticks tell which replica has applied what: commits wait
         // for them in sync mode, causal reads and switchovers ask.
         let sync_mode = cfg.replication.mode == "sync";
@@ -747,6 +762,7 @@ impl App {
             },
         );
         let gate = Arc::new(Gate::default());
+        let sessions = frontend_metrics.connections.clone();
         let shared = Arc::new(Shared {
             users: UserDb::new(
                 cfg.users
@@ -767,10 +783,11 @@ impl App {
             sync: sync.clone(),
             reads: reads.clone(),
             gate: gate.clone(),
+            stopping: sessions_stop,
         });
         let switchover = Arc::new(Switchover {
             roles: roles.clone(),
-            gate,
+            gate: gate.clone(),
             ticks: ticks.clone(),
             control: force.clone(),
             replication: status.clone(),
@@ -816,7 +833,7 @@ impl App {
                 rx.clone(),
             )),
             tokio::spawn(coordinator.run(rx.clone())),
-            tokio::spawn(listener::serve(proxy, shared, rx.clone())),
+            tokio::spawn(listener::serve(proxy, shared, not_accepting)),
         ];
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {
@@ -830,15 +847,45 @@ impl App {
             proxy_addr,
             admin_addr,
             shutdown: tx,
+            accepting,
+            stopping,
+            gate,
+            sessions,
+            shutdown_timeout: Duration::from_millis(cfg.proxy.shutdown_timeout_ms),
             tasks,
         })
     }
 
-    /// Stops accepting, stops the batcher between batches, and waits.
+    /// Stops as a PostgreSQL server does a smart-then-fast shutdown: no new
+    /// sessions; transactions and statements under way get
+    /// `proxy.shutdown_timeout_ms` to finish while new statements wait at
+    /// the gate; then every session ends with SQLSTATE 57P01; then, once,
+    /// the batcher (sync commits under way needed it until now), the
+    /// coordinator and the admin endpoint.
     pub async fn shutdown(self) {
+        let _ = self.accepting.send(true);
+        self.gate.close();
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let busy = loop {
+            let busy = self.gate.busy_sessions();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                break busy;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        info!(
+            sessions = self.sessions.get(),
+            busy, "stopping: client sessions end with 57P01"
+        );
+        let _ = self.stopping.send(true);
+        let ended = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.sessions.get() > 0 && tokio::time::Instant::now() < ended {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        info!("stopped");
     }
 }

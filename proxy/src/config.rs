@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     /// How long a new session waits for a master during a failover before
     /// it gets SQLSTATE 57P03, in ms.
     pub hold_timeout_ms: u64,
+    /// On a stop (SIGTERM, Ctrl-C): how long transactions and statements
+    /// under way may take to finish before their sessions are ended with
+    /// SQLSTATE 57P01, in ms.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +69,7 @@ impl Default for ProxyConfig {
             workers: 0,
             reads: "master".into(),
             hold_timeout_ms: 30_000,
+            shutdown_timeout_ms: 10_000,
         }
     }
 }

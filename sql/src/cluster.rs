@@ -28,6 +28,14 @@ pub const FENCE: &str =
      ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch, recorded_at = now() \
      WHERE s.epoch < EXCLUDED.epoch";
 
+/// Ends the apply sessions on a node just fenced: a batch of the older
+/// epoch already under way (waiting on a lock a query holds, say) would
+/// otherwise hold the node's ledger and keep the failover from recording
+/// the new roles there (it could not commit anyway, see
+/// `ferry.end_apply`). No parameters.
+pub const END_OLD_APPLIES: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'ferry apply'";
+
 /// Ends every other session on a node (a fenced master's clients), except
 /// Ferry's own control sessions. No parameters.
 pub const TERMINATE_SESSIONS: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \

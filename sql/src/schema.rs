@@ -95,6 +95,22 @@ BEGIN
        SET origin = p_origin, batch_id = p_to, snap = p_snap::pg_snapshot, applied_at = now();
 END
 $f$;
+CREATE OR REPLACE FUNCTION ferry.end_apply(p_epoch bigint) RETURNS void LANGUAGE plpgsql AS $f$
+DECLARE
+    fence bigint;
+BEGIN
+    -- Under a share lock on the node's record: a fence recorded while the
+    -- batch applied (a failover; the batch waited on a lock, say) either
+    -- committed first, and the batch is refused here, or waits for the
+    -- batch's end and the new roles count it.
+    PERFORM FROM ferry.node_state FOR SHARE;
+    SELECT epoch INTO fence FROM ferry.node_state;
+    IF fence > p_epoch THEN
+        RAISE EXCEPTION 'ferry: batch of epoch % refused at its end: this node was fenced at epoch % meanwhile',
+            p_epoch, fence USING ERRCODE = 'FR004';
+    END IF;
+END
+$f$;
 GRANT USAGE ON SCHEMA ferry TO PUBLIC;
 "#;
 
@@ -209,6 +225,10 @@ pub const APPLY_COMMIT: &str = "COMMIT";
 /// origin node, from batch id, batch id, snapshot, epoch (all text).
 pub const BEGIN_APPLY: &str =
     "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4, $5::bigint)";
+
+/// The fence check every apply transaction ends with, just before its
+/// COMMIT. Parameter: epoch (text).
+pub const END_APPLY: &str = "SELECT ferry.end_apply($1::bigint)";
 
 /// SQLSTATE raised by `ferry.begin_apply` for a batch of an older epoch.
 pub const FENCED: &str = "FR004";

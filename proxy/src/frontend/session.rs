@@ -82,8 +82,10 @@ pub struct Shared {
     pub sync: Option<Arc<SyncPoint>>,
     /// Set when reads may go to replicas.
     pub reads: Option<Arc<ReadRouting>>,
-    /// Closed during a planned switchover.
+    /// Closed during a planned switchover, and while Ferry stops.
     pub gate: Arc<Gate>,
+    /// Turns true when Ferry stops: every session ends with 57P01.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// Serves one accepted connection to its end.
@@ -178,7 +180,14 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
             let replaced = || shared.roles.borrow().master.name != node;
             let mut roles = shared.roles.clone();
             let switched = async {
-                let _ = roles.wait_for(|t| t.master.name != node).await;
+                // A closed channel is Ferry stopping, not a new master.
+                if roles.wait_for(|t| t.master.name != node).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let mut stopping = shared.stopping.clone();
+            let stopped = async {
+                let _ = stopping.wait_for(|s| *s).await;
             };
             let pumped = tokio::select! {
                 p = pump_routed(
@@ -201,10 +210,11 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                     info!(node = %node, "master replaced; moving the session");
                     Ok(End::ServerGone)
                 }
+                _ = stopped => Ok(End::Stopped),
             };
             match pumped {
                 Ok(End::ServerGone) | Err(PumpError::Server(_)) => {
-                    let (loss, movable) = {
+                    let (loss, movable, held) = {
                         let mut r = route.lock().unwrap_or_else(|p| p.into_inner());
                         // Bytes whose write to the lost server did not
                         // complete count as sent: their answers are owed.
@@ -212,7 +222,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         r.unsent = 0;
                         let loss = r.session.lose();
                         r.lost_transaction = loss.in_transaction;
-                        (loss, r.session.movable())
+                        (loss, r.session.movable(), r.held_commit.take())
                     };
                     if let Err(why) = movable {
                         info!(node = %node, reason = why, "master lost; the session cannot move");
@@ -228,13 +238,38 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         return;
                     }
                     info!(node = %node, owed = loss.owed, in_transaction = loss.in_transaction,
-                        "master lost; the session moves to the next master");
+                        held_commit = held.is_some(), "master lost; the session moves to the next master");
                     if moving::answer_loss(&mut client, &mut cbuf, loss, shared.max_message)
                         .await
                         .is_err()
                     {
                         return;
                     }
+                    if let Some(need) = held {
+                        // The commit's answer waits for the next master:
+                        // whether that node has it decides the answer.
+                        let Some(next) = move_session(&shared, &params, &mut client, &route).await
+                        else {
+                            return;
+                        };
+                        let answered =
+                            answer_held_commit(&shared, &mut client, &node, &next.0.name, need)
+                                .await;
+                        if answered.is_err() {
+                            return;
+                        }
+                        current = Some(next);
+                    }
+                }
+                Ok(End::Stopped) => {
+                    info!(node = %node, "Ferry is stopping; ending the session");
+                    fatal(
+                        &mut client,
+                        "57P01",
+                        "terminating connection because Ferry is shutting down",
+                    )
+                    .await;
+                    return;
                 }
                 Ok(end) => {
                     debug!(?end, "session ended");
@@ -262,6 +297,50 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     .await;
     shared.cancels.remove(pid);
     shared.metrics.connections.dec();
+}
+
+/// Answers a commit that completed on master `old` and was held for the
+/// sync replicas when that master was lost, once the session stands on
+/// `new`: committed if `new` holds it — the same node back (after a crash
+/// PostgreSQL recovers its commits), or a replica that had applied it —
+/// else SQLSTATE 08007 saying where it stands.
+async fn answer_held_commit(
+    shared: &Shared,
+    client: &mut TcpStream,
+    old: &str,
+    new: &str,
+    need: u64,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    let kept = match &shared.sync {
+        Some(sync) if new == old => {
+            // As if nothing had happened: the replicas confirm it as they
+            // would have (or the configured fallback answers).
+            sync.wait_for(need).await;
+            true
+        }
+        Some(sync) => sync.has_reached(new, need),
+        None => false,
+    };
+    if kept {
+        info!(node = %new, "a commit held when the master was lost is on the new master; acknowledged");
+    } else {
+        warn!(lost = %old, node = %new, "a commit held when the master was lost is not on the new master; \
+            answered with 08007");
+        backend::error_response(
+            &mut out,
+            "ERROR",
+            "08007",
+            &format!(
+                "the master {old} was lost after this COMMIT completed there and before a replica \
+                 confirmed it: the new master {new} does not have it, so it is not part of the \
+                 cluster's data; its outcome on {old} is unknown (if {old} kept it, `ferry resync \
+                 {old}` moves it into that node's ferry.quarantine)"
+            ),
+        );
+    }
+    backend::ready_for_query(&mut out, b'I');
+    client.write_all(&out).await
 }
 
 /// Connects a session whose master was lost to the master there is now
@@ -325,6 +404,15 @@ async fn connect_master(
     let deadline = tokio::time::Instant::now() + shared.hold_timeout;
     let mut roles = shared.roles.clone();
     loop {
+        if *shared.stopping.borrow() {
+            fatal(
+                client,
+                "57P01",
+                "terminating connection because Ferry is shutting down",
+            )
+            .await;
+            return None;
+        }
         if shared.gate.is_closed() {
             debug!("switchover under way; holding the session");
             let _ = tokio::time::timeout_at(deadline, shared.gate.until_open()).await;
@@ -384,6 +472,8 @@ pub(crate) enum End {
     Terminated,
     ClientGone,
     ServerGone,
+    /// Ferry is stopping.
+    Stopped,
 }
 
 #[derive(Debug, thiserror::Error)]

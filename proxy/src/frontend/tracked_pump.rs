@@ -163,6 +163,11 @@ pub(crate) struct Route {
     pinned: bool,
     /// Causal: the tick the session's last writing commit needs.
     need: u64,
+    /// Sync mode: a commit that completed on the master and waits for the
+    /// replicas, by the tick it needs; its ReadyForQuery has not reached
+    /// the client. A session that moves meanwhile answers it itself (see
+    /// [`super::session`]).
+    pub held_commit: Option<u64>,
     /// The replica connection failed; the client side drops it and reads
     /// go to the master until a new one is opened.
     replica_broken: bool,
@@ -202,6 +207,7 @@ impl Route {
             status: b'I',
             pinned: false,
             need: 0,
+            held_commit: None,
             replica_broken: false,
             slot: None,
             unnamed_on_replica: None,
@@ -744,15 +750,22 @@ pub(crate) async fn pump_routed(
                             at = 0;
                             continue;
                         }
-                        if hold {
-                            cw.write_all(&mbuf[..at]).await?;
-                            mbuf.advance(at);
-                            at = 0;
-                            if let Some(sync) = sync {
-                                sync.wait_for_commit().await;
+                        match sync.filter(|_| hold) {
+                            Some(sync) => {
+                                cw.write_all(&mbuf[..at]).await?;
+                                mbuf.advance(at);
+                                at = 0;
+                                let need = sync.commit_tick();
+                                lock().held_commit = Some(need);
+                                sync.wait_for(need).await;
+                                // The ReadyForQuery goes out at once: until
+                                // it has, a move answers it instead.
+                                cw.write_all(&mbuf[..len]).await?;
+                                mbuf.advance(len);
+                                lock().held_commit = None;
                             }
+                            None => at += len,
                         }
-                        at += len;
                         if next_replica {
                             switch = true;
                             break;
@@ -1082,7 +1095,9 @@ fn lost_transaction_answer(tag: u8, body: &[u8], r: &Route) -> Option<BytesMut> 
 
 /// The message of SQLSTATE 40001 for a transaction lost with its master.
 pub(crate) const LOST_TRANSACTION: &str = "the transaction was open on a master that failed \
-     or was switched over; it did not commit: roll back and retry it";
+     or was switched over: it is not part of the cluster's data (the new master does not have \
+     it); if its COMMIT was already under way, its outcome on the old master is unknown, and \
+     `ferry resync` of that node keeps it in the node's ferry.quarantine: roll back and retry it";
 
 /// One field of an ErrorResponse body.
 fn error_field(body: &[u8], wanted: u8) -> Option<&str> {

@@ -268,6 +268,21 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for the ferry process to exit by itself;
+    /// returns whether it did (with success).
+    pub fn wait_ferry_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        let child = self.ferry.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.ferry = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// kill -9 of the ferry process.
     pub fn kill_ferry(&mut self) {
         if let Some(mut c) = self.ferry.take() {
