@@ -165,6 +165,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/run", "--quick"),
         ("benchmarks/capture-cost", "--rounds"),
         ("benchmarks/sync-cost", "--rounds"),
+        ("benchmarks/verify-cost", "--interval"),
         ("benchmarks/resume-cost", "--updates"),
         ("benchmarks/failover-time", "--trials"),
         ("benchmarks/paper", "--quick"),

@@ -9,6 +9,7 @@ mod force_master;
 mod health;
 mod metrics;
 mod remove_node;
+mod repair;
 mod resume;
 mod resync;
 mod status;
@@ -47,6 +48,12 @@ pub enum Request {
     },
     /// A node other than the master leaves the cluster for good.
     RemoveNode { node: String },
+    /// Rewrite, on a replica, the ranges found different there (or a
+    /// whole table) with the master's rows.
+    Repair {
+        replica: String,
+        table: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`]: an HTTP status and a JSON body (on refusal
@@ -61,6 +68,13 @@ pub trait StatusSource: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// Whether the process can serve: `/health` answers 200 or 503.
     fn healthy(&self) -> bool;
+    /// What is wrong with the cluster although the process serves (a
+    /// replica that differs from the master, one that is unreachable),
+    /// one sentence each: `/health` lists them under its status line.
+    fn problems(&self) -> Vec<String>;
+    /// One node's health for `/nodes/{name}/health`: whether it serves in
+    /// its role, and why not (None: no such node).
+    fn node_health(&self, node: &str) -> Option<(bool, String)>;
     /// Carries out a request.
     fn request(&self, request: Request) -> Answer;
 }
@@ -71,6 +85,7 @@ pub(crate) type Source = Arc<dyn StatusSource>;
 pub fn router(source: Source) -> Router {
     Router::new()
         .route("/health", get(health::get))
+        .route("/nodes/{name}/health", get(health::node))
         .route("/status", get(status::get))
         .route("/metrics", get(metrics::get))
         .route("/suspend", post(suspend::post_group))
@@ -84,6 +99,7 @@ pub fn router(source: Source) -> Router {
         .route("/nodes", post(add_node::post))
         .route("/nodes/{name}/resync", post(resync::post))
         .route("/nodes/{name}/remove", post(remove_node::post))
+        .route("/nodes/{name}/repair", post(repair::post))
         .with_state(source)
 }
 

@@ -24,12 +24,13 @@
 //! about ten statements per batch.
 
 use crate::cutter::{Batch, Step};
+use crate::verify::{CheckResult, RepairPart};
 use crate::BatchError;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use ferry_sql::apply::Kind;
 use ferry_sql::batch::Emptying;
-use ferry_sql::{apply, batch, ddl, schema, sequences, TableShape};
+use ferry_sql::{apply, batch, ddl, schema, sequences, verify, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -56,6 +57,8 @@ pub struct ApplySession {
     /// Per table, whether a batch empties its batch table with DELETE or
     /// TRUNCATE.
     emptying: Vec<Emptying>,
+    /// The tables' shapes, in the batcher's order.
+    shapes: Vec<TableShape>,
 }
 
 impl ApplySession {
@@ -82,6 +85,7 @@ impl ApplySession {
         prepare(BEGIN, schema::APPLY_BEGIN)?;
         prepare(GUARD, schema::BEGIN_APPLY)?;
         prepare(END, schema::END_APPLY)?;
+        prepare(CHECK, verify::CHECK_ON_REPLICA)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
         let copy_sql: Vec<String> = shapes.iter().map(apply::copy_in).collect();
@@ -112,6 +116,7 @@ impl ApplySession {
             copy_sql,
             apply_sql,
             emptying: vec![Emptying::default(); shapes.len()],
+            shapes: shapes.to_vec(),
         })
     }
 
@@ -126,45 +131,8 @@ impl ApplySession {
     /// The replica's ledger: the last batch id applied and the master
     /// snapshot it reached.
     pub async fn ledger(&mut self) -> Result<(i64, String), BatchError> {
-        let mut out = BytesMut::new();
-        frontend::query(schema::READ_LEDGER, &mut out).map_err(io(&self.node))?;
-        self.conn
-            .write_all(&out)
-            .await
-            .map_err(BatchError::conn(&self.node))?;
-        let mut row = None;
-        loop {
-            match self
-                .conn
-                .read_message()
-                .await
-                .map_err(BatchError::conn(&self.node))?
-            {
-                Message::DataRow(body) => {
-                    let buf = body.buffer();
-                    let mut cols = Vec::new();
-                    let mut ranges = body.ranges();
-                    while let Ok(Some(r)) = ranges.next() {
-                        cols.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
-                    }
-                    row = Some(cols);
-                }
-                Message::ErrorResponse(e) => {
-                    let e = ferry_wire::ServerError::from_fields(&mut e.fields());
-                    self.conn
-                        .read_until_ready(1)
-                        .await
-                        .map_err(BatchError::conn(&self.node))?;
-                    return Err(BatchError::Conn {
-                        node: self.node.clone(),
-                        source: ferry_wire::ConnError::Server(e),
-                    });
-                }
-                Message::ReadyForQuery(_) => break,
-                _ => {}
-            }
-        }
-        let cols = row.ok_or_else(|| BatchError::Conn {
+        let rows = self.simple_rows(schema::READ_LEDGER).await?;
+        let cols = rows.into_iter().next().ok_or_else(|| BatchError::Conn {
             node: self.node.clone(),
             source: ferry_wire::ConnError::Protocol(
                 "the replica has no ledger row; run ferry init".into(),
@@ -179,6 +147,73 @@ impl ApplySession {
                 node: self.node.clone(),
                 source: ferry_wire::ConnError::Protocol("malformed ledger row".into()),
             }),
+        }
+    }
+
+    /// The background check's results the replica recorded with the
+    /// batches it applied (see [`ferry_sql::verify`]), taken.
+    pub async fn take_checks(&mut self) -> Result<Vec<CheckResult>, BatchError> {
+        let rows = self.simple_rows(verify::TAKE_CHECKS).await?;
+        let text = |cols: &[Option<String>], i: usize| cols.get(i).cloned().flatten();
+        let key = |cols: &[Option<String>], i: usize| text(cols, i).filter(|k| !k.is_empty());
+        let number = |cols: &[Option<String>], i: usize| {
+            text(cols, i)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1)
+        };
+        Ok(rows
+            .iter()
+            .map(|c| CheckResult {
+                batch: number(c, 0),
+                after: key(c, 2),
+                through: key(c, 3),
+                master_rows: number(c, 4),
+                master_sum: text(c, 5).unwrap_or_default(),
+                rows: number(c, 6),
+                sum: text(c, 7).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Runs a simple query on the idle session; returns its rows (text).
+    async fn simple_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, BatchError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(io(&self.node))?;
+        self.conn
+            .write_all(&out)
+            .await
+            .map_err(BatchError::conn(&self.node))?;
+        let mut rows = Vec::new();
+        loop {
+            match self
+                .conn
+                .read_message()
+                .await
+                .map_err(BatchError::conn(&self.node))?
+            {
+                Message::DataRow(body) => {
+                    let buf = body.buffer();
+                    let mut cols = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Ok(Some(r)) = ranges.next() {
+                        cols.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(cols);
+                }
+                Message::ErrorResponse(e) => {
+                    let e = ferry_wire::ServerError::from_fields(&mut e.fields());
+                    self.conn
+                        .read_until_ready(1)
+                        .await
+                        .map_err(BatchError::conn(&self.node))?;
+                    return Err(BatchError::Conn {
+                        node: self.node.clone(),
+                        source: ferry_wire::ConnError::Server(e),
+                    });
+                }
+                Message::ReadyForQuery(_) => return Ok(rows),
+                _ => {}
+            }
         }
     }
 
@@ -247,12 +282,33 @@ impl ApplySession {
             run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
             sent.push(sequences::ADVANCE);
         }
+        for repair in &b.repairs {
+            self.rewrite_range(repair, &mut out, &mut sent)
+                .map_err(io(&node))?;
+        }
+        if let Some(check) = &b.check {
+            let params = [
+                Some(b.id.to_string()),
+                Some(check.table.quoted()),
+                check.after.clone(),
+                check.through.clone(),
+                Some(check.rows.to_string()),
+                Some(check.sum.clone()),
+            ];
+            run_nullable(CHECK, &params, &mut out).map_err(io(&node))?;
+            sent.push(verify::CHECK_ON_REPLICA);
+        }
         run(END, &[epoch.to_string()], &mut out).map_err(io(&node))?;
         sent.push(schema::END_APPLY);
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
         sent.push(schema::APPLY_COMMIT);
         frontend::sync(&mut out);
         let sent: Vec<String> = sent.into_iter().map(str::to_string).collect();
+        for repair in &b.repairs {
+            if let Some(e) = self.emptying.get_mut(repair.table) {
+                e.truncated();
+            }
+        }
         self.fly(b, &out, &sent).await
     }
 }
@@ -337,6 +393,41 @@ impl ApplySession {
             }
         }
         self.fly(b, &out, &names).await
+    }
+
+    /// Adds to a batch's flight the statements that rewrite a key range with
+    /// the master's rows (`ferry repair`): the range's rows go, the
+    /// master's come in through the table's batch table.
+    fn rewrite_range<'a>(
+        &'a self,
+        repair: &RepairPart,
+        out: &mut BytesMut,
+        sent: &mut Vec<&'a str>,
+    ) -> Result<(), std::io::Error> {
+        let t = repair.table;
+        let (Some(shape), Some(copy), Some(statements)) = (
+            self.shapes.get(t),
+            self.copy_sql.get(t),
+            self.apply_sql.get(t),
+        ) else {
+            return Ok(());
+        };
+        frontend::parse("", &verify::repair_delete(shape), [], out)?;
+        run_nullable("", &[repair.after.clone(), repair.through.clone()], out)?;
+        sent.push("DELETE (the repaired range)");
+        run(&copy_name(t), &[], out)?;
+        sent.push(copy);
+        for chunk in &repair.data {
+            frontend::CopyData::new(&chunk[..])?.write(out);
+        }
+        frontend::copy_done(out);
+        if let Some(j) = statements.iter().position(|(k, _)| *k == Kind::Upsert) {
+            run(&apply_name(t, j), &[], out)?;
+            sent.push(&statements[j].1);
+        }
+        run(&truncate_name(t), &[], out)?;
+        sent.push("TRUNCATE (batch table)");
+        Ok(())
     }
 
     /// Replays, each in a transaction of its own, the batch's changes that
@@ -438,6 +529,7 @@ fn sequence_params(b: &Batch) -> Option<[String; 2]> {
 const BEGIN: &str = "ferry_begin";
 const GUARD: &str = "ferry_guard";
 const END: &str = "ferry_end";
+const CHECK: &str = "ferry_check";
 const COMMIT: &str = "ferry_commit";
 const SEQUENCES: &str = "ferry_sequences";
 
@@ -467,6 +559,31 @@ fn run(statement: &str, params: &[String], out: &mut BytesMut) -> Result<(), std
         |p, buf| {
             buf.extend_from_slice(p.as_bytes());
             Ok(IsNull::No)
+        },
+        [0i16],
+        out,
+    )
+    .map_err(|_| std::io::Error::other("bind encoding"))?;
+    frontend::execute("", 0, out)
+}
+
+/// [`run`] with parameters that may be NULL.
+fn run_nullable(
+    statement: &str,
+    params: &[Option<String>],
+    out: &mut BytesMut,
+) -> Result<(), std::io::Error> {
+    frontend::bind(
+        "",
+        statement,
+        [0i16],
+        params.iter(),
+        |p, buf| match p {
+            Some(p) => {
+                buf.extend_from_slice(p.as_bytes());
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
         },
         [0i16],
         out,

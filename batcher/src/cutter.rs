@@ -7,6 +7,7 @@
 //! the session's temporary tables (created once) and copied out in binary.
 
 use crate::schema_steps::{plan, DdlChange, LogEntry, Planned};
+use crate::verify::{ChunkCheck, ChunkRequest, RepairPart, RepairRange};
 use crate::BatchError;
 use bytes::Bytes;
 use ferry_sql::batch::{Emptying, Ops};
@@ -59,6 +60,12 @@ pub struct Batch {
     /// When the window holds schema changes, the batch is these steps, in
     /// order, instead of `parts` (see [`crate::schema_steps`]).
     pub steps: Vec<Step>,
+    /// A chunk of a table the replica compares with the master's after the
+    /// batch's rows (see [`crate::verify`]).
+    pub check: Option<ChunkCheck>,
+    /// Key ranges the replica rewrites with the master's rows after the
+    /// batch's (`ferry repair`).
+    pub repairs: Vec<RepairPart>,
     pub cut_at: Instant,
 }
 
@@ -125,6 +132,8 @@ pub struct Cutter {
     copy_out: Vec<Statement>,
     /// The schema changes in a window (see [`crate::schema_steps`]).
     ddl_window: Statement,
+    /// Reads a chunk for the background check ([`ferry_sql::verify`]).
+    chunk: Statement,
     /// Ends a cut: empties the batch tables that had rows and takes the
     /// batch id, one statement per set of tables (see
     /// [`ferry_sql::batch::finish_cut`]), prepared when first needed.
@@ -166,6 +175,10 @@ impl Cutter {
             .prepare(ferry_sql::ddl::IN_WINDOW)
             .await
             .map_err(err(node))?;
+        let chunk = client
+            .prepare(ferry_sql::verify::CHUNK_ON_MASTER)
+            .await
+            .map_err(err(node))?;
         let materialise = client
             .prepare(&batch::materialise_all(shapes))
             .await
@@ -193,6 +206,7 @@ impl Cutter {
             materialise,
             copy_out,
             ddl_window,
+            chunk,
             finish: tokio::sync::Mutex::new(HashMap::new()),
             truncate,
             emptying: Mutex::new(vec![Emptying::default(); shapes.len()]),
@@ -233,11 +247,20 @@ impl Cutter {
     /// out the tables that have rows, takes the batch id and commits. Each
     /// further group adds a round trip to empty and refill the batch tables
     /// and one to copy them out.
-    pub async fn cut(&self, groups: &[(i64, String)]) -> Result<Cut, BatchError> {
+    ///
+    /// With `chunk`, the cut also reads that chunk of a table at its
+    /// snapshot, and every batch carries it (a batch is cut for it even
+    /// when nothing changed), unless the window holds schema changes.
+    pub async fn cut(
+        &self,
+        groups: &[(i64, String)],
+        chunk: Option<&ChunkRequest>,
+        repairs: &[RepairRange],
+    ) -> Result<Cut, BatchError> {
         if groups.is_empty() {
             return Ok(Cut::Unchanged);
         }
-        match self.cut_groups(groups).await {
+        match self.cut_groups(groups, chunk, repairs).await {
             Ok(Cut::Batches(batches)) => Ok(Cut::Batches(batches)),
             other => {
                 let ended = self.client.batch_execute("ROLLBACK").await;
@@ -250,7 +273,12 @@ impl Cutter {
 
     /// The cut's transaction; anything but batches (or an error) leaves it
     /// for the caller to roll back.
-    async fn cut_groups(&self, groups: &[(i64, String)]) -> Result<Cut, BatchError> {
+    async fn cut_groups(
+        &self,
+        groups: &[(i64, String)],
+        chunk: Option<&ChunkRequest>,
+        repairs: &[RepairRange],
+    ) -> Result<Cut, BatchError> {
         let cut_at = Instant::now();
         let first = &groups[0].1;
         // join! polls in argument order, so both requests go out in one
@@ -282,6 +310,7 @@ impl Cutter {
             positions != *shipped
         };
         let mut contents: Vec<(Vec<TablePart>, Vec<Step>)> = Vec::new();
+        let mut any_ddl = false;
         for (g, (_, from_snap)) in groups.iter().enumerate() {
             if g > 0 {
                 let (emptied, refilled) = tokio::join!(
@@ -302,6 +331,7 @@ impl Cutter {
                 ddl = refilled.ddl;
             }
             let last = g + 1 == groups.len();
+            any_ddl |= !ddl.is_empty();
             if !ddl.is_empty() {
                 let counts: Vec<u64> = ops.iter().map(Ops::rows).collect();
                 let steps = self.steps(g, from_snap, &counts, &ddl).await?;
@@ -318,7 +348,15 @@ impl Cutter {
             let earlier = contents
                 .iter()
                 .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
-            if !(here || moved || earlier) {
+            // Not in a batch that changes shapes: its steps apply outside
+            // the session's statements.
+            let chunk = chunk.filter(|_| !any_ddl);
+            let repairs = if any_ddl {
+                Vec::new()
+            } else {
+                self.repair_parts(repairs).await?
+            };
+            if !(here || moved || earlier || chunk.is_some() || !repairs.is_empty()) {
                 return Ok(Cut::Unchanged);
             }
             let copy_last = async {
@@ -348,12 +386,40 @@ impl Cutter {
                 }
             }
             let finish = self.finish_statement(deleted).await?;
-            let (last_parts, id, emptied, ended) = tokio::join!(
+            let read_chunk = async {
+                match chunk {
+                    Some(c) => self
+                        .client
+                        .query_one(&self.chunk, &[&c.table.quoted(), &c.after, &c.limit])
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (last_parts, checked, id, emptied, ended) = tokio::join!(
                 copy_last,
+                read_chunk,
                 self.client.query_one(&finish, &[]),
                 try_join_all(truncated.into_iter().map(|st| self.client.execute(st, &[]))),
                 self.client.batch_execute("COMMIT"),
             );
+            let check = match (chunk, checked.map_err(self.pg())?) {
+                (Some(c), Some(row))
+                    if row.try_get::<_, Option<i64>>(0).ok().flatten().is_some() =>
+                {
+                    let rows: i64 = row.try_get(0).map_err(self.pg())?;
+                    let last: Option<String> = row.try_get(2).map_err(self.pg())?;
+                    Some(ChunkCheck {
+                        table: c.table.clone(),
+                        after: c.after.clone(),
+                        // A short chunk reaches the table's end.
+                        through: last.filter(|_| rows >= c.limit),
+                        rows,
+                        sum: row.try_get(1).map_err(self.pg())?,
+                    })
+                }
+                _ => None,
+            };
             let id: i64 = id.map_err(self.pg())?.get(0);
             let last_parts = last_parts.map_err(self.pg())?;
             emptied.map_err(self.pg())?;
@@ -381,6 +447,8 @@ impl Cutter {
                     parts,
                     sequences: sequences.clone(),
                     steps,
+                    check: check.clone(),
+                    repairs: repairs.clone(),
                     cut_at,
                 })
                 .collect();
@@ -487,6 +555,57 @@ impl Cutter {
             }
         }
         Ok(steps)
+    }
+
+    /// The master's rows of each repair range, at the cut's snapshot (in
+    /// its transaction).
+    async fn repair_parts(&self, ranges: &[RepairRange]) -> Result<Vec<RepairPart>, BatchError> {
+        let mut parts = Vec::new();
+        for (k, range) in ranges.iter().enumerate() {
+            let Some(table) = self.shapes.iter().position(|s| s.table == range.table) else {
+                continue;
+            };
+            let shape = &self.shapes[table];
+            let free: bool = self
+                .client
+                .query_one(ferry_sql::verify::TRY_SHARE_LOCK, &[&shape.table.quoted()])
+                .await
+                .map_err(self.pg())?
+                .get(0);
+            if !free {
+                // A schema change holds the table: the repair waits for
+                // the next cut, whole.
+                return Ok(Vec::new());
+            }
+            let name = format!("ferry_repair_{k}");
+            let temp = batch::step_temp(&name);
+            self.client
+                .batch_execute(&batch::create_step_temp(shape, &name))
+                .await
+                .map_err(self.pg())?;
+            let rows = self
+                .client
+                .execute(
+                    &ferry_sql::verify::repair_rows(shape, &temp),
+                    &[&range.after, &range.through],
+                )
+                .await
+                .map_err(self.pg())?;
+            let stream = self
+                .client
+                .copy_out(&batch::copy_out_of(&temp))
+                .await
+                .map_err(self.pg())?;
+            let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+            parts.push(RepairPart {
+                table,
+                after: range.after.clone(),
+                through: range.through.clone(),
+                rows,
+                data,
+            });
+        }
+        Ok(parts)
     }
 
     /// Copies out the batch tables that have rows, pipelined.

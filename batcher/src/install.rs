@@ -36,11 +36,12 @@ async fn install_schema(
 ) -> Result<(), BatchError> {
     let err = BatchError::pg(node);
     let script = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         schema::INSTALL,
         capture::FUNCTIONS,
         ddl::INSTALL,
-        ferry_sql::suspend::INSTALL
+        ferry_sql::suspend::INSTALL,
+        ferry_sql::verify::INSTALL
     );
     // The script takes exclusive locks on Ferry's tables (its ALTER TABLE
     // … IF NOT EXISTS and event triggers), which an application's

@@ -17,6 +17,9 @@
 //!   [`add_node`] prepares a new, empty node the same way.
 //! - [`sync`] lets client sessions wait until `k` replicas hold their
 //!   commits (synchronous mode).
+//! - [`verify`] paces the background check that compares each table,
+//!   chunk by chunk, on every replica with the master, at the same point
+//!   of the batch stream.
 
 pub mod add_node;
 pub mod apply;
@@ -33,6 +36,7 @@ pub mod schema_steps;
 pub mod status;
 pub mod suspend;
 pub mod sync;
+pub mod verify;
 
 pub use error::BatchError;
 pub use metrics::Metrics;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub lag_rows: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     pub outbox_rows: Gauge,
+    pub divergent_tables: Family<ReplicaLabel, Gauge>,
+    pub verify_chunks: Counter,
 }
 
 impl Metrics {
@@ -53,6 +55,8 @@ impl Metrics {
             lag_rows: Family::default(),
             lag_seconds: Family::default(),
             outbox_rows: Gauge::default(),
+            divergent_tables: Family::default(),
+            verify_chunks: Counter::default(),
         };
         registry.register(
             "ferry_batches_cut",
@@ -104,6 +108,16 @@ impl Metrics {
             "ferry_lag_seconds",
             "Seconds a replica is behind",
             m.lag_seconds.clone(),
+        );
+        registry.register(
+            "ferry_divergent_tables",
+            "Tables in which the background check found a replica different from the master",
+            m.divergent_tables.clone(),
+        );
+        registry.register(
+            "ferry_verify_chunks",
+            "Chunks the background check compared",
+            m.verify_chunks.clone(),
         );
         registry.register(
             "ferry_outbox_rows",

@@ -186,13 +186,13 @@ async fn copy(
                 // crash (fsync off) does not. Checked: the table as the
                 // node has it now against the master at the copy's
                 // snapshot; a difference gets the whole table.
-                let sum = verify::checksum(s);
+                let name = s.table.quoted();
                 let theirs = n
-                    .query_one(&sum, &[])
+                    .query_one(verify::CHECKSUM, &[&name])
                     .await
                     .map_err(BatchError::pg(node_name))?;
                 let ours = m
-                    .query_one(&sum, &[])
+                    .query_one(verify::CHECKSUM, &[&name])
                     .await
                     .map_err(BatchError::pg(master_name))?;
                 let same = theirs.get::<_, i64>(0) == ours.get::<_, i64>(0)

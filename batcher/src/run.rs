@@ -1,5 +1,6 @@
 //! The batcher's main loop: cut, ship to every replica, record, repeat.
 
+mod repair;
 mod suspensions;
 
 use crate::apply::{Applied, ApplySession};
@@ -10,6 +11,7 @@ use crate::pattern::Pattern;
 use crate::status::{ReplicaStatus, SchemaChange, SharedStatus};
 use crate::suspend::{Command, State, Suspensions};
 use crate::sync::SyncPoint;
+use crate::verify::{ChunkCheck, ChunkRequest, Verifier};
 use crate::{housekeeping, BatchError};
 use ferry_sql::{ddl, schema, TableShape};
 use ferry_wire::Target;
@@ -49,6 +51,9 @@ pub struct BatcherConfig {
     /// The cluster epoch this batcher works in: replicas fenced at a later
     /// one refuse its batches.
     pub epoch: i64,
+    /// The background check, kept across batchers (a failover restarts
+    /// the batcher; the pass goes on).
+    pub verify: Arc<Mutex<Verifier>>,
 }
 
 /// Settings of suspensions (see [`crate::suspend`]).
@@ -106,6 +111,8 @@ pub struct Batcher {
     unconfigured: Mutex<BTreeSet<String>>,
     /// The replica the outbox was last reported kept for, and when.
     kept_for: Mutex<Option<(String, Instant)>>,
+    /// A `ferry repair` waiting for its batch.
+    repair: Mutex<Option<repair::PendingRepair>>,
 }
 
 /// The replica the outbox is kept for, with its pending rows (None when
@@ -141,6 +148,7 @@ impl Batcher {
             commands,
             unconfigured: Mutex::new(BTreeSet::new()),
             kept_for: Mutex::new(None),
+            repair: Mutex::new(None),
         }
     }
 
@@ -244,6 +252,8 @@ impl Batcher {
             "replicating"
         );
         let names: Vec<String> = replicas.iter().map(|r| r.node.name.clone()).collect();
+        self.verifier()
+            .set_tables(shapes.iter().map(|s| s.table.clone()).collect());
         // Schema changes are reported from here on; earlier ones were
         // already taken into account by the install above.
         let mut seen_ddl: i64 = control
@@ -284,8 +294,10 @@ impl Batcher {
                 }
             }
             let groups: Vec<(i64, String)> = groups.into_iter().collect();
+            let chunk = self.chunk_due(&control, &shapes).await?;
             let cut_started = Instant::now();
-            let cut = cutter.cut(&groups).await?;
+            let repairs = self.repair_ranges();
+            let cut = cutter.cut(&groups, chunk.as_ref(), &repairs).await?;
             if !groups.is_empty() {
                 self.metrics
                     .cut_seconds
@@ -310,6 +322,10 @@ impl Batcher {
                         r.applied_tick = tick;
                     }
                 }
+            }
+            if let Some(check) = batches.first().and_then(|b| b.check.as_ref()) {
+                self.verifier().sent(check, Instant::now());
+                self.metrics.verify_chunks.inc();
             }
             let mut schema_changed = Vec::new();
             for batch in &batches {
@@ -353,6 +369,7 @@ impl Batcher {
                     }
                 }
             }
+            self.finish_repair(&batches, replicas);
             self.finish_suspending(&control, replicas, susp, &batches)
                 .await?;
             if let Some(sync) = &self.cfg.sync {
@@ -782,6 +799,9 @@ impl Batcher {
                     }
                     r.position = Some((batch.id, batch.snap.clone()));
                     r.applied_tick = tick;
+                    if let Some(check) = &batch.check {
+                        self.collect_check(r, check).await;
+                    }
                     r.failed = None;
                     r.behind_since = None;
                     r.last_lag = batch.cut_at.elapsed();
@@ -822,7 +842,61 @@ impl Batcher {
         }
     }
 
+    /// The background check's state (a poisoned lock reads as it was).
+    fn verifier(&self) -> std::sync::MutexGuard<'_, Verifier> {
+        self.cfg.verify.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunk this tick's cut should read, if one is due; a new pass
+    /// first estimates the rows it covers.
+    async fn chunk_due(
+        &self,
+        control: &tokio_postgres::Client,
+        shapes: &[TableShape],
+    ) -> Result<Option<ChunkRequest>, BatchError> {
+        let now = Instant::now();
+        if !self.verifier().starting(now) {
+            return Ok(self.verifier().due(now, || 0));
+        }
+        let names: Vec<String> = shapes.iter().map(|s| s.table.quoted()).collect();
+        let estimate: i64 = control
+            .query_one(ferry_sql::verify::ESTIMATE_ROWS, &[&names])
+            .await
+            .map_err(BatchError::pg(&self.cfg.master.name))?
+            .get(0);
+        Ok(self.verifier().due(now, || estimate))
+    }
+
+    /// Takes a replica's results for the chunk a batch carried and reports
+    /// a new difference.
+    async fn collect_check(&self, r: &mut Replica, check: &ChunkCheck) {
+        let Some(session) = r.session.as_mut() else {
+            return;
+        };
+        let results = match session.take_checks().await {
+            Ok(results) => results,
+            Err(e) => {
+                warn!(node = %r.node.name, error = %e, "could not read the background check's results");
+                return;
+            }
+        };
+        for got in results
+            .iter()
+            .filter(|g| g.after == check.after && g.through == check.through)
+        {
+            let found = self.verifier().record(&r.node.name, check, got);
+            if let Some(d) = found {
+                warn!(node = %r.node.name, table = %d.table, after = d.after.as_deref().unwrap_or("(start)"),
+                    through = d.through.as_deref().unwrap_or("(end)"), master_rows = d.master_rows,
+                    replica_rows = d.replica_rows, batch = d.batch,
+                    "replica differs from the master in a key range (found by the background check); \
+                     run `ferry repair {} {}` to copy the master's rows there", r.node.name, d.table);
+            }
+        }
+    }
+
     fn publish(&self, replicas: &[Replica], last_batch: i64, susp: &Suspensions) {
+        let verifier = self.verifier();
         let statuses: Vec<ReplicaStatus> = replicas
             .iter()
             .map(|r| {
@@ -856,10 +930,20 @@ impl Batcher {
                     suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
                     quarantined: r.quarantined,
                     behind_cleanup: r.behind_cleanup,
+                    divergent: verifier.divergent(&r.node.name).to_vec(),
                 }
             })
             .collect();
+        for r in replicas {
+            self.metrics
+                .divergent_tables
+                .get_or_create(&ReplicaLabel::new(&r.node.name))
+                .set(verifier.divergent_tables(&r.node.name).len() as i64);
+        }
+        let verify = verifier.status();
+        drop(verifier);
         if let Ok(mut s) = self.status.write() {
+            s.verify = verify;
             s.last_batch = last_batch;
             s.replicas = statuses;
             s.master_reachable = true;

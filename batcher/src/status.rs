@@ -27,6 +27,9 @@ pub struct ReplicaStatus {
     /// clean-up: only a resync (a full copy) brings it back.
     #[serde(skip)]
     pub behind_cleanup: bool,
+    /// Key ranges in which the background check found the replica's rows
+    /// different from the master's (see [`crate::verify`]).
+    pub divergent: Vec<crate::verify::Divergence>,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL
@@ -73,6 +76,8 @@ pub struct ReplicationStatus {
     pub error: Option<String>,
     /// The latest schema changes seen on the master (newest last).
     pub schema_changes: Vec<SchemaChange>,
+    /// The background check.
+    pub verify: crate::verify::VerifyStatus,
     /// When the master last answered the batcher (a cut), for health
     /// checks: a busy master that still cuts batches is alive.
     #[serde(skip)]

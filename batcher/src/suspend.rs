@@ -41,6 +41,14 @@ pub enum Command {
         replica: String,
         reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
     },
+    /// Rewrite, on a replica, the key ranges the background check found
+    /// different (in one table, or the whole table when none were) with
+    /// the master's rows, in the next batch (`ferry repair`).
+    Repair {
+        replica: String,
+        table: Option<String>,
+        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
+    },
 }
 
 /// Why a request was refused; each has its own code and HTTP status.
@@ -66,6 +74,14 @@ pub enum SuspendError {
     TooLate(String),
     #[error("the master is not reachable: {0}")]
     Master(String),
+    #[error("no replicated table named {0:?}")]
+    UnknownTable(String),
+    #[error("nothing to repair on replica {0}: the background check found no difference there (name a table to copy it whole)")]
+    NothingToRepair(String),
+    #[error("a repair of replica {0} is already under way")]
+    RepairRunning(String),
+    #[error("the repair of replica {0} failed: {1}")]
+    RepairFailed(String, String),
 }
 
 impl SuspendError {
@@ -81,13 +97,17 @@ impl SuspendError {
             Self::Resyncing(_) => "resyncing",
             Self::TooLate(_) => "too_late",
             Self::Master(_) => "master_unavailable",
+            Self::UnknownTable(_) => "unknown_table",
+            Self::NothingToRepair(_) => "nothing_to_repair",
+            Self::RepairRunning(_) => "repair_running",
+            Self::RepairFailed(..) => "repair_failed",
         }
     }
 
     /// The HTTP status the admin endpoint answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::UnknownReplica(_) => 404,
+            Self::UnknownReplica(_) | Self::UnknownTable(_) => 404,
             Self::InvalidTime(_) => 400,
             Self::TooSoon { .. } => 422,
             Self::Master(_) => 503,

@@ -616,20 +616,7 @@ pub fn decide(nodes: &[Node], seen: &[(Node, Seen)]) -> Result<Topology, crate::
             .find(|(n, _)| n.name == name)
             .map_or(&Seen::Unreachable, |(_, s)| s)
     };
-    // Two nodes recorded master at the same epoch only when an operator
-    // forced one while the other was away: the forced one wins.
-    let named = records
-        .iter()
-        .filter(|r| r.epoch == epoch && r.state == "master")
-        .max_by_key(|r| r.forced)
-        .map(|r| r.node.clone())
-        .or_else(|| {
-            records
-                .iter()
-                .filter(|r| r.epoch == epoch)
-                .map(|r| r.master.clone())
-                .find(|m| !m.is_empty())
-        });
+    let named = named_master(seen);
     let waiting = |why: String| {
         let mut t = by_priority.clone();
         t.epoch = epoch;
@@ -688,6 +675,27 @@ pub fn decide(nodes: &[Node], seen: &[(Node, Seen)]) -> Result<Topology, crate::
         waiting: None,
         forced: false,
     })
+}
+
+/// The node the answering nodes' records name master at their latest
+/// epoch, if any (two nodes recorded master at the same epoch only when an
+/// operator forced one while the other was away: the forced one wins).
+/// Not a decision: [`decide`] also weighs the nodes that do not answer.
+pub fn named_master(seen: &[(Node, Seen)]) -> Option<String> {
+    let records: Vec<&Recorded> = seen.iter().filter_map(|(_, s)| s.record()).collect();
+    let epoch = records.iter().map(|r| r.epoch).max()?;
+    records
+        .iter()
+        .filter(|r| r.epoch == epoch && r.state == "master")
+        .max_by_key(|r| r.forced)
+        .map(|r| r.node.clone())
+        .or_else(|| {
+            records
+                .iter()
+                .filter(|r| r.epoch == epoch)
+                .map(|r| r.master.clone())
+                .find(|m| !m.is_empty())
+        })
 }
 
 /// The reason a node is fenced that did not answer when the topology was

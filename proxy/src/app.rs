@@ -16,6 +16,7 @@ use ferry_batcher::install::{connect, install_master, prepare_replica};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::run::SuspendConfig;
 use ferry_batcher::suspend::Command as SuspendCommand;
+use ferry_batcher::verify::{Verifier, VerifyConfig};
 use ferry_batcher::{
     BatchError, Batcher, BatcherConfig, Fallback, Metrics, NodeTarget, SharedStatus, SyncPoint,
 };
@@ -71,6 +72,13 @@ pub fn topology(cfg: &Config) -> Result<Topology, AppError> {
 /// latest epoch stays master; nodes left behind by a failover are fenced
 /// out), or by configured priority on a cluster Ferry never ran.
 pub async fn decide(cfg: &Config) -> Result<Topology, AppError> {
+    let (ordered, seen) = records(cfg).await?;
+    ferry_cluster::failover::decide(&ordered, &seen).map_err(|e| AppError::Config(e.to_string()))
+}
+
+/// Every configured node (in configured order) with what it recorded of
+/// its role, or unreachable.
+pub async fn records(cfg: &Config) -> Result<(Vec<Node>, Vec<(Node, Seen)>), AppError> {
     let configured = topology(cfg)?;
     let nodes: Vec<Node> = std::iter::once(configured.master.clone())
         .chain(configured.replicas.iter().cloned())
@@ -96,7 +104,7 @@ pub async fn decide(cfg: &Config) -> Result<Topology, AppError> {
     if ordered.len() != nodes.len() {
         ordered = nodes;
     }
-    ferry_cluster::failover::decide(&ordered, &seen).map_err(|e| AppError::Config(e.to_string()))
+    Ok((ordered, seen))
 }
 
 /// Records each reachable node's state for a topology (before it takes
@@ -331,6 +339,7 @@ impl StatusSource for AppStatus {
                 "failed_statement": s.and_then(|s| s.failed_statement.clone()),
                 "suspension": s.and_then(|s| s.suspension.clone()),
                 "quarantined": s.map(|s| s.quarantined).unwrap_or(0),
+                "divergent": s.map(|s| s.divergent.clone()).unwrap_or_default(),
                 "health": health(&n.name),
             }));
         }
@@ -375,6 +384,7 @@ impl StatusSource for AppStatus {
             "client_connections": self.frontend.connections.get(),
             "nodes": nodes,
             "schema_changes": r.schema_changes,
+            "verify": r.verify,
         })
     }
 
@@ -384,6 +394,44 @@ impl StatusSource for AppStatus {
             out.clear();
         }
         out
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let Ok(r) = self.replication.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in &r.replicas {
+            if let Some(why) = replica_problem(s) {
+                out.push(format!("replica {}: {why}", s.name));
+            }
+        }
+        for (n, why) in &self.roles.borrow().fenced {
+            out.push(format!("node {} is fenced out: {why}", n.name));
+        }
+        out
+    }
+
+    fn node_health(&self, node: &str) -> Option<(bool, String)> {
+        let topo = self.roles.borrow().clone();
+        let r = self.replication.read().ok()?;
+        if topo.master.name == node {
+            return Some(if r.master_reachable {
+                (true, "master".into())
+            } else {
+                (false, "master, unreachable".into())
+            });
+        }
+        if let Some((_, why)) = topo.fenced.iter().find(|(n, _)| n.name == node) {
+            return Some((false, format!("fenced out: {why}")));
+        }
+        topo.replicas.iter().find(|n| n.name == node)?;
+        let s = r.replicas.iter().find(|s| s.name == node);
+        Some(match s.and_then(replica_problem) {
+            Some(why) => (false, why),
+            None if s.is_some() => (true, "replica".into()),
+            None => (false, "replica, not yet connected".into()),
+        })
     }
 
     fn healthy(&self) -> bool {
@@ -456,6 +504,11 @@ impl StatusSource for AppStatus {
                 },
                 Request::CancelSuspend { replica } => SuspendCommand::Cancel { replica, reply },
                 Request::Resume { replica } => SuspendCommand::Resume { replica, reply },
+                Request::Repair { replica, table } => SuspendCommand::Repair {
+                    replica,
+                    table,
+                    reply,
+                },
                 Request::ForceMaster { .. }
                 | Request::Resync { .. }
                 | Request::Switchover { .. }
@@ -601,6 +654,32 @@ async fn supervise_batcher(
     }
 }
 
+/// What keeps a replica from serving as one, in a sentence.
+fn replica_problem(s: &ferry_batcher::ReplicaStatus) -> Option<String> {
+    if !s.divergent.is_empty() {
+        let mut tables: Vec<&str> = s.divergent.iter().map(|d| d.table.as_str()).collect();
+        tables.dedup();
+        return Some(format!(
+            "differs from the master in {} (found by the background check); run `ferry repair {}`",
+            tables.join(", "),
+            s.name
+        ));
+    }
+    if let Some(batch) = s.failed_batch {
+        return Some(format!(
+            "paused: batch {batch} failed there ({})",
+            s.last_error.as_deref().unwrap_or("see /status")
+        ));
+    }
+    if !s.reachable && s.suspension.is_none() {
+        return Some(format!(
+            "unreachable ({})",
+            s.last_error.as_deref().unwrap_or("not connected")
+        ));
+    }
+    None
+}
+
 /// A started Ferry.
 pub struct App {
     pub proxy_addr: SocketAddr,
@@ -722,6 +801,13 @@ impl App {
             apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
             sync: Some(ticks.clone()),
             epoch: topo.epoch,
+            verify: Arc::new(std::sync::Mutex::new(Verifier::new(
+                VerifyConfig {
+                    interval: Duration::from_secs(cfg.verify.interval_s),
+                    chunk_rows: cfg.verify.chunk_rows,
+                },
+                std::time::Instant::now(),
+            ))),
             suspend: SuspendConfig {
                 min_lead: Duration::from_millis(cfg.suspend.min_lead_ms),
                 hook: Some(cfg.suspend.hook.clone()).filter(|h| !h.trim().is_empty()),

@@ -154,6 +154,26 @@ impl Default for SwitchoverSection {
     }
 }
 
+/// `[verify]`: the background check that compares every replicated table
+/// on every replica with the master.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySection {
+    /// About how long a pass over every table takes, in seconds (0: off).
+    pub interval_s: u64,
+    /// Rows compared per chunk.
+    pub chunk_rows: i64,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        Self {
+            interval_s: 300,
+            chunk_rows: 5000,
+        }
+    }
+}
+
 /// `[[nodes]]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -243,10 +263,12 @@ pub struct Config {
     pub health: HealthSection,
     #[serde(default)]
     pub switchover: SwitchoverSection,
+    #[serde(default)]
+    pub verify: VerifySection,
 }
 
 /// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
-/// `replication`, `suspend`, `health` and `switchover` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
+/// `replication`, `suspend`, `health`, `switchover` and `verify` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
 /// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
 /// `-` as `_`.
 fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
@@ -262,6 +284,7 @@ fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), Conf
             "suspend",
             "health",
             "switchover",
+            "verify",
         ] {
             let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
                 continue;
@@ -373,6 +396,9 @@ impl Config {
                 "proxy.auth",
                 "must be \"scram-sha-256\" or \"md5\"",
             ));
+        }
+        if self.verify.chunk_rows < 1 {
+            return Err(invalid("verify.chunk_rows", "must be at least 1"));
         }
         if self.proxy.max_message_bytes < 8192 {
             return Err(invalid("proxy.max_message_bytes", "must be at least 8192"));

@@ -111,6 +111,16 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
         admin: String,
     },
+    /// Rewrite on a replica, with the master's rows at one snapshot, the
+    /// key ranges the background check found different there (in TABLE
+    /// only, or all of TABLE when none were found); shipping goes on.
+    Repair {
+        node: String,
+        /// A replicated table (`schema.name`, or `name` in public).
+        table: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:9930", env = "FERRY_ADMIN")]
+        admin: String,
+    },
     /// Compare every replicated table on every replica with the master.
     Verify {
         #[arg(long, short, env = "FERRY_CONFIG")]
@@ -200,6 +210,9 @@ fn main() -> ExitCode {
             }
             Command::Resync { node, admin } => commands::resync::run(&admin, &node).await,
             Command::RemoveNode { node, admin } => commands::remove_node::run(&admin, &node).await,
+            Command::Repair { node, table, admin } => {
+                commands::repair::run(&admin, &node, table.as_deref()).await
+            }
             Command::AddNode {
                 name,
                 dsn,

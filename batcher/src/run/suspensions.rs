@@ -246,6 +246,11 @@ impl Batcher {
     ) {
         let known = |n: &str| replicas.iter().any(|r| r.node.name == n);
         match cmd {
+            Command::Repair {
+                replica,
+                table,
+                reply,
+            } => self.request_repair(replica, table, reply, replicas),
             Command::Suspend {
                 replicas: names,
                 at,

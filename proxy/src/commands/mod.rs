@@ -6,6 +6,7 @@ pub mod demo;
 pub mod force_master;
 pub mod init;
 pub mod remove_node;
+pub mod repair;
 pub mod resume;
 pub mod resync;
 pub mod run;

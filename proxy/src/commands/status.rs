@@ -65,6 +65,24 @@ pub fn render(doc: &serde_json::Value) -> String {
             }
         );
     }
+    let v = &doc["verify"];
+    if v["enabled"] == true {
+        out += &format!(
+            "\nbackground check: {} pass(es) over every table{}, {} chunk(s) compared{}\n",
+            v["passes"],
+            v["last_pass_seconds"]
+                .as_f64()
+                .map(|s| format!(" (last took {s:.0} s)"))
+                .unwrap_or_default(),
+            v["chunks"],
+            v["table"]
+                .as_str()
+                .map(|t| format!("; now in {t}"))
+                .unwrap_or_default(),
+        );
+    } else if v.is_object() {
+        out += "\nbackground check: off (verify.interval_s = 0)\n";
+    }
     for n in doc["nodes"].as_array().into_iter().flatten() {
         let s = &n["suspension"];
         if let Some(state) = s["state"].as_str() {
@@ -90,6 +108,19 @@ pub fn render(doc: &serde_json::Value) -> String {
                     .as_str()
                     .map(|e| format!("; {e}"))
                     .unwrap_or_default(),
+            );
+        }
+        for d in n["divergent"].as_array().into_iter().flatten() {
+            out += &format!(
+                "\n{}: DIFFERS from the master in {} (keys after {} through {}: master {} rows, replica {}); \
+                 run `ferry repair {}`\n",
+                n["name"].as_str().unwrap_or("?"),
+                d["table"].as_str().unwrap_or("?"),
+                d["after"].as_str().unwrap_or("(start)"),
+                d["through"].as_str().unwrap_or("(end)"),
+                d["master_rows"],
+                d["replica_rows"],
+                n["name"].as_str().unwrap_or("?"),
             );
         }
         if let Some(statement) = n["failed_statement"].as_str() {
@@ -145,7 +176,9 @@ mod tests {
             "nodes": [
                 {"name": "a", "role": "master", "reachable": true},
                 {"name": "b", "role": "replica", "reachable": true, "failed_batch": 7,
-                 "failed_statement": "INSERT INTO t", "last_error": "duplicate key"},
+                 "failed_statement": "INSERT INTO t", "last_error": "duplicate key",
+                 "divergent": [{"table": "public.t", "after": null, "through": "{\"id\": 9}",
+                                "master_rows": 9, "replica_rows": 8, "batch": 6}]},
                 {"name": "c", "role": "replica", "reachable": true,
                  "suspension": {"state": "suspended", "at": "T", "consistent_as_of": "T",
                                 "pending_changes": 5, "pending_keys": 2,
@@ -158,6 +191,10 @@ mod tests {
         assert!(text.contains("mode sync"), "{text}");
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("b: batch 7 failed to apply"), "{text}");
+        assert!(
+            text.contains("b: DIFFERS from the master in public.t (keys after (start) through {\"id\": 9}: master 9 rows, replica 8); run `ferry repair b`"),
+            "{text}"
+        );
         assert!(text.contains("INSERT INTO t"), "{text}");
         assert!(
             text.contains("c: suspended at T (consistent as of T); 5 changes to 2 keys pending; hook exited 0"),

@@ -2,10 +2,11 @@
 //! master, by row count and an order-independent content checksum.
 
 use anyhow::Context;
-use ferry::app::{decide, patterns};
+use ferry::app::{decide, patterns, records};
 use ferry::config::Config;
 use ferry_batcher::catalog::replicated_tables;
 use ferry_batcher::install::connect;
+use ferry_cluster::Node;
 use ferry_sql::verify;
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,8 +19,8 @@ struct Row {
     result: Result<(i64, String), String>,
 }
 
-async fn checksum(c: &tokio_postgres::Client, sql: &str) -> Result<(i64, String), String> {
-    c.query_one(sql, &[])
+async fn checksum(c: &tokio_postgres::Client, table: &str) -> Result<(i64, String), String> {
+    c.query_one(verify::CHECKSUM, &[&table])
         .await
         .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
         .map_err(|e| e.to_string())
@@ -27,16 +28,20 @@ async fn checksum(c: &tokio_postgres::Client, sql: &str) -> Result<(i64, String)
 
 /// Compares all nodes once; returns the rows and whether all are equal.
 async fn compare(cfg: &Config) -> anyhow::Result<(Vec<Row>, bool)> {
-    let topo = decide(cfg).await?;
-    if let Some(why) = &topo.waiting {
-        anyhow::bail!("no master to compare with: {why}");
-    }
+    let (m, others) = nodes_to_compare(cfg).await?;
     let (include, exclude) = patterns(cfg)?;
-    let m = &topo.master;
-    let master = connect(&m.name, &m.target, "ferry verify").await?;
+    let m = &m;
+    let master = connect(&m.name, &m.target, "ferry verify")
+        .await
+        .with_context(|| {
+            format!(
+                "the master {} is not reachable: nothing to compare with",
+                m.name
+            )
+        })?;
     let shapes = replicated_tables(&master, &m.name, &include, &exclude).await?;
     let mut clients = Vec::new();
-    for r in &topo.replicas {
+    for r in &others {
         clients.push((
             r.name.clone(),
             connect(&r.name, &r.target, "ferry verify")
@@ -47,12 +52,12 @@ async fn compare(cfg: &Config) -> anyhow::Result<(Vec<Row>, bool)> {
     let mut rows = Vec::new();
     let mut equal = true;
     for s in &shapes {
-        let sql = verify::checksum(s);
-        let reference = checksum(&master, &sql).await;
+        let table = s.table.quoted();
+        let reference = checksum(&master, &table).await;
         for (name, client) in &clients {
             let result = match client {
-                Ok(c) => checksum(c, &sql).await,
-                Err(e) => Err(e.clone()),
+                Ok(c) => checksum(c, &table).await,
+                Err(e) => Err(format!("unreachable: {e}")),
             };
             equal &= matches!((&reference, &result), (Ok(a), Ok(b)) if a == b);
             rows.push(Row {
@@ -68,6 +73,34 @@ async fn compare(cfg: &Config) -> anyhow::Result<(Vec<Row>, bool)> {
         });
     }
     Ok((rows, equal))
+}
+
+/// The master to compare with, and the nodes to compare: the running
+/// topology's replicas and the nodes that did not answer; when no
+/// topology can be decided (a node is missing after an outage), the node
+/// the records name master and every other node.
+async fn nodes_to_compare(cfg: &Config) -> anyhow::Result<(Node, Vec<Node>)> {
+    let topo = decide(cfg).await?;
+    if topo.waiting.is_none() {
+        let unreachable = topo
+            .fenced
+            .iter()
+            .filter(|(_, why)| why == ferry_cluster::failover::NOT_AT_START)
+            .map(|(n, _)| n.clone());
+        let others = topo.replicas.iter().cloned().chain(unreachable).collect();
+        return Ok((topo.master, others));
+    }
+    let (nodes, seen) = records(cfg).await?;
+    let why = topo.waiting.unwrap_or_default();
+    let name = ferry_cluster::failover::named_master(&seen)
+        .with_context(|| format!("no master to compare with: {why}"))?;
+    let master = nodes
+        .iter()
+        .find(|n| n.name == name)
+        .cloned()
+        .with_context(|| format!("no master to compare with: {why}"))?;
+    let others = nodes.into_iter().filter(|n| n.name != name).collect();
+    Ok((master, others))
 }
 
 pub async fn run(config: &Path, retry_for: u64) -> anyhow::Result<ExitCode> {
@@ -86,7 +119,7 @@ pub async fn check(cfg: &Config, retry_for: u64) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let master = decide(cfg).await?.master.name;
+    let master = nodes_to_compare(cfg).await?.0.name;
     println!(
         "{:<40} {:<12} {:>10} {:>24}  result",
         "table", "node", "rows", "checksum"
@@ -103,10 +136,12 @@ pub async fn check(cfg: &Config, retry_for: u64) -> anyhow::Result<ExitCode> {
             let verdict = if r.node == master {
                 "master".to_string()
             } else {
+                // A replica is blamed only against a master figure.
                 match (&r.result, reference) {
                     (Ok(a), Some(Ok(b))) if a == b => "ok".into(),
-                    (Ok(_), _) => "DIFFERS".into(),
-                    (Err(e), _) => format!("ERROR {e}"),
+                    (Ok(_), Some(Ok(_))) => "DIFFERS".into(),
+                    (Ok(_), _) => "not compared: the master's figure is missing".into(),
+                    (Err(e), _) => format!("NOT COMPARED ({e})"),
                 }
             };
             let (n, sum) = match &r.result {
@@ -116,11 +151,27 @@ pub async fn check(cfg: &Config, retry_for: u64) -> anyhow::Result<ExitCode> {
             println!("{table:<40} {:<12} {n:>10} {sum:>24}  {verdict}", r.node);
         }
     }
+    let differs = rows.iter().any(|r| {
+        r.node != master
+            && matches!((&r.result, rows.iter().find(|m| m.node == master && m.table == r.table).map(|m| &m.result)),
+                (Ok(a), Some(Ok(b))) if a != b)
+    });
+    let unreachable: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.result.is_err())
+        .map(|r| r.node.as_str())
+        .collect();
     if equal {
         println!("all replicas equal the master");
         Ok(ExitCode::SUCCESS)
-    } else {
+    } else if differs {
         println!("replicas differ from the master");
         Ok(ExitCode::from(1))
+    } else {
+        println!(
+            "could not compare every node (no difference found among those compared): {}",
+            unreachable.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        Ok(ExitCode::from(2))
     }
 }

@@ -7,6 +7,7 @@
 //! here independently of Ferry's own `verify`.
 
 pub mod raw;
+pub mod workload;
 
 use ferry_localpg::{free_port, InitOptions, LocalServer, PgBinaries};
 use std::path::{Path, PathBuf};

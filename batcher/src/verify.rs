@@ -1,0 +1,494 @@
+//! The background check's bookkeeping: which chunk of which table the next
+//! cut compares, at what pace, and what the replicas found (how a chunk is
+//! compared, at the same point of the batch stream on both sides, is in
+//! [`ferry_sql::verify`]).
+//!
+//! A pass walks every replicated table in key order, `chunk_rows` rows at
+//! a time; chunks are spaced so that a pass takes about `interval` (never
+//! more than one per cut). A key range in which a replica's rows differ
+//! from the master's is kept as divergent for that replica until a later
+//! pass finds that table equal on it from its first chunk to its last, or
+//! `ferry repair` rewrote the table there. Pure: the batcher runs the
+//! queries and feeds the answers in.
+
+use ferry_sql::TableName;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// `[verify]` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// About how long a pass over every table takes; zero turns the check
+    /// off.
+    pub interval: Duration,
+    /// Rows per chunk.
+    pub chunk_rows: i64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            chunk_rows: 5000,
+        }
+    }
+}
+
+/// What the next cut reads on the master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRequest {
+    pub table: TableName,
+    /// The key (JSON) the chunk starts after; None for the table's start.
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// A chunk as the master read it at a cut; the batch carries it and each
+/// replica compares the same range after the batch's rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkCheck {
+    pub table: TableName,
+    pub after: Option<String>,
+    /// The chunk's last key (JSON); None when it reaches the table's end
+    /// (the replica then counts every row after `after`).
+    pub through: Option<String>,
+    pub rows: i64,
+    /// The master's checksum (numeric text).
+    pub sum: String,
+}
+
+/// A key range `ferry repair` rewrites on a replica with the master's rows
+/// (both bounds None: the whole table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairRange {
+    pub table: TableName,
+    pub after: Option<String>,
+    pub through: Option<String>,
+}
+
+/// A repair range as a batch carries it: the master's rows of the range at
+/// the batch's snapshot, in the table's batch-table layout.
+#[derive(Clone, Debug)]
+pub struct RepairPart {
+    /// Index into the batcher's table shapes.
+    pub table: usize,
+    pub after: Option<String>,
+    pub through: Option<String>,
+    pub rows: u64,
+    pub data: Vec<bytes::Bytes>,
+}
+
+/// A replica's figures for a chunk, beside the master's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckResult {
+    pub batch: i64,
+    pub after: Option<String>,
+    pub through: Option<String>,
+    pub master_rows: i64,
+    pub master_sum: String,
+    pub rows: i64,
+    pub sum: String,
+}
+
+impl CheckResult {
+    pub fn differs(&self) -> bool {
+        self.rows != self.master_rows || self.sum != self.master_sum
+    }
+}
+
+/// A key range in which a replica differs from the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    pub table: String,
+    /// The range's bounds as JSON keys (`after` exclusive, `through`
+    /// inclusive; None: the table's start or end).
+    pub after: Option<String>,
+    pub through: Option<String>,
+    pub master_rows: i64,
+    pub replica_rows: i64,
+    /// The batch after which the difference was found.
+    pub batch: i64,
+}
+
+/// What `/status` shows of the check.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyStatus {
+    pub enabled: bool,
+    pub interval_seconds: u64,
+    /// Passes over every table completed since Ferry started.
+    pub passes: u64,
+    pub last_pass_seconds: Option<f64>,
+    /// Chunks compared, and the master rows in them.
+    pub chunks: u64,
+    pub rows: u64,
+    /// Where the current pass stands.
+    pub table: Option<String>,
+}
+
+/// One replica's walk through a table in the current pass.
+#[derive(Clone, Debug, Default)]
+struct Walk {
+    /// The last chunk's end it compared (None: at the table's start).
+    at: Option<Option<String>>,
+    dirty: bool,
+}
+
+/// The check's state; kept across batcher sessions.
+#[derive(Debug)]
+pub struct Verifier {
+    cfg: VerifyConfig,
+    tables: Vec<TableName>,
+    /// The table the pass is in, and the key its next chunk starts after.
+    at: usize,
+    after: Option<String>,
+    pass_started: Option<Instant>,
+    /// Earliest time of the next chunk.
+    next_at: Instant,
+    /// Rows the pass is expected to cover, and has covered.
+    estimate: i64,
+    pass_rows: i64,
+    /// Per replica, the ranges where it differs.
+    divergent: BTreeMap<String, Vec<Divergence>>,
+    /// Per (replica, table): its walk through the table in this pass.
+    walks: BTreeMap<(String, TableName), Walk>,
+    status: VerifyStatus,
+}
+
+impl Verifier {
+    pub fn new(cfg: VerifyConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            tables: Vec::new(),
+            at: 0,
+            after: None,
+            pass_started: None,
+            next_at: now,
+            estimate: 0,
+            pass_rows: 0,
+            divergent: BTreeMap::new(),
+            walks: BTreeMap::new(),
+            status: VerifyStatus {
+                enabled: !cfg.interval.is_zero(),
+                interval_seconds: cfg.interval.as_secs(),
+                ..VerifyStatus::default()
+            },
+        }
+    }
+
+    /// The replicated tables (a new batcher session, or a schema change):
+    /// the pass goes on where it stood if its table is still there.
+    pub fn set_tables(&mut self, tables: Vec<TableName>) {
+        let current = self.tables.get(self.at).cloned();
+        self.tables = tables;
+        match current.and_then(|t| self.tables.iter().position(|n| *n == t)) {
+            Some(i) => self.at = i,
+            None => {
+                self.at = self.at.min(self.tables.len());
+                self.after = None;
+            }
+        }
+        let known: Vec<TableName> = self.tables.clone();
+        for ranges in self.divergent.values_mut() {
+            ranges.retain(|d| known.iter().any(|t| t.to_string() == d.table));
+        }
+    }
+
+    /// Whether a chunk is due and it starts a pass (which wants an
+    /// estimate of the rows, see [`Self::due`]).
+    pub fn starting(&self, now: Instant) -> bool {
+        !self.cfg.interval.is_zero()
+            && !self.tables.is_empty()
+            && now >= self.next_at
+            && self.pass_started.is_none()
+    }
+
+    /// The chunk the next cut should read, if one is due. A pass starts
+    /// when the previous one's interval has run out; `estimate` then gives
+    /// the rows the tables hold (to space the pass's chunks over the
+    /// interval).
+    pub fn due(&mut self, now: Instant, estimate: impl FnOnce() -> i64) -> Option<ChunkRequest> {
+        if self.cfg.interval.is_zero() || self.tables.is_empty() || now < self.next_at {
+            return None;
+        }
+        if self.pass_started.is_none() {
+            self.pass_started = Some(now);
+            self.at = 0;
+            self.after = None;
+            self.estimate = estimate().max(0);
+            self.pass_rows = 0;
+        }
+        let table = self.tables.get(self.at)?.clone();
+        self.status.table = Some(table.to_string());
+        Some(ChunkRequest {
+            table,
+            after: self.after.clone(),
+            limit: self.cfg.chunk_rows.max(1),
+        })
+    }
+
+    /// The master read the chunk and a batch carries it: the pass moves
+    /// on.
+    pub fn sent(&mut self, check: &ChunkCheck, now: Instant) {
+        self.status.chunks += 1;
+        self.status.rows += check.rows.max(0) as u64;
+        self.pass_rows += check.rows.max(0);
+        self.next_at = now + self.spacing(now, check.through.is_none());
+        match &check.through {
+            Some(key) => self.after = Some(key.clone()),
+            None => {
+                self.after = None;
+                self.at += 1;
+                if self.at >= self.tables.len() {
+                    self.status.passes += 1;
+                    self.status.table = None;
+                    if let Some(started) = self.pass_started.take() {
+                        self.status.last_pass_seconds =
+                            Some(now.duration_since(started).as_secs_f64());
+                        self.next_at = (started + self.cfg.interval).max(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pause before the next chunk: what is left of the interval,
+    /// shared among the chunks the pass still expects (an estimate that
+    /// proves short doubles).
+    fn spacing(&mut self, now: Instant, table_done: bool) -> Duration {
+        if self.pass_rows > self.estimate {
+            self.estimate = self.pass_rows.saturating_mul(2);
+        }
+        let chunk = self.cfg.chunk_rows.max(1);
+        let tables_left = self
+            .tables
+            .len()
+            .saturating_sub(self.at + usize::from(table_done)) as i64;
+        let chunks_left = (self.estimate - self.pass_rows).max(0) / chunk + tables_left;
+        let elapsed = self
+            .pass_started
+            .map_or(Duration::ZERO, |s| now.duration_since(s));
+        let left = self.cfg.interval.saturating_sub(elapsed);
+        left / (chunks_left.clamp(1, i64::from(u32::MAX)) as u32)
+    }
+
+    /// A replica's figures for the chunk a batch carried; returns the
+    /// range when it is a new difference.
+    pub fn record(
+        &mut self,
+        replica: &str,
+        check: &ChunkCheck,
+        got: &CheckResult,
+    ) -> Option<Divergence> {
+        let key = (replica.to_string(), check.table.clone());
+        let walk = self.walks.entry(key.clone()).or_default();
+        if check.after.is_none() {
+            *walk = Walk {
+                at: Some(None),
+                dirty: false,
+            };
+        }
+        // The replica compared every chunk of the table in this pass so
+        // far, in order (it may have missed some while it was away).
+        let contiguous = walk.at.as_ref() == Some(&check.after);
+        walk.at = contiguous.then(|| check.through.clone());
+        let mut new = None;
+        if got.differs() {
+            walk.dirty = true;
+            let d = Divergence {
+                table: check.table.to_string(),
+                after: check.after.clone(),
+                through: check.through.clone(),
+                master_rows: got.master_rows,
+                replica_rows: got.rows,
+                batch: got.batch,
+            };
+            let ranges = self.divergent.entry(replica.to_string()).or_default();
+            if !ranges
+                .iter()
+                .any(|r| r.table == d.table && r.after == d.after && r.through == d.through)
+            {
+                ranges.push(d.clone());
+                new = Some(d);
+            }
+        } else if contiguous && check.through.is_none() && !walk.dirty {
+            self.clear(replica, Some(&check.table));
+        }
+        new
+    }
+
+    /// Forgets a replica's differences (in one table, or all): the table
+    /// was rewritten there, or the replica left.
+    pub fn clear(&mut self, replica: &str, table: Option<&TableName>) {
+        if let Some(ranges) = self.divergent.get_mut(replica) {
+            ranges.retain(|d| table.is_some_and(|t| d.table != t.to_string()));
+            if ranges.is_empty() {
+                self.divergent.remove(replica);
+            }
+        }
+    }
+
+    /// What `ferry repair` rewrites on a replica: the ranges found
+    /// different there (in one table, when named), or the whole named
+    /// table when none were.
+    pub fn repair_ranges(&self, replica: &str, table: Option<&TableName>) -> Vec<RepairRange> {
+        let found: Vec<RepairRange> = self
+            .divergent(replica)
+            .iter()
+            .filter(|d| table.is_none_or(|t| d.table == t.to_string()))
+            .filter_map(|d| {
+                let t = self.tables.iter().find(|t| t.to_string() == d.table)?;
+                Some(RepairRange {
+                    table: t.clone(),
+                    after: d.after.clone(),
+                    through: d.through.clone(),
+                })
+            })
+            .collect();
+        match table {
+            Some(t) if found.is_empty() => vec![RepairRange {
+                table: t.clone(),
+                after: None,
+                through: None,
+            }],
+            _ => found,
+        }
+    }
+
+    /// The tables a pass walks.
+    pub fn tables(&self) -> &[TableName] {
+        &self.tables
+    }
+
+    /// The ranges where a replica differs.
+    pub fn divergent(&self, replica: &str) -> &[Divergence] {
+        self.divergent.get(replica).map_or(&[], Vec::as_slice)
+    }
+
+    /// Tables in which a replica differs.
+    pub fn divergent_tables(&self, replica: &str) -> Vec<String> {
+        let tables: std::collections::BTreeSet<String> = self
+            .divergent(replica)
+            .iter()
+            .map(|d| d.table.clone())
+            .collect();
+        tables.into_iter().collect()
+    }
+
+    pub fn status(&self) -> VerifyStatus {
+        self.status.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str) -> TableName {
+        TableName::new("public", name)
+    }
+
+    fn check(table: &str, after: Option<&str>, through: Option<&str>) -> ChunkCheck {
+        ChunkCheck {
+            table: t(table),
+            after: after.map(str::to_string),
+            through: through.map(str::to_string),
+            rows: 2,
+            sum: "5".into(),
+        }
+    }
+
+    fn result(c: &ChunkCheck, rows: i64) -> CheckResult {
+        CheckResult {
+            batch: 1,
+            after: c.after.clone(),
+            through: c.through.clone(),
+            master_rows: c.rows,
+            master_sum: c.sum.clone(),
+            rows,
+            sum: if rows == c.rows {
+                c.sum.clone()
+            } else {
+                "9".into()
+            },
+        }
+    }
+
+    fn verifier(interval: u64) -> (Verifier, Instant) {
+        let now = Instant::now();
+        let mut v = Verifier::new(
+            VerifyConfig {
+                interval: Duration::from_secs(interval),
+                chunk_rows: 2,
+            },
+            now,
+        );
+        v.set_tables(vec![t("a"), t("b")]);
+        (v, now)
+    }
+
+    #[test]
+    fn a_pass_walks_every_table_in_chunks_spread_over_the_interval() {
+        let (mut v, now) = verifier(60);
+        let at = |s: u64| now + Duration::from_secs(s);
+        // 4 rows in two tables, 2 a chunk: the rest of the interval is
+        // shared among the chunks still expected (here 3: 20 s each).
+        let r = v.due(now, || 4).unwrap();
+        assert_eq!(
+            (r.table.clone(), r.after.clone(), r.limit),
+            (t("a"), None, 2)
+        );
+        v.sent(&check("a", None, Some("{\"id\": 2}")), now);
+        assert_eq!(v.due(at(1), || 4), None);
+        let r = v.due(at(20), || 4).unwrap();
+        assert_eq!(r.after.as_deref(), Some("{\"id\": 2}"));
+        v.sent(&check("a", Some("{\"id\": 2}"), None), at(20));
+        // One chunk expected in the 40 s left.
+        assert_eq!(v.due(at(59), || 4), None);
+        let r = v.due(at(60), || 4).unwrap();
+        assert_eq!((r.table, r.after), (t("b"), None));
+        v.sent(&check("b", None, None), at(60));
+        assert_eq!(v.status().passes, 1);
+        // The next pass starts when the interval since the last began ran
+        // out (here at once).
+        assert!(v.due(at(60), || 4).is_some());
+    }
+
+    #[test]
+    fn an_estimate_that_proves_short_speeds_the_pass_up() {
+        let (mut v, now) = verifier(60);
+        v.due(now, || 0).unwrap();
+        v.sent(&check("a", None, Some("{\"id\": 2}")), now);
+        // 2 rows seen of an estimate of 0: doubled to 4, 1 more chunk
+        // expected besides the two tables' ends: 20 s, not the interval.
+        assert!(v.due(now + Duration::from_secs(21), || 0).is_some());
+    }
+
+    #[test]
+    fn a_difference_stays_until_a_whole_pass_finds_the_table_equal() {
+        let (mut v, _) = verifier(60);
+        let first = check("a", None, Some("{\"id\": 2}"));
+        let last = check("a", Some("{\"id\": 2}"), None);
+        let found = v.record("r1", &first, &result(&first, 3));
+        assert_eq!(found.map(|d| d.replica_rows), Some(3));
+        // Reported once.
+        assert!(v.record("r1", &first, &result(&first, 3)).is_none());
+        assert!(v.record("r1", &last, &result(&last, 2)).is_none());
+        assert_eq!(v.divergent_tables("r1"), vec!["public.a".to_string()]);
+        assert!(v.divergent("r2").is_empty());
+        // A pass that misses a chunk does not clear it.
+        v.record("r1", &last, &result(&last, 2));
+        assert_eq!(v.divergent("r1").len(), 1);
+        // A clean pass from the first chunk to the last does.
+        v.record("r1", &first, &result(&first, 2));
+        v.record("r1", &last, &result(&last, 2));
+        assert!(v.divergent("r1").is_empty());
+    }
+
+    #[test]
+    fn an_interval_of_zero_turns_the_check_off() {
+        let (mut v, now) = verifier(0);
+        assert_eq!(v.due(now, || 4), None);
+        assert!(!v.status().enabled);
+    }
+}
