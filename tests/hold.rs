@@ -174,6 +174,62 @@ async fn a_statement_in_flight_on_a_frozen_master_ends_with_08007() {
     );
 }
 
+/// A COMMIT sent to a master that freezes before answering, and is then
+/// failed over, ends with 08007: its outcome is unknown (the old master
+/// commits it when it wakes). `ferry resync` of the old master keeps that
+/// late commit in its quarantine; the new master never has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_flight_on_a_frozen_master_ends_with_08007_and_a_late_commit_is_quarantined() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, SCHEMA);
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("BEGIN; INSERT INTO items VALUES (1, 'late')")
+        .await
+        .unwrap();
+    c.signal_server(0, "STOP");
+    let committing = tokio::spawn(async move { (client.batch_execute("COMMIT").await, client) });
+    let (answer, client) = tokio::time::timeout(Duration::from_secs(30), committing)
+        .await
+        .expect("the COMMIT is answered after the failover")
+        .unwrap();
+    let err = answer.unwrap_err();
+    assert_eq!(code(&err), Some("08007"), "{err:?}");
+    let message = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("outcome is unknown") && message.contains("quarantine"),
+        "{message}"
+    );
+    // The session goes on, idle, on the new master.
+    client
+        .batch_execute("INSERT INTO items VALUES (2, 'after')")
+        .await
+        .unwrap();
+    c.signal_server(0, "CONT");
+    // Whatever the old master did with the COMMIT, b does not have it.
+    assert_eq!(
+        c.psql(1, "SELECT string_agg(id::text, ',' ORDER BY id) FROM items")
+            .trim(),
+        "2"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed_late = c.psql(0, "SELECT count(*) FROM items WHERE id = 1").trim() == "1";
+    let out = c.ferry_admin(&["resync", "a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = c.psql(
+        0,
+        "SELECT count(*) FROM ferry.quarantine WHERE row_image->>'id' = '1'",
+    );
+    assert_eq!(kept.trim(), if committed_late { "1" } else { "0" });
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+}
+
 const BANK: &str = "CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL);
     INSERT INTO acct SELECT g, 1000 FROM generate_series(1, 20) g;
     CREATE TABLE log (w int NOT NULL, n int NOT NULL, PRIMARY KEY (w, n));";

@@ -4,6 +4,8 @@
 //!
 //! - An answer the lost server owed outside a transaction ends with
 //!   SQLSTATE 08007 (the statement may or may not have committed there).
+//! - A COMMIT in flight ends with SQLSTATE 08007 too: its outcome is
+//!   unknown.
 //! - A transaction that was open is gone: its owed answers end with 40001,
 //!   and the new server session is put in a failed transaction, so that
 //!   the client's next statements fail as in any aborted transaction (the
@@ -25,6 +27,13 @@ use tokio::net::TcpStream;
 const OUTCOME_UNKNOWN: &str = "the master failed or was switched over while this statement ran: \
      it may or may not have committed there; the session goes on with the new master";
 
+/// The message of SQLSTATE 08007 for a COMMIT in flight when its master
+/// was lost.
+const COMMIT_UNKNOWN: &str = "the master failed or was switched over while this COMMIT ran: \
+     its outcome is unknown (the old master may have committed it, and shipped it or not); \
+     if it committed there but is missing from the new master, `ferry resync` of the old \
+     master keeps it in that node's ferry.quarantine; the session goes on with the new master";
+
 /// Answers what the lost server owed the client; `cbuf` holds client
 /// bytes not sent yet (an unfinished extended-protocol cycle is read and
 /// dropped through its Sync, then answered).
@@ -34,7 +43,9 @@ pub(crate) async fn answer_loss(
     loss: Loss,
     max: usize,
 ) -> std::io::Result<()> {
-    let (code, message, status) = if loss.in_transaction {
+    let (code, message, status) = if loss.commit_in_flight {
+        ("08007", COMMIT_UNKNOWN, b'I')
+    } else if loss.in_transaction {
         ("40001", LOST_TRANSACTION, b'E')
     } else {
         ("08007", OUTCOME_UNKNOWN, b'I')

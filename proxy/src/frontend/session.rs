@@ -221,7 +221,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                         cbuf.advance(r.unsent.min(cbuf.len()));
                         r.unsent = 0;
                         let loss = r.session.lose();
-                        r.lost_transaction = loss.in_transaction;
+                        r.lost_transaction = loss.in_transaction && !loss.commit_in_flight;
                         (loss, r.session.movable(), r.held_commit.take())
                     };
                     if let Err(why) = movable {

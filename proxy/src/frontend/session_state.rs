@@ -84,6 +84,9 @@ pub struct Loss {
     pub open_extended: bool,
     /// A transaction was open (or failed and not yet ended).
     pub in_transaction: bool,
+    /// Its COMMIT was among the answers owed: the old master may have
+    /// committed it (and shipped it before it was lost), or not.
+    pub commit_in_flight: bool,
 }
 
 impl Loss {
@@ -252,17 +255,25 @@ impl SessionState {
     /// forgotten (the caller answers it); the state to replay is kept.
     /// A transaction that was open leaves the session in a failed one.
     pub fn lose(&mut self) -> Loss {
+        let commit_in_flight =
+            self.cycles.iter().any(|c| c.commits) || self.open.as_ref().is_some_and(|c| c.commits);
         let loss = Loss {
             owed: self.cycles.len(),
             open_extended: self.open.is_some(),
             in_transaction: self.status != b'I',
+            commit_in_flight,
         };
         self.cycles.clear();
         self.open = None;
         self.tentative.clear();
         self.failed = false;
         self.rolled_back = false;
-        self.status = if loss.in_transaction { b'E' } else { b'I' };
+        // A transaction whose COMMIT was under way is over either way.
+        self.status = if loss.in_transaction && !commit_in_flight {
+            b'E'
+        } else {
+            b'I'
+        };
         loss
     }
 }
@@ -369,7 +380,13 @@ mod tests {
         ready(&mut st, b'T');
         let loss = st.lose();
         assert!(loss.in_transaction && loss.owed == 0 && !loss.is_clean());
+        assert!(!loss.commit_in_flight);
         assert!(st.busy(), "the session stays in a failed transaction");
+        // Its COMMIT sent, not answered: over, outcome unknown.
+        query(&mut st, "COMMIT");
+        let loss = st.lose();
+        assert!(loss.in_transaction && loss.commit_in_flight);
+        assert!(!st.busy());
     }
 
     #[test]

@@ -1095,9 +1095,7 @@ fn lost_transaction_answer(tag: u8, body: &[u8], r: &Route) -> Option<BytesMut> 
 
 /// The message of SQLSTATE 40001 for a transaction lost with its master.
 pub(crate) const LOST_TRANSACTION: &str = "the transaction was open on a master that failed \
-     or was switched over: it is not part of the cluster's data (the new master does not have \
-     it); if its COMMIT was already under way, its outcome on the old master is unknown, and \
-     `ferry resync` of that node keeps it in the node's ferry.quarantine: roll back and retry it";
+     or was switched over before its COMMIT was sent: it did not commit; roll back and retry it";
 
 /// One field of an ErrorResponse body.
 fn error_field(body: &[u8], wanted: u8) -> Option<&str> {
