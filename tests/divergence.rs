@@ -198,8 +198,9 @@ async fn schema_changes_apply_before_the_rows_that_need_them_whatever_the_gap() 
 
 /// Schema changes whose values each node would compute for itself — a
 /// column added with a volatile or a clock default, a serial column, a
-/// retype with a volatile USING, CREATE TABLE AS with random() — leave the
-/// replicas with the master's values.
+/// retype with a volatile USING, CREATE TABLE AS with random(), a
+/// timestamp read in the client's time zone — leave the replicas with the
+/// master's values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_changes_with_values_of_their_own_leave_the_masters_values_on_the_replicas() {
     let c = Cluster::started(
@@ -219,6 +220,12 @@ async fn schema_changes_with_values_of_their_own_leave_the_masters_values_on_the
         "ALTER TABLE acct ALTER COLUMN v TYPE text USING v || '/' || random()::text",
         "ALTER TABLE plain ADD COLUMN r float8 DEFAULT random()",
         "CREATE TABLE picks AS SELECT g AS id, random() AS r FROM generate_series(1, 50) g",
+        // Statements whose meaning depends on the client's settings: a
+        // timestamp literal, a retype to timestamptz.
+        "SET TimeZone = 'America/New_York'",
+        "ALTER TABLE acct ADD COLUMN since timestamptz DEFAULT '2020-06-01 12:00'",
+        "ALTER TABLE acct ADD COLUMN naive timestamp DEFAULT '2020-01-01 00:00'",
+        "ALTER TABLE acct ALTER COLUMN naive TYPE timestamptz",
     ] {
         run(&client, sql).await;
     }

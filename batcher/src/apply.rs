@@ -11,7 +11,6 @@
 //! DELETE …; INSERT … ON CONFLICT …                                   (per table)
 //! DELETE FROM pg_temp.b_x (now and then TRUNCATE)                     (per table)
 //! SELECT setval(…) for sequences not at the master's positions
-//! SELECT ferry.end_apply(epoch)                  (a fence recorded meanwhile refuses it)
 //! COMMIT
 //! Sync
 //! ```
@@ -84,7 +83,6 @@ impl ApplySession {
             |name: &str, sql: &str| frontend::parse(name, sql, [], &mut out).map_err(io(node));
         prepare(BEGIN, schema::APPLY_BEGIN)?;
         prepare(GUARD, schema::BEGIN_APPLY)?;
-        prepare(END, schema::END_APPLY)?;
         prepare(CHECK, verify::CHECK_ON_REPLICA)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
@@ -298,8 +296,6 @@ impl ApplySession {
             run_nullable(CHECK, &params, &mut out).map_err(io(&node))?;
             sent.push(verify::CHECK_ON_REPLICA);
         }
-        run(END, &[epoch.to_string()], &mut out).map_err(io(&node))?;
-        sent.push(schema::END_APPLY);
         run(COMMIT, &[], &mut out).map_err(io(&node))?;
         sent.push(schema::APPLY_COMMIT);
         frontend::sync(&mut out);
@@ -371,7 +367,11 @@ impl ApplySession {
                     };
                     once(
                         ddl::REPLAY,
-                        &[statement.clone(), change.search_path.clone()],
+                        &[
+                            statement.clone(),
+                            change.search_path.clone(),
+                            change.settings.clone(),
+                        ],
                         &mut out,
                     )
                     .map_err(io(&node))?;
@@ -382,7 +382,6 @@ impl ApplySession {
         if let Some(params) = sequence_params(b) {
             once(sequences::ADVANCE, &params, &mut out).map_err(io(&node))?;
         }
-        once(schema::END_APPLY, &[epoch.to_string()], &mut out).map_err(io(&node))?;
         once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
         frontend::sync(&mut out);
         // A failing replay is named by its statement, not by the call.
@@ -443,7 +442,11 @@ impl ApplySession {
             frontend::parse("", ddl::REPLAY, [], &mut out).map_err(io(&self.node))?;
             run(
                 "",
-                &[statement.clone(), change.search_path.clone()],
+                &[
+                    statement.clone(),
+                    change.search_path.clone(),
+                    change.settings.clone(),
+                ],
                 &mut out,
             )
             .map_err(io(&self.node))?;
@@ -528,7 +531,6 @@ fn sequence_params(b: &Batch) -> Option<[String; 2]> {
 /// Names of the session's prepared statements.
 const BEGIN: &str = "ferry_begin";
 const GUARD: &str = "ferry_guard";
-const END: &str = "ferry_end";
 const CHECK: &str = "ferry_check";
 const COMMIT: &str = "ferry_commit";
 const SEQUENCES: &str = "ferry_sequences";

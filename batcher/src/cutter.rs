@@ -356,7 +356,11 @@ impl Cutter {
             } else {
                 self.repair_parts(repairs).await?
             };
-            if !(here || moved || earlier || chunk.is_some() || !repairs.is_empty()) {
+            // Groups at different positions are cut even when nothing
+            // changed: the step brings them to one batch id, as equal in
+            // their ledgers as in their rows (a failover compares ledgers).
+            let merge = groups.len() > 1;
+            if !(here || moved || earlier || merge || chunk.is_some() || !repairs.is_empty()) {
                 return Ok(Cut::Unchanged);
             }
             let copy_last = async {
@@ -478,6 +482,7 @@ impl Cutter {
                 tag: r.get(2),
                 query: r.get(3),
                 search_path: r.get(4),
+                settings: r.get(9),
                 replicate: r.get(5),
                 tables: LogEntry::parse_tables(&tables).map_err(|e| BatchError::Catalog {
                     node: self.node.clone(),

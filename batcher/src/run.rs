@@ -400,7 +400,10 @@ impl Batcher {
                 // Positions on the master only bound clean-up (each replica's
                 // ledger is the truth), so recording them once per pass is
                 // enough; a stale one merely keeps rows a little longer.
-                for r in replicas.iter() {
+                // Only what a connected replica's ledger says: the position
+                // of one that went away may not have survived it (see
+                // `schema::RECORD_POSITION`).
+                for r in replicas.iter().filter(|r| r.session.is_some()) {
                     if let Some((id, snap)) = &r.position {
                         control
                             .execute(schema::RECORD_POSITION, &[&r.node.name, id, snap])

@@ -28,6 +28,8 @@ pub struct LogEntry {
     pub tag: String,
     pub query: String,
     pub search_path: String,
+    /// The client's TimeZone, DateStyle and IntervalStyle (JSON).
+    pub settings: String,
     pub replicate: bool,
     /// Each replicated table the command touched.
     pub tables: Vec<TableChange>,
@@ -61,6 +63,8 @@ pub struct DdlChange {
     /// reported, not replayed.
     pub statement: Option<String>,
     pub search_path: String,
+    /// The client's settings the statement is replayed under (JSON).
+    pub settings: String,
 }
 
 impl DdlChange {
@@ -175,6 +179,7 @@ pub fn plan(entries: &[LogEntry], session: &[TableShape], rows: &[u64]) -> Vec<P
                 query: e.query.clone(),
                 statement,
                 search_path: e.search_path.clone(),
+                settings: e.settings.clone(),
             }));
         }
     }
@@ -242,6 +247,7 @@ mod tests {
             tag: "ALTER TABLE".into(),
             query: query.into(),
             search_path: "public".into(),
+            settings: "{}".into(),
             replicate: true,
             tables,
         }
@@ -376,6 +382,7 @@ mod tests {
             query: statement.into(),
             statement: Some(statement.into()),
             search_path: String::new(),
+            settings: "{}".into(),
         };
         assert!(change("ALTER TYPE mood ADD VALUE 'ok'").commits_first());
         assert!(

@@ -126,10 +126,30 @@ pub async fn write(client: &Client, r: &Recorded) -> Result<(), tokio_postgres::
     Ok(())
 }
 
-/// Raises a node's fence to `epoch`, and ends the apply sessions of the
-/// older epoch there.
+/// Raises a node's fence to `epoch` — from then on it refuses batches of
+/// an older epoch — then lets the batches of the older epoch already under
+/// way there end by themselves (they were sent before the fence, most of
+/// them to every replica: they are what keeps the replicas equal), and
+/// ends those still running after [`FENCE_GRACE`] (one waiting on a lock
+/// a query holds would hold the node's ledger, and the failover reads it
+/// next).
 pub async fn fence(client: &Client, node: &str, epoch: i64) -> Result<(), tokio_postgres::Error> {
     client.execute(cluster::FENCE, &[&epoch, &node]).await?;
+    let deadline = tokio::time::Instant::now() + FENCE_GRACE;
+    loop {
+        let running: i64 = client
+            .query_one(cluster::APPLIES_UNDER_WAY, &[])
+            .await?
+            .get(0);
+        if running == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     client.query_one(cluster::END_OLD_APPLIES, &[]).await?;
     Ok(())
 }
+
+/// How long a fence lets the batches under way on a node end by
+/// themselves.
+pub const FENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -28,13 +28,20 @@ pub const FENCE: &str =
      ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch, recorded_at = now() \
      WHERE s.epoch < EXCLUDED.epoch";
 
-/// Ends the apply sessions on a node just fenced: a batch of the older
-/// epoch already under way (waiting on a lock a query holds, say) would
-/// otherwise hold the node's ledger and keep the failover from recording
-/// the new roles there (it could not commit anyway, see
-/// `ferry.end_apply`). No parameters.
+/// Apply sessions on a node in a transaction now. No parameters. Returns
+/// one bigint.
+pub const APPLIES_UNDER_WAY: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND application_name = 'ferry apply' AND state <> 'idle'";
+
+/// Ends the apply sessions on a node just fenced that are still in a
+/// transaction after a grace (see `ferry_cluster::record::fence`): a batch
+/// of the older epoch waiting on a lock a query holds, say, would hold the
+/// node's ledger and keep the failover from reading and recording it; it
+/// rolls back. No parameters.
 pub const END_OLD_APPLIES: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'ferry apply'";
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND application_name = 'ferry apply' AND state <> 'idle'";
 
 /// Ends every other session on a node (a fenced master's clients), except
 /// Ferry's own control sessions. No parameters.

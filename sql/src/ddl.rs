@@ -33,6 +33,7 @@ ALTER TABLE ferry.ddl_log ADD COLUMN IF NOT EXISTS xid xid8;
 ALTER TABLE ferry.ddl_log ADD COLUMN IF NOT EXISTS search_path text;
 ALTER TABLE ferry.ddl_log ADD COLUMN IF NOT EXISTS replicate boolean NOT NULL DEFAULT false;
 ALTER TABLE ferry.ddl_log ADD COLUMN IF NOT EXISTS tables jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE ferry.ddl_log ADD COLUMN IF NOT EXISTS settings jsonb NOT NULL DEFAULT '{}';
 CREATE INDEX IF NOT EXISTS ddl_log_xid ON ferry.ddl_log (xid);
 CREATE TABLE IF NOT EXISTS ferry.settings (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -203,9 +204,15 @@ BEGIN
         PERFORM set_config('ferry.in_ddl', '', true);
         RETURN;
     END IF;
-    INSERT INTO ferry.ddl_log (tag, object, query, seq, xid, search_path, replicate, tables)
+    -- The client's settings that change what a statement means (a
+    -- timestamp literal, a retype to timestamptz): the replica replays it
+    -- under them.
+    INSERT INTO ferry.ddl_log (tag, object, query, seq, xid, search_path, replicate, tables, settings)
     VALUES (tag, array_to_string(objects, ', '), query,
-            nextval('ferry.capture_seq'), pg_current_xact_id(), path, replicate, tables);
+            nextval('ferry.capture_seq'), pg_current_xact_id(), path, replicate, tables,
+            jsonb_build_object('TimeZone', current_setting('TimeZone'),
+                               'DateStyle', current_setting('DateStyle'),
+                               'IntervalStyle', current_setting('IntervalStyle')));
     -- After the log row, so that the replicas replay the change first.
     FOR a IN SELECT DISTINCT p.relid FROM ferry.capture p WHERE p.relid = ANY (reship) LOOP
         PERFORM ferry.reship(a.relid);
@@ -244,10 +251,16 @@ BEGIN
     PERFORM ferry.record_drop();
 END
 $f$;
-CREATE OR REPLACE FUNCTION ferry.replay(stmt text, path text) RETURNS void LANGUAGE plpgsql AS $f$
+DROP FUNCTION IF EXISTS ferry.replay(text, text);
+CREATE OR REPLACE FUNCTION ferry.replay(stmt text, path text, settings jsonb) RETURNS void LANGUAGE plpgsql AS $f$
 DECLARE
-    old text := pg_catalog.current_setting('search_path');
+    old jsonb := pg_catalog.jsonb_build_object('search_path', pg_catalog.current_setting('search_path'));
+    s record;
 BEGIN
+    FOR s IN SELECT * FROM pg_catalog.jsonb_each_text(COALESCE(settings, '{}')) LOOP
+        old := old || pg_catalog.jsonb_build_object(s.key, pg_catalog.current_setting(s.key));
+        PERFORM pg_catalog.set_config(s.key, s.value, true);
+    END LOOP;
     PERFORM pg_catalog.set_config('search_path', path, true);
     BEGIN
         EXECUTE stmt;
@@ -255,7 +268,9 @@ BEGIN
               OR duplicate_function OR undefined_column OR undefined_table OR undefined_object THEN
         RAISE WARNING 'ferry: schema change skipped on this replica (%): %', SQLERRM, stmt;
     END;
-    PERFORM pg_catalog.set_config('search_path', old, true);
+    FOR s IN SELECT * FROM pg_catalog.jsonb_each_text(old) LOOP
+        PERFORM pg_catalog.set_config(s.key, s.value, true);
+    END LOOP;
 END
 $f$;
 DROP EVENT TRIGGER IF EXISTS ferry_ddl;
@@ -288,9 +303,9 @@ pub const LAST: &str = "SELECT coalesce(max(id), 0) FROM ferry.ddl_log";
 /// The schema changes of the transactions that committed between the
 /// previous cut (`$1`) and the reading transaction's snapshot, in capture
 /// order. Returns `(seq, xid text, tag, query, search_path, replicate,
-/// tables json text, at text, object)`.
+/// tables json text, at text, object, settings json text)`.
 pub const IN_WINDOW: &str = "SELECT seq, xid::text, tag, coalesce(query, ''), \
-     coalesce(search_path, ''), replicate, tables::text, at::text, object FROM ferry.ddl_log \
+     coalesce(search_path, ''), replicate, tables::text, at::text, object, settings::text FROM ferry.ddl_log \
      WHERE xid >= pg_snapshot_xmin(($1::text)::pg_snapshot) \
        AND NOT pg_visible_in_snapshot(xid, ($1::text)::pg_snapshot) ORDER BY seq";
 
@@ -317,8 +332,9 @@ pub const PENDING: &str = "SELECT DISTINCT s->>'schema', s->>'name' FROM ferry.d
 /// already has (an object that exists, or is gone, already — made there by
 /// hand) is skipped with a warning; the shapes are compared again when the
 /// batch has applied, so a real difference still pauses the replica.
-/// Parameters: statement, search_path.
-pub const REPLAY: &str = "SELECT ferry.replay($1, $2)";
+/// Parameters: statement, search_path, the client's settings (JSON:
+/// TimeZone, DateStyle, IntervalStyle).
+pub const REPLAY: &str = "SELECT ferry.replay($1, $2, ($3::text)::jsonb)";
 
 /// A `replication.tables` glob (`*` = any run) as a LIKE pattern.
 pub fn like_pattern(glob: &str) -> String {

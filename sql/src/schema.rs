@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS ferry.replicas (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS resyncing boolean NOT NULL DEFAULT false;
+ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS settled pg_snapshot;
+ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS candidate pg_snapshot;
+ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS candidate_at timestamptz;
 CREATE TABLE IF NOT EXISTS ferry.cleaned (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     horizon xid8 NOT NULL,
@@ -95,22 +98,7 @@ BEGIN
        SET origin = p_origin, batch_id = p_to, snap = p_snap::pg_snapshot, applied_at = now();
 END
 $f$;
-CREATE OR REPLACE FUNCTION ferry.end_apply(p_epoch bigint) RETURNS void LANGUAGE plpgsql AS $f$
-DECLARE
-    fence bigint;
-BEGIN
-    -- Under a share lock on the node's record: a fence recorded while the
-    -- batch applied (a failover; the batch waited on a lock, say) either
-    -- committed first, and the batch is refused here, or waits for the
-    -- batch's end and the new roles count it.
-    PERFORM FROM ferry.node_state FOR SHARE;
-    SELECT epoch INTO fence FROM ferry.node_state;
-    IF fence > p_epoch THEN
-        RAISE EXCEPTION 'ferry: batch of epoch % refused at its end: this node was fenced at epoch % meanwhile',
-            p_epoch, fence USING ERRCODE = 'FR004';
-    END IF;
-END
-$f$;
+DROP FUNCTION IF EXISTS ferry.end_apply(bigint);
 GRANT USAGE ON SCHEMA ferry TO PUBLIC;
 "#;
 
@@ -153,11 +141,37 @@ pub const READ_LEDGER: &str = "SELECT batch_id, snap::text FROM ferry.applied";
 pub const SEED_LEDGER: &str = "INSERT INTO ferry.applied (origin, batch_id, snap) \
      VALUES ($1, 0, ($2::text)::pg_snapshot) ON CONFLICT (singleton) DO NOTHING";
 
-/// Records a replica's position on the master. Parameters: name, batch id, snapshot.
-pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas (name, batch_id, snap) \
-     VALUES ($1, $2, ($3::text)::pg_snapshot) \
+/// Records a replica's position on the master. Parameters: name, batch id,
+/// snapshot. Only a position recorded at least [`SETTLE`] ago becomes the
+/// replica's `settled` one, which alone bounds the clean-up: a replica
+/// that commits asynchronously (`synchronous_commit = off`) loses its last
+/// batches in a crash, and must still find them in the outbox when it
+/// returns. (A `candidate` position waits out the delay; the settled one
+/// lags the latest by one to two delays; a position that went back — the
+/// replica came back from a crash without its last batches — replaces
+/// both at once.)
+pub const RECORD_POSITION: &str = "INSERT INTO ferry.replicas AS r \
+     (name, batch_id, snap, candidate, candidate_at) \
+     VALUES ($1, $2, ($3::text)::pg_snapshot, ($3::text)::pg_snapshot, now()) \
      ON CONFLICT (name) DO UPDATE SET batch_id = EXCLUDED.batch_id, snap = EXCLUDED.snap, \
+     settled = CASE WHEN r.resyncing THEN NULL \
+         WHEN pg_snapshot_xmin(EXCLUDED.snap) < pg_snapshot_xmin(coalesce(r.settled, EXCLUDED.snap)) \
+         THEN EXCLUDED.snap \
+         WHEN r.candidate_at <= now() - interval '3 seconds' THEN r.candidate ELSE r.settled END, \
+     candidate = CASE WHEN r.resyncing OR r.candidate_at IS NULL \
+         OR r.candidate_at <= now() - interval '3 seconds' \
+         OR pg_snapshot_xmin(EXCLUDED.snap) < pg_snapshot_xmin(r.candidate) \
+         THEN EXCLUDED.snap ELSE r.candidate END, \
+     candidate_at = CASE WHEN r.resyncing OR r.candidate_at IS NULL \
+         OR r.candidate_at <= now() - interval '3 seconds' \
+         OR pg_snapshot_xmin(EXCLUDED.snap) < pg_snapshot_xmin(r.candidate) \
+         THEN now() ELSE r.candidate_at END, \
      resyncing = false, updated_at = now()";
+
+/// How long a replica's recorded position waits before it bounds the
+/// clean-up (see [`RECORD_POSITION`]): longer than an asynchronous commit
+/// takes to reach the disk (three `wal_writer_delay`s, 600 ms by default).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Forgets a node removed from the cluster: its position (or the resync
 /// pin a failover left for it) no longer holds the outbox clean-up back.
@@ -195,14 +209,17 @@ pub const PINNED_FOR_RESYNC: &str = "SELECT name FROM ferry.replicas \
      WHERE resyncing AND NOT (name = ANY($1::text[])) \
      ORDER BY pg_snapshot_xmin(snap) LIMIT 1";
 
-/// The oldest recorded replica position's xmin: every outbox row with an xid
-/// below it has reached every replica. Returns one nullable text value.
-/// Parameters: names of the batcher's replicas. Nodes being resynchronised
-/// (`resyncing`) hold the horizon back too, from before their copy.
-/// Null unless every named replica has a recorded position.
+/// The oldest settled replica position's xmin (the position recorded one
+/// clean-up pass before the latest, see [`RECORD_POSITION`]): every outbox
+/// row with an xid below it has reached every replica for good. Returns
+/// one nullable text value. Parameters: names of the batcher's replicas.
+/// Nodes being resynchronised (`resyncing`) hold the horizon back too, from
+/// before their copy. Null unless every named replica has a settled
+/// position.
 pub const CLEANUP_HORIZON: &str =
-    "SELECT CASE WHEN count(*) FILTER (WHERE name = ANY($1::text[])) \
-     = cardinality($1::text[]) THEN min(pg_snapshot_xmin(snap))::text END \
+    "SELECT CASE WHEN count(*) FILTER (WHERE name = ANY($1::text[]) AND (settled IS NOT NULL OR resyncing)) \
+     = cardinality($1::text[]) \
+     THEN min(pg_snapshot_xmin(CASE WHEN resyncing THEN snap ELSE settled END))::text END \
      FROM ferry.replicas WHERE name = ANY($1::text[]) OR resyncing";
 
 /// Replica apply session settings, run once per session.
@@ -225,10 +242,6 @@ pub const APPLY_COMMIT: &str = "COMMIT";
 /// origin node, from batch id, batch id, snapshot, epoch (all text).
 pub const BEGIN_APPLY: &str =
     "SELECT ferry.begin_apply($1, $2::bigint, $3::bigint, $4, $5::bigint)";
-
-/// The fence check every apply transaction ends with, just before its
-/// COMMIT. Parameter: epoch (text).
-pub const END_APPLY: &str = "SELECT ferry.end_apply($1::bigint)";
 
 /// SQLSTATE raised by `ferry.begin_apply` for a batch of an older epoch.
 pub const FENCED: &str = "FR004";

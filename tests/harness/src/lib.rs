@@ -392,8 +392,16 @@ impl Cluster {
             let _ = Command::new("pkill")
                 .args([&format!("-{sig}"), "-P", &pid.to_string()])
                 .status();
+            // The postmaster by the pid read above: once its children die it
+            // rewrites postmaster.pid to restart them, and a second read of
+            // the file at that moment can find nothing (the server then
+            // lived on, its children restarted).
+            let _ = Command::new("kill")
+                .args([format!("-{sig}"), pid.to_string()])
+                .status();
+        } else {
+            let _ = self.servers[i].signal(sig);
         }
-        let _ = self.servers[i].signal(sig);
         if sig == "KILL" {
             // Gone, or a zombie (its sockets are closed by then).
             let alive = |pid: &i32| {
@@ -407,6 +415,44 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+    }
+
+    /// Starts node `i`'s server again after a kill -9. Its postmaster.pid
+    /// is left behind, naming a process that is gone or a zombie (a
+    /// container's init may not reap it), which the new postmaster would
+    /// take for a server still running: such a file is removed first.
+    pub fn restart_server(&self, i: usize) -> Result<(), ferry_localpg::LocalPgError> {
+        let server = &self.servers[i];
+        let running = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        };
+        // postmaster.pid, and the Unix socket's lock file beside it: each
+        // names the postmaster on its first line.
+        let socket_dir = PathBuf::from(server.socket_dir());
+        let locks = std::iter::once(server.datadir.join("postmaster.pid")).chain(
+            std::fs::read_dir(&socket_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".s.PGSQL.") && n.ends_with(".lock"))
+                }),
+        );
+        for lock in locks {
+            let first = std::fs::read_to_string(&lock)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_string));
+            if first.is_some_and(|pid| !running(&pid)) {
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+        server.start()
     }
 
     /// Runs `sql` (with one int parameter) through Ferry for every value
