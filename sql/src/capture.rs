@@ -297,7 +297,9 @@ DECLARE
     -- any role that may write the table may capture into the outbox;
     -- every name the bodies resolve is schema-qualified, so a caller's
     -- search_path cannot substitute a function, type or table.
-    head text := 'DECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
+    -- The variables win over the table's columns of the same name (a
+    -- column named s or x): columns are always qualified here.
+    head text := E'#variable_conflict use_variable\nDECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
                  'x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); BEGIN ';
     next_seq text := 'pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), pg_catalog.pg_current_xact_id()';
     -- A deletion is recorded only for a key the table no longer holds at

@@ -191,10 +191,10 @@ impl Generator {
             4 => format!("UPDATE kv SET id = id + 1000 WHERE id = {k}"),
             5 => format!("DELETE FROM kv WHERE id BETWEEN {k} AND {}", k + self.rng.below(5)),
             6 => format!(
-                "MERGE INTO kv USING (SELECT g AS id FROM generate_series({k}, {}) g) s ON kv.id = s.id \
+                "MERGE INTO kv USING (SELECT g AS id FROM generate_series({k}, {}) g) src ON kv.id = src.id \
                  WHEN MATCHED AND kv.v % 3 = 0 THEN DELETE \
                  WHEN MATCHED THEN UPDATE SET v = kv.v * 2 \
-                 WHEN NOT MATCHED THEN INSERT (id, v, s) VALUES (s.id, {v}, 'merged')",
+                 WHEN NOT MATCHED THEN INSERT (id, v, s) VALUES (src.id, {v}, 'merged')",
                 k + self.rng.below(10)
             ),
             7 => format!(
@@ -230,7 +230,7 @@ impl Generator {
             17 => format!("INSERT INTO child VALUES ({k}, {v}, {}) ON CONFLICT DO NOTHING", v % 7),
             18 => format!("UPDATE base SET v = v + 1 WHERE id BETWEEN {k} AND {}", k + 30),
             19 => format!("DELETE FROM base WHERE id = {k}"),
-            20 => format!("INSERT INTO events (kind, v) SELECT 'k', g FROM generate_series(1, {})", 1 + v % 5),
+            20 => format!("INSERT INTO events (kind, v) SELECT 'k', g FROM generate_series(1, {}) g", 1 + v % 5),
             21 => "SELECT nextval('events_id_seq')".into(),
             22 => format!("INSERT INTO nokey VALUES ({k}, 'n{v}')"),
             23 => format!("UPDATE nokey SET b = 'refused' WHERE a = {k}"),
