@@ -521,6 +521,18 @@ async fn recover(c: &Cluster, killed: &mut Vec<usize>, schedule: &mut Vec<String
     }
 }
 
+/// Waits until `/status` names another master than node `m`.
+async fn wait_for_new_master(c: &Cluster, m: usize) {
+    let old = c.names[m].clone();
+    eventually(Duration::from_secs(30), "a new master", || {
+        match c.status_doc()["master"].as_str() {
+            Some(n) if n != old => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
 /// Injects one fault; records the servers it killed.
 async fn inject(
     c: &mut Cluster,
@@ -536,14 +548,7 @@ async fn inject(
         "kill -9 the master" => {
             c.signal_server(m, "KILL");
             killed.push(m);
-            let old = c.names[m].clone();
-            eventually(Duration::from_secs(30), "a new master", || {
-                match c.status_doc()["master"].as_str() {
-                    Some(n) if n != old => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            })
-            .await;
+            wait_for_new_master(c, m).await;
         }
         "freeze the master" => {
             c.signal_server(m, "STOP");
@@ -574,14 +579,7 @@ async fn inject(
             for &r in &replicas {
                 c.signal_server(r, "CONT");
             }
-            let old = c.names[m].clone();
-            eventually(Duration::from_secs(30), "a new master", || {
-                match c.status_doc()["master"].as_str() {
-                    Some(n) if n != old => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            })
-            .await;
+            wait_for_new_master(c, m).await;
         }
     }
 }

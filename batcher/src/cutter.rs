@@ -543,12 +543,7 @@ impl Cutter {
                     tracing::debug!(node = %self.node, table = %shape.table, after, before, rows = n,
                         from = %from_snap, "segment of a batch with schema changes");
                     if n > 0 {
-                        let stream = self
-                            .client
-                            .copy_out(&batch::copy_out_of(&temp))
-                            .await
-                            .map_err(self.pg())?;
-                        let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+                        let data = self.copy_out_temp(&temp).await?;
                         steps.push(Step::Rows {
                             shape,
                             rows: n,
@@ -596,12 +591,7 @@ impl Cutter {
                 )
                 .await
                 .map_err(self.pg())?;
-            let stream = self
-                .client
-                .copy_out(&batch::copy_out_of(&temp))
-                .await
-                .map_err(self.pg())?;
-            let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+            let data = self.copy_out_temp(&temp).await?;
             parts.push(RepairPart {
                 table,
                 after: range.after.clone(),
@@ -611,6 +601,16 @@ impl Cutter {
             });
         }
         Ok(parts)
+    }
+
+    /// Copies one step or repair table out, in binary.
+    async fn copy_out_temp(&self, temp: &str) -> Result<Vec<Bytes>, BatchError> {
+        let stream = self
+            .client
+            .copy_out(&batch::copy_out_of(temp))
+            .await
+            .map_err(self.pg())?;
+        stream.try_collect().await.map_err(self.pg())
     }
 
     /// Copies out the batch tables that have rows, pipelined.
