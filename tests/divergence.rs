@@ -624,3 +624,71 @@ async fn columns_named_like_the_capture_triggers_variables_replicate() {
     .await;
     assert_equal(&c).await;
 }
+
+/// `ferry resync` of an old master that missed schema changes while it
+/// was away (a type, a column of that type, a new table, a dropped one):
+/// its definitions are replaced with the master's, its own late commit is
+/// kept in its quarantine, its rows are copied, and it rejoins equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_schema_changes_is_resynchronised_with_the_masters_definitions() {
+    let mut c = Cluster::new(
+        bin(),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE TABLE old (id int PRIMARY KEY);"
+                .into(),
+            env: vec![("FERRY_HEALTH_FAILURES".into(), "3".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let client = c.proxy_client().await;
+    run(
+        &client,
+        "INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 20) g",
+    )
+    .await;
+    assert_equal(&c).await;
+    c.signal_server(0, "KILL");
+    c.wait_status(Duration::from_secs(30), "b master", |doc| {
+        doc["master"] == "b"
+    })
+    .await;
+    let client = c.proxy_client().await;
+    run(
+        &client,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok'); ALTER TABLE items ADD COLUMN m mood DEFAULT 'ok'; \
+         CREATE TABLE fresh (id int PRIMARY KEY, m mood); INSERT INTO fresh VALUES (1, 'sad'); \
+         DROP TABLE old; UPDATE items SET v = 'new' WHERE id <= 5",
+    )
+    .await;
+    c.restart_server(0).unwrap();
+    // The old master's own late write, which never reached the cluster.
+    c.psql(0, "INSERT INTO items VALUES (100, 'late')");
+    let out = c.ferry_admin(&["resync", "a"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.ferry_log()
+    );
+    assert!(said.contains("definitions differed"), "{said}");
+    assert_equal(&c).await;
+    assert_eq!(
+        c.psql(
+            0,
+            "SELECT count(*) FROM ferry.quarantine WHERE row_image->>'id' = '100'"
+        )
+        .trim(),
+        "1"
+    );
+    c.wait_status(Duration::from_secs(20), "a a replica", |doc| {
+        doc["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["name"] == "a" && n["role"] == "replica"))
+    })
+    .await;
+    run(&client, "INSERT INTO fresh VALUES (2, 'ok')").await;
+    assert_equal(&c).await;
+}

@@ -89,7 +89,10 @@ pub async fn prepare_new_node(
 /// `pg_dump --schema-only` of the master's database without Ferry's
 /// schema, as a script the node can run: psql meta-commands and Ferry's
 /// triggers (which name functions the node does not have yet) are left out.
-async fn dump_definitions(master: &Target, node_name: &str) -> Result<String, BatchError> {
+pub(crate) async fn dump_definitions(
+    master: &Target,
+    node_name: &str,
+) -> Result<String, BatchError> {
     let failed = |detail: String| BatchError::SchemaCopy {
         node: node_name.to_string(),
         detail,

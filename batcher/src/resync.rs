@@ -31,6 +31,9 @@ pub struct Copied {
     /// Only the keys that differ were copied (an old master), not whole
     /// tables.
     pub keyed: bool,
+    /// The node's definitions differed from the master's (it missed
+    /// schema changes) and were replaced with them.
+    pub definitions_replaced: bool,
 }
 
 /// How far a copy has come: tables done of total, rows so far.
@@ -65,7 +68,7 @@ pub async fn copy_all(
         .await
         .map_err(BatchError::pg(master_name))?;
     let result = copy(
-        &m,
+        (&m, master),
         master_name,
         &n,
         node_name,
@@ -82,7 +85,7 @@ pub async fn copy_all(
 }
 
 async fn copy(
-    m: &Client,
+    (m, master): (&Client, &Target),
     master_name: &str,
     n: &Client,
     node_name: &str,
@@ -96,14 +99,21 @@ async fn copy(
         .into_iter()
         .map(|(_, d)| d)
         .collect();
-    if !diffs.is_empty() {
-        return Err(BatchError::SchemaMismatch(diffs));
-    }
     let fork: Option<String> = m
         .query_opt(resync::FORK_POINT, &[&node_name])
         .await
         .map_err(BatchError::pg(master_name))?
         .map(|r| r.get(0));
+    // A node that missed schema changes gets the master's definitions
+    // first (its own changes kept in its quarantine), then every table
+    // whole.
+    let rebuilt = if diffs.is_empty() {
+        None
+    } else {
+        warn!(node = node_name, differences = %diffs.join("; "),
+            "the node's definitions differ from the master's: they are replaced with the master's");
+        Some(rebuild_definitions(master, (n, node_name), &theirs, fork.as_deref()).await?)
+    };
     m.batch_execute(resync::BEGIN_MASTER)
         .await
         .map_err(BatchError::pg(master_name))?;
@@ -125,24 +135,27 @@ async fn copy(
         .await
         .map_err(BatchError::pg(node_name))?
         .get(0);
-    let mut quarantined = 0u64;
-    for s in &shapes {
-        quarantined += n
-            .execute(&resync::quarantine(s), &[&fork, &s.table.quoted()])
-            .await
-            .map_err(BatchError::pg(node_name))?;
-    }
-    if !shapes.is_empty() {
-        n.batch_execute(&resync::empty_outboxes(&shapes))
-            .await
-            .map_err(BatchError::pg(node_name))?;
+    let mut quarantined = rebuilt.unwrap_or(0);
+    if rebuilt.is_none() {
+        for s in &shapes {
+            quarantined += n
+                .execute(&resync::quarantine(s), &[&fork, &s.table.quoted()])
+                .await
+                .map_err(BatchError::pg(node_name))?;
+        }
+        if !shapes.is_empty() {
+            n.batch_execute(&resync::empty_outboxes(&shapes))
+                .await
+                .map_err(BatchError::pg(node_name))?;
+        }
     }
     // An old master whose fork point and failover pin this master holds
     // differs from it only in the keys its quarantined changes and the
     // master's own changes since the failover touched: those are copied.
     // Anything else (a replica that missed batches, a table without a key)
     // gets the whole tables.
-    let since = pinned.filter(|_| fork.is_some() && shapes.iter().all(|s| s.key.is_some()));
+    let since = pinned
+        .filter(|_| rebuilt.is_none() && fork.is_some() && shapes.iter().all(|s| s.key.is_some()));
     if since.is_none() {
         n.batch_execute(&empty)
             .await
@@ -245,7 +258,69 @@ async fn copy(
         batch,
         quarantined,
         keyed: since.is_some(),
+        definitions_replaced: rebuilt.is_some(),
     })
+}
+
+/// Replaces a node's definitions with the master's: its own unshipped
+/// changes (in its own tables' layout) go to its quarantine, then every
+/// schema of its but Ferry's is emptied and the master's schema is made
+/// there (as for a new node, see [`crate::add_node`]); event triggers do
+/// not fire (replica role). Returns the changes quarantined.
+async fn rebuild_definitions(
+    master: &Target,
+    (n, node_name): (&Client, &str),
+    theirs: &[TableShape],
+    fork: Option<&str>,
+) -> Result<u64, BatchError> {
+    let err = || BatchError::pg(node_name);
+    n.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await
+        .map_err(err())?;
+    let mut quarantined = 0u64;
+    for s in theirs {
+        quarantined += n
+            .execute(&resync::quarantine(s), &[&fork, &s.table.quoted()])
+            .await
+            .map_err(err())?;
+    }
+    if !theirs.is_empty() {
+        n.batch_execute(&resync::empty_outboxes(theirs))
+            .await
+            .map_err(err())?;
+    }
+    n.batch_execute("COMMIT").await.map_err(err())?;
+    let script = crate::add_node::dump_definitions(master, node_name).await?;
+    let schemas: Vec<String> = n
+        .query(resync::USER_SCHEMAS, &[])
+        .await
+        .map_err(err())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut rebuild = String::from("BEGIN; SET LOCAL session_replication_role = replica;\n");
+    for s in &schemas {
+        rebuild += &resync::drop_schema(s);
+        rebuild += ";\n";
+    }
+    rebuild += resync::RENEW_PUBLIC;
+    rebuild += ";\n";
+    rebuild += &script;
+    rebuild += "\nCOMMIT;";
+    if let Err(e) = n.batch_execute(&rebuild).await {
+        let _ = n.batch_execute("ROLLBACK").await;
+        return Err(BatchError::SchemaCopy {
+            node: node_name.to_string(),
+            detail: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+        });
+    }
+    info!(
+        node = node_name,
+        quarantined, "the node's definitions were replaced with the master's"
+    );
+    Ok(quarantined)
 }
 
 /// Copies what `copy_out` selects on the master into the table on the

@@ -275,7 +275,7 @@ impl AppStatus {
                     200,
                     serde_json::json!({"state": "replica", "epoch": topo.epoch, "tables": copied.tables,
                         "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
-                        "keyed": copied.keyed}),
+                        "keyed": copied.keyed, "definitions_replaced": copied.definitions_replaced}),
                 );
             }
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -287,7 +287,7 @@ impl AppStatus {
                     200,
                     serde_json::json!({"state": "replica", "epoch": epoch, "tables": copied.tables,
                         "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
-                        "keyed": copied.keyed}),
+                        "keyed": copied.keyed, "definitions_replaced": copied.definitions_replaced}),
                 ),
                 Ok(Ok(Err(why))) => refuse((409, "cannot_admit", why)),
                 _ => refuse((503, "unavailable", "no answer from the coordinator".into())),

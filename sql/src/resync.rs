@@ -63,6 +63,23 @@ pub fn empty_outboxes(shapes: &[TableShape]) -> String {
     format!("TRUNCATE {}", names.join(", "))
 }
 
+/// On a node whose definitions are replaced with the master's: its schemas
+/// other than `public`, the system's and Ferry's, whose contents go.
+/// Returns their names.
+pub const USER_SCHEMAS: &str = "SELECT nspname::text FROM pg_catalog.pg_namespace \
+     WHERE nspname NOT IN ('ferry', 'public', 'information_schema') \
+       AND nspname NOT LIKE 'pg\\_%' ORDER BY 1";
+
+/// Drops one of [`USER_SCHEMAS`] with everything in it.
+pub fn drop_schema(name: &str) -> String {
+    format!("DROP SCHEMA {} CASCADE", crate::quote::ident(name))
+}
+
+/// Empties `public` (dropped with everything in it and made again as
+/// PostgreSQL 15 makes it: owned by the database owner, usable by all).
+pub const RENEW_PUBLIC: &str = "DROP SCHEMA public CASCADE; CREATE SCHEMA public; \
+     ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC";
+
 /// The highest quarantine row id on a node (0 for none). Returns one
 /// bigint.
 pub const LAST_QUARANTINED: &str = "SELECT coalesce(max(id), 0) FROM ferry.quarantine";

@@ -24,6 +24,11 @@ pub async fn run(admin: &str, node: &str) -> anyhow::Result<ExitCode> {
             "{node}: replica again ({} {what} in {} tables copied; epoch {})",
             doc["rows"], doc["tables"], doc["epoch"]
         );
+        if doc["definitions_replaced"] == true {
+            println!(
+                "{node}: its definitions differed from the master's (it missed schema changes) and were replaced with them"
+            );
+        }
         let quarantined = doc["quarantined"].as_u64().unwrap_or(0);
         if quarantined > 0 {
             println!(
