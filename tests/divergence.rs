@@ -641,6 +641,13 @@ async fn a_node_that_missed_schema_changes_is_resynchronised_with_the_masters_de
             ..Default::default()
         },
     );
+    // Commits survive the kill -9 below (the test servers commit
+    // asynchronously otherwise, and a crash could then hand out a lost
+    // transaction's id again).
+    for i in 0..2 {
+        c.psql(i, "ALTER SYSTEM SET synchronous_commit = on");
+        c.psql(i, "SELECT pg_reload_conf()");
+    }
     c.start_ferry();
     let client = c.proxy_client().await;
     run(
