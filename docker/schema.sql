@@ -1,6 +1,7 @@
 -- The sample schema every node starts with, in `ferry demo` and in
--- docker-compose.yml (DDL is not replicated yet: replicas must hold the
--- replicated tables before Ferry starts).
+-- docker-compose.yml. DDL sent through Ferry later is replicated; this file
+-- is only the common starting point, so that the servers agree before Ferry
+-- first starts.
 CREATE TABLE accounts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     owner text NOT NULL,

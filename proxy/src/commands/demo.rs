@@ -11,9 +11,10 @@ use tokio_postgres::NoTls;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 
-/// The sample application schema, created on every node (until DDL
-/// replication exists, replicas must hold the schema already). The same
-/// file initialises the servers of docker-compose.yml.
+/// The sample application schema, created on every node before Ferry first
+/// starts, so that the servers agree from the beginning (DDL sent through
+/// Ferry afterwards is replicated). The same file initialises the servers of
+/// docker-compose.yml.
 const SCHEMA: &str = include_str!("../../../docker/schema.sql");
 
 pub async fn run(
