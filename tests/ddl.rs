@@ -343,3 +343,82 @@ async fn rows_committed_just_before_a_rewriting_retype_are_not_lost() {
         .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
     assert_eq!(c.psql(1, "SELECT count(*) FROM items").trim(), "150");
 }
+
+/// A schema change is a normal event: Ferry's log says so as information,
+/// not as a failed batcher session. A log written to a file carries no
+/// colour codes, and `FERRY_LOG_FORMAT=json` writes one JSON object per
+/// line (an unknown format is refused before anything starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
+    const CHANGED: &str = "replicated tables changed; batcher re-reads them";
+    let mut c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE t (id int PRIMARY KEY);",
+    );
+    // A first row shipped: the batcher has read the tables, so the change
+    // below is one it notices rather than one it starts with.
+    c.proxy_client()
+        .await
+        .batch_execute("INSERT INTO t VALUES (0)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    c.proxy_client()
+        .await
+        .batch_execute("ALTER TABLE t ADD COLUMN v text; INSERT INTO t VALUES (1, 'x')")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    let log = c.ferry_log();
+    assert!(log.contains(CHANGED), "{log}");
+    assert!(!log.contains("batcher session failed"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    assert!(
+        c.status_doc()["nodes"][0]["last_error"].is_null(),
+        "{}",
+        c.status_doc()
+    );
+
+    c.kill_ferry();
+    c.set_ferry_env("FERRY_LOG_FORMAT", "json");
+    c.start_ferry();
+    c.proxy_client()
+        .await
+        .batch_execute("INSERT INTO t VALUES (10, 'z')")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    c.proxy_client()
+        .await
+        .batch_execute("ALTER TABLE t ADD COLUMN w int; INSERT INTO t VALUES (2, 'y', 2)")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    let log = c.ferry_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == CHANGED),
+        "{log}"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--admin", "http://127.0.0.1:9"])
+        .env("FERRY_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("FERRY_LOG_FORMAT=\"yaml\": use text or json"),
+        "{err}"
+    );
+}

@@ -185,12 +185,19 @@ impl Batcher {
             match result {
                 Ok(()) => return,
                 Err(e) => {
-                    warn!(node = %self.cfg.master.name, error = %e, "batcher session failed; retrying in 1s");
+                    let schema_changed = matches!(e, BatchError::SchemaChanged(_));
+                    if schema_changed {
+                        // A normal event: the session restarts to read the
+                        // new definitions, and the master is still there.
+                        info!(node = %self.cfg.master.name, change = %e, "replicated tables changed; batcher re-reads them");
+                    } else {
+                        warn!(node = %self.cfg.master.name, error = %e, "batcher session failed; retrying in 1s");
+                    }
                     if let Ok(mut s) = self.status.write() {
-                        // A session restarted for a schema change still
-                        // reaches the master.
-                        s.master_reachable = matches!(e, BatchError::SchemaChanged(_));
-                        s.error = Some(e.to_string());
+                        s.master_reachable = schema_changed;
+                        if !schema_changed {
+                            s.error = Some(e.to_string());
+                        }
                     }
                     for r in &mut replicas {
                         r.session = None;
@@ -200,7 +207,7 @@ impl Batcher {
                     }
                     // A schema change restarts at once: the next batches
                     // wait for it.
-                    let pause = if matches!(e, BatchError::SchemaChanged(_)) {
+                    let pause = if schema_changed {
                         Duration::from_millis(10)
                     } else {
                         Duration::from_secs(1)

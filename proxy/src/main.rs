@@ -152,12 +152,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging() {
+        eprintln!("ferry: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     // `run` sizes its runtime from the configuration, so load that first.
     let run_config = match &cli.command {
@@ -241,4 +239,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to standard error: as text, coloured only when that is a terminal
+/// (and `NO_COLOR` is unset), or as one JSON object per line with
+/// `FERRY_LOG_FORMAT=json` for log shippers. `FERRY_LOG` filters (default
+/// `info`).
+fn init_logging() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("FERRY_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().with_current_span(true).init(),
+        Ok("text") | Err(std::env::VarError::NotPresent) => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+        Ok(other) => anyhow::bail!("FERRY_LOG_FORMAT={other:?}: use text or json"),
+        Err(e) => anyhow::bail!("FERRY_LOG_FORMAT: {e}"),
+    }
+    Ok(())
 }

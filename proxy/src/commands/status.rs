@@ -15,7 +15,7 @@ pub async fn get(base: &str, path: &str) -> anyhow::Result<String> {
 /// Renders the `/status` document for people.
 pub fn render(doc: &serde_json::Value) -> String {
     let mut out = format!(
-        "master {}  mode {}  last batch {}  outbox backlog {}{}  tables {}  clients {}\n\n",
+        "master {}  mode {}  last batch {}  outbox {} rows awaiting clean-up{}  tables {}  clients {}\n\n",
         doc["master"].as_str().unwrap_or("?"),
         doc["mode"].as_str().unwrap_or("?"),
         doc["last_batch"],
@@ -189,6 +189,7 @@ mod tests {
         });
         let text = render(&doc);
         assert!(text.contains("mode sync"), "{text}");
+        assert!(text.contains("outbox 0 rows awaiting clean-up"), "{text}");
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("b: batch 7 failed to apply"), "{text}");
         assert!(

@@ -254,6 +254,12 @@ impl Cluster {
         panic!("ferry did not come up; log:\n{}", self.ferry_log());
     }
 
+    /// Sets an environment variable for the next `start_ferry` (a later
+    /// value of the same key wins).
+    pub fn set_ferry_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// The current ferry process's log.
     pub fn ferry_log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("ferry-{}.log", self.ferry_starts)))
