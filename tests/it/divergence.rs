@@ -565,7 +565,7 @@ async fn differential_run(seed: u64, units: u64) {
     let last: Vec<&String> = history.iter().rev().take(40).rev().collect();
     let replay = format!(
         "seed {seed}, {units} units ({ok} statements succeeded, {failed} failed); replay with \
-         FERRY_DIFF_SEED={seed} FERRY_DIFF_STATEMENTS={units} cargo test --test divergence random_ddl; \
+         FERRY_DIFF_SEED={seed} FERRY_DIFF_STATEMENTS={units} cargo test -p ferry --test it divergence::random_ddl; \
          the last statements:\n{}",
         last.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
     );
