@@ -3,27 +3,18 @@
 //! master last is missing). Recorded on the node and shown in `/status` as
 //! forced: possible data loss.
 
-use crate::suspend::respond;
+use crate::api::{self, ForceMaster};
+use crate::reply::{bad, respond};
 use crate::{Request, Source};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
 
-pub(crate) async fn post(
-    State(src): State<Source>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let Some(node) = body["node"].as_str() else {
-        return respond((
-            400,
-            serde_json::json!({"error": "bad_request", "message": "expected {\"node\": \"name\"}"}),
-        ));
-    };
-    respond(
-        src.request(Request::ForceMaster {
-            node: node.to_string(),
-        })
-        .await,
-    )
+pub(crate) async fn post(State(src): State<Source>, body: Bytes) -> (StatusCode, Json<Value>) {
+    match api::parse::<ForceMaster>(&body, None, ForceMaster::EXPECTED) {
+        Ok(b) => respond(src.request(Request::ForceMaster { node: b.node }).await),
+        Err(why) => bad(&why.0),
+    }
 }

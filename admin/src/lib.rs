@@ -5,11 +5,13 @@
 //! per file.
 
 mod add_node;
+pub mod api;
 mod force_master;
 mod health;
 mod metrics;
 mod remove_node;
 mod repair;
+mod reply;
 mod resume;
 mod resync;
 mod status;

@@ -3,7 +3,7 @@
 //! replica); the master forgets its position, so that the outbox clean-up
 //! no longer waits for it.
 
-use crate::suspend::respond;
+use crate::reply::respond;
 use crate::{Request, Source};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -3,7 +3,8 @@
 //! background check found different there (in one table, or that whole
 //! table when none were found).
 
-use crate::suspend::respond;
+use crate::api::{self, Repair};
+use crate::reply::{bad, respond};
 use crate::{Request, Source};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -16,25 +17,14 @@ pub(crate) async fn post(
     Path(name): Path<String>,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let doc: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(doc) => doc,
-            Err(e) => {
-                return respond((
-                    400,
-                    serde_json::json!({"error": "bad_request", "message": format!("expected {{\"table\": \"schema.name\"}}: {e}")}),
-                ))
-            }
-        }
-    };
-    let table = doc["table"].as_str().map(str::to_string);
-    respond(
-        src.request(Request::Repair {
-            replica: name,
-            table,
-        })
-        .await,
-    )
+    match api::parse(&body, Some(Repair::default()), Repair::EXPECTED) {
+        Ok(b) => respond(
+            src.request(Request::Repair {
+                replica: name,
+                table: b.table,
+            })
+            .await,
+        ),
+        Err(why) => bad(&why.0),
+    }
 }

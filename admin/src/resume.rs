@@ -1,7 +1,7 @@
 //! `POST /replicas/{name}/resume`: return a suspended replica to shipping;
 //! it first receives what changed meanwhile, netted per key.
 
-use crate::suspend::respond;
+use crate::reply::respond;
 use crate::{Request, Source};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

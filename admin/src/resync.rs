@@ -2,7 +2,7 @@
 //! node fenced out of the cluster (an old master, a replica that missed a
 //! failover) at one snapshot, then take it back as a replica.
 
-use crate::suspend::respond;
+use crate::reply::respond;
 use crate::{Request, Source};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -5,12 +5,17 @@
 //! - [`record`]: each node's own record of its state and the epoch it has
 //!   seen (its fence).
 //! - [`health`]: checking every node at a short interval.
-//! - [`failover`]: fencing a failed master and promoting the replica with
-//!   the most applied batches.
+//! - [`coordinator`]: the one that decides: failover, the decision after
+//!   a total outage, operators' requests (force, admit, switchover,
+//!   add/remove a node).
+//! - [`Role`]: master, replica or fenced.
 
-pub mod failover;
+pub mod coordinator;
 pub mod health;
 pub mod record;
+mod role;
+
+pub use role::Role;
 
 use ferry_wire::Target;
 use thiserror::Error;
@@ -70,11 +75,11 @@ impl Topology {
         })
     }
 
-    /// Every node of the topology with its role name.
-    pub fn roles(&self) -> Vec<(&Node, &'static str)> {
-        std::iter::once((&self.master, "master"))
-            .chain(self.replicas.iter().map(|n| (n, "replica")))
-            .chain(self.fenced.iter().map(|(n, _)| (n, "fenced")))
+    /// Every node of the topology with its role.
+    pub fn roles(&self) -> Vec<(&Node, Role)> {
+        std::iter::once((&self.master, Role::Master))
+            .chain(self.replicas.iter().map(|n| (n, Role::Replica)))
+            .chain(self.fenced.iter().map(|(n, _)| (n, Role::Fenced)))
             .collect()
     }
 }

@@ -1,15 +1,19 @@
 //! Each node's own record of its state (see [`ferry_sql::cluster`]), read
 //! and written before a transition takes effect.
 
+use crate::Role;
 use ferry_sql::cluster;
+use thiserror::Error;
 use tokio_postgres::Client;
+use tracing::warn;
 
 /// A node's recorded state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recorded {
     pub node: String,
     pub epoch: i64,
-    pub state: String,
+    /// [`Role::Master`] or [`Role::Replica`].
+    pub state: Role,
     pub state_priority: i32,
     pub master: String,
     /// Chosen by an operator (`ferry force-master`).
@@ -22,7 +26,7 @@ impl Recorded {
         Self {
             node: node.to_string(),
             epoch,
-            state: "replica".into(),
+            state: Role::Replica,
             state_priority: REPLICA_PRIORITY,
             master: master.to_string(),
             forced: false,
@@ -34,7 +38,7 @@ impl Recorded {
         Self {
             node: node.to_string(),
             epoch,
-            state: "master".into(),
+            state: Role::Master,
             state_priority: master_priority(caught_up_replicas),
             master: node.to_string(),
             forced: false,
@@ -54,19 +58,31 @@ pub fn master_priority(caught_up_replicas: bool) -> i32 {
 /// The state-priority of a replica.
 pub const REPLICA_PRIORITY: i32 = 3;
 
+/// Why a node's record could not be read.
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    /// A state no version of Ferry writes.
+    #[error("recorded state {0:?} is not a role")]
+    UnknownState(String),
+}
+
 /// Reads a node's record (None before Ferry first wrote one).
-pub async fn read(client: &Client) -> Result<Option<Recorded>, tokio_postgres::Error> {
-    Ok(client
-        .query_opt(cluster::READ_STATE, &[])
-        .await?
-        .map(|r| Recorded {
-            node: r.get(0),
-            epoch: r.get(1),
-            state: r.get(2),
-            state_priority: r.get(3),
-            master: r.get(4),
-            forced: r.get(5),
-        }))
+pub async fn read(client: &Client) -> Result<Option<Recorded>, RecordError> {
+    let Some(r) = client.query_opt(cluster::READ_STATE, &[]).await? else {
+        return Ok(None);
+    };
+    let word: String = r.try_get(2)?;
+    let state = Role::parse(&word).ok_or(RecordError::UnknownState(word))?;
+    Ok(Some(Recorded {
+        node: r.try_get(0)?,
+        epoch: r.try_get(1)?,
+        state,
+        state_priority: r.try_get(3)?,
+        master: r.try_get(4)?,
+        forced: r.try_get(5)?,
+    }))
 }
 
 /// What a node told of itself at a decision.
@@ -86,7 +102,7 @@ impl Seen {
             Ok(Some(r)) => Seen::Recorded(r),
             Ok(None) => Seen::Fresh,
             // No `ferry` schema yet: Ferry never ran here.
-            Err(e)
+            Err(RecordError::Database(e))
                 if e.code().is_some_and(|c| {
                     *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE
                         || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
@@ -96,7 +112,11 @@ impl Seen {
             }
             // Any other failure tells nothing: a node whose record cannot
             // be read must not pass for one that has none.
-            Err(_) => Seen::Unreachable,
+            Err(e @ RecordError::UnknownState(_)) => {
+                warn!(error = %e, "a node's record cannot be read; it counts as unreachable");
+                Seen::Unreachable
+            }
+            Err(RecordError::Database(_)) => Seen::Unreachable,
         }
     }
 
@@ -116,7 +136,7 @@ pub async fn write(client: &Client, r: &Recorded) -> Result<(), tokio_postgres::
             &[
                 &r.node,
                 &r.epoch,
-                &r.state,
+                &r.state.as_str(),
                 &r.state_priority,
                 &r.master,
                 &r.forced,

@@ -2,9 +2,7 @@
 //! assembles. The replication path is in `ferry-batcher`, the protocol in
 //! `ferry-wire`, the generated SQL in `ferry-sql`.
 
-pub mod add_node;
 pub mod app;
 pub mod config;
 pub mod frontend;
-pub mod remove_node;
-pub mod switchover;
+pub mod operations;

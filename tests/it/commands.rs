@@ -168,6 +168,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/verify-cost", "--interval"),
         ("benchmarks/resume-cost", "--updates"),
         ("benchmarks/failover-time", "--trials"),
+        ("benchmarks/compare-builds", "--before"),
         ("benchmarks/paper", "--quick"),
         ("benchmarks/run", "--no-paper"),
         ("benchmarks/run", "--no-scaling"),

@@ -370,8 +370,17 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
         .await
         .unwrap();
     c.wait_equal(Duration::from_secs(30)).await.unwrap();
-    let log = c.ferry_log();
-    assert!(log.contains(CHANGED), "{log}");
+    // The batcher logs the change once the batch that carries it is
+    // applied, just after the replica shows it.
+    let log = eventually(Duration::from_secs(10), "the change logged", || {
+        let log = c.ferry_log();
+        if log.contains(CHANGED) {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await;
     assert!(!log.contains("batcher session failed"), "{log}");
     assert!(
         !log.contains('\u{1b}'),
@@ -398,7 +407,15 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
         .await
         .unwrap();
     c.wait_equal(Duration::from_secs(30)).await.unwrap();
-    let log = c.ferry_log();
+    let log = eventually(Duration::from_secs(10), "the change logged", || {
+        let log = c.ferry_log();
+        if log.contains(CHANGED) {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))

@@ -1,6 +1,12 @@
 //! Encoding of the backend messages Ferry itself originates (authentication,
 //! errors, key data). Everything else the server sends is forwarded as is.
 
+use crate::error_response::field;
+use crate::tag::backend::{
+    AUTHENTICATION, BACKEND_KEY_DATA, ERROR_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, PARAMETER_STATUS,
+    READY_FOR_QUERY,
+};
+use crate::TransactionStatus;
 use bytes::{BufMut, BytesMut};
 
 fn frame(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
@@ -19,12 +25,12 @@ fn cstr(buf: &mut BytesMut, s: &str) {
 
 /// AuthenticationOk.
 pub fn auth_ok(buf: &mut BytesMut) {
-    frame(buf, b'R', |b| b.put_i32(0));
+    frame(buf, AUTHENTICATION, |b| b.put_i32(0));
 }
 
 /// AuthenticationMD5Password with its salt.
 pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
-    frame(buf, b'R', |b| {
+    frame(buf, AUTHENTICATION, |b| {
         b.put_i32(5);
         b.put_slice(&salt);
     });
@@ -32,7 +38,7 @@ pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
 
 /// AuthenticationSASL offering SCRAM-SHA-256.
 pub fn auth_sasl(buf: &mut BytesMut) {
-    frame(buf, b'R', |b| {
+    frame(buf, AUTHENTICATION, |b| {
         b.put_i32(10);
         cstr(b, "SCRAM-SHA-256");
         b.put_u8(0);
@@ -41,7 +47,7 @@ pub fn auth_sasl(buf: &mut BytesMut) {
 
 /// AuthenticationSASLContinue.
 pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
-    frame(buf, b'R', |b| {
+    frame(buf, AUTHENTICATION, |b| {
         b.put_i32(11);
         b.put_slice(data);
     });
@@ -49,7 +55,7 @@ pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
 
 /// AuthenticationSASLFinal.
 pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
-    frame(buf, b'R', |b| {
+    frame(buf, AUTHENTICATION, |b| {
         b.put_i32(12);
         b.put_slice(data);
     });
@@ -57,7 +63,7 @@ pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
 
 /// ParameterStatus.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    frame(buf, b'S', |b| {
+    frame(buf, PARAMETER_STATUS, |b| {
         cstr(b, name);
         cstr(b, value);
     });
@@ -65,20 +71,20 @@ pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
 
 /// BackendKeyData: the key a client uses to cancel its query through Ferry.
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
-    frame(buf, b'K', |b| {
+    frame(buf, BACKEND_KEY_DATA, |b| {
         b.put_i32(pid);
         b.put_i32(secret);
     });
 }
 
-/// ReadyForQuery with a transaction status byte (`I`, `T` or `E`).
-pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
-    frame(buf, b'Z', |b| b.put_u8(status));
+/// ReadyForQuery with the session's transaction status.
+pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
+    frame(buf, READY_FOR_QUERY, |b| b.put_u8(status.byte()));
 }
 
 /// NegotiateProtocolVersion: Ferry speaks 3.0 and none of the `_pq_` options.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, unrecognised: &[&str]) {
-    frame(buf, b'v', |b| {
+    frame(buf, NEGOTIATE_PROTOCOL_VERSION, |b| {
         b.put_i32(0x0003_0000);
         b.put_i32(unrecognised.len() as i32);
         for o in unrecognised {
@@ -90,14 +96,14 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, unrecognised: &[&str]) {
 /// ErrorResponse (or NoticeResponse with `tag = b'N'`) with the fields
 /// clients show: severity, SQLSTATE and message.
 pub fn error_response(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
-    frame(buf, b'E', |b| {
-        b.put_u8(b'S');
+    frame(buf, ERROR_RESPONSE, |b| {
+        b.put_u8(field::SEVERITY_LOCALIZED);
         cstr(b, severity);
-        b.put_u8(b'V');
+        b.put_u8(field::SEVERITY);
         cstr(b, severity);
-        b.put_u8(b'C');
+        b.put_u8(field::CODE);
         cstr(b, code);
-        b.put_u8(b'M');
+        b.put_u8(field::MESSAGE);
         cstr(b, message);
         b.put_u8(0);
     });
@@ -113,7 +119,7 @@ mod tests {
         let mut buf = BytesMut::new();
         error_response(&mut buf, "FATAL", "28P01", "password authentication failed");
         backend_key_data(&mut buf, 1, 2);
-        ready_for_query(&mut buf, b'I');
+        ready_for_query(&mut buf, TransactionStatus::Idle);
         match Message::parse(&mut buf).unwrap().unwrap() {
             Message::ErrorResponse(body) => {
                 use fallible_iterator::FallibleIterator;

@@ -9,10 +9,13 @@
 pub mod backend;
 pub mod codec;
 pub mod conn;
+pub mod error_response;
 pub mod scram;
 pub mod startup;
 pub mod stream;
+pub mod tag;
 
 pub use codec::{FrameError, FrameScanner, Step, MAX_STARTUP_LEN};
 pub use conn::{ConnError, ServerConn, ServerError, Target};
 pub use stream::{Address, Stream};
+pub use tag::TransactionStatus;

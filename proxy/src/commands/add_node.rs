@@ -2,16 +2,21 @@
 //! the running cluster as a replica. While the master's tables are copied
 //! to it, a progress bar follows `/status` (`adding`).
 
-use super::admin_http::call;
+use super::admin_http::{call, refused, send};
+use ferry_admin::api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Duration;
 
 pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::Result<ExitCode> {
-    let body = serde_json::json!({ "name": name, "dsn": dsn, "priority": priority });
+    let body = api::AddNode {
+        name: name.to_string(),
+        dsn: dsn.to_string(),
+        priority: Some(i64::from(priority)),
+    };
     let request = {
         let admin = admin.to_string();
-        tokio::spawn(async move { call(&admin, hyper::Method::POST, "/nodes", Some(&body)).await })
+        tokio::spawn(async move { send(&admin, hyper::Method::POST, "/nodes", Some(&body)).await })
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -35,23 +40,17 @@ pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bar.finish_and_clear();
-    let (code, answer) = request.await??;
-    let doc: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-    if (200..300).contains(&code) {
-        println!(
-            "{name}: replica at epoch {} ({} tables, {} rows copied at batch {}); it catches up from the batch stream",
-            doc["epoch"], doc["tables"], doc["rows"], doc["batch"]
-        );
-        println!(
-            "add it to the configuration before Ferry restarts:\n\n{}",
-            doc["config"].as_str().unwrap_or_default()
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "ferry: add-node {name}: {}",
-            doc["message"].as_str().unwrap_or(answer.trim())
-        );
-        Ok(ExitCode::FAILURE)
-    }
+    let doc = match request.await?? {
+        Ok(doc) => doc,
+        Err(r) => return Ok(refused(&format!("add-node {name}"), &r)),
+    };
+    println!(
+        "{name}: replica at epoch {} ({} tables, {} rows copied at batch {}); it catches up from the batch stream",
+        doc["epoch"], doc["tables"], doc["rows"], doc["batch"]
+    );
+    println!(
+        "add it to the configuration before Ferry restarts:\n\n{}",
+        doc["config"].as_str().unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
 }

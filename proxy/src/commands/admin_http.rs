@@ -2,6 +2,7 @@
 //! to a running Ferry.
 
 use anyhow::Context;
+use ferry::operations::Refusal;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -39,4 +40,27 @@ pub async fn call(
     let status = res.status().as_u16();
     let body = res.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends a request with a typed body; returns the answer's JSON body, or
+/// the refusal the endpoint answered with.
+pub async fn send<B: serde::Serialize>(
+    base: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&B>,
+) -> anyhow::Result<Result<serde_json::Value, Refusal>> {
+    let body = body.map(serde_json::to_value).transpose()?;
+    let (status, text) = call(base, method, path, body.as_ref()).await?;
+    Ok(if (200..300).contains(&status) {
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    } else {
+        Err(Refusal::of_answer(status, &text))
+    })
+}
+
+/// Prints why `what` was refused; the exit code that says so.
+pub fn refused(what: &str, r: &Refusal) -> std::process::ExitCode {
+    eprintln!("ferry: {what}: {} ({})", r.message, r.code);
+    std::process::ExitCode::from(r.kind.exit_code())
 }

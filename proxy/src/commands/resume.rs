@@ -1,25 +1,18 @@
 //! `ferry resume NODE...`: back to shipping, with what changed meanwhile
 //! netted per key.
 
-use super::admin_http::call;
+use super::admin_http::send;
 use super::suspend::report;
 use std::process::ExitCode;
 
 pub async fn run(admin: &str, nodes: &[String]) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
+    let mut exit = ExitCode::SUCCESS;
     for node in nodes {
-        let (code, body) = call(
-            admin,
-            hyper::Method::POST,
-            &format!("/replicas/{node}/resume"),
-            None,
-        )
-        .await?;
-        failed |= !report(node, code, &body);
+        let path = format!("/replicas/{node}/resume");
+        let answer = send::<()>(admin, hyper::Method::POST, &path, None).await?;
+        if let Some(failed) = report(node, answer) {
+            exit = failed;
+        }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }

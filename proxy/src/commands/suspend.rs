@@ -1,7 +1,9 @@
 //! `ferry suspend NODE... --at TIME` (one consistency group) and
 //! `ferry suspend NODE... --cancel`, through the admin endpoint.
 
-use super::admin_http::call;
+use super::admin_http::{refused, send};
+use ferry::operations::Refusal;
+use ferry_admin::api;
 use std::process::ExitCode;
 
 /// Schedules (or cancels) a suspension; prints the answer. Fails with the
@@ -12,48 +14,41 @@ pub async fn run(
     at: Option<&str>,
     cancel: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
+    let mut exit = ExitCode::SUCCESS;
     if cancel {
         for node in nodes {
-            let (code, body) = call(
-                admin,
-                hyper::Method::DELETE,
-                &format!("/replicas/{node}/suspend"),
-                None,
-            )
-            .await?;
-            failed |= !report(node, code, &body);
+            let path = format!("/replicas/{node}/suspend");
+            let answer = send::<()>(admin, hyper::Method::DELETE, &path, None).await?;
+            if let Some(failed) = report(node, answer) {
+                exit = failed;
+            }
         }
     } else {
         let Some(at) = at else {
             anyhow::bail!("give the instant with --at TIME (RFC 3339), or --cancel");
         };
-        let body = serde_json::json!({"replicas": nodes, "at": at});
-        let (code, answer) = call(admin, hyper::Method::POST, "/suspend", Some(&body)).await?;
-        failed = !report(&nodes.join(","), code, &answer);
+        let body = api::SuspendGroup {
+            replicas: nodes.to_vec(),
+            at: at.to_string(),
+        };
+        let answer = send(admin, hyper::Method::POST, "/suspend", Some(&body)).await?;
+        if let Some(failed) = report(&nodes.join(","), answer) {
+            exit = failed;
+        }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }
 
-/// Prints an answer of the admin endpoint; true when it succeeded.
-pub fn report(what: &str, code: u16, body: &str) -> bool {
-    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    if (200..300).contains(&code) {
-        println!("{what}: {}", doc["state"].as_str().unwrap_or("ok"));
-        if let Some(at) = doc["at"].as_str() {
-            println!("  at {at}");
+/// Prints an answer of the admin endpoint; the exit code of a refusal.
+pub fn report(what: &str, answer: Result<serde_json::Value, Refusal>) -> Option<ExitCode> {
+    match answer {
+        Ok(doc) => {
+            println!("{what}: {}", doc["state"].as_str().unwrap_or("ok"));
+            if let Some(at) = doc["at"].as_str() {
+                println!("  at {at}");
+            }
+            None
         }
-        true
-    } else {
-        eprintln!(
-            "ferry: {what}: {} ({})",
-            doc["message"].as_str().unwrap_or(body.trim()),
-            doc["error"].as_str().unwrap_or("error"),
-        );
-        false
+        Err(r) => Some(refused(what, &r)),
     }
 }

@@ -85,14 +85,14 @@ async fn nodes_to_compare(cfg: &Config) -> anyhow::Result<(Node, Vec<Node>)> {
         let unreachable = topo
             .fenced
             .iter()
-            .filter(|(_, why)| why == ferry_cluster::failover::NOT_AT_START)
+            .filter(|(_, why)| why == ferry_cluster::coordinator::NOT_AT_START)
             .map(|(n, _)| n.clone());
         let others = topo.replicas.iter().cloned().chain(unreachable).collect();
         return Ok((topo.master, others));
     }
     let (nodes, seen) = records(cfg).await?;
     let why = topo.waiting.unwrap_or_default();
-    let name = ferry_cluster::failover::named_master(&seen)
+    let name = ferry_cluster::coordinator::named_master(&seen)
         .with_context(|| format!("no master to compare with: {why}"))?;
     let master = nodes
         .iter()

@@ -19,16 +19,19 @@
 
 use ferry_sql::classify::{classify, Kind};
 use ferry_wire::codec::read_cstr;
+use ferry_wire::tag::backend::{COMMAND_COMPLETE, ERROR_RESPONSE, READY_FOR_QUERY};
+use ferry_wire::tag::frontend::{BIND, CLOSE, FUNCTION_CALL, PARSE, QUERY, SYNC, TARGET_STATEMENT};
+use ferry_wire::TransactionStatus;
 use std::collections::{HashMap, VecDeque};
 
 /// Client messages whose bodies the tracker reads.
 pub fn client_wants(tag: u8) -> bool {
-    matches!(tag, b'Q' | b'P' | b'B' | b'F' | b'S' | b'C')
+    matches!(tag, QUERY | PARSE | BIND | FUNCTION_CALL | SYNC | CLOSE)
 }
 
 /// Server messages whose bodies the tracker reads.
 pub fn server_wants(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'C' | b'E')
+    matches!(tag, READY_FOR_QUERY | COMMAND_COMPLETE | ERROR_RESPONSE)
 }
 
 /// One session's view of its transactions.
@@ -57,17 +60,17 @@ impl CommitTracker {
     /// A message the client sends, with its body (after the length word).
     pub fn client_message(&mut self, tag: u8, body: &[u8]) {
         match tag {
-            b'Q' => {
+            QUERY => {
                 let writes = read_cstr(body).is_none_or(|(sql, _)| classify(sql).may_write());
                 self.query(writes);
             }
-            b'P' => {
+            PARSE => {
                 if let Some((name, rest)) = read_cstr(body) {
                     let kind = read_cstr(rest).map_or(Kind::Write, |(sql, _)| classify(sql));
                     self.statements.insert(name.to_string(), kind);
                 }
             }
-            b'B' => {
+            BIND => {
                 // A bound statement is about to run: count it now.
                 let writes = read_cstr(body)
                     .and_then(|(_portal, rest)| read_cstr(rest))
@@ -75,16 +78,16 @@ impl CommitTracker {
                     .is_none_or(|k| k.may_write());
                 self.pending |= writes;
             }
-            b'C' => {
-                if let Some((&b'S', rest)) = body.split_first() {
+            CLOSE => {
+                if let Some((&TARGET_STATEMENT, rest)) = body.split_first() {
                     if let Some((name, _)) = read_cstr(rest) {
                         self.statements.remove(name);
                     }
                 }
             }
             // A fast-path function call is its own cycle and may do anything.
-            b'F' => self.cycles.push_back(true),
-            b'S' => {
+            FUNCTION_CALL => self.cycles.push_back(true),
+            SYNC => {
                 self.cycles.push_back(self.pending);
                 self.pending = false;
             }
@@ -96,23 +99,23 @@ impl CommitTracker {
     /// ReadyForQuery that must wait for the sync replicas.
     pub fn server_message(&mut self, tag: u8, body: &[u8]) -> bool {
         match tag {
-            b'C' => {
+            COMMAND_COMPLETE => {
                 let done = read_cstr(body).map_or("", |(t, _)| t);
                 self.committed |= done == "COMMIT";
                 self.rolled_back = done == "ROLLBACK";
                 false
             }
-            b'E' => {
+            ERROR_RESPONSE => {
                 self.failed = true;
                 false
             }
-            b'Z' => {
-                let status = body.first().copied().unwrap_or(b'I');
+            READY_FOR_QUERY => {
+                let status = TransactionStatus::of_ready_for_query(body);
                 // An unexpected ReadyForQuery (none outstanding) counts as
                 // a cycle that may have written.
                 let writes = self.cycles.pop_front().unwrap_or(true);
                 self.dirty |= writes;
-                let idle = status == b'I';
+                let idle = status == TransactionStatus::Idle;
                 let wait =
                     self.dirty && (self.committed || (idle && !self.failed && !self.rolled_back));
                 if idle {

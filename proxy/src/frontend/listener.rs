@@ -1,6 +1,7 @@
 //! The accept loop of the proxy port.
 
-use super::session::{handle, Shared};
+use super::session::handle;
+use super::shared::Shared;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

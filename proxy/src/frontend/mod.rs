@@ -1,31 +1,33 @@
 //! The PostgreSQL-protocol front end that applications connect to.
 //!
+//! - [`listener`]: the accept loop; [`shared`]: what every session shares.
 //! - [`startup`]: the startup phase — SSL/GSS refusal, cancel requests,
 //!   client authentication against `[[users]]`.
-//! - [`session`]: one client session: a server connection on the master
-//!   and the frame pump between them.
-//! - [`commit_tracker`]: which commits wait for sync replicas.
-//! - [`tracked_pump`]: sessions followed message by message: sync-mode
-//!   commit holds and reads on replicas (`proxy.reads`);
+//! - [`session`]: one client session, from its startup to its end: a
+//!   server connection on the master, the pump, moves to a new master.
+//! - [`pump`]: the session's messages, both ways, one handler per message
+//!   kind: sync-mode commit holds, reads on replicas (`proxy.reads`).
+//!   [`commit_tracker`]: which commits wait for sync replicas;
 //!   [`read_balance`]: which replica a session reads from;
 //!   [`read_cycle`]: which extended-protocol cycles may go to a replica.
+//! - [`hold`]: where statements wait while the master changes (the
+//!   switchover gate, the wait for a master).
 //! - [`session_state`]: what a session holds and where it stands, to move
 //!   it to another server; [`moving`]: the move itself.
-//! - [`gate`]: where sessions hold new statements during a switchover.
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
-//! - [`listener`]: the accept loop.
 
 pub mod cancel;
 pub mod commit_tracker;
-pub mod gate;
+pub mod hold;
 pub mod listener;
 pub mod moving;
+pub mod pump;
 pub mod read_balance;
 pub mod read_cycle;
 pub mod session;
 pub mod session_state;
+pub mod shared;
 pub mod startup;
-pub mod tracked_pump;
 
 use bytes::BytesMut;
 use ferry_wire::backend;

@@ -10,6 +10,10 @@
 //! in the master's session). The cycle is inspected here, without I/O;
 //! whether its statement is a read is the classifier's to say.
 
+use ferry_wire::tag::frontend::{
+    BIND, CLOSE, DESCRIBE, EXECUTE, PARSE, SYNC, TARGET_PORTAL, TARGET_STATEMENT,
+};
+
 /// What the client bytes at a Parse message hold.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cycle<'a> {
@@ -68,7 +72,7 @@ pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
             Err(Stop::Other) => return Cycle::Other,
         };
         let unnamed = match (tag, at == 0) {
-            (b'P', true) => match cstr(body) {
+            (PARSE, true) => match cstr(body) {
                 Some(("", rest)) => {
                     sql = cstr(rest).map(|(s, _)| s);
                     parse = next;
@@ -77,17 +81,17 @@ pub fn at_parse(buf: &[u8]) -> Cycle<'_> {
                 _ => false,
             },
             // Bind: portal, then statement.
-            (b'B', false) => {
+            (BIND, false) => {
                 matches!(cstr(body), Some(("", rest)) if matches!(cstr(rest), Some(("", _))))
             }
             // Describe: 'S' or 'P', then the name.
-            (b'D', false) => {
-                matches!(body.first(), Some(b'S' | b'P'))
+            (DESCRIBE, false) => {
+                matches!(body.first(), Some(&(TARGET_STATEMENT | TARGET_PORTAL)))
                     && matches!(cstr(&body[1..]), Some(("", _)))
             }
             // Execute: portal, then a row limit.
-            (b'E', false) => matches!(cstr(body), Some(("", _))),
-            (b'S', false) => {
+            (EXECUTE, false) => matches!(cstr(body), Some(("", _))),
+            (SYNC, false) => {
                 return match sql {
                     Some(sql) => Cycle::Unnamed {
                         len: next,
@@ -132,7 +136,7 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
         };
         let fits = match tag {
             // Bind: the unnamed portal, of the one named statement.
-            b'B' => match cstr(body) {
+            BIND => match cstr(body) {
                 Some(("", rest)) => match (cstr(rest), statement) {
                     (Some((name, _)), None) if !name.is_empty() => {
                         statement = Some(name);
@@ -143,13 +147,13 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
                 },
                 _ => false,
             },
-            b'D' if at > 0 => match (body.first(), cstr(&body[1..])) {
-                (Some(b'P'), Some(("", _))) => true,
-                (Some(b'S'), Some((name, _))) => Some(name) == statement,
+            DESCRIBE if at > 0 => match (body.first(), cstr(&body[1..])) {
+                (Some(&TARGET_PORTAL), Some(("", _))) => true,
+                (Some(&TARGET_STATEMENT), Some((name, _))) => Some(name) == statement,
                 _ => false,
             },
-            b'E' if at > 0 => matches!(cstr(body), Some(("", _))),
-            b'S' if at > 0 => {
+            EXECUTE if at > 0 => matches!(cstr(body), Some(("", _))),
+            SYNC if at > 0 => {
                 return match statement {
                     Some(statement) => Bound::Named {
                         len: next,
@@ -170,10 +174,10 @@ pub fn at_bind(buf: &[u8]) -> Bound<'_> {
 /// A Close of a prepared statement, whole (run on a replica connection
 /// before it parses the statement of that name anew).
 pub fn close_statement(name: &str) -> Vec<u8> {
-    let mut out = vec![b'C'];
+    let mut out = vec![CLOSE];
     let len = 4 + 1 + name.len() + 1;
     out.extend_from_slice(&i32::try_from(len).unwrap_or(i32::MAX).to_be_bytes());
-    out.push(b'S');
+    out.push(TARGET_STATEMENT);
     out.extend_from_slice(name.as_bytes());
     out.push(0);
     out
@@ -183,8 +187,10 @@ pub fn close_statement(name: &str) -> Vec<u8> {
 /// a Bind of it or a Describe of it.
 pub fn uses_unnamed_statement(tag: u8, body: &[u8]) -> bool {
     match tag {
-        b'B' => matches!(cstr(body).and_then(|(_, rest)| cstr(rest)), Some(("", _))),
-        b'D' => body.first() == Some(&b'S') && matches!(cstr(&body[1..]), Some(("", _))),
+        BIND => matches!(cstr(body).and_then(|(_, rest)| cstr(rest)), Some(("", _))),
+        DESCRIBE => {
+            body.first() == Some(&TARGET_STATEMENT) && matches!(cstr(&body[1..]), Some(("", _)))
+        }
         _ => false,
     }
 }

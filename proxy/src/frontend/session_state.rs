@@ -18,6 +18,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_sql::session_effect::{effects, Effect};
 use ferry_wire::codec::read_cstr;
+use ferry_wire::tag::backend::{COMMAND_COMPLETE, ERROR_RESPONSE, READY_FOR_QUERY};
+use ferry_wire::tag::frontend::{
+    BIND, CLOSE, DESCRIBE, EXECUTE, FUNCTION_CALL, PARSE, QUERY, SYNC, TARGET_STATEMENT,
+};
+use ferry_wire::TransactionStatus;
 use std::collections::{HashMap, VecDeque};
 
 /// Most statements a session's replayable state may hold; beyond that it
@@ -53,7 +58,7 @@ pub struct SessionState {
     /// Extended-protocol messages sent since the last Sync.
     open: Option<Cycle>,
     /// The server's last transaction status (`I`, `T`, `E`).
-    status: u8,
+    status: TransactionStatus,
     failed: bool,
     rolled_back: bool,
 }
@@ -68,7 +73,7 @@ impl Default for SessionState {
             unmovable: None,
             cycles: VecDeque::new(),
             open: None,
-            status: b'I',
+            status: TransactionStatus::Idle,
             failed: false,
             rolled_back: false,
         }
@@ -101,7 +106,7 @@ impl SessionState {
     /// A message the client sends (tag and body after the length word).
     pub fn client_message(&mut self, tag: u8, body: &[u8]) {
         match tag {
-            b'Q' => {
+            QUERY => {
                 let sql = read_cstr(body).map_or("", |(s, _)| s);
                 let mut cycle = Cycle {
                     commits: ends_with_commit(leading_word(sql)),
@@ -110,7 +115,7 @@ impl SessionState {
                 self.note_effects(&mut cycle, sql);
                 self.cycles.push_back(cycle);
             }
-            b'P' => {
+            PARSE => {
                 let Some((name, rest)) = read_cstr(body) else {
                     return;
                 };
@@ -120,22 +125,22 @@ impl SessionState {
                 self.words.insert(name.to_string(), first_word(sql));
                 if !name.is_empty() {
                     let mut frame = BytesMut::with_capacity(body.len() + 5);
-                    frame.put_u8(b'P');
+                    frame.put_u8(PARSE);
                     frame.put_i32(body.len() as i32 + 4);
                     frame.put_slice(body);
                     cycle.parsed.push((name.to_string(), frame.freeze()));
                 }
                 self.open = Some(cycle);
             }
-            b'B' => {
+            BIND => {
                 let stmt = read_cstr(body)
                     .and_then(|(_portal, rest)| read_cstr(rest))
                     .map_or("", |(s, _)| s);
                 let commits = self.words.get(stmt).is_some_and(|w| ends_with_commit(w));
                 self.open.get_or_insert_with(Cycle::default).commits |= commits;
             }
-            b'C' => {
-                if let Some((&b'S', rest)) = body.split_first() {
+            CLOSE => {
+                if let Some((&TARGET_STATEMENT, rest)) = body.split_first() {
                     if let Some((name, _)) = read_cstr(rest) {
                         self.prepared.retain(|(n, _)| n != name);
                         self.words.remove(name);
@@ -143,14 +148,14 @@ impl SessionState {
                 }
                 self.open.get_or_insert_with(Cycle::default);
             }
-            b'E' | b'D' => {
+            EXECUTE | DESCRIBE => {
                 self.open.get_or_insert_with(Cycle::default);
             }
-            b'S' => {
+            SYNC => {
                 let cycle = self.open.take().unwrap_or_default();
                 self.cycles.push_back(cycle);
             }
-            b'F' => self.cycles.push_back(Cycle::default()),
+            FUNCTION_CALL => self.cycles.push_back(Cycle::default()),
             _ => {}
         }
     }
@@ -167,10 +172,10 @@ impl SessionState {
     /// A message the server sends (tag and body after the length word).
     pub fn server_message(&mut self, tag: u8, body: &[u8]) {
         match tag {
-            b'E' => self.failed = true,
-            b'C' => self.rolled_back |= body.starts_with(b"ROLLBACK"),
-            b'Z' => {
-                self.status = body.first().copied().unwrap_or(b'I');
+            ERROR_RESPONSE => self.failed = true,
+            COMMAND_COMPLETE => self.rolled_back |= body.starts_with(b"ROLLBACK"),
+            READY_FOR_QUERY => {
+                self.status = TransactionStatus::of_ready_for_query(body);
                 let cycle = self.cycles.pop_front().unwrap_or_default();
                 self.answered(cycle);
             }
@@ -194,7 +199,7 @@ impl SessionState {
             }
             self.tentative.extend(cycle.effects);
         }
-        if self.status == b'I' {
+        if self.status == TransactionStatus::Idle {
             let made = std::mem::take(&mut self.tentative);
             if !failed && !rolled_back {
                 for e in made {
@@ -217,7 +222,7 @@ impl SessionState {
     /// Whether the session is inside a transaction or waits for answers:
     /// a switchover waits for every session to be idle.
     pub fn busy(&self) -> bool {
-        self.status != b'I' || !self.cycles.is_empty() || self.open.is_some()
+        self.status != TransactionStatus::Idle || !self.cycles.is_empty() || self.open.is_some()
     }
 
     /// Whether the session's state can be recreated on another server;
@@ -260,7 +265,7 @@ impl SessionState {
         let loss = Loss {
             owed: self.cycles.len(),
             open_extended: self.open.is_some(),
-            in_transaction: self.status != b'I',
+            in_transaction: self.status != TransactionStatus::Idle,
             commit_in_flight,
         };
         self.cycles.clear();
@@ -270,9 +275,9 @@ impl SessionState {
         self.rolled_back = false;
         // A transaction whose COMMIT was under way is over either way.
         self.status = if loss.in_transaction && !commit_in_flight {
-            b'E'
+            TransactionStatus::Failed
         } else {
-            b'I'
+            TransactionStatus::Idle
         };
         loss
     }

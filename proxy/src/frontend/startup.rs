@@ -9,6 +9,7 @@ use ferry_wire::backend;
 use ferry_wire::codec::{peek_frame, peek_startup, read_cstr};
 use ferry_wire::scram::{ScramServer, Verifier};
 use ferry_wire::startup::{parse_startup, StartupPacket};
+use ferry_wire::tag::frontend::PASSWORD;
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -168,7 +169,7 @@ async fn read_password_message(
 ) -> Result<Option<BytesMut>, StartupError> {
     loop {
         match peek_frame(buf, MAX_AUTH_MESSAGE) {
-            Ok(Some((b'p', len))) => {
+            Ok(Some((PASSWORD, len))) => {
                 let mut msg = buf.split_to(len);
                 msg.advance(5);
                 return Ok(Some(msg));

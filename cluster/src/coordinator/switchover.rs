@@ -16,10 +16,11 @@
 //! If a step fails after the fence, the old arrangement is recorded and
 //! published again at the new epoch: no node is left half promoted.
 
-use super::{follow, take_over, Coordinator};
+use super::failover::{follow, take_over};
+use super::{Coordinator, CoordinatorError};
 use crate::health::Probe;
 use crate::record::{self, Recorded};
-use crate::{Node, Topology};
+use crate::{Node, Role, Topology};
 use ferry_sql::schema;
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -27,37 +28,41 @@ use tracing::{info, warn};
 impl Coordinator {
     /// Makes `to` master in place of the current one; returns the new
     /// epoch, or why not (the old arrangement stays).
-    pub(super) async fn switch_over(&self, to: &str) -> Result<i64, String> {
+    pub(super) async fn switch_over(&self, to: &str) -> Result<i64, CoordinatorError> {
         let topo = self.roles.borrow().clone();
         if let Some(why) = &topo.waiting {
-            return Err(format!("no master now: {why}"));
+            return Err(CoordinatorError::NoMaster(why.clone()));
         }
         if topo.master.name == to {
-            return Err(format!("node {to} is the master already"));
+            return Err(CoordinatorError::AlreadyMaster(to.to_string()));
         }
         let target = topo
             .replicas
             .iter()
             .find(|n| n.name == to)
             .cloned()
-            .ok_or_else(|| format!("node {to} is not a replica of this cluster"))?;
+            .ok_or_else(|| CoordinatorError::NotAReplica(to.to_string()))?;
         let epoch = topo.epoch + 1;
         let client = |name: &str| self.probe(name).and_then(Probe::client);
         // Every node must answer: a replica missing now would be fenced out
         // by a planned operation.
-        for (n, _) in topo.roles().into_iter().filter(|(_, r)| *r != "fenced") {
+        for (n, _) in topo.roles().into_iter().filter(|(_, r)| *r != Role::Fenced) {
             if client(&n.name).is_none() {
-                return Err(format!("node {} does not answer", n.name));
+                return Err(CoordinatorError::NotAnswering(n.name.clone()));
             }
         }
         for (n, role) in topo.roles() {
-            if role == "fenced" {
+            if role == Role::Fenced {
                 continue;
             }
             if let Some(c) = client(&n.name) {
-                record::fence(c, &n.name, epoch)
-                    .await
-                    .map_err(|e| format!("could not record epoch {epoch} on {}: {e}", n.name))?;
+                record::fence(c, &n.name, epoch).await.map_err(|source| {
+                    CoordinatorError::Fence {
+                        node: n.name.clone(),
+                        epoch,
+                        source,
+                    }
+                })?;
             }
         }
         match self.promote_planned(&topo, &target, epoch).await {
@@ -95,20 +100,20 @@ impl Coordinator {
         topo: &Topology,
         target: &Node,
         epoch: i64,
-    ) -> Result<Topology, String> {
-        let db = |e: tokio_postgres::Error| e.to_string();
-        let client = |name: &str| -> Result<&Client, String> {
+    ) -> Result<Topology, CoordinatorError> {
+        let client = |name: &str| -> Result<&Client, CoordinatorError> {
             self.probe(name)
                 .and_then(Probe::client)
-                .ok_or_else(|| format!("node {name} stopped answering"))
+                .ok_or_else(|| CoordinatorError::StoppedAnswering(name.to_string()))
         };
         let winner = client(&target.name)?;
+        let db = CoordinatorError::db(&target.name);
         let batch: i64 = winner
             .query_one(schema::READ_LEDGER, &[])
             .await
-            .map_err(db)?
+            .map_err(&db)?
             .get(0);
-        let snap = take_over(winner, batch).await.map_err(db)?;
+        let snap = take_over(winner, batch).await.map_err(&db)?;
         let mut replicas = Vec::new();
         let mut fenced = topo.fenced.clone();
         // The old master holds what the new one holds: the proxy drained
@@ -118,7 +123,7 @@ impl Coordinator {
             let theirs: i64 = client(&n.name)?
                 .query_one(schema::READ_LEDGER, &[])
                 .await
-                .map_err(db)?
+                .map_err(CoordinatorError::db(&n.name))?
                 .get(0);
             if theirs == batch {
                 demoted.push(n.clone());
@@ -137,7 +142,7 @@ impl Coordinator {
                 epoch,
             )
             .await
-            .map_err(db)?;
+            .map_err(CoordinatorError::db(&n.name))?;
             replicas.push(n);
         }
         record::write(

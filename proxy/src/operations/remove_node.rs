@@ -10,8 +10,9 @@
 //! entry there before Ferry restarts, or it is taken in again then (and,
 //! once the clean-up has passed its position, refused as behind it).
 
-use crate::switchover::refuse;
-use ferry_cluster::failover::Control;
+use super::coordinator;
+use super::refusal::Refusal;
+use ferry_cluster::coordinator::Control;
 use ferry_cluster::Topology;
 use ferry_sql::schema;
 use std::time::Duration;
@@ -23,25 +24,17 @@ use tracing::{info, warn};
 /// must not bring back the row this removal drops.
 const BATCHER_STOP: Duration = Duration::from_millis(1500);
 
-/// Removes the node: the admin endpoint's answer.
+/// Removes the node.
 pub async fn remove(
     roles: watch::Receiver<Topology>,
     control: mpsc::Sender<Control>,
     node: String,
-) -> (u16, serde_json::Value) {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = Control::RemoveNode {
+) -> Result<serde_json::Value, Refusal> {
+    let epoch = coordinator::ask(&control, "cannot_remove", |reply| Control::RemoveNode {
         node: node.clone(),
         reply,
-    };
-    if control.send(request).await.is_err() {
-        return refuse((503, "unavailable", "the coordinator is not running".into()));
-    }
-    let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
-        Ok(Ok(Ok(epoch))) => epoch,
-        Ok(Ok(Err(why))) => return refuse((409, "cannot_remove", why)),
-        _ => return refuse((503, "unavailable", "no answer from the coordinator".into())),
-    };
+    })
+    .await?;
     tokio::time::sleep(BATCHER_STOP).await;
     let master = roles.borrow().master.clone();
     let forgotten = async {
@@ -59,21 +52,19 @@ pub async fn remove(
     match forgotten {
         Ok(rows) => {
             info!(node = %node, master = %master.name, records = rows, "node removed; the master no longer keeps the outbox for it");
-            (
-                200,
+            Ok(
                 serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
-                    "forgotten": true, "config": config}),
+                "forgotten": true, "config": config}),
             )
         }
         Err(e) => {
             warn!(node = %node, master = %master.name, error = %e,
                 "node removed, but the master's record of it was not dropped: the outbox may still be kept for it");
-            (
-                200,
+            Ok(
                 serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
-                    "forgotten": false, "config": config,
-                    "warning": format!("the master's record of {node} was not dropped ({e}); \
-                        run `ferry remove-node {node}` again once the master answers")}),
+                "forgotten": false, "config": config,
+                "warning": format!("the master's record of {node} was not dropped ({e}); \
+                    run `ferry remove-node {node}` again once the master answers")}),
             )
         }
     }

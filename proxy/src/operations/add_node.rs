@@ -8,17 +8,17 @@
 //! The node is not written into the configuration file: add its
 //! `[[nodes]]` entry there before Ferry restarts, or it is left out then.
 
-use crate::frontend::tracked_pump::ReadRouting;
-use crate::switchover::{refuse, Refusal};
+use super::coordinator;
+use super::refusal::Refusal;
+use crate::frontend::pump::ReadRouting;
 use ferry_batcher::add_node::{prepare_new_node, Phase};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::SyncPoint;
-use ferry_cluster::failover::Control;
+use ferry_cluster::coordinator::Control;
 use ferry_cluster::{Node, Topology};
 use ferry_wire::Target;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -49,22 +49,28 @@ pub struct NodeAdder {
 }
 
 impl NodeAdder {
-    /// Adds the node: the admin endpoint's answer.
-    pub async fn run(&self, name: String, dsn: String, priority: i32) -> (u16, serde_json::Value) {
+    /// Adds the node.
+    pub async fn run(
+        &self,
+        name: String,
+        dsn: String,
+        priority: i32,
+    ) -> Result<serde_json::Value, Refusal> {
         let Ok(_one) = self.running.try_lock() else {
-            return refuse((409, "add_running", "a node is being added already".into()));
+            return Err(Refusal::conflict(
+                "add_running",
+                "a node is being added already",
+            ));
         };
-        match self.add(&name, &dsn, priority).await {
-            Ok(body) => (200, body),
-            Err(r) => {
-                warn!(node = %name, reason = %r.2, "node not added");
-                self.set(|a| {
-                    a.phase = "failed";
-                    a.error = Some(r.2.clone());
-                });
-                refuse(r)
-            }
+        let added = self.add(&name, &dsn, priority).await;
+        if let Err(r) = &added {
+            warn!(node = %name, reason = %r, "node not added");
+            self.set(|a| {
+                a.phase = "failed";
+                a.error = Some(r.message.clone());
+            });
         }
+        added
     }
 
     fn set(&self, f: impl FnOnce(&mut Adding)) {
@@ -87,8 +93,7 @@ impl NodeAdder {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err((
-                400,
+            return Err(Refusal::bad_request(
                 "invalid_name",
                 format!("node name {name:?}: use letters, digits, _ and -"),
             ));
@@ -96,20 +101,21 @@ impl NodeAdder {
         let known = self.configured.iter().any(|n| n == name)
             || topo.roles().iter().any(|(n, _)| n.name == name);
         if known {
-            return Err((
-                409,
+            return Err(Refusal::conflict(
                 "node_exists",
                 format!("a node named {name} is part of the cluster already"),
             ));
         }
         if let Some(why) = &topo.waiting {
-            return Err((409, "no_master", format!("no master to copy from: {why}")));
+            return Err(Refusal::conflict(
+                "no_master",
+                format!("no master to copy from: {why}"),
+            ));
         }
-        let target =
-            Target::from_dsn(dsn).map_err(|e| (400, "invalid_dsn", format!("dsn: {e}")))?;
+        let target = Target::from_dsn(dsn)
+            .map_err(|e| Refusal::bad_request("invalid_dsn", format!("dsn: {e}")))?;
         if target.dbname != topo.master.target.dbname {
-            return Err((
-                400,
+            return Err(Refusal::bad_request(
                 "invalid_dsn",
                 format!(
                     "dsn names database {:?}; every node must name {:?}",
@@ -146,36 +152,27 @@ impl NodeAdder {
             &report,
         )
         .await
-        .map_err(|e| (409, "add_failed", e.to_string()))?;
+        .map_err(|e| Refusal::conflict("add_failed", e.to_string()))?;
         self.set(|a| a.phase = "joining");
-        let slot = self.ticks.add_node(name).ok_or((
-            409,
-            "too_many_nodes",
-            "no room for more nodes added while Ferry runs: add it to the configuration and restart"
-                .to_string(),
-        ))?;
+        let slot = self.ticks.add_node(name).ok_or_else(|| {
+            Refusal::conflict(
+                "too_many_nodes",
+                "no room for more nodes added while Ferry runs: add it to the configuration and restart",
+            )
+        })?;
         if let Some(reads) = &self.reads {
             reads.add(slot, name, &target);
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
         let node = Node {
             name: name.to_string(),
             target,
             priority,
         };
-        if self
-            .control
-            .send(Control::AddNode { node, reply })
-            .await
-            .is_err()
-        {
-            return Err((503, "unavailable", "the coordinator is not running".into()));
-        }
-        let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
-            Ok(Ok(Ok(epoch))) => epoch,
-            Ok(Ok(Err(why))) => return Err((409, "cannot_admit", why)),
-            _ => return Err((503, "unavailable", "no answer from the coordinator".into())),
-        };
+        let epoch = coordinator::ask(&self.control, "cannot_admit", |reply| Control::AddNode {
+            node,
+            reply,
+        })
+        .await?;
         self.set(|a| a.phase = "replica");
         Ok(serde_json::json!({
             "node": name,

@@ -5,20 +5,18 @@
 //! record of it, which may hold the outbox clean-up back, is dropped by the
 //! caller once the batcher that shipped to it has stopped.
 
-use super::Coordinator;
+use super::{Coordinator, CoordinatorError};
 use tracing::info;
 
 impl Coordinator {
     /// Takes `node` out of the cluster; returns the epoch, or why not.
-    pub(super) fn remove_node(&mut self, node: &str) -> Result<i64, String> {
+    pub(super) fn remove_node(&mut self, node: &str) -> Result<i64, CoordinatorError> {
         let topo = self.roles.borrow().clone();
         if topo.master.name == node {
-            return Err(format!(
-                "node {node} is the master: switch over to another node first (`ferry switchover`)"
-            ));
+            return Err(CoordinatorError::RemoveMaster(node.to_string()));
         }
         if !self.nodes.iter().any(|n| n.name == node) {
-            return Err(format!("no node named {node} is part of the cluster"));
+            return Err(CoordinatorError::NotInCluster(node.to_string()));
         }
         self.nodes.retain(|n| n.name != node);
         self.probes.retain(|p| p.node.name != node);

@@ -17,9 +17,11 @@
 //! A step that cannot be completed cancels the whole switchover: the gate
 //! opens on the old arrangement and the caller is told why.
 
-use crate::frontend::gate::Gate;
+use super::coordinator;
+use super::refusal::Refusal;
+use crate::frontend::hold::Gate;
 use ferry_batcher::{SharedStatus, SyncPoint};
-use ferry_cluster::failover::Control;
+use ferry_cluster::coordinator::Control;
 use ferry_cluster::Topology;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
@@ -57,24 +59,16 @@ pub struct Switchover {
     pub last: RwLock<Option<SwitchoverReport>>,
 }
 
-/// A refusal of an admin request: HTTP status, error code, message.
-pub(crate) type Refusal = (u16, &'static str, String);
-
 impl Switchover {
-    /// Runs a switchover to `to` (or to the best replica): the answer for
-    /// the admin endpoint.
-    pub async fn run(&self, to: Option<String>) -> (u16, serde_json::Value) {
+    /// Runs a switchover to `to` (or to the best replica).
+    pub async fn run(&self, to: Option<String>) -> Result<serde_json::Value, Refusal> {
         let Ok(_one) = self.running.try_lock() else {
-            return refuse((
-                409,
+            return Err(Refusal::conflict(
                 "switchover_running",
-                "a switchover is already under way".into(),
+                "a switchover is already under way",
             ));
         };
-        let target = match self.choose(to) {
-            Ok(t) => t,
-            Err(r) => return refuse(r),
-        };
+        let target = self.choose(to)?;
         let from = self.roles.borrow().master.name.clone();
         let span = info_span!("switchover", from = %from, to = %target);
         let result = self.switch(&from, &target).instrument(span).await;
@@ -88,11 +82,11 @@ impl Switchover {
                 if let Ok(mut last) = self.last.write() {
                     *last = Some(report);
                 }
-                (200, body)
+                Ok(body)
             }
             Err(r) => {
-                warn!(to = %target, reason = %r.2, "switchover cancelled; nothing changed");
-                refuse(r)
+                warn!(to = %target, reason = %r, "switchover cancelled; nothing changed");
+                Err(r)
             }
         }
     }
@@ -102,7 +96,10 @@ impl Switchover {
     fn choose(&self, to: Option<String>) -> Result<String, Refusal> {
         let topo = self.roles.borrow().clone();
         if let Some(why) = &topo.waiting {
-            return Err((409, "no_master", format!("no master now: {why}")));
+            return Err(Refusal::conflict(
+                "no_master",
+                format!("no master now: {why}"),
+            ));
         }
         let status = self
             .replication
@@ -110,8 +107,7 @@ impl Switchover {
             .map(|s| s.clone())
             .unwrap_or_default();
         if let Some(r) = status.replicas.iter().find(|r| r.suspension.is_some()) {
-            return Err((
-                409,
+            return Err(Refusal::conflict(
                 "replica_suspended",
                 format!(
                     "replica {} has a suspension (scheduled, held or resyncing): resume or cancel it first",
@@ -123,21 +119,25 @@ impl Switchover {
         match to {
             Some(name) => {
                 if name == topo.master.name {
-                    return Err((409, "already_master", format!("node {name} is the master")));
+                    return Err(Refusal::conflict(
+                        "already_master",
+                        format!("node {name} is the master"),
+                    ));
                 }
                 if topo.fenced.iter().any(|(n, _)| n.name == name) {
-                    return Err((
-                        409,
+                    return Err(Refusal::conflict(
                         "fenced",
                         format!("node {name} is fenced out of the cluster: resync it first"),
                     ));
                 }
                 if !topo.replicas.iter().any(|n| n.name == name) {
-                    return Err((404, "unknown_node", format!("no node named {name:?}")));
+                    return Err(Refusal::not_found(
+                        "unknown_node",
+                        format!("no node named {name:?}"),
+                    ));
                 }
                 if !current(&name) {
-                    return Err((
-                        409,
+                    return Err(Refusal::conflict(
                         "replica_unavailable",
                         format!("replica {name} is not connected and shipping"),
                     ));
@@ -152,10 +152,9 @@ impl Switchover {
                 .min_by_key(|(i, n)| (n.priority, *i))
                 .map(|(_, n)| n.name.clone())
                 .ok_or_else(|| {
-                    (
-                        409,
+                    Refusal::conflict(
                         "replica_unavailable",
-                        "no replica is connected and shipping".to_string(),
+                        "no replica is connected and shipping",
                     )
                 }),
         }
@@ -172,8 +171,7 @@ impl Switchover {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err((
-                    409,
+                return Err(Refusal::conflict(
                     "drain_timeout",
                     format!(
                         "{busy} session(s) still in a transaction or a statement after {} ms; \
@@ -199,8 +197,7 @@ impl Switchover {
             .until_replica_has(to, tick, self.catch_up_timeout)
             .await
         {
-            return Err((
-                409,
+            return Err(Refusal::conflict(
                 "catch_up_timeout",
                 format!(
                     "replica {to} did not apply the master's last batch within {} ms; switchover cancelled",
@@ -215,23 +212,13 @@ impl Switchover {
         for r in replicas.iter().filter(|r| r.as_str() != to) {
             let _ = self.ticks.until_replica_has(r, tick, left).await;
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if self
-            .control
-            .send(Control::SwitchOver {
+        let epoch = coordinator::ask(&self.control, "cannot_promote", |reply| {
+            Control::SwitchOver {
                 node: to.to_string(),
                 reply,
-            })
-            .await
-            .is_err()
-        {
-            return Err((503, "unavailable", "the coordinator is not running".into()));
-        }
-        let epoch = match tokio::time::timeout(Duration::from_secs(30), answer).await {
-            Ok(Ok(Ok(epoch))) => epoch,
-            Ok(Ok(Err(why))) => return Err((409, "cannot_promote", why)),
-            _ => return Err((503, "unavailable", "no answer from the coordinator".into())),
-        };
+            }
+        })
+        .await?;
         let ms = |d: Duration| d.as_millis() as u64;
         Ok(SwitchoverReport {
             from: from.to_string(),
@@ -243,12 +230,4 @@ impl Switchover {
             held_ms: ms(started.elapsed()),
         })
     }
-}
-
-/// The admin endpoint's answer for a refusal.
-pub(crate) fn refuse((code, error, message): Refusal) -> (u16, serde_json::Value) {
-    (
-        code,
-        serde_json::json!({"error": error, "message": message}),
-    )
 }

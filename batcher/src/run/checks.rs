@@ -1,0 +1,65 @@
+//! The background check's part in the loop: which chunk a cut also
+//! checksums, and the answers each replica gives for it (see
+//! [`crate::verify`]).
+
+use super::{Batcher, Replica};
+use crate::verify::{ChunkCheck, ChunkRequest, Verifier};
+use crate::BatchError;
+use ferry_sql::TableShape;
+use std::time::Instant;
+use tracing::warn;
+
+impl Batcher {
+    /// The background check's state (a poisoned lock reads as it was).
+    pub(super) fn verifier(&self) -> std::sync::MutexGuard<'_, Verifier> {
+        self.cfg.verify.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunk this tick's cut should read, if one is due; a new pass
+    /// first estimates the rows it covers.
+    pub(super) async fn chunk_due(
+        &self,
+        control: &tokio_postgres::Client,
+        shapes: &[TableShape],
+    ) -> Result<Option<ChunkRequest>, BatchError> {
+        let now = Instant::now();
+        if !self.verifier().starting(now) {
+            return Ok(self.verifier().due(now, || 0));
+        }
+        let names: Vec<String> = shapes.iter().map(|s| s.table.quoted()).collect();
+        let estimate: i64 = control
+            .query_one(ferry_sql::verify::ESTIMATE_ROWS, &[&names])
+            .await
+            .map_err(BatchError::pg(&self.cfg.master.name))?
+            .get(0);
+        Ok(self.verifier().due(now, || estimate))
+    }
+
+    /// Takes a replica's results for the chunk a batch carried and reports
+    /// a new difference.
+    pub(super) async fn collect_check(&self, r: &mut Replica, check: &ChunkCheck) {
+        let Some(session) = r.session.as_mut() else {
+            return;
+        };
+        let results = match session.take_checks().await {
+            Ok(results) => results,
+            Err(e) => {
+                warn!(node = %r.node.name, error = %e, "could not read the background check's results");
+                return;
+            }
+        };
+        for got in results
+            .iter()
+            .filter(|g| g.after == check.after && g.through == check.through)
+        {
+            let found = self.verifier().record(&r.node.name, check, got);
+            if let Some(d) = found {
+                warn!(node = %r.node.name, table = %d.table, after = d.after.as_deref().unwrap_or("(start)"),
+                    through = d.through.as_deref().unwrap_or("(end)"), master_rows = d.master_rows,
+                    replica_rows = d.replica_rows, batch = d.batch,
+                    "replica differs from the master in a key range (found by the background check); \
+                     run `ferry repair {} {}` to copy the master's rows there", r.node.name, d.table);
+            }
+        }
+    }
+}

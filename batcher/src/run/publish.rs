@@ -1,0 +1,65 @@
+//! What the loop tells the rest of Ferry after each tick: each replica's
+//! position, lag and problems in `/status` and the metrics.
+
+use super::{Batcher, Replica};
+use crate::metrics::ReplicaLabel;
+use crate::status::ReplicaStatus;
+use crate::suspend::Suspensions;
+
+impl Batcher {
+    pub(super) fn publish(&self, replicas: &[Replica], last_batch: i64, susp: &Suspensions) {
+        let verifier = self.verifier();
+        let statuses: Vec<ReplicaStatus> = replicas
+            .iter()
+            .map(|r| {
+                let applied = r.position.as_ref().map(|p| p.0).unwrap_or(0);
+                let lag_seconds = r
+                    .behind_since
+                    .map(|t| t.elapsed())
+                    .unwrap_or(r.last_lag)
+                    .as_secs_f64();
+                let label = ReplicaLabel::new(&r.node.name);
+                let lag_batches = (last_batch - applied).max(0);
+                self.metrics
+                    .lag_batches
+                    .get_or_create(&label)
+                    .set(lag_batches);
+                self.metrics.lag_rows.get_or_create(&label).set(r.lag_rows);
+                self.metrics
+                    .lag_seconds
+                    .get_or_create(&label)
+                    .set(lag_seconds);
+                ReplicaStatus {
+                    name: r.node.name.clone(),
+                    reachable: r.session.is_some(),
+                    applied_batch: applied,
+                    lag_batches,
+                    lag_rows: r.lag_rows,
+                    lag_seconds,
+                    last_error: r.last_error.clone(),
+                    failed_batch: r.failed.as_ref().map(|f| f.0),
+                    failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
+                    suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
+                    quarantined: r.quarantined,
+                    behind_cleanup: r.behind_cleanup,
+                    divergent: verifier.divergent(&r.node.name).to_vec(),
+                }
+            })
+            .collect();
+        for r in replicas {
+            self.metrics
+                .divergent_tables
+                .get_or_create(&ReplicaLabel::new(&r.node.name))
+                .set(verifier.divergent_tables(&r.node.name).len() as i64);
+        }
+        let verify = verifier.status();
+        drop(verifier);
+        if let Ok(mut s) = self.status.write() {
+            s.verify = verify;
+            s.last_batch = last_batch;
+            s.replicas = statuses;
+            s.master_reachable = true;
+            s.error = None;
+        }
+    }
+}

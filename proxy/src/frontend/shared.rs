@@ -1,0 +1,67 @@
+//! What every client session shares: the users, the topology, the
+//! timeouts, the sync point and read routing, the gate, the metrics.
+
+use super::cancel::CancelRegistry;
+use super::hold::Gate;
+use super::pump::ReadRouting;
+use super::startup::{AuthMethod, UserDb};
+use ferry_batcher::SyncPoint;
+use ferry_cluster::Topology;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Front-end metrics.
+#[derive(Clone, Default)]
+pub struct FrontendMetrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub protocol_errors: Counter,
+}
+
+impl FrontendMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "ferry_client_connections",
+            "Open client sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "ferry_client_connections_accepted",
+            "Client sessions accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "ferry_client_protocol_errors",
+            "Client connections closed for a protocol violation",
+            m.protocol_errors.clone(),
+        );
+        m
+    }
+}
+
+/// What every session shares.
+pub struct Shared {
+    pub users: UserDb,
+    pub auth: AuthMethod,
+    /// The current topology: which node is master, in which epoch.
+    pub roles: watch::Receiver<Topology>,
+    /// How long a new session waits for a master during a failover.
+    pub hold_timeout: Duration,
+    pub max_message: usize,
+    pub connect_timeout: Duration,
+    pub cancels: CancelRegistry,
+    pub metrics: FrontendMetrics,
+    /// Set in synchronous mode: commits wait for the replicas here.
+    pub sync: Option<Arc<SyncPoint>>,
+    /// Set when reads may go to replicas.
+    pub reads: Option<Arc<ReadRouting>>,
+    /// Closed during a planned switchover, and while Ferry stops.
+    pub gate: Arc<Gate>,
+    /// Turns true when Ferry stops: every session ends with 57P01.
+    pub stopping: watch::Receiver<bool>,
+}

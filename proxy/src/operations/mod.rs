@@ -1,0 +1,113 @@
+//! The operator's operations, one orchestration file each, and the
+//! dispatch of admin requests to them.
+//!
+//! | operation | file | command | endpoint |
+//! |---|---|---|---|
+//! | planned switchover | [`switchover`] | `ferry switchover` | `POST /switchover` |
+//! | a new node joins | [`add_node`] | `ferry add-node` | `POST /nodes` |
+//! | a node leaves | [`remove_node`] | `ferry remove-node` | `POST /nodes/{name}/remove` |
+//! | a fenced node comes back | [`resync`] | `ferry resync` | `POST /nodes/{name}/resync` |
+//! | a master chosen by hand | [`force_master`] | `ferry force-master` | `POST /force-master` |
+//! | suspend, cancel, resume, repair | [`batcher`] | `ferry suspend`, `resume`, `repair` | `/suspend`, `/replicas/{name}/…`, `/nodes/{name}/repair` |
+//!
+//! Each returns its answer's body or a [`Refusal`]; the ones that change
+//! roles ask the coordinator through [`coordinator::ask`].
+
+pub mod add_node;
+pub mod batcher;
+pub mod coordinator;
+pub mod force_master;
+pub mod refusal;
+pub mod remove_node;
+pub mod resync;
+pub mod switchover;
+
+pub use refusal::{Refusal, RefusalKind};
+
+use add_node::NodeAdder;
+use ferry_admin::{Answer, Request};
+use ferry_batcher::pattern::Pattern;
+use ferry_batcher::suspend::Command;
+use ferry_batcher::SharedStatus;
+use ferry_cluster::coordinator::Control;
+use ferry_cluster::Topology;
+use std::sync::Arc;
+use switchover::Switchover;
+use tokio::sync::{mpsc, watch};
+
+/// What the operations need of the running process.
+pub struct Operations {
+    pub roles: watch::Receiver<Topology>,
+    pub replication: SharedStatus,
+    /// Requests to the coordinator.
+    pub control: mpsc::Sender<Control>,
+    /// Requests to the batcher.
+    pub commands: mpsc::Sender<Command>,
+    /// Replication patterns (for resyncs).
+    pub patterns: (Vec<Pattern>, Vec<Pattern>),
+    pub switchover: Arc<Switchover>,
+    pub adder: Arc<NodeAdder>,
+}
+
+impl Operations {
+    /// Carries out an admin request: the endpoint's answer.
+    pub fn answer(&self, request: Request) -> Answer {
+        let control = self.control.clone();
+        let commands = self.commands.clone();
+        let done = match request {
+            Request::Switchover { to } => {
+                let switchover = self.switchover.clone();
+                Box::pin(async move { switchover.run(to).await }) as Pending
+            }
+            Request::AddNode {
+                name,
+                dsn,
+                priority,
+            } => {
+                let adder = self.adder.clone();
+                Box::pin(async move { adder.run(name, dsn, priority).await })
+            }
+            Request::RemoveNode { node } => {
+                Box::pin(remove_node::remove(self.roles.clone(), control, node))
+            }
+            Request::Resync { node } => Box::pin(resync::resync(
+                self.roles.clone(),
+                self.replication.clone(),
+                control,
+                self.patterns.clone(),
+                node,
+            )),
+            Request::ForceMaster { node } => Box::pin(force_master::force(control, node)),
+            Request::Suspend { replicas, at } => {
+                Box::pin(batcher::ask(commands, |reply| Command::Suspend {
+                    replicas,
+                    at,
+                    reply,
+                }))
+            }
+            Request::CancelSuspend { replica } => Box::pin(batcher::ask(commands, |reply| {
+                Command::Cancel { replica, reply }
+            })),
+            Request::Resume { replica } => Box::pin(batcher::ask(commands, |reply| {
+                Command::Resume { replica, reply }
+            })),
+            Request::Repair { replica, table } => {
+                Box::pin(batcher::ask(commands, |reply| Command::Repair {
+                    replica,
+                    table,
+                    reply,
+                }))
+            }
+        };
+        Box::pin(async move {
+            match done.await {
+                Ok(body) => (200, body),
+                Err(refusal) => refusal.answer(),
+            }
+        })
+    }
+}
+
+/// An operation under way.
+type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, Refusal>> + Send>>;
