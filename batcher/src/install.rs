@@ -205,16 +205,8 @@ pub async fn connect(
     target: &ferry_wire::Target,
     app: &str,
 ) -> Result<Client, BatchError> {
-    let (client, conn) = target
-        .pg_config(app)
-        .connect(tokio_postgres::NoTls)
+    target
+        .connect_control(app)
         .await
-        .map_err(BatchError::pg(node))?;
-    let node = node.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(node, error = %e, "control connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(BatchError::pg(node))
 }

@@ -15,8 +15,9 @@
 //!   and resumes it with only what changed.
 //! - [`resync`] copies the master's tables to a node fenced out, and
 //!   [`add_node`] prepares a new, empty node the same way.
-//! - [`sync`] lets client sessions wait until `k` replicas hold their
-//!   commits (synchronous mode).
+//! - The batcher reports which replica applied which tick to the sync
+//!   point ([`ferry_cluster::SyncPoint`]), where client sessions wait for
+//!   their commits in synchronous mode.
 //! - [`verify`] paces the background check that compares each table,
 //!   chunk by chunk, on every replica with the master, at the same point
 //!   of the batch stream.
@@ -35,11 +36,9 @@ pub mod run;
 pub mod schema_steps;
 pub mod status;
 pub mod suspend;
-pub mod sync;
 pub mod verify;
 
 pub use error::BatchError;
 pub use metrics::Metrics;
-pub use run::{Batcher, BatcherConfig, NodeTarget};
+pub use run::{Batcher, BatcherConfig};
 pub use status::{ReplicaStatus, ReplicationStatus, SharedStatus};
-pub use sync::{Fallback, Outcome, SyncPoint};

@@ -1,6 +1,5 @@
 //! Prometheus metrics of the replication path.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -8,19 +7,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// The `replica` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplicaLabel {
-    pub replica: String,
-}
-
-impl ReplicaLabel {
-    pub fn new(name: &str) -> Self {
-        Self {
-            replica: name.to_string(),
-        }
-    }
-}
+pub use ferry_cluster::ReplicaLabel;
 
 /// Counters and gauges the batcher updates; registered once at start.
 #[derive(Clone)]

@@ -32,10 +32,9 @@ use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::status::SharedStatus;
 use crate::suspend::{Command, Suspensions};
-use crate::sync::SyncPoint;
 use crate::verify::Verifier;
 use crate::BatchError;
-use ferry_wire::Target;
+use ferry_cluster::{Node, SyncPoint};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,18 +42,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
-/// A node by name and connection target.
-#[derive(Clone, Debug)]
-pub struct NodeTarget {
-    pub name: String,
-    pub target: Target,
-}
-
 /// What the batcher needs to know; built by the binary from its config.
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
-    pub master: NodeTarget,
-    pub replicas: Vec<NodeTarget>,
+    pub master: Node,
+    pub replicas: Vec<Node>,
     pub include: Vec<Pattern>,
     pub exclude: Vec<Pattern>,
     /// Interval between cuts.
@@ -89,7 +81,7 @@ pub struct SuspendConfig {
 
 /// One replica as the loop tracks it.
 struct Replica {
-    node: NodeTarget,
+    node: Node,
     session: Option<ApplySession>,
     /// Ledger position: last applied batch id and master snapshot.
     position: Option<(i64, String)>,

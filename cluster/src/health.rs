@@ -10,7 +10,6 @@ use crate::Node;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
-use tracing::debug;
 
 /// How often and how patiently nodes are checked.
 #[derive(Clone, Copy, Debug)]
@@ -57,18 +56,7 @@ impl Probe {
     pub async fn check(&mut self, timeout: Duration) -> bool {
         let result = tokio::time::timeout(timeout, async {
             if self.client.is_none() {
-                let (client, conn) = self
-                    .node
-                    .target
-                    .pg_config("ferry health")
-                    .connect(tokio_postgres::NoTls)
-                    .await?;
-                let name = self.node.name.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(node = %name, error = %e, "health connection ended");
-                    }
-                });
+                let client = self.node.target.connect_control("ferry health").await?;
                 // Ferry's own DDL is not the application's.
                 client.batch_execute(ferry_sql::capture::QUIET).await?;
                 self.client = Some(client);

@@ -9,16 +9,37 @@
 //!   a total outage, operators' requests (force, admit, switchover,
 //!   add/remove a node).
 //! - [`Role`]: master, replica or fenced.
+//! - [`progress`]: which replica has applied which batcher tick — what
+//!   sync commits wait for, causal reads and switchovers ask, and the
+//!   batcher reports ([`SyncPoint`]).
 
 pub mod coordinator;
 pub mod health;
+pub mod progress;
 pub mod record;
 mod role;
 
+pub use progress::{Fallback, Outcome, SyncPoint};
 pub use role::Role;
+
+use prometheus_client::encoding::EncodeLabelSet;
 
 use ferry_wire::Target;
 use thiserror::Error;
+
+/// The `replica` label of Ferry's per-replica metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    pub replica: String,
+}
+
+impl ReplicaLabel {
+    pub fn new(name: &str) -> Self {
+        Self {
+            replica: name.to_string(),
+        }
+    }
+}
 
 /// A configured node.
 #[derive(Clone, Debug)]

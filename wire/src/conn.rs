@@ -90,6 +90,26 @@ impl Target {
         }
         c
     }
+
+    /// Opens a control session (catalog reads, records, cuts, checks):
+    /// the one place Ferry connects its own tokio-postgres sessions. The
+    /// connection is driven by a task of its own until the client drops.
+    pub async fn connect_control(
+        &self,
+        application_name: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self
+            .pg_config(application_name)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        let (host, port, app) = (self.host.clone(), self.port, application_name.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(host, port, session = app, error = %e, "control connection ended");
+            }
+        });
+        Ok(client)
+    }
 }
 
 /// An error reported by the server, with the fields operators need.

@@ -16,16 +16,14 @@ impl Coordinator {
         if self.nodes.iter().any(|n| n.name == node.name) {
             return Err(CoordinatorError::Exists(node.name));
         }
-        let (client, conn) = node
+        let client = node
             .target
-            .pg_config("ferry control")
-            .connect(tokio_postgres::NoTls)
+            .connect_control("ferry control")
             .await
             .map_err(|source| CoordinatorError::Unreachable {
                 node: node.name.clone(),
                 source,
             })?;
-        tokio::spawn(conn);
         record::write(
             &client,
             &Recorded::replica(&node.name, topo.epoch, &topo.master.name),

@@ -58,16 +58,14 @@ impl Coordinator {
         };
         // The node just answered the resync; the health check may not
         // have seen it back yet.
-        let (client, conn) = n
+        let client = n
             .target
-            .pg_config("ferry control")
-            .connect(tokio_postgres::NoTls)
+            .connect_control("ferry control")
             .await
             .map_err(|source| CoordinatorError::Unreachable {
                 node: node.to_string(),
                 source,
             })?;
-        tokio::spawn(conn);
         record::write(
             &client,
             &Recorded::replica(node, topo.epoch, &topo.master.name),

@@ -3,8 +3,8 @@
 //! master's state-priority.
 
 use ferry_batcher::install::connect;
-use ferry_batcher::{Batcher, BatcherConfig, Metrics, NodeTarget, SharedStatus};
-use ferry_cluster::{Node, Role, Topology};
+use ferry_batcher::{Batcher, BatcherConfig, Metrics, SharedStatus};
+use ferry_cluster::{Role, Topology};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
@@ -81,10 +81,6 @@ pub(super) async fn supervise_batcher(
     commands: ferry_batcher::run::Commands,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let node = |n: &Node| NodeTarget {
-        name: n.name.clone(),
-        target: n.target.clone(),
-    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -98,8 +94,8 @@ pub(super) async fn supervise_batcher(
             }
         }
         let mut cfg = base.clone();
-        cfg.master = node(&topo.master);
-        cfg.replicas = topo.replicas.iter().map(node).collect();
+        cfg.master = topo.master.clone();
+        cfg.replicas = topo.replicas.clone();
         cfg.epoch = topo.epoch;
         let (stop, stopped) = watch::channel(false);
         let batcher = Batcher::new(cfg, status.clone(), metrics.clone(), commands.clone());

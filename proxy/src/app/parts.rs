@@ -2,7 +2,7 @@
 //! sync point, read routing, the batcher's configuration, the coordinator
 //! and what client sessions share.
 
-use crate::config::Config;
+use crate::config::{ClientAuth, Config, Mode, Reads, SyncFallback};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::hold::Gate;
 use crate::frontend::pump::{ReadMetrics, ReadMode, ReadRouting};
@@ -12,9 +12,10 @@ use crate::frontend::startup::{AuthMethod, UserDb};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::run::SuspendConfig;
 use ferry_batcher::verify::{Verifier, VerifyConfig};
-use ferry_batcher::{BatcherConfig, Fallback, NodeTarget, SharedStatus, SyncPoint};
+use ferry_batcher::{BatcherConfig, SharedStatus};
 use ferry_cluster::coordinator::{Control, Coordinator, SharedClusterStatus};
 use ferry_cluster::health::HealthConfig;
+use ferry_cluster::{Fallback, SyncPoint};
 use ferry_cluster::{Node, Topology};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 /// them in sync mode, causal reads and switchovers ask. `nodes` gives the
 /// slots.
 pub(super) fn sync_point(cfg: &Config, nodes: &[Node], registry: &mut Registry) -> Arc<SyncPoint> {
-    let fallback = if cfg.replication.sync_fallback == "async" {
+    let fallback = if cfg.replication.sync_fallback == SyncFallback::Async {
         Fallback::Async(Duration::from_millis(cfg.replication.sync_timeout_ms))
     } else {
         Fallback::Wait
@@ -45,7 +46,7 @@ pub(super) fn sync_point(cfg: &Config, nodes: &[Node], registry: &mut Registry) 
 
 /// `replication.mode = "sync"`.
 pub(super) fn sync_mode(cfg: &Config) -> bool {
-    cfg.replication.mode == "sync"
+    cfg.replication.mode == Mode::Sync
 }
 
 /// Read routing, when reads may go to replicas (`proxy.reads`).
@@ -55,10 +56,10 @@ pub(super) fn read_routing(
     ticks: &Arc<SyncPoint>,
     registry: &mut Registry,
 ) -> Option<Arc<ReadRouting>> {
-    let mode = match cfg.proxy.reads.as_str() {
-        "replicas" => ReadMode::Replicas,
-        "causal" => ReadMode::Causal,
-        _ => return None,
+    let mode = match cfg.proxy.reads {
+        Reads::Replicas => ReadMode::Replicas,
+        Reads::Causal => ReadMode::Causal,
+        Reads::Master => return None,
     };
     Some(Arc::new(ReadRouting {
         mode,
@@ -84,13 +85,9 @@ pub(super) fn batcher_config(
     ticks: &Arc<SyncPoint>,
     (include, exclude): (Vec<Pattern>, Vec<Pattern>),
 ) -> BatcherConfig {
-    let node = |n: &Node| NodeTarget {
-        name: n.name.clone(),
-        target: n.target.clone(),
-    };
     BatcherConfig {
-        master: node(&topo.master),
-        replicas: topo.replicas.iter().map(node).collect(),
+        master: topo.master.clone(),
+        replicas: topo.replicas.clone(),
         include,
         exclude,
         tick: Duration::from_millis(cfg.replication.tick_ms),
@@ -167,10 +164,9 @@ pub(super) fn sessions(cfg: &Config, parts: SessionParts) -> Arc<Shared> {
                 .iter()
                 .map(|u| (u.name.as_str(), u.password.as_str())),
         ),
-        auth: if cfg.proxy.auth == "md5" {
-            AuthMethod::Md5
-        } else {
-            AuthMethod::ScramSha256
+        auth: match cfg.proxy.auth {
+            ClientAuth::Md5 => AuthMethod::Md5,
+            ClientAuth::ScramSha256 => AuthMethod::ScramSha256,
         },
         roles: parts.roles,
         hold_timeout: Duration::from_millis(cfg.proxy.hold_timeout_ms),

@@ -4,8 +4,9 @@
 use crate::frontend::shared::FrontendMetrics;
 use crate::operations::Operations;
 use ferry_admin::{Answer, Request, StatusSource};
-use ferry_batcher::{SharedStatus, SyncPoint};
+use ferry_batcher::SharedStatus;
 use ferry_cluster::coordinator::SharedClusterStatus;
+use ferry_cluster::SyncPoint;
 use ferry_cluster::Topology;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! another serving replica at its next read instead of reading on the
 //! master for good.
 
-use ferry_batcher::metrics::ReplicaLabel;
+use ferry_cluster::ReplicaLabel;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;

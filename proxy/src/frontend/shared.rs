@@ -5,7 +5,7 @@ use super::cancel::CancelRegistry;
 use super::hold::Gate;
 use super::pump::ReadRouting;
 use super::startup::{AuthMethod, UserDb};
-use ferry_batcher::SyncPoint;
+use ferry_cluster::SyncPoint;
 use ferry_cluster::Topology;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;

@@ -20,8 +20,9 @@
 use super::coordinator;
 use super::refusal::Refusal;
 use crate::frontend::hold::Gate;
-use ferry_batcher::{SharedStatus, SyncPoint};
+use ferry_batcher::SharedStatus;
 use ferry_cluster::coordinator::Control;
+use ferry_cluster::SyncPoint;
 use ferry_cluster::Topology;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};

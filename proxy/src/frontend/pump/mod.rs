@@ -11,7 +11,7 @@
 //! Following each message is what three features need:
 //! - **sync mode**: a COMMIT that may have written is held until `k`
 //!   replicas applied it ([`crate::frontend::commit_tracker`],
-//!   [`ferry_batcher::SyncPoint`]);
+//!   [`ferry_cluster::SyncPoint`]);
 //! - **reads on replicas** (`proxy.reads`, [`reads`]): a read that arrives
 //!   while the session is idle may go to a replica; `SET`, `PREPARE`,
 //!   `LISTEN`, temporary tables and advisory locks pin the session to the
@@ -41,7 +41,7 @@ pub(crate) use route::Route;
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::hold::Gate;
 use bytes::BytesMut;
-use ferry_batcher::SyncPoint;
+use ferry_cluster::SyncPoint;
 use ferry_wire::stream::OwnedReadHalf;
 use ferry_wire::ServerConn;
 use std::sync::{Mutex, MutexGuard};

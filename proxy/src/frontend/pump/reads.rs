@@ -10,7 +10,7 @@ use super::route::Route;
 use crate::frontend::read_balance::{Lease, ReaderCounts};
 use crate::frontend::read_cycle;
 use bytes::Bytes;
-use ferry_batcher::SyncPoint;
+use ferry_cluster::SyncPoint;
 use ferry_sql::classify::{classify, pins_session, Kind};
 use ferry_sql::set_config::{self, Scope};
 use ferry_wire::codec::read_cstr;

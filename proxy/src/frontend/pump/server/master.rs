@@ -14,7 +14,7 @@ use super::super::route::Dest;
 use super::{ServerSide, Turn};
 use crate::frontend::commit_tracker::server_wants;
 use bytes::{Buf, BytesMut};
-use ferry_batcher::SyncPoint;
+use ferry_cluster::SyncPoint;
 use ferry_wire::error_response::{error_field, field, is_fatal};
 use ferry_wire::tag::backend::{ERROR_RESPONSE, PARSE_COMPLETE, READY_FOR_QUERY};
 use ferry_wire::{Step, TransactionStatus};

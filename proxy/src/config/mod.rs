@@ -1,13 +1,14 @@
 //! Ferry's configuration: a TOML file, then `FERRY_...` environment
 //! overrides, then validation that names the offending key.
 
-use ferry_batcher::pattern::Pattern;
-use ferry_wire::Target;
+mod env;
+mod validate;
+
+use env::apply_env;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use thiserror::Error;
+use validate::check_choices;
 
 /// A configuration problem, naming the key.
 #[derive(Debug, Error)]
@@ -31,6 +32,40 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `proxy.auth`: how clients authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ClientAuth {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+}
+
+/// `proxy.reads`: where read-only statements outside transactions go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reads {
+    Master,
+    Replicas,
+    Causal,
+}
+
+/// `replication.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Async,
+    Sync,
+}
+
+/// `replication.sync_fallback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncFallback {
+    Wait,
+    Async,
+}
+
 /// `[proxy]`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,7 +73,7 @@ pub struct ProxyConfig {
     /// Address the PostgreSQL-protocol listener binds.
     pub listen: String,
     /// How clients authenticate: `scram-sha-256` or `md5`.
-    pub auth: String,
+    pub auth: ClientAuth,
     /// Largest client message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Timeout for connecting and authenticating to a server, in ms.
@@ -49,7 +84,7 @@ pub struct ProxyConfig {
     /// Where read-only statements outside transactions go: `master`,
     /// `replicas` (any replica, whatever its lag) or `causal` (a replica
     /// that has the session's last commit).
-    pub reads: String,
+    pub reads: Reads,
     /// How long a new session waits for a master during a failover before
     /// it gets SQLSTATE 57P03, in ms.
     pub hold_timeout_ms: u64,
@@ -63,11 +98,11 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:6432".into(),
-            auth: "scram-sha-256".into(),
+            auth: ClientAuth::ScramSha256,
             max_message_bytes: 256 << 20,
             connect_timeout_ms: 5000,
             workers: 0,
-            reads: "master".into(),
+            reads: Reads::Master,
             hold_timeout_ms: 30_000,
             shutdown_timeout_ms: 10_000,
         }
@@ -196,14 +231,14 @@ fn default_priority() -> i32 {
 pub struct ReplicationConfig {
     /// `async` (a commit returns when the master has it) or `sync` (when
     /// `sync_replicas` replicas have applied it too).
-    pub mode: String,
+    pub mode: Mode,
     /// Replicas that must have applied a commit before a client hears of it
     /// in `sync` mode.
     pub sync_replicas: usize,
     /// `wait` (commits wait for the replicas however long it takes) or
     /// `async` (after `sync_timeout_ms`, commits continue without them,
     /// logged and shown, until enough replicas are current again).
-    pub sync_fallback: String,
+    pub sync_fallback: SyncFallback,
     /// How long a commit waits before the `async` fallback applies, in ms.
     pub sync_timeout_ms: u64,
     /// `schema.table` patterns of replicated tables, `*` as wildcard.
@@ -222,9 +257,9 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
-            mode: "async".into(),
+            mode: Mode::Async,
             sync_replicas: 1,
-            sync_fallback: "wait".into(),
+            sync_fallback: SyncFallback::Wait,
             sync_timeout_ms: 5_000,
             tables: vec!["public.*".into()],
             exclude: Vec::new(),
@@ -267,79 +302,6 @@ pub struct Config {
     pub verify: VerifySection,
 }
 
-/// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
-/// `replication`, `suspend`, `health`, `switchover` and `verify` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
-/// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
-/// `-` as `_`.
-fn apply_env(doc: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
-    let norm = |s: &str| s.to_ascii_uppercase().replace('-', "_");
-    for (k, v) in env {
-        let Some(rest) = k.strip_prefix("FERRY_") else {
-            continue;
-        };
-        for section in [
-            "proxy",
-            "admin",
-            "replication",
-            "suspend",
-            "health",
-            "switchover",
-            "verify",
-        ] {
-            let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
-                continue;
-            };
-            let key = key.to_ascii_lowercase();
-            let table = doc
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            let Some(table) = table.as_table_mut() else {
-                return Err(invalid(section, "must be a table"));
-            };
-            let value = match key.as_str() {
-                "tables" | "exclude" => toml::Value::Array(
-                    v.split(',')
-                        .map(|s| toml::Value::String(s.trim().to_string()))
-                        .collect(),
-                ),
-                _ => match v.parse::<i64>() {
-                    Ok(n) => toml::Value::Integer(n),
-                    Err(_) => toml::Value::String(v.clone()),
-                },
-            };
-            table.insert(key, value);
-        }
-        for (list, field, key_name) in [("nodes", "NODE_", "name"), ("users", "USER_", "name")] {
-            let Some(spec) = rest.strip_prefix(field) else {
-                continue;
-            };
-            let Some(items) = doc.get_mut(list).and_then(|v| v.as_array_mut()) else {
-                continue;
-            };
-            for item in items.iter_mut().filter_map(|i| i.as_table_mut()) {
-                let name = item
-                    .get(key_name)
-                    .and_then(|n| n.as_str())
-                    .map(norm)
-                    .unwrap_or_default();
-                let Some(attr) = spec.strip_prefix(&format!("{name}_")) else {
-                    continue;
-                };
-                let attr = attr.to_ascii_lowercase();
-                let value = match attr.as_str() {
-                    "priority" => toml::Value::Integer(
-                        v.parse()
-                            .map_err(|_| invalid(k.clone(), "must be an integer"))?,
-                    ),
-                    _ => toml::Value::String(v.clone()),
-                };
-                item.insert(attr, value);
-            }
-        }
-    }
-    Ok(())
-}
-
 impl ProxyConfig {
     /// The number of worker threads to run.
     pub fn worker_threads(&self) -> usize {
@@ -370,182 +332,12 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         apply_env(&mut doc, env)?;
+        check_choices(&doc)?;
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// Checks every key that parsing alone cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.proxy.listen.parse::<SocketAddr>().map_err(|e| {
-            invalid(
-                "proxy.listen",
-                format!("{e}: expected host:port, e.g. 127.0.0.1:6432"),
-            )
-        })?;
-        self.admin.listen.parse::<SocketAddr>().map_err(|e| {
-            invalid(
-                "admin.listen",
-                format!("{e}: expected host:port, e.g. 127.0.0.1:9930"),
-            )
-        })?;
-        if !matches!(self.proxy.auth.as_str(), "scram-sha-256" | "md5") {
-            return Err(invalid(
-                "proxy.auth",
-                "must be \"scram-sha-256\" or \"md5\"",
-            ));
-        }
-        if self.verify.chunk_rows < 1 {
-            return Err(invalid("verify.chunk_rows", "must be at least 1"));
-        }
-        if self.proxy.max_message_bytes < 8192 {
-            return Err(invalid("proxy.max_message_bytes", "must be at least 8192"));
-        }
-        if self.nodes.is_empty() {
-            return Err(invalid("nodes", "at least one [[nodes]] entry is required"));
-        }
-        let mut names = HashSet::new();
-        let mut db = None;
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.name.is_empty()
-                || !n
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    "must be non-empty letters, digits, _ or -",
-                ));
-            }
-            if !names.insert(n.name.as_str()) {
-                return Err(invalid(
-                    format!("nodes[{i}].name"),
-                    format!("duplicate node name {:?}", n.name),
-                ));
-            }
-            let t = Target::from_dsn(&n.dsn)
-                .map_err(|e| invalid(format!("nodes[{i}].dsn"), e.to_string()))?;
-            if let Some(d) = &db {
-                if *d != t.dbname {
-                    return Err(invalid(
-                        format!("nodes[{i}].dsn"),
-                        format!("database {:?} differs from {:?}: every node must name the same database", t.dbname, d),
-                    ));
-                }
-            }
-            db = Some(t.dbname);
-        }
-        match self.replication.mode.as_str() {
-            "async" => {}
-            "sync" => {
-                let replicas = self.nodes.len().saturating_sub(1);
-                if self.replication.sync_replicas == 0 || self.replication.sync_replicas > replicas
-                {
-                    return Err(invalid(
-                        "replication.sync_replicas",
-                        format!(
-                            "must be between 1 and the number of replicas ({replicas}), not {}",
-                            self.replication.sync_replicas
-                        ),
-                    ));
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "replication.mode",
-                    format!("{other:?} is not a mode; use \"async\" or \"sync\""),
-                ))
-            }
-        }
-        match self.proxy.reads.as_str() {
-            "master" => {}
-            "replicas" | "causal" if self.nodes.len() > 1 => {}
-            "replicas" | "causal" => {
-                return Err(invalid("proxy.reads", "needs at least one replica node"))
-            }
-            other => {
-                return Err(invalid(
-                    "proxy.reads",
-                    format!(
-                        "{other:?} is not a choice; use \"master\", \"replicas\" or \"causal\""
-                    ),
-                ))
-            }
-        }
-        match self.replication.sync_fallback.as_str() {
-            "wait" => {}
-            "async" if self.replication.sync_timeout_ms > 0 => {}
-            "async" => {
-                return Err(invalid(
-                    "replication.sync_timeout_ms",
-                    "must be positive with sync_fallback = \"async\"",
-                ))
-            }
-            other => {
-                return Err(invalid(
-                    "replication.sync_fallback",
-                    format!("{other:?} is not a fallback; use \"wait\" or \"async\""),
-                ))
-            }
-        }
-        if self.replication.tables.is_empty() {
-            return Err(invalid(
-                "replication.tables",
-                "name at least one pattern, e.g. \"public.*\"",
-            ));
-        }
-        for (key, list) in [
-            ("replication.tables", &self.replication.tables),
-            ("replication.exclude", &self.replication.exclude),
-        ] {
-            for p in list {
-                Pattern::parse(p).map_err(|e| invalid(key, e.to_string()))?;
-            }
-        }
-        if self.replication.tick_ms == 0
-            || self.replication.housekeeping_ms == 0
-            || self.replication.apply_timeout_ms == 0
-        {
-            return Err(invalid(
-                "replication",
-                "tick_ms, housekeeping_ms and apply_timeout_ms must be positive",
-            ));
-        }
-        if self.health.interval_ms == 0 || self.health.failures == 0 {
-            return Err(invalid(
-                "health",
-                "interval_ms and failures must be positive",
-            ));
-        }
-        if self.switchover.drain_timeout_ms == 0 || self.switchover.catch_up_timeout_ms == 0 {
-            return Err(invalid(
-                "switchover",
-                "drain_timeout_ms and catch_up_timeout_ms must be positive",
-            ));
-        }
-        let mut users = HashSet::new();
-        for (i, u) in self.users.iter().enumerate() {
-            if u.name.is_empty() || !users.insert(u.name.as_str()) {
-                return Err(invalid(
-                    format!("users[{i}].name"),
-                    "must be non-empty and unique",
-                ));
-            }
-            if u.password.starts_with("SCRAM-SHA-256$") {
-                ferry_wire::scram::Verifier::parse(&u.password)
-                    .map_err(|e| invalid(format!("users[{i}].password"), e.to_string()))?;
-                if self.proxy.auth == "md5" {
-                    return Err(invalid(
-                        format!("users[{i}].password"),
-                        "md5 authentication needs the plaintext password, not a SCRAM verifier",
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 }
 
