@@ -1,6 +1,6 @@
 //! The replication state the admin endpoint shows.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 
 /// One replica as `/status` shows it.
@@ -34,7 +34,8 @@ pub struct ReplicaStatus {
 
 /// A schema change logged on the master (Ferry does not replicate DDL
 /// yet; it reports it and re-checks the nodes).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SchemaChange {
     pub at: String,
     pub tag: String,

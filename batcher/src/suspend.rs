@@ -13,7 +13,7 @@
 //! they survive a restart of Ferry. This module holds the in-memory side:
 //! the requests from the admin endpoint and their answers, and the states.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ impl SuspendError {
 }
 
 /// Where a suspension stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Scheduled,
@@ -150,7 +150,8 @@ impl State {
 }
 
 /// The hook run once a replica is suspended and consistent.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HookStatus {
     pub running: bool,
     pub exit_code: Option<i32>,
@@ -159,7 +160,7 @@ pub struct HookStatus {
 }
 
 /// A suspension as `/status` shows it (under the replica).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SuspensionStatus {
     pub state: State,
     pub at: String,

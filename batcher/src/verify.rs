@@ -12,7 +12,7 @@
 //! queries and feeds the answers in.
 
 use ferry_sql::TableName;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,7 @@ impl CheckResult {
 }
 
 /// A key range in which a replica differs from the master.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Divergence {
     pub table: String,
     /// The range's bounds as JSON keys (`after` exclusive, `through`
@@ -112,7 +112,8 @@ pub struct Divergence {
 }
 
 /// What `/status` shows of the check.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VerifyStatus {
     pub enabled: bool,
     pub interval_seconds: u64,

@@ -7,7 +7,7 @@
 //! answer.
 
 use crate::Node;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -20,7 +20,8 @@ pub struct HealthConfig {
 }
 
 /// One node's health as `/status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeHealth {
     pub up: bool,
     /// Consecutive missed checks.

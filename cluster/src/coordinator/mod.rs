@@ -29,7 +29,7 @@ use crate::record::Seen;
 use crate::{Node, Topology};
 
 use futures_util::future::join_all;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,7 +48,7 @@ pub struct ClusterStatus {
 }
 
 /// One completed failover.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailoverReport {
     pub failed: String,
     pub promoted: String,

@@ -1,13 +1,17 @@
 //! What the admin endpoint reads and asks of the running process: the
 //! status document, metrics, health, and the operations.
 
+use crate::config::Mode;
 use crate::frontend::shared::FrontendMetrics;
 use crate::operations::Operations;
+use crate::status::{
+    FailoverStatus, NodeStatus, ReplicaDetail, Status, SwitchoverStatus, SyncStatus,
+};
 use ferry_admin::{Answer, Request, StatusSource};
 use ferry_batcher::SharedStatus;
 use ferry_cluster::coordinator::SharedClusterStatus;
 use ferry_cluster::SyncPoint;
-use ferry_cluster::Topology;
+use ferry_cluster::{Role, Topology};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -23,96 +27,111 @@ pub(super) struct AppStatus {
     pub ops: Operations,
 }
 
-impl StatusSource for AppStatus {
-    fn status(&self) -> serde_json::Value {
-        let r = match self.replication.read() {
-            Ok(r) => r.clone(),
-            Err(_) => Default::default(),
-        };
-        let c = match self.cluster.read() {
-            Ok(c) => c.clone(),
-            Err(_) => Default::default(),
-        };
+impl AppStatus {
+    /// The `/status` document now.
+    pub(super) fn document(&self) -> Status {
+        let r = self
+            .replication
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let c = self.cluster.read().map(|c| c.clone()).unwrap_or_default();
         let topo = self.roles.borrow().clone();
         let health = |name: &str| {
             c.health
                 .iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, h)| serde_json::to_value(h).unwrap_or_default())
+                .map(|(_, h)| h.clone())
         };
-        let mut nodes = vec![serde_json::json!({
-            "name": topo.master.name,
-            "role": "master",
-            "reachable": r.master_reachable,
-            "applied_batch": r.last_batch,
-            "lag_batches": 0,
-            "lag_rows": 0,
-            "lag_seconds": 0.0,
-            "last_error": r.error,
-            "health": health(&topo.master.name),
-        })];
+        let node = |name: &str, role: Role| NodeStatus {
+            name: name.to_string(),
+            role,
+            reachable: false,
+            applied_batch: 0,
+            lag_batches: 0,
+            lag_rows: 0,
+            lag_seconds: 0.0,
+            last_error: None,
+            replica: None,
+            health: health(name),
+        };
+        let mut nodes = vec![NodeStatus {
+            reachable: r.master_reachable,
+            applied_batch: r.last_batch,
+            last_error: r.error.clone(),
+            ..node(&topo.master.name, Role::Master)
+        }];
         for n in &topo.replicas {
             let s = r.replicas.iter().find(|s| s.name == n.name);
-            nodes.push(serde_json::json!({
-                "name": n.name,
-                "role": "replica",
-                "reachable": s.map(|s| s.reachable).unwrap_or(false),
-                "applied_batch": s.map(|s| s.applied_batch).unwrap_or(0),
-                "lag_batches": s.map(|s| s.lag_batches).unwrap_or(0),
-                "lag_rows": s.map(|s| s.lag_rows).unwrap_or(0),
-                "lag_seconds": s.map(|s| s.lag_seconds).unwrap_or(0.0),
-                "last_error": s.and_then(|s| s.last_error.clone()),
-                "failed_batch": s.and_then(|s| s.failed_batch),
-                "failed_statement": s.and_then(|s| s.failed_statement.clone()),
-                "suspension": s.and_then(|s| s.suspension.clone()),
-                "quarantined": s.map(|s| s.quarantined).unwrap_or(0),
-                "divergent": s.map(|s| s.divergent.clone()).unwrap_or_default(),
-                "health": health(&n.name),
-            }));
+            nodes.push(match s {
+                Some(s) => NodeStatus {
+                    reachable: s.reachable,
+                    applied_batch: s.applied_batch,
+                    lag_batches: s.lag_batches,
+                    lag_rows: s.lag_rows,
+                    lag_seconds: s.lag_seconds,
+                    last_error: s.last_error.clone(),
+                    replica: Some(ReplicaDetail {
+                        failed_batch: s.failed_batch,
+                        failed_statement: s.failed_statement.clone(),
+                        suspension: s.suspension.clone(),
+                        quarantined: s.quarantined,
+                        divergent: s.divergent.clone(),
+                    }),
+                    ..node(&n.name, Role::Replica)
+                },
+                None => NodeStatus {
+                    replica: Some(ReplicaDetail::default()),
+                    ..node(&n.name, Role::Replica)
+                },
+            });
         }
         for (n, why) in &topo.fenced {
-            nodes.push(serde_json::json!({
-                "name": n.name,
-                "role": "fenced",
-                "reachable": false,
-                "applied_batch": 0,
-                "lag_batches": 0,
-                "lag_rows": 0,
-                "lag_seconds": 0.0,
-                "last_error": why,
-                "health": health(&n.name),
-            }));
+            nodes.push(NodeStatus {
+                last_error: Some(why.clone()),
+                ..node(&n.name, Role::Fenced)
+            });
         }
-        serde_json::json!({
-            "master": topo.master.name,
-            "epoch": topo.epoch,
-            "mode": if self.sync.is_some() { "sync" } else { "async" },
-            "sync": self.sync.as_ref().map(|s| serde_json::json!({
-                "replicas_required": s.replicas_required(),
-                "degraded": s.is_degraded(),
-                "waiting_commits": s.waiting(),
-            })),
-            "failover": {
-                "switching": c.switching,
-                "last": c.last_failover,
-                "error": c.error,
+        Status {
+            master: topo.master.name.clone(),
+            epoch: topo.epoch,
+            mode: if self.sync.is_some() {
+                Mode::Sync
+            } else {
+                Mode::Async
             },
-            "switchover": {
-                "holding": self.ops.switchover.gate.is_closed(),
-                "last": self.ops.switchover.last.read().ok().and_then(|l| l.clone()),
+            sync: self.sync.as_ref().map(|s| SyncStatus {
+                replicas_required: s.replicas_required(),
+                degraded: s.is_degraded(),
+                waiting_commits: s.waiting(),
+            }),
+            failover: FailoverStatus {
+                switching: c.switching,
+                last: c.last_failover.clone(),
+                error: c.error.clone(),
             },
-            "adding": self.ops.adder.state.read().ok().and_then(|a| a.clone()),
-            "waiting": topo.waiting,
-            "forced": topo.forced,
-            "last_batch": r.last_batch,
-            "outbox_backlog": r.outbox_backlog,
-            "outbox_kept_for": r.outbox_kept_for,
-            "tables": r.tables,
-            "client_connections": self.frontend.connections.get(),
-            "nodes": nodes,
-            "schema_changes": r.schema_changes,
-            "verify": r.verify,
-        })
+            switchover: SwitchoverStatus {
+                holding: self.ops.switchover.gate.is_closed(),
+                last: self.ops.switchover.last.read().ok().and_then(|l| l.clone()),
+            },
+            adding: self.ops.adder.state.read().ok().and_then(|a| a.clone()),
+            waiting: topo.waiting.clone(),
+            forced: topo.forced,
+            last_batch: r.last_batch,
+            outbox_backlog: r.outbox_backlog,
+            outbox_kept_for: r.outbox_kept_for.clone(),
+            tables: r.tables,
+            client_connections: self.frontend.connections.get(),
+            nodes,
+            schema_changes: r.schema_changes.clone(),
+            verify: Some(r.verify.clone()),
+        }
+    }
+}
+
+impl StatusSource for AppStatus {
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.document()).unwrap_or_default()
     }
 
     fn metrics(&self) -> String {

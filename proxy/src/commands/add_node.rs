@@ -3,6 +3,7 @@
 //! to it, a progress bar follows `/status` (`adding`).
 
 use super::admin_http::{call, refused, send};
+use ferry::status::Status;
 use ferry_admin::api;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
@@ -27,13 +28,13 @@ pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::R
     bar.set_prefix(format!("{name}: definitions"));
     while !request.is_finished() {
         if let Ok((200, text)) = call(admin, hyper::Method::GET, "/status", None).await {
-            let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let a = &doc["adding"];
-            if a["node"] == name {
-                bar.set_prefix(format!("{name}: {}", a["phase"].as_str().unwrap_or("?")));
-                bar.set_length(a["tables"].as_u64().unwrap_or(0));
-                bar.set_position(a["tables_done"].as_u64().unwrap_or(0));
-                bar.set_message(format!("{} rows", a["rows"].as_u64().unwrap_or(0)));
+            let doc: Status = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(a) = doc.adding.filter(|a| a.node == name) {
+                let phase = serde_json::to_value(a.phase).unwrap_or_default();
+                bar.set_prefix(format!("{name}: {}", phase.as_str().unwrap_or("?")));
+                bar.set_length(a.tables as u64);
+                bar.set_position(a.tables_done as u64);
+                bar.set_message(format!("{} rows", a.rows));
             }
         }
         bar.tick();

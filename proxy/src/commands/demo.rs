@@ -93,7 +93,7 @@ async fn serve(
     let outcome = async {
         workload(&url).await.context("sample workload")?;
         let verified = super::verify::check(cfg, 10).await?;
-        let doc: serde_json::Value = serde_json::from_str(
+        let doc: ferry::status::Status = serde_json::from_str(
             &super::status::get(&format!("http://{admin}"), "/status").await?,
         )?;
         println!("\n{}", super::status::render(&doc));

@@ -1,6 +1,8 @@
 //! `ferry status`: the admin endpoint's `/status`, as a table.
 
 use anyhow::{bail, Context};
+use ferry::config::Mode;
+use ferry::status::{NodeStatus, Status};
 use std::process::ExitCode;
 
 /// GETs a path from the admin endpoint and returns the body.
@@ -13,21 +15,74 @@ pub async fn get(base: &str, path: &str) -> anyhow::Result<String> {
 }
 
 /// Renders the `/status` document for people.
-pub fn render(doc: &serde_json::Value) -> String {
+pub fn render(doc: &Status) -> String {
     let mut out = format!(
         "master {}  mode {}  last batch {}  outbox {} rows awaiting clean-up{}  tables {}  clients {}\n\n",
-        doc["master"].as_str().unwrap_or("?"),
-        doc["mode"].as_str().unwrap_or("?"),
-        doc["last_batch"],
-        doc["outbox_backlog"],
-        doc["outbox_kept_for"]
-            .as_str()
+        doc.master,
+        match doc.mode {
+            Mode::Async => "async",
+            Mode::Sync => "sync",
+        },
+        doc.last_batch,
+        doc.outbox_backlog,
+        doc.outbox_kept_for
+            .as_deref()
             .map(|n| format!(" (kept for {n})"))
             .unwrap_or_default(),
-        doc["tables"],
-        doc["client_connections"],
+        doc.tables,
+        doc.client_connections,
     );
-    out += &format!(
+    out += &nodes_table(&doc.nodes);
+    if let Some(sync) = &doc.sync {
+        out += &format!(
+            "\nsync: {} replica(s) required, {} commit(s) waiting{}\n",
+            sync.replicas_required,
+            sync.waiting_commits,
+            if sync.degraded {
+                ", DEGRADED: commits continue without the replicas"
+            } else {
+                ""
+            }
+        );
+    }
+    match &doc.verify {
+        Some(v) if v.enabled => {
+            out += &format!(
+                "\nbackground check: {} pass(es) over every table{}, {} chunk(s) compared{}\n",
+                v.passes,
+                v.last_pass_seconds
+                    .map(|s| format!(" (last took {s:.0} s)"))
+                    .unwrap_or_default(),
+                v.chunks,
+                v.table
+                    .as_deref()
+                    .map(|t| format!("; now in {t}"))
+                    .unwrap_or_default(),
+            );
+        }
+        Some(_) => out += "\nbackground check: off (verify.interval_s = 0)\n",
+        None => {}
+    }
+    for n in &doc.nodes {
+        out += &replica_notes(n);
+    }
+    if !doc.schema_changes.is_empty() {
+        out += "\nschema changes seen on the master:\n";
+        for c in doc.schema_changes.iter().rev().take(5) {
+            let how = if c.replicated {
+                "replicated"
+            } else {
+                "NOT replicated"
+            };
+            out += &format!("  {} {} {} ({how})\n", c.at, c.tag, c.object);
+        }
+    }
+    out
+}
+
+/// One line per node.
+fn nodes_table(nodes: &[NodeStatus]) -> String {
+    let mut out = format!(
         "{:<12} {:<8} {:<10} {:>13} {:>11} {:>9} {:>11}  {}\n",
         "node",
         "role",
@@ -38,116 +93,77 @@ pub fn render(doc: &serde_json::Value) -> String {
         "lag_seconds",
         "last_error"
     );
-    for n in doc["nodes"].as_array().into_iter().flatten() {
+    for n in nodes {
         out += &format!(
             "{:<12} {:<8} {:<10} {:>13} {:>11} {:>9} {:>11.3}  {}\n",
-            n["name"].as_str().unwrap_or("?"),
-            n["role"].as_str().unwrap_or("?"),
-            n["reachable"].to_string(),
-            n["applied_batch"].to_string(),
-            n["lag_batches"].to_string(),
-            n["lag_rows"].to_string(),
-            n["lag_seconds"].as_f64().unwrap_or(0.0),
-            n["last_error"].as_str().unwrap_or(""),
+            n.name,
+            n.role.as_str(),
+            n.reachable.to_string(),
+            n.applied_batch.to_string(),
+            n.lag_batches.to_string(),
+            n.lag_rows.to_string(),
+            n.lag_seconds,
+            n.last_error.as_deref().unwrap_or(""),
         );
     }
-    if let Some(sync) = doc["sync"].as_object() {
-        out += &format!(
-            "\nsync: {} replica(s) required, {} commit(s) waiting{}\n",
-            sync.get("replicas_required")
-                .unwrap_or(&serde_json::Value::Null),
-            sync.get("waiting_commits")
-                .unwrap_or(&serde_json::Value::Null),
-            if sync.get("degraded").and_then(|d| d.as_bool()) == Some(true) {
-                ", DEGRADED: commits continue without the replicas"
-            } else {
-                ""
-            }
-        );
-    }
-    let v = &doc["verify"];
-    if v["enabled"] == true {
-        out += &format!(
-            "\nbackground check: {} pass(es) over every table{}, {} chunk(s) compared{}\n",
-            v["passes"],
-            v["last_pass_seconds"]
-                .as_f64()
-                .map(|s| format!(" (last took {s:.0} s)"))
+    out
+}
+
+/// A replica's suspension, differences and failed batch, if any.
+fn replica_notes(n: &NodeStatus) -> String {
+    let mut out = String::new();
+    let detail = n.detail();
+    if let Some(s) = &detail.suspension {
+        let hook = match &s.hook {
+            Some(h) if h.running => "; hook running".to_string(),
+            Some(h) => h
+                .exit_code
+                .map(|code| format!("; hook exited {code}"))
                 .unwrap_or_default(),
-            v["chunks"],
-            v["table"]
-                .as_str()
-                .map(|t| format!("; now in {t}"))
+            None => String::new(),
+        };
+        out += &format!(
+            "\n{}: {} at {}{}; {} changes to {} keys pending{hook}{}\n",
+            n.name,
+            serde_json::to_value(s.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            s.at,
+            s.consistent_as_of
+                .as_deref()
+                .map(|t| format!(" (consistent as of {t})"))
+                .unwrap_or_default(),
+            s.pending_changes,
+            s.pending_keys,
+            s.error
+                .as_deref()
+                .map(|e| format!("; {e}"))
                 .unwrap_or_default(),
         );
-    } else if v.is_object() {
-        out += "\nbackground check: off (verify.interval_s = 0)\n";
     }
-    for n in doc["nodes"].as_array().into_iter().flatten() {
-        let s = &n["suspension"];
-        if let Some(state) = s["state"].as_str() {
-            out += &format!(
-                "\n{}: {state} at {}{}; {} changes to {} keys pending{}{}\n",
-                n["name"].as_str().unwrap_or("?"),
-                s["at"].as_str().unwrap_or("?"),
-                s["consistent_as_of"]
-                    .as_str()
-                    .map(|t| format!(" (consistent as of {t})"))
-                    .unwrap_or_default(),
-                s["pending_changes"],
-                s["pending_keys"],
-                match (
-                    s["hook"]["running"].as_bool(),
-                    s["hook"]["exit_code"].as_i64()
-                ) {
-                    (Some(true), _) => "; hook running".to_string(),
-                    (_, Some(code)) => format!("; hook exited {code}"),
-                    _ => String::new(),
-                },
-                s["error"]
-                    .as_str()
-                    .map(|e| format!("; {e}"))
-                    .unwrap_or_default(),
-            );
-        }
-        for d in n["divergent"].as_array().into_iter().flatten() {
-            out += &format!(
-                "\n{}: DIFFERS from the master in {} (keys after {} through {}: master {} rows, replica {}); \
-                 run `ferry repair {}`\n",
-                n["name"].as_str().unwrap_or("?"),
-                d["table"].as_str().unwrap_or("?"),
-                d["after"].as_str().unwrap_or("(start)"),
-                d["through"].as_str().unwrap_or("(end)"),
-                d["master_rows"],
-                d["replica_rows"],
-                n["name"].as_str().unwrap_or("?"),
-            );
-        }
-        if let Some(statement) = n["failed_statement"].as_str() {
-            out += &format!(
-                "\n{}: batch {} failed to apply (retried); failing statement: {}\n",
-                n["name"].as_str().unwrap_or("?"),
-                n["failed_batch"],
-                statement
-            );
-        }
+    for d in &detail.divergent {
+        out += &format!(
+            "\n{}: DIFFERS from the master in {} (keys after {} through {}: master {} rows, replica {}); \
+             run `ferry repair {}`\n",
+            n.name,
+            d.table,
+            d.after.as_deref().unwrap_or("(start)"),
+            d.through.as_deref().unwrap_or("(end)"),
+            d.master_rows,
+            d.replica_rows,
+            n.name,
+        );
     }
-    let changes = doc["schema_changes"].as_array().map_or(&[][..], |c| &c[..]);
-    if !changes.is_empty() {
-        out += "\nschema changes seen on the master:\n";
-        for c in changes.iter().rev().take(5) {
-            let how = if c["replicated"].as_bool() == Some(true) {
-                "replicated"
-            } else {
-                "NOT replicated"
-            };
-            out += &format!(
-                "  {} {} {} ({how})\n",
-                c["at"].as_str().unwrap_or("?"),
-                c["tag"].as_str().unwrap_or("?"),
-                c["object"].as_str().unwrap_or("?")
-            );
-        }
+    if let Some(statement) = &detail.failed_statement {
+        out += &format!(
+            "\n{}: batch {} failed to apply (retried); failing statement: {}\n",
+            n.name,
+            detail
+                .failed_batch
+                .map_or_else(|| "null".to_string(), |b| b.to_string()),
+            statement
+        );
     }
     out
 }
@@ -157,7 +173,8 @@ pub async fn run(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{body}");
     } else {
-        let doc: serde_json::Value = serde_json::from_str(&body).context("status is not JSON")?;
+        let doc: Status =
+            serde_json::from_str(&body).context("/status is not a status document")?;
         print!("{}", render(&doc));
     }
     Ok(ExitCode::SUCCESS)
@@ -187,6 +204,7 @@ mod tests {
             "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q", "replicated": true},
                                {"at": "now", "tag": "CREATE TABLE", "object": "x.u", "query": "q", "replicated": false}]
         });
+        let doc: Status = serde_json::from_value(doc).unwrap();
         let text = render(&doc);
         assert!(text.contains("mode sync"), "{text}");
         assert!(text.contains("outbox 0 rows awaiting clean-up"), "{text}");
@@ -203,7 +221,7 @@ mod tests {
         );
         assert!(text.contains("ALTER TABLE public.t (replicated)"), "{text}");
         assert!(text.contains("CREATE TABLE x.u (NOT replicated)"), "{text}");
-        let quiet = render(&serde_json::json!({"nodes": []}));
+        let quiet = render(&serde_json::from_value(serde_json::json!({"nodes": []})).unwrap());
         assert!(
             !quiet.contains("sync:") && !quiet.contains("schema changes"),
             "{quiet}"

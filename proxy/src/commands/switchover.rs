@@ -2,6 +2,8 @@
 //! endpoint; prints who is master now and how long statements were held.
 
 use super::admin_http::{refused, send};
+use anyhow::Context;
+use ferry::operations::switchover::SwitchoverReport;
 use ferry_admin::api;
 use std::process::ExitCode;
 
@@ -13,16 +15,18 @@ pub async fn run(admin: &str, to: Option<&str>) -> anyhow::Result<ExitCode> {
         Ok(doc) => doc,
         Err(r) => return Ok(refused("switchover", &r)),
     };
+    let report: SwitchoverReport =
+        serde_json::from_value(doc).context("the switchover's answer is not a report")?;
     println!(
         "{} is master at epoch {} ({} is its replica); statements held {} ms \
          (drain {} ms, catch-up {} ms, promote {} ms)",
-        doc["to"].as_str().unwrap_or("?"),
-        doc["epoch"],
-        doc["from"].as_str().unwrap_or("?"),
-        doc["held_ms"],
-        doc["drain_ms"],
-        doc["catch_up_ms"],
-        doc["promote_ms"],
+        report.to,
+        report.epoch,
+        report.from,
+        report.held_ms,
+        report.drain_ms,
+        report.catch_up_ms,
+        report.promote_ms,
     );
     Ok(ExitCode::SUCCESS)
 }

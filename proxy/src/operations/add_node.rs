@@ -17,17 +17,33 @@ use ferry_cluster::coordinator::Control;
 use ferry_cluster::SyncPoint;
 use ferry_cluster::{Node, Topology};
 use ferry_wire::Target;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+/// Where an addition stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddPhase {
+    /// Copying the table definitions.
+    #[default]
+    Definitions,
+    /// Copying the rows.
+    Rows,
+    /// The coordinator takes the node in.
+    Joining,
+    /// Done: the node serves as a replica.
+    Replica,
+    Failed,
+}
+
 /// An addition as `/status` shows it (the latest one).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Adding {
     pub node: String,
-    /// `definitions`, `rows`, `joining`, `replica` (done) or `failed`.
-    pub phase: &'static str,
+    pub phase: AddPhase,
     pub tables_done: usize,
     pub tables: usize,
     pub rows: u64,
@@ -66,7 +82,7 @@ impl NodeAdder {
         if let Err(r) = &added {
             warn!(node = %name, reason = %r, "node not added");
             self.set(|a| {
-                a.phase = "failed";
+                a.phase = AddPhase::Failed;
                 a.error = Some(r.message.clone());
             });
         }
@@ -126,7 +142,7 @@ impl NodeAdder {
         if let Ok(mut s) = self.state.write() {
             *s = Some(Adding {
                 node: name.to_string(),
-                phase: "definitions",
+                phase: AddPhase::Definitions,
                 ..Adding::default()
             });
         }
@@ -136,9 +152,9 @@ impl NodeAdder {
         );
         let (include, exclude) = &self.patterns;
         let report = |p: Phase| match p {
-            Phase::Definitions => self.set(|a| a.phase = "definitions"),
+            Phase::Definitions => self.set(|a| a.phase = AddPhase::Definitions),
             Phase::Rows(p) => self.set(|a| {
-                a.phase = "rows";
+                a.phase = AddPhase::Rows;
                 a.tables_done = p.tables_done;
                 a.tables = p.tables;
                 a.rows = p.rows;
@@ -153,7 +169,7 @@ impl NodeAdder {
         )
         .await
         .map_err(|e| Refusal::conflict("add_failed", e.to_string()))?;
-        self.set(|a| a.phase = "joining");
+        self.set(|a| a.phase = AddPhase::Joining);
         let slot = self.ticks.add_node(name).ok_or_else(|| {
             Refusal::conflict(
                 "too_many_nodes",
@@ -173,7 +189,7 @@ impl NodeAdder {
             reply,
         })
         .await?;
-        self.set(|a| a.phase = "replica");
+        self.set(|a| a.phase = AddPhase::Replica);
         Ok(serde_json::json!({
             "node": name,
             "state": "replica",

@@ -24,14 +24,14 @@ use ferry_batcher::SharedStatus;
 use ferry_cluster::coordinator::Control;
 use ferry_cluster::SyncPoint;
 use ferry_cluster::Topology;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 
 /// One completed switchover, as `/status` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SwitchoverReport {
     pub from: String,
     pub to: String,
