@@ -6,7 +6,9 @@
 //! transactions that committed in between. They are netted per key into
 //! the session's temporary tables (created once) and copied out in binary.
 
-use crate::schema_steps::{plan, DdlChange, LogEntry, Planned};
+mod extras;
+
+use crate::schema_steps::DdlChange;
 use crate::verify::{ChunkCheck, ChunkRequest, RepairPart, RepairRange};
 use crate::BatchError;
 use bytes::Bytes;
@@ -373,22 +375,7 @@ impl Cutter {
             // The batch tables are emptied in the transaction that filled
             // them (after their COPY OUT, which goes out first): by the
             // statement that takes the batch id, or by TRUNCATE.
-            let mut deleted: Vec<usize> = Vec::new();
-            let mut truncated: Vec<&Statement> = Vec::new();
-            {
-                let mut wear = self.emptying.lock().unwrap_or_else(|p| p.into_inner());
-                let tables = ops.iter().zip(wear.iter_mut()).zip(&self.truncate);
-                for (i, ((o, e), truncate)) in tables.enumerate() {
-                    if o.rows() == 0 {
-                        continue;
-                    }
-                    if e.truncate_after(o.rows()) {
-                        truncated.push(truncate);
-                    } else {
-                        deleted.push(i);
-                    }
-                }
-            }
+            let (deleted, truncated) = self.emptying_plan(&ops);
             let finish = self.finish_statement(deleted).await?;
             let read_chunk = async {
                 match chunk {
@@ -407,23 +394,7 @@ impl Cutter {
                 try_join_all(truncated.into_iter().map(|st| self.client.execute(st, &[]))),
                 self.client.batch_execute("COMMIT"),
             );
-            let check = match (chunk, checked.map_err(self.pg())?) {
-                (Some(c), Some(row))
-                    if row.try_get::<_, Option<i64>>(0).ok().flatten().is_some() =>
-                {
-                    let rows: i64 = row.try_get(0).map_err(self.pg())?;
-                    let last: Option<String> = row.try_get(2).map_err(self.pg())?;
-                    Some(ChunkCheck {
-                        table: c.table.clone(),
-                        after: c.after.clone(),
-                        // A short chunk reaches the table's end.
-                        through: last.filter(|_| rows >= c.limit),
-                        rows,
-                        sum: row.try_get(1).map_err(self.pg())?,
-                    })
-                }
-                _ => None,
-            };
+            let check = chunk_check(chunk, checked.map_err(self.pg())?).map_err(self.pg())?;
             let id: i64 = id.map_err(self.pg())?.get(0);
             let last_parts = last_parts.map_err(self.pg())?;
             emptied.map_err(self.pg())?;
@@ -461,156 +432,25 @@ impl Cutter {
         Ok(Cut::Unchanged)
     }
 
-    /// The steps of a group's batch when its window holds schema changes:
-    /// runs the plan of [`crate::schema_steps::plan`] inside the cut's
-    /// transaction, materialising each segment into a step table of its own.
-    async fn steps(
-        &self,
-        group: usize,
-        from_snap: &String,
-        counts: &[u64],
-        rows: &[tokio_postgres::Row],
-    ) -> Result<Vec<Step>, BatchError> {
-        let mut entries = Vec::new();
-        for r in rows {
-            let tables: String = r.get(6);
-            entries.push(LogEntry {
-                seq: r.get(0),
-                at: r.get(7),
-                object: r.get(8),
-                xid: r.get(1),
-                tag: r.get(2),
-                query: r.get(3),
-                search_path: r.get(4),
-                settings: r.get(9),
-                replicate: r.get(5),
-                tables: LogEntry::parse_tables(&tables).map_err(|e| BatchError::Catalog {
-                    node: self.node.clone(),
-                    detail: format!("schema change log entry {}: {e}", r.get::<_, i64>(0)),
-                })?,
-            });
-        }
-        for e in &entries {
-            tracing::debug!(node = %self.node, seq = e.seq, xid = %e.xid, tag = %e.tag, tables = e.tables.len(),
-                from = %from_snap, "schema change in a batch's window");
-        }
-        let mut steps = Vec::new();
-        for (k, planned) in plan(&entries, &self.shapes, counts).into_iter().enumerate() {
-            match planned {
-                Planned::Session(i) => {
-                    let n = counts.get(i).copied().unwrap_or(0);
-                    tracing::debug!(node = %self.node, table = %self.shapes[i].table, rows = n,
-                        from = %from_snap, "untouched table of a batch with schema changes");
-                    if n > 0 {
-                        let stream = self
-                            .client
-                            .copy_out(&self.copy_out[i])
-                            .await
-                            .map_err(self.pg())?;
-                        let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
-                        steps.push(Step::Rows {
-                            shape: self.shapes[i].clone(),
-                            rows: n,
-                            data,
-                        });
-                    }
-                }
-                Planned::Segment {
-                    shape,
-                    after,
-                    before,
-                } => {
-                    let name = format!("ferry_step_{group}_{k}");
-                    let temp = batch::step_temp(&name);
-                    let present: Vec<String> = self
-                        .client
-                        .query_one(batch::OUTBOX_COLUMNS, &[&shape.table.outbox()])
-                        .await
-                        .map_err(self.pg())?
-                        .get(0);
-                    self.client
-                        .batch_execute(&batch::create_step_temp(&shape, &name))
-                        .await
-                        .map_err(self.pg())?;
-                    let n = self
-                        .client
-                        .execute(
-                            &batch::materialise_step(&shape, &temp, &present),
-                            &[from_snap, &after, &before],
-                        )
-                        .await
-                        .map_err(self.pg())?;
-                    tracing::debug!(node = %self.node, table = %shape.table, after, before, rows = n,
-                        from = %from_snap, "segment of a batch with schema changes");
-                    if n > 0 {
-                        let data = self.copy_out_temp(&temp).await?;
-                        steps.push(Step::Rows {
-                            shape,
-                            rows: n,
-                            data,
-                        });
-                    }
-                }
-                Planned::Ddl(change) => steps.push(Step::Ddl(change)),
-            }
-        }
-        Ok(steps)
-    }
-
-    /// The master's rows of each repair range, at the cut's snapshot (in
-    /// its transaction).
-    async fn repair_parts(&self, ranges: &[RepairRange]) -> Result<Vec<RepairPart>, BatchError> {
-        let mut parts = Vec::new();
-        for (k, range) in ranges.iter().enumerate() {
-            let Some(table) = self.shapes.iter().position(|s| s.table == range.table) else {
+    /// How each batch table is emptied in the cut's transaction: by the
+    /// statement that takes the batch id (the tables listed), or by
+    /// TRUNCATE (those statements) once a table has been worn enough.
+    fn emptying_plan(&self, ops: &[Ops]) -> (Vec<usize>, Vec<&Statement>) {
+        let mut deleted: Vec<usize> = Vec::new();
+        let mut truncated: Vec<&Statement> = Vec::new();
+        let mut wear = self.emptying.lock().unwrap_or_else(|p| p.into_inner());
+        let tables = ops.iter().zip(wear.iter_mut()).zip(&self.truncate);
+        for (i, ((o, e), truncate)) in tables.enumerate() {
+            if o.rows() == 0 {
                 continue;
-            };
-            let shape = &self.shapes[table];
-            let free: bool = self
-                .client
-                .query_one(ferry_sql::verify::TRY_SHARE_LOCK, &[&shape.table.quoted()])
-                .await
-                .map_err(self.pg())?
-                .get(0);
-            if !free {
-                // A schema change holds the table: the repair waits for
-                // the next cut, whole.
-                return Ok(Vec::new());
             }
-            let name = format!("ferry_repair_{k}");
-            let temp = batch::step_temp(&name);
-            self.client
-                .batch_execute(&batch::create_step_temp(shape, &name))
-                .await
-                .map_err(self.pg())?;
-            let rows = self
-                .client
-                .execute(
-                    &ferry_sql::verify::repair_rows(shape, &temp),
-                    &[&range.after, &range.through],
-                )
-                .await
-                .map_err(self.pg())?;
-            let data = self.copy_out_temp(&temp).await?;
-            parts.push(RepairPart {
-                table,
-                after: range.after.clone(),
-                through: range.through.clone(),
-                rows,
-                data,
-            });
+            if e.truncate_after(o.rows()) {
+                truncated.push(truncate);
+            } else {
+                deleted.push(i);
+            }
         }
-        Ok(parts)
-    }
-
-    /// Copies one step or repair table out, in binary.
-    async fn copy_out_temp(&self, temp: &str) -> Result<Vec<Bytes>, BatchError> {
-        let stream = self
-            .client
-            .copy_out(&batch::copy_out_of(temp))
-            .await
-            .map_err(self.pg())?;
-        stream.try_collect().await.map_err(self.pg())
+        (deleted, truncated)
     }
 
     /// Copies out the batch tables that have rows, pipelined.
@@ -696,4 +536,27 @@ struct Materialised {
     ddl: Vec<tokio_postgres::Row>,
     /// Each replicated sequence's last value.
     sequences: Vec<Option<i64>>,
+}
+
+/// The background check's answer for the chunk a cut also read (None
+/// when it asked for none, or the chunk was empty).
+fn chunk_check(
+    chunk: Option<&ChunkRequest>,
+    row: Option<tokio_postgres::Row>,
+) -> Result<Option<ChunkCheck>, tokio_postgres::Error> {
+    let (Some(c), Some(row)) = (chunk, row) else {
+        return Ok(None);
+    };
+    let Some(rows) = row.try_get::<_, Option<i64>>(0).ok().flatten() else {
+        return Ok(None);
+    };
+    let last: Option<String> = row.try_get(2)?;
+    Ok(Some(ChunkCheck {
+        table: c.table.clone(),
+        after: c.after.clone(),
+        // A short chunk reaches the table's end.
+        through: last.filter(|_| rows >= c.limit),
+        rows,
+        sum: row.try_get(1)?,
+    }))
 }

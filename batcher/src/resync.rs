@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 /// What a resync copied.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Copied {
     pub tables: usize,
     pub rows: u64,
@@ -173,52 +173,9 @@ async fn copy(
         match &since {
             None => rows += stream(ends, &resync::copy_out(s), s).await?,
             Some(p) => {
-                let temp = format!("ferry_resync_keys_{done}");
-                if let Some(keys) = keys_to_copy(m, master_name, n, node_name, s, p, before).await?
-                {
-                    for (c, name) in [(m, master_name), (n, node_name)] {
-                        let (create, fill) = (
-                            resync::keys_table(s, &temp).unwrap_or_default(),
-                            resync::fill_keys(s, &temp).unwrap_or_default(),
-                        );
-                        c.batch_execute(&create)
-                            .await
-                            .map_err(BatchError::pg(name))?;
-                        c.execute(&fill, &[&keys])
-                            .await
-                            .map_err(BatchError::pg(name))?;
-                    }
-                    n.execute(&resync::delete_keys(s, &temp).unwrap_or_default(), &[])
-                        .await
-                        .map_err(BatchError::pg(node_name))?;
-                    let out = resync::copy_out_keys(s, &temp).unwrap_or_default();
-                    rows += stream(ends, &out, s).await?;
-                }
-                // The keyed copy trusts the node to hold everything up to
-                // the fork; a server that lost acknowledged commits in its
-                // crash (fsync off) does not. Checked: the table as the
-                // node has it now against the master at the copy's
-                // snapshot; a difference gets the whole table.
-                let name = s.table.quoted();
-                let theirs = n
-                    .query_one(verify::CHECKSUM, &[&name])
-                    .await
-                    .map_err(BatchError::pg(node_name))?;
-                let ours = m
-                    .query_one(verify::CHECKSUM, &[&name])
-                    .await
-                    .map_err(BatchError::pg(master_name))?;
-                let same = theirs.get::<_, i64>(0) == ours.get::<_, i64>(0)
-                    && theirs.get::<_, String>(1) == ours.get::<_, String>(1);
-                if !same {
-                    warn!(node = node_name, table = %s.table,
-                        "table differs beyond the changed keys (commits lost in a crash?): copying it whole");
-                    whole_again += 1;
-                    n.batch_execute(&resync::delete_all(s))
-                        .await
-                        .map_err(BatchError::pg(node_name))?;
-                    rows += stream(ends, &resync::copy_out(s), s).await?;
-                }
+                let (copied, whole) = copy_keyed(ends, s, (p.as_str(), before), done).await?;
+                rows += copied;
+                whole_again += usize::from(whole);
             }
         }
         progress(Progress {
@@ -260,6 +217,66 @@ async fn copy(
         keyed: since.is_some(),
         definitions_replaced: rebuilt.is_some(),
     })
+}
+
+/// One table of an old master, keyed: the rows of the keys that differ
+/// (its quarantined changes and the master's own since the failover,
+/// `pinned` and `before`) are copied; then the table as the node has it is
+/// checked against the master's, and copied whole if it still differs.
+/// Returns the rows copied and whether the whole table was copied again.
+async fn copy_keyed(
+    ends: (&Client, &str, &Client, &str),
+    s: &TableShape,
+    (pinned, before): (&str, i64),
+    done: usize,
+) -> Result<(u64, bool), BatchError> {
+    let (m, master_name, n, node_name) = ends;
+    let mut rows = 0;
+    let temp = format!("ferry_resync_keys_{done}");
+    if let Some(keys) = keys_to_copy(m, master_name, n, node_name, s, pinned, before).await? {
+        for (c, name) in [(m, master_name), (n, node_name)] {
+            let (create, fill) = (
+                resync::keys_table(s, &temp).unwrap_or_default(),
+                resync::fill_keys(s, &temp).unwrap_or_default(),
+            );
+            c.batch_execute(&create)
+                .await
+                .map_err(BatchError::pg(name))?;
+            c.execute(&fill, &[&keys])
+                .await
+                .map_err(BatchError::pg(name))?;
+        }
+        n.execute(&resync::delete_keys(s, &temp).unwrap_or_default(), &[])
+            .await
+            .map_err(BatchError::pg(node_name))?;
+        let out = resync::copy_out_keys(s, &temp).unwrap_or_default();
+        rows += stream(ends, &out, s).await?;
+    }
+    // The keyed copy trusts the node to hold everything up to the fork; a
+    // server that lost acknowledged commits in its crash (fsync off) does
+    // not. Checked: the table as the node has it now against the master at
+    // the copy's snapshot; a difference gets the whole table.
+    let name = s.table.quoted();
+    let theirs = n
+        .query_one(verify::CHECKSUM, &[&name])
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    let ours = m
+        .query_one(verify::CHECKSUM, &[&name])
+        .await
+        .map_err(BatchError::pg(master_name))?;
+    let same = theirs.get::<_, i64>(0) == ours.get::<_, i64>(0)
+        && theirs.get::<_, String>(1) == ours.get::<_, String>(1);
+    if same {
+        return Ok((rows, false));
+    }
+    warn!(node = node_name, table = %s.table,
+        "table differs beyond the changed keys (commits lost in a crash?): copying it whole");
+    n.batch_execute(&resync::delete_all(s))
+        .await
+        .map_err(BatchError::pg(node_name))?;
+    rows += stream(ends, &resync::copy_out(s), s).await?;
+    Ok((rows, true))
 }
 
 /// Replaces a node's definitions with the master's: its own unshipped

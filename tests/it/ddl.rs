@@ -348,6 +348,9 @@ async fn rows_committed_just_before_a_rewriting_retype_are_not_lost() {
 /// not as a failed batcher session. A log written to a file carries no
 /// colour codes, and `FERRY_LOG_FORMAT=json` writes one JSON object per
 /// line (an unknown format is refused before anything starts).
+///
+/// (The batcher logs a change once the batch that carries it is applied,
+/// just after the replica shows it: the log is read until it has the line.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
     const CHANGED: &str = "replicated tables changed; batcher re-reads them";
@@ -372,15 +375,7 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
     c.wait_equal(Duration::from_secs(30)).await.unwrap();
     // The batcher logs the change once the batch that carries it is
     // applied, just after the replica shows it.
-    let log = eventually(Duration::from_secs(10), "the change logged", || {
-        let log = c.ferry_log();
-        if log.contains(CHANGED) {
-            Ok(log)
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    let log = logged(&c, CHANGED).await;
     assert!(!log.contains("batcher session failed"), "{log}");
     assert!(
         !log.contains('\u{1b}'),
@@ -407,15 +402,7 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
         .await
         .unwrap();
     c.wait_equal(Duration::from_secs(30)).await.unwrap();
-    let log = eventually(Duration::from_secs(10), "the change logged", || {
-        let log = c.ferry_log();
-        if log.contains(CHANGED) {
-            Ok(log)
-        } else {
-            Err(log)
-        }
-    })
-    .await;
+    let log = logged(&c, CHANGED).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
@@ -438,4 +425,17 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
         err.contains("FERRY_LOG_FORMAT=\"yaml\": use text or json"),
         "{err}"
     );
+}
+
+/// Ferry's log once it holds `line`.
+async fn logged(c: &Cluster, line: &str) -> String {
+    eventually(Duration::from_secs(10), "the line logged", || {
+        let log = c.ferry_log();
+        if log.contains(line) {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await
 }

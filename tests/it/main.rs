@@ -3,9 +3,11 @@
 //! needs (see the harness, `ferry-testkit`) and the real `ferry` binary
 //! (`CARGO_BIN_EXE_ferry`, which kill -9 tests need).
 
+mod campaign;
 mod clients;
 mod commands;
 mod ddl;
+mod differential;
 mod divergence;
 mod failover;
 mod faults;

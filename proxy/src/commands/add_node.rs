@@ -2,7 +2,8 @@
 //! the running cluster as a replica. While the master's tables are copied
 //! to it, a progress bar follows `/status` (`adding`).
 
-use super::admin_http::{call, refused, send};
+use super::admin_http::{ask, call, refused};
+use ferry::operations::answers::Added;
 use ferry::status::Status;
 use ferry_admin::api;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,7 +18,9 @@ pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::R
     };
     let request = {
         let admin = admin.to_string();
-        tokio::spawn(async move { send(&admin, hyper::Method::POST, "/nodes", Some(&body)).await })
+        tokio::spawn(async move {
+            ask::<_, Added>(&admin, hyper::Method::POST, "/nodes", Some(&body)).await
+        })
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -47,11 +50,11 @@ pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::R
     };
     println!(
         "{name}: replica at epoch {} ({} tables, {} rows copied at batch {}); it catches up from the batch stream",
-        doc["epoch"], doc["tables"], doc["rows"], doc["batch"]
+        doc.epoch, doc.tables, doc.rows, doc.batch
     );
     println!(
         "add it to the configuration before Ferry restarts:\n\n{}",
-        doc["config"].as_str().unwrap_or_default()
+        doc.config
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -64,3 +64,18 @@ pub fn refused(what: &str, r: &Refusal) -> std::process::ExitCode {
     eprintln!("ferry: {what}: {} ({})", r.message, r.code);
     std::process::ExitCode::from(r.kind.exit_code())
 }
+
+/// Like [`send`], the answer read as `T` (the operation's typed answer).
+pub async fn ask<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+    base: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&B>,
+) -> anyhow::Result<Result<T, Refusal>> {
+    match send(base, method, path, body).await? {
+        Ok(doc) => Ok(Ok(serde_json::from_value(doc).with_context(|| {
+            format!("{path}: the answer is not what this ferry expects")
+        })?)),
+        Err(r) => Ok(Err(r)),
+    }
+}

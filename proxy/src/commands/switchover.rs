@@ -1,8 +1,7 @@
 //! `ferry switchover [--to NODE]`: a planned switchover through the admin
 //! endpoint; prints who is master now and how long statements were held.
 
-use super::admin_http::{refused, send};
-use anyhow::Context;
+use super::admin_http::{ask, refused};
 use ferry::operations::switchover::SwitchoverReport;
 use ferry_admin::api;
 use std::process::ExitCode;
@@ -11,12 +10,11 @@ pub async fn run(admin: &str, to: Option<&str>) -> anyhow::Result<ExitCode> {
     let body = api::Switchover {
         to: to.map(str::to_string),
     };
-    let doc = match send(admin, hyper::Method::POST, "/switchover", Some(&body)).await? {
-        Ok(doc) => doc,
-        Err(r) => return Ok(refused("switchover", &r)),
-    };
     let report: SwitchoverReport =
-        serde_json::from_value(doc).context("the switchover's answer is not a report")?;
+        match ask(admin, hyper::Method::POST, "/switchover", Some(&body)).await? {
+            Ok(report) => report,
+            Err(r) => return Ok(refused("switchover", &r)),
+        };
     println!(
         "{} is master at epoch {} ({} is its replica); statements held {} ms \
          (drain {} ms, catch-up {} ms, promote {} ms)",

@@ -8,6 +8,7 @@
 //! The node is not written into the configuration file: add its
 //! `[[nodes]]` entry there before Ferry restarts, or it is left out then.
 
+use super::answers::{Added, NodeState};
 use super::coordinator;
 use super::refusal::Refusal;
 use crate::frontend::pump::ReadRouting;
@@ -66,12 +67,7 @@ pub struct NodeAdder {
 
 impl NodeAdder {
     /// Adds the node.
-    pub async fn run(
-        &self,
-        name: String,
-        dsn: String,
-        priority: i32,
-    ) -> Result<serde_json::Value, Refusal> {
+    pub async fn run(&self, name: String, dsn: String, priority: i32) -> Result<Added, Refusal> {
         let Ok(_one) = self.running.try_lock() else {
             return Err(Refusal::conflict(
                 "add_running",
@@ -97,12 +93,7 @@ impl NodeAdder {
         }
     }
 
-    async fn add(
-        &self,
-        name: &str,
-        dsn: &str,
-        priority: i32,
-    ) -> Result<serde_json::Value, Refusal> {
+    async fn add(&self, name: &str, dsn: &str, priority: i32) -> Result<Added, Refusal> {
         let topo = self.roles.borrow().clone();
         if name.is_empty()
             || !name
@@ -190,14 +181,16 @@ impl NodeAdder {
         })
         .await?;
         self.set(|a| a.phase = AddPhase::Replica);
-        Ok(serde_json::json!({
-            "node": name,
-            "state": "replica",
-            "epoch": epoch,
-            "tables": copied.tables,
-            "rows": copied.rows,
-            "batch": copied.batch,
-            "config": format!("[[nodes]]\nname = \"{name}\"\ndsn = \"{dsn}\"\npriority = {priority}\n"),
-        }))
+        Ok(Added {
+            node: name.to_string(),
+            state: NodeState::Replica,
+            epoch,
+            tables: copied.tables,
+            rows: copied.rows,
+            batch: copied.batch,
+            config: format!(
+                "[[nodes]]\nname = \"{name}\"\ndsn = \"{dsn}\"\npriority = {priority}\n"
+            ),
+        })
     }
 }

@@ -3,21 +3,22 @@
 //! loss: the other nodes are fenced out, and the choice is recorded and
 //! shown as forced).
 
+use super::answers::{Forced, NodeState};
 use super::coordinator;
 use super::refusal::Refusal;
 use ferry_cluster::coordinator::Control;
 use tokio::sync::mpsc;
 
 /// Forces `node` to be master.
-pub async fn force(
-    control: mpsc::Sender<Control>,
-    node: String,
-) -> Result<serde_json::Value, Refusal> {
+pub async fn force(control: mpsc::Sender<Control>, node: String) -> Result<Forced, Refusal> {
     let epoch = coordinator::ask(&control, "cannot_force", |reply| Control::ForceMaster {
         node,
         reply,
     })
     .await?;
-    Ok(serde_json::json!({"state": "forced", "epoch": epoch,
-        "warning": "forced master: possible data loss; the other nodes are fenced out"}))
+    Ok(Forced {
+        state: NodeState::Forced,
+        epoch,
+        warning: "forced master: possible data loss; the other nodes are fenced out".into(),
+    })
 }

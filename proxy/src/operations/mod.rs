@@ -14,6 +14,7 @@
 //! roles ask the coordinator through [`coordinator::ask`].
 
 pub mod add_node;
+pub mod answers;
 pub mod batcher;
 pub mod coordinator;
 pub mod force_master;
@@ -54,10 +55,10 @@ impl Operations {
     pub fn answer(&self, request: Request) -> Answer {
         let control = self.control.clone();
         let commands = self.commands.clone();
-        let done = match request {
+        let done: Pending = match request {
             Request::Switchover { to } => {
                 let switchover = self.switchover.clone();
-                Box::pin(async move { switchover.run(to).await }) as Pending
+                Box::pin(async move { json(switchover.run(to).await) })
             }
             Request::AddNode {
                 name,
@@ -65,19 +66,22 @@ impl Operations {
                 priority,
             } => {
                 let adder = self.adder.clone();
-                Box::pin(async move { adder.run(name, dsn, priority).await })
+                Box::pin(async move { json(adder.run(name, dsn, priority).await) })
             }
             Request::RemoveNode { node } => {
-                Box::pin(remove_node::remove(self.roles.clone(), control, node))
+                let roles = self.roles.clone();
+                Box::pin(async move { json(remove_node::remove(roles, control, node).await) })
             }
-            Request::Resync { node } => Box::pin(resync::resync(
-                self.roles.clone(),
-                self.replication.clone(),
-                control,
-                self.patterns.clone(),
-                node,
-            )),
-            Request::ForceMaster { node } => Box::pin(force_master::force(control, node)),
+            Request::Resync { node } => {
+                let (roles, replication) = (self.roles.clone(), self.replication.clone());
+                let patterns = self.patterns.clone();
+                Box::pin(async move {
+                    json(resync::resync(roles, replication, control, patterns, node).await)
+                })
+            }
+            Request::ForceMaster { node } => {
+                Box::pin(async move { json(force_master::force(control, node).await) })
+            }
             Request::Suspend { replicas, at } => {
                 Box::pin(batcher::ask(commands, |reply| Command::Suspend {
                     replicas,
@@ -111,3 +115,11 @@ impl Operations {
 /// An operation under way.
 type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, Refusal>> + Send>>;
+
+/// An operation's typed answer as the endpoint's JSON body.
+fn json<T: serde::Serialize>(answer: Result<T, Refusal>) -> Result<serde_json::Value, Refusal> {
+    answer.and_then(|a| {
+        serde_json::to_value(a)
+            .map_err(|e| Refusal::unavailable(format!("the answer could not be written: {e}")))
+    })
+}

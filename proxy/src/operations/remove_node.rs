@@ -10,6 +10,7 @@
 //! entry there before Ferry restarts, or it is taken in again then (and,
 //! once the clean-up has passed its position, refused as behind it).
 
+use super::answers::{NodeState, Removed};
 use super::coordinator;
 use super::refusal::Refusal;
 use ferry_cluster::coordinator::Control;
@@ -29,7 +30,7 @@ pub async fn remove(
     roles: watch::Receiver<Topology>,
     control: mpsc::Sender<Control>,
     node: String,
-) -> Result<serde_json::Value, Refusal> {
+) -> Result<Removed, Refusal> {
     let epoch = coordinator::ask(&control, "cannot_remove", |reply| Control::RemoveNode {
         node: node.clone(),
         reply,
@@ -49,23 +50,29 @@ pub async fn remove(
     let config = format!(
         "remove the [[nodes]] entry named {node:?} from the configuration file before Ferry restarts"
     );
+    let removed = |forgotten: bool, warning: Option<String>| Removed {
+        node: node.clone(),
+        state: NodeState::Removed,
+        epoch,
+        forgotten,
+        config: config.clone(),
+        warning,
+    };
     match forgotten {
         Ok(rows) => {
             info!(node = %node, master = %master.name, records = rows, "node removed; the master no longer keeps the outbox for it");
-            Ok(
-                serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
-                "forgotten": true, "config": config}),
-            )
+            Ok(removed(true, None))
         }
         Err(e) => {
             warn!(node = %node, master = %master.name, error = %e,
                 "node removed, but the master's record of it was not dropped: the outbox may still be kept for it");
-            Ok(
-                serde_json::json!({"node": node, "state": "removed", "epoch": epoch,
-                "forgotten": false, "config": config,
-                "warning": format!("the master's record of {node} was not dropped ({e}); \
-                    run `ferry remove-node {node}` again once the master answers")}),
-            )
+            Ok(removed(
+                false,
+                Some(format!(
+                    "the master's record of {node} was not dropped ({e}); \
+                     run `ferry remove-node {node}` again once the master answers"
+                )),
+            ))
         }
     }
 }

@@ -6,6 +6,7 @@
 //! standing before the master's outbox clean-up is copied anew the same
 //! way; the batcher then ships to it from the copy on.
 
+use super::answers::{NodeState, Resynced};
 use super::coordinator;
 use super::refusal::Refusal;
 use ferry_batcher::pattern::Pattern;
@@ -23,7 +24,7 @@ pub async fn resync(
     control: mpsc::Sender<Control>,
     (include, exclude): (Vec<Pattern>, Vec<Pattern>),
     node: String,
-) -> Result<serde_json::Value, Refusal> {
+) -> Result<Resynced, Refusal> {
     let topo = roles.borrow().clone();
     let refused = replication.read().is_ok_and(|r| {
         r.replicas
@@ -71,8 +72,10 @@ pub async fn resync(
 }
 
 /// The answer for a node that serves as a replica again at `epoch`.
-fn answer(epoch: i64, copied: &Copied) -> serde_json::Value {
-    serde_json::json!({"state": "replica", "epoch": epoch, "tables": copied.tables,
-        "rows": copied.rows, "batch": copied.batch, "quarantined": copied.quarantined,
-        "keyed": copied.keyed, "definitions_replaced": copied.definitions_replaced})
+fn answer(epoch: i64, copied: &Copied) -> Resynced {
+    Resynced {
+        state: NodeState::Replica,
+        epoch,
+        copied: copied.clone(),
+    }
 }

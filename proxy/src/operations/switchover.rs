@@ -62,7 +62,7 @@ pub struct Switchover {
 
 impl Switchover {
     /// Runs a switchover to `to` (or to the best replica).
-    pub async fn run(&self, to: Option<String>) -> Result<serde_json::Value, Refusal> {
+    pub async fn run(&self, to: Option<String>) -> Result<SwitchoverReport, Refusal> {
         let Ok(_one) = self.running.try_lock() else {
             return Err(Refusal::conflict(
                 "switchover_running",
@@ -79,11 +79,10 @@ impl Switchover {
                 info!(from = %report.from, to = %report.to, epoch = report.epoch,
                     drain_ms = report.drain_ms, catch_up_ms = report.catch_up_ms,
                     promote_ms = report.promote_ms, held_ms = report.held_ms, "switchover complete");
-                let body = serde_json::to_value(&report).unwrap_or_default();
                 if let Ok(mut last) = self.last.write() {
-                    *last = Some(report);
+                    *last = Some(report.clone());
                 }
-                Ok(body)
+                Ok(report)
             }
             Err(r) => {
                 warn!(to = %target, reason = %r, "switchover cancelled; nothing changed");

@@ -1,90 +1,13 @@
-//! Holding, as users call it: a client statement waits instead of failing
-//! while the master changes.
-//!
-//! - **The switchover gate** ([`Gate`]): while a planned switchover closes
-//!   it, sessions hold each new statement that would start outside a
-//!   transaction (and new sessions hold before they connect), while the
-//!   statements and transactions already under way finish. Once no session
-//!   is busy, the switchover ships the last batches and promotes; then the
-//!   gate opens and the held statements run on the new master.
-//! - **Waiting for a master** ([`master`]): while there is no master (a
-//!   failover under way, a cluster waiting for the node that was master
-//!   last) or it cannot be reached, a session — new, or moving after its
-//!   master was lost — waits up to `hold_timeout` for one.
-//!
-//! A commit held in sync mode until the replicas have it is the pump's
-//! (see [`super::pump`]).
+//! Waiting for a master: a session, new or moving, connects to the master
+//! there is now, or waits up to `hold_timeout` for one.
 
-use super::fatal;
-use super::shared::Shared;
+use crate::frontend::fatal;
+use crate::frontend::shared::Shared;
 use ferry_cluster::Node;
 use ferry_wire::{ConnError, ServerConn};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tracing::{debug, warn};
-
-/// Shared by every session and the switchover.
-pub struct Gate {
-    closed: watch::Sender<bool>,
-    /// One flag per live session: inside a transaction or owed answers.
-    busy: Mutex<Vec<Weak<AtomicBool>>>,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self {
-            closed: watch::channel(false).0,
-            busy: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Gate {
-    /// A new session's busy flag, counted until the session drops it.
-    pub fn register(&self) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
-        if let Ok(mut all) = self.busy.lock() {
-            all.retain(|w| w.strong_count() > 0);
-            all.push(Arc::downgrade(&flag));
-        }
-        flag
-    }
-
-    /// Sessions inside a transaction or waiting for answers now.
-    pub fn busy_sessions(&self) -> usize {
-        let Ok(mut all) = self.busy.lock() else {
-            return 0;
-        };
-        all.retain(|w| w.strong_count() > 0);
-        all.iter()
-            .filter_map(Weak::upgrade)
-            .filter(|f| f.load(Ordering::SeqCst))
-            .count()
-    }
-
-    /// Holds new statements from now on.
-    pub fn close(&self) {
-        self.closed.send_replace(true);
-    }
-
-    /// Lets held statements go.
-    pub fn open(&self) {
-        self.closed.send_replace(false);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
-    /// Returns once the gate is open.
-    pub async fn until_open(&self) {
-        let mut rx = self.closed.subscribe();
-        let _ = rx.wait_for(|closed| !closed).await;
-    }
-}
 
 /// Opens the session's server connection on the master. While there is
 /// no master (a failover under way, or a cluster waiting for the node that
@@ -166,33 +89,3 @@ pub(crate) async fn master(
 /// How often a holding session tries a master that is unreachable but
 /// not replaced.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn busy_sessions_are_counted_while_they_live() {
-        let gate = Gate::default();
-        let a = gate.register();
-        let b = gate.register();
-        a.store(true, Ordering::SeqCst);
-        b.store(true, Ordering::SeqCst);
-        assert_eq!(gate.busy_sessions(), 2);
-        drop(b);
-        assert_eq!(gate.busy_sessions(), 1);
-        a.store(false, Ordering::SeqCst);
-        assert_eq!(gate.busy_sessions(), 0);
-        let gate = Arc::new(gate);
-        gate.close();
-        assert!(gate.is_closed());
-        let waiter = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.until_open().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "held while closed");
-        gate.open();
-        assert!(waiter.await.is_ok());
-    }
-}
