@@ -22,6 +22,51 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The batcher's answer to a suspend, cancel or resume.
+pub type Reply = oneshot::Sender<Result<Answer, SuspendError>>;
+
+/// What a suspend, cancel or resume did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The replicas of a suspension scheduled (one consistency group).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// The replica a cancel or resume is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    pub state: Answered,
+    /// The suspension's instant, as PostgreSQL normalised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// Where a suspension stands after the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Answered {
+    Scheduled,
+    Cancelled,
+    Resuming,
+}
+
+/// What a `ferry repair` rewrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repaired {
+    pub replica: String,
+    /// The batch that carried the master's rows.
+    pub batch: i64,
+    pub rows: u64,
+    pub ranges: Vec<RepairedRange>,
+}
+
+/// One key range a repair rewrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairedRange {
+    pub table: String,
+    pub after: Option<String>,
+    pub through: Option<String>,
+}
+
 /// What the admin endpoint asks of the batcher.
 #[derive(Debug)]
 pub enum Command {
@@ -29,25 +74,19 @@ pub enum Command {
     Suspend {
         replicas: Vec<String>,
         at: String,
-        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
+        reply: Reply,
     },
     /// Cancel a scheduled suspension before its instant.
-    Cancel {
-        replica: String,
-        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
-    },
+    Cancel { replica: String, reply: Reply },
     /// Return a suspended replica to normal shipping.
-    Resume {
-        replica: String,
-        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
-    },
+    Resume { replica: String, reply: Reply },
     /// Rewrite, on a replica, the key ranges the background check found
     /// different (in one table, or the whole table when none were) with
     /// the master's rows, in the next batch (`ferry repair`).
     Repair {
         replica: String,
         table: Option<String>,
-        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
+        reply: oneshot::Sender<Result<Repaired, SuspendError>>,
     },
 }
 
@@ -187,7 +226,7 @@ pub struct Suspension {
     pub pending_keys: i64,
     pub hook: Option<Hook>,
     /// Resume requests waiting for the hook to finish.
-    pub resume_waiting: Vec<oneshot::Sender<Result<serde_json::Value, SuspendError>>>,
+    pub resume_waiting: Vec<Reply>,
 }
 
 impl Suspension {

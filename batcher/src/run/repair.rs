@@ -6,7 +6,7 @@
 
 use super::{Batcher, Replica};
 use crate::cutter::Batch;
-use crate::suspend::SuspendError;
+use crate::suspend::{Repaired, RepairedRange, SuspendError};
 use crate::verify::RepairRange;
 use ferry_sql::TableName;
 use tokio::sync::oneshot;
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 pub(super) struct PendingRepair {
     pub replica: String,
     pub ranges: Vec<RepairRange>,
-    pub reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
+    pub reply: oneshot::Sender<Result<Repaired, SuspendError>>,
 }
 
 impl Batcher {
@@ -26,7 +26,7 @@ impl Batcher {
         &self,
         replica: String,
         table: Option<String>,
-        reply: oneshot::Sender<Result<serde_json::Value, SuspendError>>,
+        reply: oneshot::Sender<Result<Repaired, SuspendError>>,
         replicas: &[Replica],
     ) {
         let mut pending = self.repair.lock().unwrap_or_else(|p| p.into_inner());
@@ -110,16 +110,20 @@ impl Batcher {
             }
             let rows: u64 = batch.repairs.iter().map(|p| p.rows).sum();
             info!(node = %pending.replica, batch = batch.id, rows, "repair applied: the ranges hold the master's rows");
-            Ok(serde_json::json!({
-                "replica": pending.replica,
-                "batch": batch.id,
-                "rows": rows,
-                "ranges": pending.ranges.iter().map(|r| serde_json::json!({
-                    "table": r.table.to_string(),
-                    "after": r.after,
-                    "through": r.through,
-                })).collect::<Vec<_>>(),
-            }))
+            Ok(Repaired {
+                replica: pending.replica.clone(),
+                batch: batch.id,
+                rows,
+                ranges: pending
+                    .ranges
+                    .iter()
+                    .map(|r| RepairedRange {
+                        table: r.table.to_string(),
+                        after: r.after.clone(),
+                        through: r.through.clone(),
+                    })
+                    .collect(),
+            })
         } else {
             let why = r
                 .and_then(|r| r.last_error.clone())

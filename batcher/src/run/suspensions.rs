@@ -4,7 +4,9 @@
 
 use super::{Batcher, Replica};
 use crate::cutter::Batch;
-use crate::suspend::{Command, Hook, State, SuspendError, Suspension, Suspensions};
+use crate::suspend::{
+    Answer, Answered, Command, Hook, State, SuspendError, Suspension, Suspensions,
+};
 use crate::BatchError;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -227,13 +229,18 @@ impl Batcher {
         &self,
         control: &tokio_postgres::Client,
         name: &str,
-    ) -> Result<serde_json::Value, BatchError> {
+    ) -> Result<Answer, BatchError> {
         control
             .execute(ferry_sql::suspend::REMOVE, &[&name])
             .await
             .map_err(BatchError::pg(&self.cfg.master.name))?;
         info!(node = %name, "resuming: the replica catches up with what changed, netted per key");
-        Ok(serde_json::json!({"replica": name, "state": "resuming"}))
+        Ok(Answer {
+            replicas: Vec::new(),
+            replica: Some(name.to_string()),
+            state: Answered::Resuming,
+            at: None,
+        })
     }
 
     /// Answers a request from the admin endpoint.
@@ -270,7 +277,12 @@ impl Batcher {
                             Ok(_) => {
                                 info!(node = %replica, "scheduled suspension cancelled");
                                 susp.remove(&replica);
-                                Ok(serde_json::json!({"replica": replica, "state": "cancelled"}))
+                                Ok(Answer {
+                                    replicas: Vec::new(),
+                                    replica: Some(replica),
+                                    state: Answered::Cancelled,
+                                    at: None,
+                                })
                             }
                             Err(e) => Err(SuspendError::Master(e.to_string())),
                         }
@@ -317,7 +329,7 @@ impl Batcher {
         susp: &mut Suspensions,
         names: Vec<String>,
         at: String,
-    ) -> Result<serde_json::Value, SuspendError> {
+    ) -> Result<Answer, SuspendError> {
         if names.is_empty() {
             return Err(SuspendError::UnknownReplica(String::new()));
         }
@@ -382,6 +394,11 @@ impl Batcher {
             );
         }
         info!(replicas = ?names, at = %normalised, "suspension scheduled");
-        Ok(serde_json::json!({"replicas": names, "at": normalised, "state": "scheduled"}))
+        Ok(Answer {
+            replicas: names,
+            replica: None,
+            state: Answered::Scheduled,
+            at: Some(normalised),
+        })
     }
 }

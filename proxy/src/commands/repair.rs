@@ -2,8 +2,9 @@
 //! rows at one snapshot, the key ranges the background check found
 //! different there (or a whole table); shipping goes on.
 
-use super::admin_http::{refused, send};
+use super::admin_http::{ask, refused};
 use ferry_admin::api;
+use ferry_batcher::suspend::Repaired;
 use std::process::ExitCode;
 
 pub async fn run(admin: &str, node: &str, table: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -11,21 +12,22 @@ pub async fn run(admin: &str, node: &str, table: Option<&str>) -> anyhow::Result
         table: table.map(str::to_string),
     };
     let path = format!("/nodes/{node}/repair");
-    let doc = match send(admin, hyper::Method::POST, &path, Some(&body)).await? {
+    let doc: Repaired = match ask(admin, hyper::Method::POST, &path, Some(&body)).await? {
         Ok(doc) => doc,
         Err(r) => return Ok(refused(&format!("repair {node}"), &r)),
     };
-    let ranges = doc["ranges"].as_array().map_or(0, Vec::len);
     println!(
-        "{node}: {ranges} range(s) rewritten with the master's rows ({} rows, batch {})",
-        doc["rows"], doc["batch"]
+        "{node}: {} range(s) rewritten with the master's rows ({} rows, batch {})",
+        doc.ranges.len(),
+        doc.rows,
+        doc.batch
     );
-    for r in doc["ranges"].as_array().into_iter().flatten() {
+    for r in &doc.ranges {
         println!(
             "  {} keys after {} through {}",
-            r["table"].as_str().unwrap_or("?"),
-            r["after"].as_str().unwrap_or("(start)"),
-            r["through"].as_str().unwrap_or("(end)")
+            r.table,
+            r.after.as_deref().unwrap_or("(start)"),
+            r.through.as_deref().unwrap_or("(end)")
         );
     }
     Ok(ExitCode::SUCCESS)

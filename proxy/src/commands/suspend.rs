@@ -1,9 +1,10 @@
 //! `ferry suspend NODE... --at TIME` (one consistency group) and
 //! `ferry suspend NODE... --cancel`, through the admin endpoint.
 
-use super::admin_http::{refused, send};
+use super::admin_http::{ask, refused};
 use ferry::operations::Refusal;
 use ferry_admin::api;
+use ferry_batcher::suspend::{Answer, Answered};
 use std::process::ExitCode;
 
 /// Schedules (or cancels) a suspension; prints the answer. Fails with the
@@ -18,7 +19,7 @@ pub async fn run(
     if cancel {
         for node in nodes {
             let path = format!("/replicas/{node}/suspend");
-            let answer = send::<()>(admin, hyper::Method::DELETE, &path, None).await?;
+            let answer = ask::<(), _>(admin, hyper::Method::DELETE, &path, None).await?;
             if let Some(failed) = report(node, answer) {
                 exit = failed;
             }
@@ -31,7 +32,7 @@ pub async fn run(
             replicas: nodes.to_vec(),
             at: at.to_string(),
         };
-        let answer = send(admin, hyper::Method::POST, "/suspend", Some(&body)).await?;
+        let answer = ask(admin, hyper::Method::POST, "/suspend", Some(&body)).await?;
         if let Some(failed) = report(&nodes.join(","), answer) {
             exit = failed;
         }
@@ -40,11 +41,16 @@ pub async fn run(
 }
 
 /// Prints an answer of the admin endpoint; the exit code of a refusal.
-pub fn report(what: &str, answer: Result<serde_json::Value, Refusal>) -> Option<ExitCode> {
+pub fn report(what: &str, answer: Result<Answer, Refusal>) -> Option<ExitCode> {
     match answer {
         Ok(doc) => {
-            println!("{what}: {}", doc["state"].as_str().unwrap_or("ok"));
-            if let Some(at) = doc["at"].as_str() {
+            let state = match doc.state {
+                Answered::Scheduled => "scheduled",
+                Answered::Cancelled => "cancelled",
+                Answered::Resuming => "resuming",
+            };
+            println!("{what}: {state}");
+            if let Some(at) = &doc.at {
                 println!("  at {at}");
             }
             None

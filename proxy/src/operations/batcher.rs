@@ -3,7 +3,7 @@
 //! resume, and repair the ranges the background check found different.
 
 use super::refusal::{Refusal, RefusalKind};
-use ferry_batcher::suspend::Command;
+use ferry_batcher::suspend::{Command, SuspendError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -11,15 +11,12 @@ use tokio::sync::{mpsc, oneshot};
 /// and a resume may wait for a running suspend hook.
 const ANSWER_WITHIN: Duration = Duration::from_secs(600);
 
-/// The batcher's reply channel, as each [`Command`] carries it.
-pub type Reply = oneshot::Sender<Result<serde_json::Value, ferry_batcher::suspend::SuspendError>>;
-
-/// Hands the batcher the command `request` makes and waits for its
-/// answer.
-pub async fn ask(
+/// Hands the batcher the command `request` makes (with its reply channel)
+/// and waits for its answer, a `T`.
+pub async fn ask<T>(
     commands: mpsc::Sender<Command>,
-    request: impl FnOnce(Reply) -> Command,
-) -> Result<serde_json::Value, Refusal> {
+    request: impl FnOnce(oneshot::Sender<Result<T, SuspendError>>) -> Command,
+) -> Result<T, Refusal> {
     let (reply, answer) = oneshot::channel();
     let command = request(reply);
     let unavailable = |why: &str| Refusal::new(RefusalKind::Unavailable, "master_unavailable", why);

@@ -82,26 +82,28 @@ impl Operations {
             Request::ForceMaster { node } => {
                 Box::pin(async move { json(force_master::force(control, node).await) })
             }
-            Request::Suspend { replicas, at } => {
-                Box::pin(batcher::ask(commands, |reply| Command::Suspend {
+            Request::Suspend { replicas, at } => Box::pin(async move {
+                let ask = batcher::ask(commands, |reply| Command::Suspend {
                     replicas,
                     at,
                     reply,
-                }))
-            }
-            Request::CancelSuspend { replica } => Box::pin(batcher::ask(commands, |reply| {
-                Command::Cancel { replica, reply }
-            })),
-            Request::Resume { replica } => Box::pin(batcher::ask(commands, |reply| {
-                Command::Resume { replica, reply }
-            })),
-            Request::Repair { replica, table } => {
-                Box::pin(batcher::ask(commands, |reply| Command::Repair {
+                });
+                json(ask.await)
+            }),
+            Request::CancelSuspend { replica } => Box::pin(async move {
+                json(batcher::ask(commands, |reply| Command::Cancel { replica, reply }).await)
+            }),
+            Request::Resume { replica } => Box::pin(async move {
+                json(batcher::ask(commands, |reply| Command::Resume { replica, reply }).await)
+            }),
+            Request::Repair { replica, table } => Box::pin(async move {
+                let ask = batcher::ask(commands, |reply| Command::Repair {
                     replica,
                     table,
                     reply,
-                }))
-            }
+                });
+                json(ask.await)
+            }),
         };
         Box::pin(async move {
             match done.await {
