@@ -64,6 +64,11 @@ impl Coordinator {
                 };
                 info!(failed = %report.failed, promoted = %report.promoted, epoch = report.epoch,
                     detection_ms = report.detection_ms, switch_ms = report.switch_ms, "failover complete");
+                for (n, why) in next.fenced.iter().filter(|(n, _)| n.name != failed) {
+                    if !topo.fenced.iter().any(|(f, _)| f.name == n.name) {
+                        warn!(node = %n.name, reason = %why, "fenced out by the failover");
+                    }
+                }
                 if let Ok(mut s) = self.status.write() {
                     s.switching = false;
                     s.epoch = next.epoch;

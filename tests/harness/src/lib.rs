@@ -270,3 +270,11 @@ pub async fn eventually<T, D: std::fmt::Debug>(
         }
     }
 }
+
+/// The node named `name` in a `/status` document (null when absent).
+pub fn node<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
