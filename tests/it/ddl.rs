@@ -359,20 +359,12 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
         2,
         "CREATE TABLE t (id int PRIMARY KEY);",
     );
-    // A first row shipped: the batcher has read the tables, so the change
-    // below is one it notices rather than one it starts with.
-    c.proxy_client()
-        .await
-        .batch_execute("INSERT INTO t VALUES (0)")
-        .await
-        .unwrap();
-    c.wait_equal(Duration::from_secs(30)).await.unwrap();
-    c.proxy_client()
-        .await
-        .batch_execute("ALTER TABLE t ADD COLUMN v text; INSERT INTO t VALUES (1, 'x')")
-        .await
-        .unwrap();
-    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    change_after_a_row(
+        &c,
+        "INSERT INTO t VALUES (0)",
+        "ALTER TABLE t ADD COLUMN v text; INSERT INTO t VALUES (1, 'x')",
+    )
+    .await;
     // The batcher logs the change once the batch that carries it is
     // applied, just after the replica shows it.
     let log = logged(&c, CHANGED).await;
@@ -390,18 +382,12 @@ async fn a_schema_change_is_logged_as_information_in_plain_or_json_lines() {
     c.kill_ferry();
     c.set_ferry_env("FERRY_LOG_FORMAT", "json");
     c.start_ferry();
-    c.proxy_client()
-        .await
-        .batch_execute("INSERT INTO t VALUES (10, 'z')")
-        .await
-        .unwrap();
-    c.wait_equal(Duration::from_secs(30)).await.unwrap();
-    c.proxy_client()
-        .await
-        .batch_execute("ALTER TABLE t ADD COLUMN w int; INSERT INTO t VALUES (2, 'y', 2)")
-        .await
-        .unwrap();
-    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    change_after_a_row(
+        &c,
+        "INSERT INTO t VALUES (10, 'z')",
+        "ALTER TABLE t ADD COLUMN w int; INSERT INTO t VALUES (2, 'y', 2)",
+    )
+    .await;
     let log = logged(&c, CHANGED).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -438,4 +424,15 @@ async fn logged(c: &Cluster, line: &str) -> String {
         }
     })
     .await
+}
+
+/// Ships a first row (`row`), so that the batcher has read the tables and
+/// the schema change in `change` is one it notices rather than one it
+/// starts with; then the change; both through Ferry, each waited for on
+/// every node.
+async fn change_after_a_row(c: &Cluster, row: &str, change: &str) {
+    for sql in [row, change] {
+        c.proxy_client().await.batch_execute(sql).await.unwrap();
+        c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    }
 }
