@@ -49,6 +49,17 @@ pub enum Answered {
     Resuming,
 }
 
+impl Answered {
+    /// The word the answer carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Cancelled => "cancelled",
+            Self::Resuming => "resuming",
+        }
+    }
+}
+
 /// What a `ferry repair` rewrote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repaired {

@@ -263,6 +263,7 @@ fn operations(
         tokio::sync::mpsc::Sender<SuspendCommand>,
     ),
 ) -> Result<Operations, AppError> {
+    let patterns = patterns(cfg)?;
     let switchover = Arc::new(Switchover {
         roles: roles.clone(),
         gate: gate.clone(),
@@ -279,7 +280,7 @@ fn operations(
         ticks: ticks.clone(),
         reads,
         control: control.clone(),
-        patterns: patterns(cfg)?,
+        patterns: patterns.clone(),
         configured: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
         state: Arc::new(std::sync::RwLock::new(None)),
         running: tokio::sync::Mutex::new(()),
@@ -289,7 +290,7 @@ fn operations(
         replication: status.clone(),
         control,
         commands,
-        patterns: patterns(cfg)?,
+        patterns,
         switchover,
         adder,
     })

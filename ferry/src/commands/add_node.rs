@@ -33,8 +33,7 @@ pub async fn run(admin: &str, name: &str, dsn: &str, priority: i32) -> anyhow::R
         if let Ok((200, text)) = call(admin, hyper::Method::GET, "/status", None).await {
             let doc: Status = serde_json::from_str(&text).unwrap_or_default();
             if let Some(a) = doc.adding.filter(|a| a.node == name) {
-                let phase = serde_json::to_value(a.phase).unwrap_or_default();
-                bar.set_prefix(format!("{name}: {}", phase.as_str().unwrap_or("?")));
+                bar.set_prefix(format!("{name}: {}", a.phase.as_str()));
                 bar.set_length(a.tables as u64);
                 bar.set_position(a.tables_done as u64);
                 bar.set_message(format!("{} rows", a.rows));

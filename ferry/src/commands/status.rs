@@ -125,10 +125,7 @@ fn replica_notes(n: &NodeStatus) -> String {
         out += &format!(
             "\n{}: {} at {}{}; {} changes to {} keys pending{hook}{}\n",
             n.name,
-            serde_json::to_value(s.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            s.state.as_str(),
             s.at,
             s.consistent_as_of
                 .as_deref()

@@ -4,7 +4,7 @@
 use super::admin_http::{ask, refused};
 use ferry::operations::Refusal;
 use ferry_admin::api;
-use ferry_batcher::suspend::{Answer, Answered};
+use ferry_batcher::suspend::Answer;
 use std::process::ExitCode;
 
 /// Schedules (or cancels) a suspension; prints the answer. Fails with the
@@ -44,12 +44,7 @@ pub async fn run(
 pub fn report(what: &str, answer: Result<Answer, Refusal>) -> Option<ExitCode> {
     match answer {
         Ok(doc) => {
-            let state = match doc.state {
-                Answered::Scheduled => "scheduled",
-                Answered::Cancelled => "cancelled",
-                Answered::Resuming => "resuming",
-            };
-            println!("{what}: {state}");
+            println!("{what}: {}", doc.state.as_str());
             if let Some(at) = &doc.at {
                 println!("  at {at}");
             }

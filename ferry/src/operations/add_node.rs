@@ -39,6 +39,19 @@ pub enum AddPhase {
     Failed,
 }
 
+impl AddPhase {
+    /// The word `/status` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Definitions => "definitions",
+            Self::Rows => "rows",
+            Self::Joining => "joining",
+            Self::Replica => "replica",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// An addition as `/status` shows it (the latest one).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
