@@ -1,7 +1,8 @@
 -- The sample schema every node starts with, in `ferry demo` and in
 -- docker-compose.yml. DDL sent through Ferry later is replicated; this file
 -- is only the common starting point, so that the servers agree before Ferry
--- first starts.
+-- first starts. The application's role (docker/roles.sql) owns it.
+SET ROLE app;
 CREATE TABLE accounts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     owner text NOT NULL,

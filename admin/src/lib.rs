@@ -4,6 +4,7 @@
 //! so it knows nothing of the batcher's or the proxy's internals. One route
 //! per file.
 
+mod access;
 mod add_node;
 pub mod api;
 mod force_master;
@@ -18,9 +19,13 @@ mod status;
 mod suspend;
 mod switchover;
 
+pub use access::Access;
+
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -83,13 +88,33 @@ pub trait StatusSource: Send + Sync + 'static {
 
 pub(crate) type Source = Arc<dyn StatusSource>;
 
-/// The router, exposed for tests.
-pub fn router(source: Source) -> Router {
-    Router::new()
-        .route("/health", get(health::get))
-        .route("/nodes/{name}/health", get(health::node))
-        .route("/status", get(status::get))
-        .route("/metrics", get(metrics::get))
+/// What the handlers share: the process, and the access rule.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    source: Source,
+    access: Arc<Access>,
+}
+
+impl FromRef<Shared> for Source {
+    fn from_ref(s: &Shared) -> Source {
+        s.source.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<Access> {
+    fn from_ref(s: &Shared) -> Arc<Access> {
+        s.access.clone()
+    }
+}
+
+/// The router, exposed for tests: reads open, requests behind
+/// [`access::require`].
+pub fn router(source: Source, access: Access) -> Router {
+    let shared = Shared {
+        source,
+        access: Arc::new(access),
+    };
+    let mutating = Router::new()
         .route("/suspend", post(suspend::post_group))
         .route(
             "/replicas/{name}/suspend",
@@ -102,10 +127,28 @@ pub fn router(source: Source) -> Router {
         .route("/nodes/{name}/resync", post(resync::post))
         .route("/nodes/{name}/remove", post(remove_node::post))
         .route("/nodes/{name}/repair", post(repair::post))
-        .with_state(source)
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            access::require,
+        ));
+    Router::new()
+        .route("/health", get(health::get))
+        .route("/nodes/{name}/health", get(health::node))
+        .route("/status", get(status::get))
+        .route("/metrics", get(metrics::get))
+        .merge(mutating)
+        .with_state(shared)
 }
 
 /// Serves the endpoint on a bound listener until the task is dropped.
-pub async fn serve(listener: TcpListener, source: Arc<dyn StatusSource>) -> std::io::Result<()> {
-    axum::serve(listener, router(source)).await
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<dyn StatusSource>,
+    access: Access,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(source, access).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }

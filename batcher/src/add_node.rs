@@ -89,6 +89,9 @@ pub async fn prepare_new_node(
 /// `pg_dump --schema-only` of the master's database without Ferry's
 /// schema, as a script the node can run: psql meta-commands and Ferry's
 /// triggers (which name functions the node does not have yet) are left out.
+/// Owners and grants are kept, so that the application's role may do on
+/// the node what it may on the master (roles are per server: they must
+/// exist on the node first, or the copy stops naming the missing one).
 pub(crate) async fn dump_definitions(
     master: &Target,
     node_name: &str,
@@ -103,12 +106,11 @@ pub(crate) async fn dump_definitions(
     let mut cmd = tokio::process::Command::new(&pg_dump);
     cmd.args([
         "--schema-only",
-        "--no-owner",
-        "--no-privileges",
         "--no-publications",
         "--no-subscriptions",
         "--no-comments",
         "--exclude-schema=ferry",
+        "--exclude-schema=ferry_guard",
         "-h",
         &master.host,
         "-p",

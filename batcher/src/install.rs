@@ -36,10 +36,11 @@ async fn install_schema(
 ) -> Result<(), BatchError> {
     let err = BatchError::pg(node);
     let script = format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}{}",
         schema::INSTALL,
         capture::FUNCTIONS,
         ddl::INSTALL,
+        ferry_sql::guard::install(),
         ferry_sql::suspend::INSTALL,
         ferry_sql::verify::INSTALL
     );
@@ -176,6 +177,11 @@ pub async fn prepare_replica(
         .await
         .map_err(BatchError::pg(name))?;
     let position: (i64, String) = (row.get(0), row.get(1));
+    master
+        .1
+        .query(schema::BATCH_IDS_AT_LEAST, &[&position.0])
+        .await
+        .map_err(BatchError::pg(master.0))?;
     let behind: bool = master
         .1
         .query_one(schema::BEHIND_CLEANUP, &[&position.1])

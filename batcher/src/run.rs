@@ -16,6 +16,7 @@
 
 mod checks;
 mod housekeeping;
+mod intact;
 mod publish;
 mod repair;
 mod schema;

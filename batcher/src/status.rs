@@ -59,6 +59,27 @@ impl SchemaChange {
     }
 }
 
+/// Whether capture on the master is whole: its triggers on every
+/// replicated table and its event triggers, present and enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaptureStatus {
+    /// What was not intact at the last check (empty: intact).
+    pub problems: Vec<String>,
+    /// The latest repair: rows written before it while capture was off
+    /// may be missing on the replicas.
+    pub last_repair: Option<CaptureRepair>,
+}
+
+/// One repair of capture by the batcher.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaptureRepair {
+    /// The master's clock, as text.
+    pub at: String,
+    pub problems: Vec<String>,
+}
+
 /// The replication path as a whole.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicationStatus {
@@ -79,6 +100,8 @@ pub struct ReplicationStatus {
     pub schema_changes: Vec<SchemaChange>,
     /// The background check.
     pub verify: crate::verify::VerifyStatus,
+    /// Capture on the master, as the last housekeeping pass found it.
+    pub capture: CaptureStatus,
     /// When the master last answered the batcher (a cut), for health
     /// checks: a busy master that still cuts batches is alive.
     #[serde(skip)]

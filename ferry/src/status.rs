@@ -6,7 +6,7 @@
 use crate::config::Mode;
 use crate::operations::add_node::Adding;
 use crate::operations::switchover::SwitchoverReport;
-use ferry_batcher::status::SchemaChange;
+use ferry_batcher::status::{CaptureStatus, SchemaChange};
 use ferry_batcher::suspend::SuspensionStatus;
 use ferry_batcher::verify::{Divergence, VerifyStatus};
 use ferry_cluster::coordinator::FailoverReport;
@@ -43,6 +43,8 @@ pub struct Status {
     pub schema_changes: Vec<SchemaChange>,
     /// The background check.
     pub verify: Option<VerifyStatus>,
+    /// Whether capture on the master is whole, and its latest repair.
+    pub capture: CaptureStatus,
 }
 
 /// `sync`: synchronous commit.

@@ -368,6 +368,11 @@ impl LocalServer {
     /// Runs SQL with psql against a database (for set-up steps), over the
     /// server's Unix socket, where local connections are trusted.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, LocalPgError> {
+        self.psql_as("postgres", db, sql)
+    }
+
+    /// Runs SQL with psql as `user` (the server trusts local logins).
+    pub fn psql_as(&self, user: &str, db: &str, sql: &str) -> Result<String, LocalPgError> {
         let psql = self.bins.bin("psql");
         let port = self.port.to_string();
         let socket_dir = self.socket_dir();
@@ -383,7 +388,7 @@ impl LocalServer {
                 "-p",
                 &port,
                 "-U",
-                "postgres",
+                user,
                 "-d",
                 db,
                 "-At",

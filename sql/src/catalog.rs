@@ -14,3 +14,9 @@ pub const LIST_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
 /// `ferry.table_shape`, the same function the DDL log records shapes with.
 /// Parameter: the quoted qualified table name.
 pub const SHAPE: &str = "SELECT ferry.table_shape(($1::text)::regclass)::text";
+
+/// A role's rights that decide whether client sessions may run as it.
+/// Parameter: the role's name. Returns `(rolsuper, rolcanlogin, rolbypassrls)`;
+/// no row when the role does not exist on that server.
+pub const ROLE: &str =
+    "SELECT rolsuper, rolcanlogin, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = $1";

@@ -73,7 +73,8 @@ BEGIN
     END IF;
 END
 $f$;
-CREATE OR REPLACE FUNCTION ferry.record_ddl(tag text, path text, query text) RETURNS void
+DROP FUNCTION IF EXISTS ferry.record_ddl(text, text, text);
+CREATE OR REPLACE FUNCTION ferry.record_ddl(tag text, path text, query text, role text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     r record;
@@ -212,7 +213,8 @@ BEGIN
             nextval('ferry.capture_seq'), pg_current_xact_id(), path, replicate, tables,
             jsonb_build_object('TimeZone', current_setting('TimeZone'),
                                'DateStyle', current_setting('DateStyle'),
-                               'IntervalStyle', current_setting('IntervalStyle')));
+                               'IntervalStyle', current_setting('IntervalStyle'),
+                               'role', role));
     -- After the log row, so that the replicas replay the change first.
     FOR a IN SELECT DISTINCT p.relid FROM ferry.capture p WHERE p.relid = ANY (reship) LOOP
         PERFORM ferry.reship(a.relid);
@@ -241,9 +243,10 @@ END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    -- Not SECURITY DEFINER, so that the client's search_path is the one
-    -- recorded.
-    PERFORM ferry.record_ddl(TG_TAG, pg_catalog.current_setting('search_path'), pg_catalog.current_query());
+    -- Not SECURITY DEFINER, so that the client's search_path and role
+    -- are the ones recorded.
+    PERFORM ferry.record_ddl(TG_TAG, pg_catalog.current_setting('search_path'),
+                             pg_catalog.current_query(), current_user::text);
 END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.on_drop() RETURNS event_trigger LANGUAGE plpgsql AS $f$
@@ -256,14 +259,35 @@ CREATE OR REPLACE FUNCTION ferry.replay(stmt text, path text, settings jsonb) RE
 DECLARE
     old jsonb := pg_catalog.jsonb_build_object('search_path', pg_catalog.current_setting('search_path'));
     s record;
+    -- The role that made the change on the master: the replica's objects
+    -- belong to the same role as the master's.
+    maker text := settings->>'role';
 BEGIN
-    FOR s IN SELECT * FROM pg_catalog.jsonb_each_text(COALESCE(settings, '{}')) LOOP
+    FOR s IN SELECT * FROM pg_catalog.jsonb_each_text(COALESCE(settings, '{}') - 'role') LOOP
         old := old || pg_catalog.jsonb_build_object(s.key, pg_catalog.current_setting(s.key));
         PERFORM pg_catalog.set_config(s.key, s.value, true);
     END LOOP;
     PERFORM pg_catalog.set_config('search_path', path, true);
+    IF maker IS NOT NULL AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = maker) THEN
+        RAISE WARNING 'ferry: role "%" does not exist on this replica; the schema change runs as "%": %',
+            maker, current_user, stmt;
+        maker := NULL;
+    END IF;
     BEGIN
-        EXECUTE stmt;
+        BEGIN
+            IF maker IS NOT NULL THEN
+                PERFORM pg_catalog.set_config('role', maker, true);
+            END IF;
+            EXECUTE stmt;
+            PERFORM pg_catalog.set_config('role', 'none', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            -- The replica's object belongs to another role than the
+            -- master's (made before Ferry followed roles, or by hand):
+            -- Ferry's role makes the change rather than stop the replica.
+            RAISE WARNING 'ferry: role "%" may not make this schema change on this replica (%); it runs as "%": %',
+                maker, SQLERRM, current_user, stmt;
+            EXECUTE stmt;
+        END;
     EXCEPTION WHEN duplicate_column OR duplicate_table OR duplicate_object OR duplicate_schema
               OR duplicate_function OR undefined_column OR undefined_table OR undefined_object THEN
         RAISE WARNING 'ferry: schema change skipped on this replica (%): %', SQLERRM, stmt;

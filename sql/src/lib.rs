@@ -16,6 +16,8 @@ pub mod catalog;
 pub mod classify;
 pub mod cluster;
 pub mod ddl;
+pub mod forbidden;
+pub mod guard;
 pub mod model;
 pub mod quote;
 pub mod resync;

@@ -178,6 +178,13 @@ pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Parameter: name.
 pub const FORGET_REPLICA: &str = "DELETE FROM ferry.replicas WHERE name = $1";
 
+/// Batch ids continue above a replica's ledger: a master whose `ferry`
+/// schema was dropped and installed again would otherwise restart them at
+/// 1, and the replicas would refuse every batch as already applied.
+/// Parameter: the replica's last applied batch id.
+pub const BATCH_IDS_AT_LEAST: &str = "SELECT setval('ferry.batch_ids', $1::bigint) \
+     FROM ferry.batch_ids WHERE last_value < $1::bigint";
+
 /// The batch id the master handed out last. No parameters.
 pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
 

@@ -45,7 +45,7 @@ async fn pgbench_tpcb_8_clients_for_30s_leaves_replicas_equal() {
             "-p",
             &s.port.to_string(),
             "-U",
-            "postgres",
+            USER,
             "app",
         ]));
     }

@@ -8,7 +8,8 @@ use ferry_testkit::Cluster;
 use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const SCHEMA: &str = "CREATE SCHEMA app; CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
+const SCHEMA: &str =
+    "CREATE SCHEMA app; CREATE TABLE public.items (id int PRIMARY KEY, v text NOT NULL);";
 
 /// The first column of the first row of a simple query.
 async fn one(client: &Client, sql: &str) -> String {

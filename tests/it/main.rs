@@ -3,6 +3,8 @@
 //! needs (see the harness, `ferry-testkit`) and the real `ferry` binary
 //! (`CARGO_BIN_EXE_ferry`, which kill -9 tests need).
 
+mod access;
+mod bypass;
 mod campaign;
 mod clients;
 mod commands;
@@ -12,10 +14,12 @@ mod divergence;
 mod failover;
 mod faults;
 mod hold;
+mod limits;
 mod outage;
 mod protocol;
 mod reads;
 mod replication;
+mod security;
 mod sequences;
 mod suspend;
 mod sync;

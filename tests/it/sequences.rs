@@ -79,8 +79,8 @@ async fn sequence_positions_travel_with_the_batches() {
         "f"
     );
     // A sequence created while Ferry runs (replica first) travels too.
-    c.psql(1, "CREATE SEQUENCE late_seq");
-    c.psql(0, "CREATE SEQUENCE late_seq");
+    c.psql(1, "SET ROLE app; CREATE SEQUENCE late_seq");
+    c.psql(0, "SET ROLE app; CREATE SEQUENCE late_seq");
     client
         .batch_execute("SELECT nextval('late_seq'); SELECT nextval('late_seq')")
         .await

@@ -66,6 +66,16 @@ impl Target {
         })
     }
 
+    /// The same server, logged in to as `login` instead of the DSN's user:
+    /// client sessions run as their own roles.
+    pub fn with_login(&self, login: &Login) -> Target {
+        Target {
+            user: login.user.clone(),
+            password: login.password.clone(),
+            ..self.clone()
+        }
+    }
+
     /// Where the server listens.
     pub fn address(&self) -> Address {
         Address::new(&self.host, self.port)
@@ -110,6 +120,15 @@ impl Target {
         });
         Ok(client)
     }
+}
+
+/// The role a client session logs in to the servers as, and its password
+/// (none: the server must not ask for one). Ferry's own sessions use the
+/// DSN's user instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
 }
 
 /// An error reported by the server, with the fields operators need.

@@ -16,6 +16,6 @@ pub mod stream;
 pub mod tag;
 
 pub use codec::{FrameError, FrameScanner, Step, MAX_STARTUP_LEN};
-pub use conn::{ConnError, ServerConn, ServerError, Target};
+pub use conn::{ConnError, Login, ServerConn, ServerError, Target};
 pub use stream::{Address, Stream};
 pub use tag::TransactionStatus;

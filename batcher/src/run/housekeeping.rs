@@ -1,6 +1,6 @@
 //! Housekeeping, every `housekeeping` interval rather than every tick:
 //! replicas' positions recorded on the master, schema changes logged there
-//! checked, the outbox cleaned up to what every replica applied, lag in
+//! checked, capture checked whole (see [`super::intact`]), the outbox cleaned up to what every replica applied, lag in
 //! rows counted, and the replica (or fenced node) the outbox is kept for
 //! reported.
 
@@ -37,6 +37,7 @@ impl Batcher {
         }
         self.check_schema(control, (&s.shapes, &s.sequences), &mut s.seen_ddl)
             .await?;
+        self.keep_capture_intact(control).await?;
         outbox::clean(master, control, &s.shapes, &s.names).await?;
         let backlog = outbox::backlog(master, control, &s.shapes).await?;
         self.metrics.outbox_rows.set(backlog);

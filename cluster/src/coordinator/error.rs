@@ -25,6 +25,11 @@ pub enum CoordinatorError {
     NotFenced(String),
     #[error("no master now: {0}")]
     NoMaster(String),
+    #[error(
+        "the cluster has a master ({0}) and decides by itself: force-master is only for a cluster \
+         that waits for a node that is gone (`ferry switchover` moves the master)"
+    )]
+    CanDecide(String),
     #[error("node {0} is the master already")]
     AlreadyMaster(String),
     #[error("node {0} is not a replica of this cluster")]

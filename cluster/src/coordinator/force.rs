@@ -14,6 +14,9 @@ impl Coordinator {
     /// other node is fenced out (their data may differ: resync).
     pub(super) async fn force(&self, node: &str) -> Result<i64, CoordinatorError> {
         let topo = self.roles.borrow().clone();
+        if topo.waiting.is_none() {
+            return Err(CoordinatorError::CanDecide(topo.master.name.clone()));
+        }
         let target = self
             .nodes
             .iter()

@@ -5,12 +5,14 @@
 //! - [`install`]: schema and capture on the nodes;
 //! - [`status`]: what the admin endpoint reads and asks;
 //! - [`parts`]: each part built from the configuration;
+//! - [`roles`]: the roles client sessions run as, checked at start;
 //! - [`background`]: the batcher's supervisor and the master's record.
 
 mod background;
 mod cluster;
 mod install;
 mod parts;
+mod roles;
 mod status;
 
 pub use cluster::{decide, records, topology};
@@ -151,10 +153,20 @@ impl App {
             tokio::spawn(coordinator.run(rx.clone())),
             tokio::spawn(listener::serve(proxy, shared, not_accepting)),
         ];
+        let access = ferry_admin::Access {
+            token: cfg
+                .admin
+                .token()
+                .map_err(|e| AppError::Config(e.to_string()))?,
+        };
+        if access.token.is_none() {
+            warn!(admin = %admin_addr, "the admin endpoint has no token: anyone on this machine may \
+                switch over, remove or force nodes (set admin.token)");
+        }
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                r = ferry_admin::serve(admin, source) => if let Err(e) = r { warn!(error = %e, "admin endpoint stopped") },
+                r = ferry_admin::serve(admin, source, access) => if let Err(e) = r { warn!(error = %e, "admin endpoint stopped") },
                 _ = admin_rx.changed() => {}
             }
         }));
@@ -220,6 +232,7 @@ async fn prepare(cfg: &Config) -> Result<Topology, AppError> {
             Err(e) => warn!(error = %e, "install at start incomplete; the batcher retries"),
         }
     }
+    roles::check_roles(cfg, &topo).await?;
     record_states(&topo).await;
     for (n, why) in &topo.fenced {
         warn!(node = %n.name, reason = %why, "node fenced out of the cluster");

@@ -8,7 +8,7 @@ use crate::frontend::hold::Gate;
 use crate::frontend::pump::{ReadMetrics, ReadMode, ReadRouting};
 use crate::frontend::read_balance::ReaderCounts;
 use crate::frontend::shared::{FrontendMetrics, Shared};
-use crate::frontend::startup::{AuthMethod, UserDb};
+use crate::frontend::startup::{AuthMethod, ClientLimit, UserDb};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::run::SuspendConfig;
 use ferry_batcher::verify::{Verifier, VerifyConfig};
@@ -162,8 +162,10 @@ pub(super) fn sessions(cfg: &Config, parts: SessionParts) -> Arc<Shared> {
         users: UserDb::new(
             cfg.users
                 .iter()
-                .map(|u| (u.name.as_str(), u.password.as_str())),
+                .map(|u| (u.name.as_str(), u.password.as_str(), u.login())),
         ),
+        limit: ClientLimit::new(cfg.proxy.max_client_conn),
+        startup_timeout: Duration::from_millis(cfg.proxy.startup_timeout_ms),
         auth: match cfg.proxy.auth {
             ClientAuth::Md5 => AuthMethod::Md5,
             ClientAuth::ScramSha256 => AuthMethod::ScramSha256,

@@ -125,6 +125,7 @@ impl AppStatus {
             nodes,
             schema_changes: r.schema_changes.clone(),
             verify: Some(r.verify.clone()),
+            capture: r.capture.clone(),
         }
     }
 }
@@ -147,6 +148,12 @@ impl StatusSource for AppStatus {
             return Vec::new();
         };
         let mut out = Vec::new();
+        if !r.capture.problems.is_empty() {
+            out.push(format!(
+                "capture on the master is not intact ({}): rows written meanwhile did not reach the replicas",
+                r.capture.problems.join("; ")
+            ));
+        }
         for s in &r.replicas {
             if let Some(why) = replica_problem(s) {
                 out.push(format!("replica {}: {why}", s.name));
@@ -180,10 +187,11 @@ impl StatusSource for AppStatus {
         })
     }
 
+    /// The master serves, and captures every change it serves.
     fn healthy(&self) -> bool {
         self.replication
             .read()
-            .map(|r| r.master_reachable)
+            .map(|r| r.master_reachable && r.capture.problems.is_empty())
             .unwrap_or(false)
     }
 

@@ -29,6 +29,9 @@ pub async fn call(
         .method(method)
         .uri(uri.path())
         .header(hyper::header::HOST, host);
+    if let Some(token) = token()? {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
     let payload = match body {
         Some(b) => {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
@@ -40,6 +43,23 @@ pub async fn call(
     let status = res.status().as_u16();
     let body = res.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The admin token the commands send: `FERRY_ADMIN_TOKEN`, else the
+/// `[admin]` token of the configuration `FERRY_CONFIG` names.
+fn token() -> anyhow::Result<Option<String>> {
+    if let Some(t) = std::env::var("FERRY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(Some(t));
+    }
+    let Some(path) = std::env::var_os("FERRY_CONFIG") else {
+        return Ok(None);
+    };
+    let cfg = ferry::config::Config::load(std::path::Path::new(&path))
+        .with_context(|| format!("reading the admin token from {}", path.to_string_lossy()))?;
+    Ok(cfg.admin.token()?)
 }
 
 /// Sends a request with a typed body; returns the answer's JSON body, or

@@ -16,6 +16,8 @@ const NODES: [&str; 3] = ["a", "b", "c"];
 /// Ferry afterwards is replicated). The same file initialises the servers of
 /// docker-compose.yml.
 const SCHEMA: &str = include_str!("../../../docker/schema.sql");
+/// The role application sessions run as (no superuser), on every node.
+const ROLES: &str = include_str!("../../../docker/roles.sql");
 
 pub async fn run(
     dir: &Path,
@@ -53,6 +55,7 @@ pub async fn run(
         })?;
         s.start()?;
         s.psql("postgres", "CREATE DATABASE app")?;
+        s.psql("app", ROLES)?;
         s.psql("app", SCHEMA)?;
     }
     let mut toml = format!(

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use ferry::config::Mode;
 use ferry::status::{NodeStatus, Status};
+use ferry_batcher::status::CaptureStatus;
 use std::process::ExitCode;
 
 /// GETs a path from the admin endpoint and returns the body.
@@ -63,6 +64,7 @@ pub fn render(doc: &Status) -> String {
         Some(_) => out += "\nbackground check: off (verify.interval_s = 0)\n",
         None => {}
     }
+    out += &capture_notes(&doc.capture);
     for n in &doc.nodes {
         out += &replica_notes(n);
     }
@@ -76,6 +78,26 @@ pub fn render(doc: &Status) -> String {
             };
             out += &format!("  {} {} {} ({how})\n", c.at, c.tag, c.object);
         }
+    }
+    out
+}
+
+/// Capture on the master, when it is not whole or was repaired.
+fn capture_notes(capture: &CaptureStatus) -> String {
+    let mut out = String::new();
+    if !capture.problems.is_empty() {
+        out += &format!(
+            "\ncapture NOT INTACT on the master: {}\n",
+            capture.problems.join("; ")
+        );
+    }
+    if let Some(r) = &capture.last_repair {
+        out += &format!(
+            "\ncapture repaired at {} ({}): rows written while it was off may be missing on the \
+             replicas; run `ferry verify`\n",
+            r.at,
+            r.problems.join("; ")
+        );
     }
     out
 }

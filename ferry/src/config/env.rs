@@ -74,6 +74,10 @@ pub(super) fn apply_env(
                         v.parse()
                             .map_err(|_| invalid(k.clone(), "must be an integer"))?,
                     ),
+                    "allow_superuser" => toml::Value::Boolean(
+                        v.parse()
+                            .map_err(|_| invalid(k.clone(), "must be true or false"))?,
+                    ),
                     _ => toml::Value::String(v.clone()),
                 };
                 item.insert(attr, value);

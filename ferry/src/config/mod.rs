@@ -93,6 +93,14 @@ pub struct ProxyConfig {
     /// under way may take to finish before their sessions are ended with
     /// SQLSTATE 57P01, in ms.
     pub shutdown_timeout_ms: u64,
+    /// Client sessions open at once; one more gets SQLSTATE 53300 from
+    /// Ferry. Each uses a server session on the master (and one on a
+    /// replica when reads go there): keep it below the servers'
+    /// `max_connections` minus `superuser_reserved_connections`, which
+    /// leave room for Ferry's own sessions and a DBA.
+    pub max_client_conn: usize,
+    /// How long a client may take to start up and authenticate, in ms.
+    pub startup_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +114,8 @@ impl Default for ProxyConfig {
             reads: Reads::Master,
             hold_timeout_ms: 30_000,
             shutdown_timeout_ms: 10_000,
+            max_client_conn: 100,
+            startup_timeout_ms: 10_000,
         }
     }
 }
@@ -116,13 +126,45 @@ impl Default for ProxyConfig {
 pub struct AdminConfig {
     /// Address of the HTTP admin endpoint.
     pub listen: String,
+    /// The bearer token mutating requests must carry. Without one (and
+    /// without `token_file`), only callers on loopback may make them, and
+    /// `listen` must be a loopback address.
+    pub token: Option<String>,
+    /// A file holding the token (its first line), instead of `token`.
+    pub token_file: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9930".into(),
+            token: None,
+            token_file: None,
         }
+    }
+}
+
+impl AdminConfig {
+    /// The admin token: `token`, else the first line of `token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            return Ok(Some(t.to_string()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.is_empty() {
+            return Err(invalid(
+                "admin.token_file",
+                format!("{path} holds no token"),
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -271,13 +313,38 @@ impl Default for ReplicationConfig {
     }
 }
 
-/// `[[users]]`: who may connect to Ferry.
+/// `[[users]]`: who may connect to Ferry, and as which server role their
+/// sessions run.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     /// Plaintext, or a SCRAM verifier (`SCRAM-SHA-256$...`) as PostgreSQL stores it.
     pub password: String,
+    /// The server role the sessions log in as; default: `name`.
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// The server role's password; default: `password` (when plaintext).
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Lets the sessions run as a superuser (refused at start otherwise: a
+    /// superuser bypasses row-level security and can switch capture off).
+    #[serde(default)]
+    pub allow_superuser: bool,
+}
+
+impl UserConfig {
+    /// The role this user's sessions log in to the servers as.
+    pub fn login(&self) -> ferry_wire::Login {
+        let plaintext = Some(self.password.clone()).filter(|p| !p.starts_with("SCRAM-SHA-256$"));
+        ferry_wire::Login {
+            user: self
+                .server_user
+                .clone()
+                .unwrap_or_else(|| self.name.clone()),
+            password: self.server_password.clone().or(plaintext),
+        }
+    }
 }
 
 /// The whole file.

@@ -73,12 +73,27 @@ impl Config {
                 format!("{e}: expected host:port, e.g. 127.0.0.1:6432"),
             )
         })?;
-        self.admin.listen.parse::<SocketAddr>().map_err(|e| {
+        let admin = self.admin.listen.parse::<SocketAddr>().map_err(|e| {
             invalid(
                 "admin.listen",
                 format!("{e}: expected host:port, e.g. 127.0.0.1:9930"),
             )
         })?;
+        if !admin.ip().is_loopback() && self.admin.token()?.is_none() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{admin} is reachable beyond this machine: set admin.token (or admin.token_file, \
+                     or FERRY_ADMIN_TOKEN) so that only operators can switch over, remove or force nodes"
+                ),
+            ));
+        }
+        if self.proxy.max_client_conn == 0 || self.proxy.startup_timeout_ms == 0 {
+            return Err(invalid(
+                "proxy",
+                "max_client_conn and startup_timeout_ms must be positive",
+            ));
+        }
         if self.proxy.max_message_bytes < 8192 {
             return Err(invalid("proxy.max_message_bytes", "must be at least 8192"));
         }
@@ -208,6 +223,18 @@ impl Config {
                         "md5 authentication needs the plaintext password, not a SCRAM verifier",
                     ));
                 }
+                if u.server_password.is_none() {
+                    return Err(invalid(
+                        format!("users[{i}].server_password"),
+                        "needed when password is a SCRAM verifier: Ferry logs in to the servers as the user's role",
+                    ));
+                }
+            }
+            if u.server_user.as_deref() == Some("") {
+                return Err(invalid(
+                    format!("users[{i}].server_user"),
+                    "must not be empty",
+                ));
             }
         }
         Ok(())

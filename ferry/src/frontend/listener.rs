@@ -17,8 +17,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, shared.clone()));
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(stream, peer, shared.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");

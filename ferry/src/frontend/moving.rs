@@ -26,8 +26,8 @@ use bytes::{Buf, BytesMut};
 use ferry_cluster::Node;
 use ferry_sql::session_effect::STAND_IN_FAILED_TRANSACTION;
 use ferry_wire::tag::frontend::SYNC;
-use ferry_wire::TransactionStatus;
 use ferry_wire::{backend, ConnError, FrameScanner, ServerConn, Step};
+use ferry_wire::{Login, TransactionStatus};
 use postgres_protocol::message::frontend;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,11 +196,11 @@ pub(crate) async fn answer_held_commit(
 /// there; on failure tells the client why and returns None.
 pub(crate) async fn move_session(
     shared: &Shared,
-    params: &[(String, String)],
+    (params, login): (&[(String, String)], &Login),
     client: &mut TcpStream,
     route: &Mutex<Route>,
 ) -> Option<(Node, ServerConn)> {
-    let (master, mut server) = hold::master(shared, params, client).await?;
+    let (master, mut server) = hold::master(shared, params, login, client).await?;
     let recreated = {
         let (state, lost) = {
             let r = route.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,23 +20,22 @@ use super::shared::Shared;
 use super::startup::{self, Startup};
 use bytes::{Buf, BytesMut};
 use ferry_cluster::Node;
+use ferry_sql::forbidden::forbidden_startup;
 use ferry_wire::conn::send_cancel;
 use ferry_wire::startup::StartupPacket;
-use ferry_wire::{backend, ServerConn, TransactionStatus};
+use ferry_wire::{backend, Login, ServerConn, TransactionStatus};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Time a client has to complete startup and authentication.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves one accepted connection to its end.
-pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
+/// Serves one accepted connection (from `peer`) to its end.
+pub async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8192);
-    let Some(params) = start(&mut client, &mut buf, &shared).await else {
+    let Some((params, login, _place)) = start(&mut client, peer, &mut buf, &shared).await else {
         return;
     };
     let user = StartupPacket::param(&params, "user")
@@ -45,6 +44,16 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
     let database = StartupPacket::param(&params, "database")
         .unwrap_or(&user)
         .to_string();
+    if let Some(what) = forbidden_startup(&params) {
+        warn!(user = %user, setting = what, "refused a client whose startup options would switch capture off");
+        fatal(
+            &mut client,
+            "42501",
+            &format!("ferry: client sessions may not set {what}: it would switch off the capture that keeps the replicas identical"),
+        )
+        .await;
+        return;
+    }
     let master = shared.roles.borrow().master.clone();
     if database != master.target.dbname {
         fatal(
@@ -58,18 +67,19 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
         .await;
         return;
     }
-    let Some((master, server)) = hold::master(&shared, &params, &mut client).await else {
+    let Some((master, server)) = hold::master(&shared, &params, &login, &mut client).await else {
         return;
     };
     let (pid, secret) = shared
         .cancels
         .register(ServerKey::of(&master.target, &server));
-    let span = info_span!("session", session = pid, user = %user);
+    let span = info_span!("session", session = pid, user = %user, role = %login.user);
     shared.metrics.connections.inc();
     shared.metrics.connections_total.inc();
     let session = Session {
         shared: &shared,
         params: &params,
+        login: &login,
         pid,
     };
     async {
@@ -96,12 +106,13 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
 /// startup, a client gone).
 async fn start(
     client: &mut TcpStream,
+    peer: SocketAddr,
     buf: &mut BytesMut,
     shared: &Shared,
-) -> Option<Vec<(String, String)>> {
+) -> Option<(Vec<(String, String)>, Login, OwnedSemaphorePermit)> {
     let started = tokio::time::timeout(
-        STARTUP_TIMEOUT,
-        startup::run(client, buf, &shared.users, shared.auth),
+        shared.startup_timeout,
+        startup::run(client, buf, (&shared.users, shared.auth), &shared.limit),
     )
     .await;
     match started {
@@ -115,6 +126,16 @@ async fn start(
             None
         }
         Ok(Ok(Startup::Closed)) => None,
+        Ok(Ok(Startup::Full)) => {
+            shared.metrics.refused_full.inc();
+            warn!(client = %peer, "client refused with 53300: proxy.max_client_conn sessions are open");
+            None
+        }
+        Ok(Ok(Startup::AuthFailed { user })) => {
+            shared.metrics.auth_failures.inc();
+            warn!(client = %peer, user = %user, "client authentication failed");
+            None
+        }
         Ok(Ok(Startup::Cancel { pid, secret })) => {
             let keys = shared.cancels.lookup(pid, secret);
             debug!(session = pid, servers = keys.len(), "cancel request");
@@ -128,7 +149,11 @@ async fn start(
             .await;
             None
         }
-        Ok(Ok(Startup::Client { params })) => Some(params),
+        Ok(Ok(Startup::Client {
+            params,
+            login,
+            place,
+        })) => Some((params, login, place)),
     }
 }
 
@@ -136,6 +161,8 @@ async fn start(
 struct Session<'a> {
     shared: &'a Shared,
     params: &'a [(String, String)],
+    /// The role the session logs in to the servers as.
+    login: &'a Login,
     /// The session's id (its cancel key).
     pid: i32,
 }
@@ -160,7 +187,14 @@ impl Session<'_> {
             let (master, server) = match next {
                 Next::On(on) => *on,
                 Next::Move => {
-                    match moving::move_session(self.shared, self.params, client, &route).await {
+                    match moving::move_session(
+                        self.shared,
+                        (self.params, self.login),
+                        client,
+                        &route,
+                    )
+                    .await
+                    {
                         Some(c) => c,
                         None => return,
                     }
@@ -201,6 +235,7 @@ impl Session<'_> {
         };
         let cx = pump::Context {
             params: self.params,
+            login: self.login,
             routing: shared.reads.as_deref(),
             sync: shared.sync.as_deref(),
             session_id: self.pid,
@@ -303,7 +338,7 @@ impl Session<'_> {
         // The commit's answer waits for the next master: whether that node
         // has it decides the answer.
         let Some((master, server)) =
-            moving::move_session(self.shared, self.params, client, route).await
+            moving::move_session(self.shared, (self.params, self.login), client, route).await
         else {
             return Next::Done;
         };

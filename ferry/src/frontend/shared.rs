@@ -4,7 +4,7 @@
 use super::cancel::CancelRegistry;
 use super::hold::Gate;
 use super::pump::ReadRouting;
-use super::startup::{AuthMethod, UserDb};
+use super::startup::{AuthMethod, ClientLimit, UserDb};
 use ferry_cluster::SyncPoint;
 use ferry_cluster::Topology;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +20,10 @@ pub struct FrontendMetrics {
     pub connections: Gauge,
     pub connections_total: Counter,
     pub protocol_errors: Counter,
+    /// Clients refused with 53300 (`proxy.max_client_conn`).
+    pub refused_full: Counter,
+    /// Logins refused with 28P01.
+    pub auth_failures: Counter,
 }
 
 impl FrontendMetrics {
@@ -40,6 +44,16 @@ impl FrontendMetrics {
             "Client connections closed for a protocol violation",
             m.protocol_errors.clone(),
         );
+        registry.register(
+            "ferry_client_connections_refused_full",
+            "Clients refused with 53300 because proxy.max_client_conn sessions were open",
+            m.refused_full.clone(),
+        );
+        registry.register(
+            "ferry_client_auth_failures",
+            "Client logins refused for a wrong password or an unknown user",
+            m.auth_failures.clone(),
+        );
         m
     }
 }
@@ -48,6 +62,10 @@ impl FrontendMetrics {
 pub struct Shared {
     pub users: UserDb,
     pub auth: AuthMethod,
+    /// `proxy.max_client_conn`.
+    pub limit: ClientLimit,
+    /// How long a client may take to start up and authenticate.
+    pub startup_timeout: Duration,
     /// The current topology: which node is master, in which epoch.
     pub roles: watch::Receiver<Topology>,
     /// How long a new session waits for a master during a failover.

@@ -1,7 +1,8 @@
 //! The startup phase of a client connection: everything before the first
 //! ReadyForQuery. Ferry answers SSL and GSS requests with 'N', forwards
-//! cancel requests, and authenticates the client itself against
-//! `[[users]]` with SCRAM-SHA-256 or md5.
+//! cancel requests, refuses clients beyond `proxy.max_client_conn`, and
+//! authenticates the client itself against `[[users]]` with SCRAM-SHA-256
+//! or md5.
 
 use super::fatal;
 use bytes::{Buf, BytesMut};
@@ -10,9 +11,12 @@ use ferry_wire::codec::{peek_frame, peek_startup, read_cstr};
 use ferry_wire::scram::{ScramServer, Verifier};
 use ferry_wire::startup::{parse_startup, StartupPacket};
 use ferry_wire::tag::frontend::PASSWORD;
+use ferry_wire::Login;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest message accepted before authentication completes.
 const MAX_AUTH_MESSAGE: usize = 8192;
@@ -24,11 +28,12 @@ pub enum AuthMethod {
     Md5,
 }
 
-/// A user's stored credential.
+/// A user's stored credential, and the role its sessions log in as.
 #[derive(Clone)]
 pub struct Credential {
     verifier: Verifier,
     plaintext: Option<String>,
+    login: Login,
 }
 
 /// The users Ferry accepts, from `[[users]]`.
@@ -38,19 +43,22 @@ pub struct UserDb {
 }
 
 impl UserDb {
-    /// Builds the table from (name, password or SCRAM verifier) pairs.
-    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    /// Builds the table from (name, password or SCRAM verifier, server
+    /// login) entries.
+    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str, Login)>) -> Self {
         let users = users
             .into_iter()
-            .map(|(name, pw)| {
+            .map(|(name, pw, login)| {
                 let cred = match Verifier::parse(pw) {
                     Ok(verifier) => Credential {
                         verifier,
                         plaintext: None,
+                        login,
                     },
                     Err(_) => Credential {
                         verifier: Verifier::from_password(pw),
                         plaintext: Some(pw.to_string()),
+                        login,
                     },
                 };
                 (name.to_string(), cred)
@@ -62,8 +70,18 @@ impl UserDb {
 
 /// What the startup phase produced.
 pub enum Startup {
-    /// An authenticated client with its startup parameters.
-    Client { params: Vec<(String, String)> },
+    /// An authenticated client with its startup parameters, the role its
+    /// sessions log in to the servers as, and its place under
+    /// `proxy.max_client_conn` (held for as long as the session lives).
+    Client {
+        params: Vec<(String, String)>,
+        login: Login,
+        place: OwnedSemaphorePermit,
+    },
+    /// Refused with 53300: `proxy.max_client_conn` sessions are open.
+    Full,
+    /// Refused with 28P01 (wrong password or unknown user).
+    AuthFailed { user: String },
     /// A cancel request (the connection carries nothing else).
     Cancel { pid: i32, secret: i32 },
     /// The connection ended or was refused (the client was told why).
@@ -79,12 +97,30 @@ pub enum StartupError {
     Protocol(String),
 }
 
-/// Runs the startup phase on a fresh connection.
+/// How many client sessions may be open at once (`proxy.max_client_conn`).
+#[derive(Clone)]
+pub struct ClientLimit {
+    places: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ClientLimit {
+    pub fn new(max: usize) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+/// Runs the startup phase on a fresh connection. A client beyond
+/// `limit` gets 53300 once its startup packet is read, before it
+/// authenticates (as PostgreSQL does), from Ferry rather than a server.
 pub async fn run(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    users: &UserDb,
-    method: AuthMethod,
+    (users, method): (&UserDb, AuthMethod),
+    limit: &ClientLimit,
 ) -> Result<Startup, StartupError> {
     let params = loop {
         let packet = match read_startup(stream, buf).await {
@@ -115,6 +151,18 @@ pub async fn run(
             }
         }
     };
+    let Ok(place) = limit.places.clone().try_acquire_owned() else {
+        fatal(
+            stream,
+            "53300",
+            &format!(
+                "sorry, too many clients already (Ferry's proxy.max_client_conn = {})",
+                limit.max
+            ),
+        )
+        .await;
+        return Ok(Startup::Full);
+    };
     let Some(user) = StartupPacket::param(&params, "user").map(str::to_string) else {
         fatal(
             stream,
@@ -129,16 +177,21 @@ pub async fn run(
         AuthMethod::ScramSha256 => scram(stream, buf, cred).await?,
         AuthMethod::Md5 => md5(stream, buf, &user, cred).await?,
     };
-    if !ok {
+    let login = cred.map(|c| c.login.clone()).filter(|_| ok);
+    let Some(login) = login else {
         fatal(
             stream,
             "28P01",
             &format!("password authentication failed for user \"{user}\""),
         )
         .await;
-        return Ok(Startup::Closed);
-    }
-    Ok(Startup::Client { params })
+        return Ok(Startup::AuthFailed { user });
+    };
+    Ok(Startup::Client {
+        params,
+        login,
+        place,
+    })
 }
 
 async fn read_startup(

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum RefusalKind {
     /// The request itself is wrong (a bad name, DSN or instant): 400.
     BadRequest,
+    /// The caller did not show the admin token: 401 (answered by the
+    /// endpoint before any operation runs).
+    Unauthorized,
     /// It names a node, replica or table that does not exist: 404.
     NotFound,
     /// The cluster's state does not allow it now: 409.
@@ -25,6 +28,7 @@ impl RefusalKind {
     pub fn http_status(self) -> u16 {
         match self {
             Self::BadRequest => 400,
+            Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::Unprocessable => 422,
@@ -37,6 +41,7 @@ impl RefusalKind {
     pub fn of_http_status(status: u16) -> Self {
         match status {
             400 => Self::BadRequest,
+            401 => Self::Unauthorized,
             404 => Self::NotFound,
             422 => Self::Unprocessable,
             503 => Self::Unavailable,
@@ -44,11 +49,13 @@ impl RefusalKind {
         }
     }
 
-    /// The exit code of a `ferry` command refused so: 1, or 75
-    /// (`EX_TEMPFAIL`) when trying again later may succeed.
+    /// The exit code of a `ferry` command refused so: 1, 75
+    /// (`EX_TEMPFAIL`) when trying again later may succeed, or 77
+    /// (`EX_NOPERM`) without the admin token.
     pub fn exit_code(self) -> u8 {
         match self {
             Self::Unavailable => 75,
+            Self::Unauthorized => 77,
             _ => 1,
         }
     }

@@ -72,15 +72,29 @@ impl Cluster {
     /// Any request to the admin endpoint, with an optional JSON body:
     /// (status code, body).
     pub fn admin_call(&self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+        self.admin_call_as(None, method, path, json)
+    }
+
+    /// [`Self::admin_call`] with a bearer token.
+    pub fn admin_call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s =
             std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin endpoint");
         let body = json.unwrap_or("");
-        let kind = if json.is_some() {
-            "Content-Type: application/json\r\n"
+        let mut kind = if json.is_some() {
+            "Content-Type: application/json\r\n".to_string()
         } else {
-            ""
+            String::new()
         };
+        if let Some(t) = token {
+            kind += &format!("Authorization: Bearer {t}\r\n");
+        }
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{kind}Content-Length: {}\r\n\r\n{body}",

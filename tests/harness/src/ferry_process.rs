@@ -86,10 +86,12 @@ impl Cluster {
         }
     }
 
-    /// Runs `ferry <args>` and returns its output.
+    /// Runs `ferry <args>` and returns its output, with the environment
+    /// the running instance has (as an operator's shell would).
     pub fn ferry(&self, args: &[&str]) -> Output {
         Command::new(&self.ferry_bin)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .expect("run ferry")
     }

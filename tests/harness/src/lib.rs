@@ -157,11 +157,7 @@ impl Cluster {
             }
             s.start().expect("start server");
             cluster.servers.push(s.clone());
-            s.psql("postgres", &format!("CREATE DATABASE {DB}"))
-                .expect("create database");
-            if !opts.schema.is_empty() {
-                s.psql(DB, &opts.schema).expect("schema");
-            }
+            prepare_database(&s, &opts.schema);
         }
         let (proxy_port, admin_port, servers) =
             (cluster.proxy_port, cluster.admin_port, &cluster.servers);
@@ -200,11 +196,7 @@ impl Cluster {
         s.start().expect("start server");
         self.servers.push(s.clone());
         self.names.push(name.to_string());
-        s.psql("postgres", &format!("CREATE DATABASE {DB}"))
-            .expect("create database");
-        if !schema.is_empty() {
-            s.psql(DB, schema).expect("schema");
-        }
+        prepare_database(&s, schema);
         s.dsn(DB, self.server_password.as_deref())
     }
 
@@ -225,6 +217,24 @@ impl Cluster {
     /// The directory of this cluster.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Creates the clients' role (an ordinary one: a superuser would hide
+/// permission bugs and row-level security), the database it owns, and
+/// `schema` in it, created as that role so that its objects belong to it
+/// as they would had the application made them.
+fn prepare_database(s: &LocalServer, schema: &str) {
+    s.psql(
+        "postgres",
+        &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
+    )
+    .expect("create role");
+    s.psql("postgres", &format!("CREATE DATABASE {DB} OWNER {USER}"))
+        .expect("create database");
+    if !schema.is_empty() {
+        s.psql(DB, &format!("SET ROLE {USER};\n{schema}"))
+            .expect("schema");
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::frontend::fatal;
 use crate::frontend::shared::Shared;
 use ferry_cluster::Node;
-use ferry_wire::{ConnError, ServerConn};
+use ferry_wire::{ConnError, Login, ServerConn};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -15,10 +15,12 @@ use tracing::{debug, warn};
 /// `hold_timeout` — for the topology to change and tries again; then it
 /// gets SQLSTATE 57P03 saying why. A server that answers with an error
 /// (authentication, too many connections) fails the session at once.
-/// During a switchover it waits for the new master first.
+/// During a switchover it waits for the new master first. The session
+/// logs in as `login`, its own role.
 pub(crate) async fn master(
     shared: &Shared,
     params: &[(String, String)],
+    login: &Login,
     client: &mut TcpStream,
 ) -> Option<(Node, ServerConn)> {
     let deadline = tokio::time::Instant::now() + shared.hold_timeout;
@@ -43,7 +45,12 @@ pub(crate) async fn master(
         };
         let why = match waiting {
             Some(why) => why,
-            None => match ServerConn::connect(&master.target, params, shared.connect_timeout).await
+            None => match ServerConn::connect(
+                &master.target.with_login(login),
+                params,
+                shared.connect_timeout,
+            )
+            .await
             {
                 Ok(s) => return Some((master, s)),
                 // Starting up, shutting down, recovering after a crash:

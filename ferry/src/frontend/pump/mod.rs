@@ -52,6 +52,8 @@ use tokio::sync::Notify;
 pub(crate) struct Context<'a> {
     /// The client's startup parameters, for the replica connection.
     pub params: &'a [(String, String)],
+    /// The role the session logs in to the servers as.
+    pub login: &'a ferry_wire::Login,
     /// Set when reads may go to replicas.
     pub routing: Option<&'a ReadRouting>,
     /// Sync mode: commits of writes wait here.

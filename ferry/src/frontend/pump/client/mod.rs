@@ -5,12 +5,14 @@
 //! Query), [`parse`] (a Parse that may start a read cycle of the unnamed
 //! statement), [`bind`] (a Bind that runs a named read); everything else
 //! goes on to the master ([`other`]). [`replica`] sends a read's cycle to
-//! the replica connection, opening it first if needed.
+//! the replica connection, opening it first if needed. Before any of them,
+//! [`refuse`] replaces a statement that would switch capture off.
 
 mod bind;
 mod other;
 mod parse;
 mod query;
+mod refuse;
 mod replica;
 
 use super::end::{End, PumpError};
@@ -131,6 +133,10 @@ impl<'a> ClientSide<'a> {
             if tag == TERMINATE {
                 return Ok((at + len, true));
             }
+            let len = match tag {
+                QUERY | PARSE => refuse::replace_forbidden(cbuf, at, tag, len),
+                _ => len,
+            };
             match self.decide(tag, &cbuf[at..], len) {
                 Decision::Master => at += len,
                 Decision::Incomplete => return Ok((at, false)),

@@ -90,11 +90,12 @@ impl ClientSide<'_> {
     /// reading half to the server side; false if it cannot be reached.
     async fn open(&mut self, routing: &ReadRouting, name: &str, target: &Target) -> bool {
         let params = read_only(self.cx.params);
-        match ServerConn::connect(target, &params, routing.connect_timeout).await {
+        let target = target.with_login(self.cx.login);
+        match ServerConn::connect(&target, &params, routing.connect_timeout).await {
             Ok(conn) => {
                 self.cx
                     .cancels
-                    .set_reader(self.cx.session_id, ServerKey::of(target, &conn));
+                    .set_reader(self.cx.session_id, ServerKey::of(&target, &conn));
                 let (stream, pending) = conn.into_parts();
                 let (rr, rw) = stream.into_split();
                 *self.link.handover.lock().unwrap_or_else(|p| p.into_inner()) = Some((rr, pending));

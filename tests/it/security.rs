@@ -1,0 +1,147 @@
+//! Who a session is: client sessions run as their own database roles,
+//! never as Ferry's superuser, so that the servers' permissions and
+//! row-level security apply through Ferry exactly as they do directly.
+
+use ferry_testkit::{Cluster, DB, USER};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+const TENANTS: &str = "
+CREATE TABLE docs (id int PRIMARY KEY, tenant text NOT NULL, body text);
+ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE docs FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON docs
+    USING (tenant = current_setting('app.tenant', true))
+    WITH CHECK (tenant = current_setting('app.tenant', true));
+CREATE TABLE parents (id int PRIMARY KEY);
+CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents ON DELETE CASCADE);
+CREATE FUNCTION add_family(p int) RETURNS void LANGUAGE sql SECURITY INVOKER AS $$
+    INSERT INTO parents VALUES (p);
+    INSERT INTO children VALUES (p * 10, p), (p * 10 + 1, p);
+$$;
+";
+
+/// A client straight to node `i`'s server as the clients' role (the test
+/// servers trust loopback logins).
+async fn direct_as_app(c: &Cluster, i: usize) -> tokio_postgres::Client {
+    let url = format!("postgresql://{USER}@127.0.0.1:{}/{DB}", c.servers[i].port);
+    let (client, conn) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_ferry_runs_as_its_own_role_and_is_no_superuser() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, TENANTS);
+    let client = c.proxy_client().await;
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("who am I");
+    assert_eq!(row.get::<_, String>(0), USER);
+    assert!(
+        !row.get::<_, bool>(1),
+        "a session through Ferry is a superuser"
+    );
+    let e = client
+        .batch_execute("COPY (SELECT 1) TO PROGRAM 'id'")
+        .await
+        .expect_err("COPY TO PROGRAM ran a shell command through Ferry");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e:?}");
+}
+
+/// The ids of the rows tenant `acme` sees.
+async fn acme_rows(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .batch_execute("SET app.tenant = 'acme'")
+        .await
+        .expect("set tenant");
+    client
+        .query("SELECT id FROM docs ORDER BY id", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_filters_through_ferry_as_it_does_directly() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, TENANTS);
+    let through = c.proxy_client().await;
+    for (tenant, ids) in [("acme", [1, 2]), ("globex", [3, 4])] {
+        through
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL app.tenant = '{tenant}';
+                 INSERT INTO docs VALUES ({}, '{tenant}', 'x'), ({}, '{tenant}', 'y'); COMMIT",
+                ids[0], ids[1]
+            ))
+            .await
+            .expect("insert as a tenant");
+    }
+    let e = through
+        .batch_execute(
+            "BEGIN; SET LOCAL app.tenant = 'acme'; INSERT INTO docs VALUES (9, 'globex', 'z')",
+        )
+        .await
+        .expect_err("a row for another tenant was accepted");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e:?}");
+    through.batch_execute("ROLLBACK").await.expect("rollback");
+    let direct = direct_as_app(&c, 0).await;
+    let (via_ferry, directly) = (acme_rows(&through).await, acme_rows(&direct).await);
+    assert_eq!(directly, vec![1, 2]);
+    assert_eq!(via_ferry, directly, "RLS differs through Ferry");
+    // Every tenant's rows reached the replica (Ferry's own sessions see
+    // them all).
+    c.wait_psql(1, "SELECT count(*) FROM docs", "4", Duration::from_secs(20))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_an_ordinary_role_through_a_function_and_a_cascade_replicate() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, TENANTS);
+    let client = c.proxy_client().await;
+    for p in 1..=5 {
+        client
+            .execute("SELECT add_family($1)", &[&p])
+            .await
+            .expect("write through a SECURITY INVOKER function");
+    }
+    client
+        .batch_execute("DELETE FROM parents WHERE id IN (2, 4)")
+        .await
+        .expect("cascading delete");
+    client
+        .batch_execute(
+            "CREATE TABLE made_by_app (id int PRIMARY KEY); INSERT INTO made_by_app VALUES (1)",
+        )
+        .await
+        .expect("DDL by the application's role");
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM children",
+        "6",
+        Duration::from_secs(20),
+    )
+    .await;
+    c.wait_equal(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|d| panic!("{d}\n{}", c.ferry_log()));
+    // The replica's copy of the new table belongs to the role that made it
+    // on the master, so that the application can change it after a failover.
+    assert_eq!(
+        c.psql(
+            1,
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'made_by_app'"
+        )
+        .trim(),
+        USER
+    );
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
+}
