@@ -33,6 +33,19 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 CONF
   as_pg "$bindir/pg_ctl" -D "$work/$n" -l "$work/$n.log" -w start >/dev/null
+  app_role "$port"
+}
+
+# app_role PORT: the ordinary role `app` (password `secret`) that Ferry's
+# `[[users]] name = "app"` sessions run as, with every right on what the
+# benchmarks' set-up creates as postgres: default privileges and the public
+# schema's rights are set in template1, which every new database copies.
+app_role() {
+  psql_at "$1" template1 -c "CREATE ROLE app LOGIN PASSWORD 'secret';
+    GRANT ALL ON SCHEMA public TO app;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON TABLES TO app;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON SEQUENCES TO app;
+    ALTER DEFAULT PRIVILEGES FOR ROLE postgres GRANT ALL ON FUNCTIONS TO app" >/dev/null
 }
 
 # stop_nodes NAME...: fast shutdown of the servers that run.

@@ -215,6 +215,12 @@ impl ApplySession {
         }
     }
 
+    /// The warnings Ferry's own SQL raised on the replica since the last
+    /// call (a schema change it skipped, or ran as another role).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.conn.take_notices()
+    }
+
     /// Ships and applies one batch in one round trip.
     pub async fn apply(
         &mut self,

@@ -103,6 +103,9 @@ struct Replica {
     /// The last connection attempt was refused: the replica stands before
     /// the master's outbox clean-up.
     behind_cleanup: bool,
+    /// The latest schema changes that did not apply there as on the master
+    /// (newest last).
+    warnings: Vec<String>,
 }
 
 /// A replica's opened apply session, its ledger position and the rows it
@@ -167,6 +170,7 @@ impl Batcher {
                 connecting: None,
                 quarantined: 0,
                 behind_cleanup: false,
+                warnings: Vec::new(),
             })
             .collect();
         let mut susp = Suspensions::new();

@@ -30,6 +30,9 @@ pub struct ReplicaStatus {
     /// Key ranges in which the background check found the replica's rows
     /// different from the master's (see [`crate::verify`]).
     pub divergent: Vec<crate::verify::Divergence>,
+    /// Schema changes that did not apply there as on the master (a GRANT to
+    /// a role the replica lacks, a change run as Ferry's role), newest last.
+    pub schema_warnings: Vec<String>,
 }
 
 /// A schema change logged on the master (Ferry does not replicate DDL

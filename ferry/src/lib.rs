@@ -3,6 +3,7 @@
 //! `ferry-wire`, the generated SQL in `ferry-sql`.
 
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod frontend;
 pub mod operations;

@@ -114,6 +114,9 @@ pub struct ReplicaDetail {
     pub quarantined: i64,
     /// Key ranges the background check found different from the master.
     pub divergent: Vec<Divergence>,
+    /// Schema changes that did not apply there as on the master, newest
+    /// last (a GRANT to a role it lacks, a change run as Ferry's role).
+    pub schema_warnings: Vec<String>,
 }
 
 impl NodeStatus {

@@ -253,6 +253,23 @@ impl LocalServer {
         self.configure(fast)
     }
 
+    /// Turns TLS on in a running server, with this certificate and key
+    /// (PEM), copied into the data directory as the server wants them
+    /// (owned by it, the key private).
+    pub fn enable_ssl(&self, cert: &Path, key: &Path) -> Result<(), LocalPgError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = self.datadir.join(name);
+            std::fs::copy(from, &to).map_err(io_err(&to))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                .map_err(io_err(&to))?;
+            self.chown(&to)?;
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     fn configure(&self, fast: bool) -> Result<(), LocalPgError> {
         let mut conf = format!(
             "\n# written by ferry\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\n",

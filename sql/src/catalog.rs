@@ -20,3 +20,8 @@ pub const SHAPE: &str = "SELECT ferry.table_shape(($1::text)::regclass)::text";
 /// no row when the role does not exist on that server.
 pub const ROLE: &str =
     "SELECT rolsuper, rolcanlogin, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = $1";
+
+/// A role's stored secret, to check that a SCRAM verifier Ferry passes
+/// logins through with is the node's own. Parameter: the role's name.
+pub const ROLE_SECRET: &str =
+    "SELECT coalesce(rolpassword, '') FROM pg_catalog.pg_authid WHERE rolname = $1";

@@ -169,6 +169,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/resume-cost", "--updates"),
         ("benchmarks/failover-time", "--trials"),
         ("benchmarks/compare-builds", "--before"),
+        ("benchmarks/tls-cost", "--rounds"),
         ("benchmarks/paper", "--quick"),
         ("benchmarks/run", "--no-paper"),
         ("benchmarks/run", "--no-scaling"),

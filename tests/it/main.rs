@@ -23,3 +23,4 @@ mod security;
 mod sequences;
 mod suspend;
 mod sync;
+mod tls;

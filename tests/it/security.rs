@@ -145,3 +145,87 @@ async fn writes_by_an_ordinary_role_through_a_function_and_a_cascade_replicate()
     let (ok, out) = c.verify(5);
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_a_scram_verifier_ferry_passes_the_clients_login_through() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: TENANTS.into(),
+            // The servers ask for SCRAM over TCP.
+            server_password: Some("pg-secret".into()),
+            ..Default::default()
+        },
+    );
+    // One verifier for the role on every node, and in Ferry's
+    // configuration: Ferry never sees the password itself.
+    let verifier = c
+        .psql(0, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+        .trim()
+        .to_string();
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    c.psql(1, &format!("ALTER ROLE app PASSWORD '{verifier}'"));
+    c.set_ferry_env("FERRY_USER_APP_PASSWORD", &verifier);
+    c.start_ferry();
+    let client = c.proxy_client().await;
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("a session logged in with the client's keys")
+        .get(0);
+    assert_eq!(who, USER);
+    client
+        .execute("SELECT add_family($1)", &[&1])
+        .await
+        .expect("write");
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM children",
+        "2",
+        Duration::from_secs(20),
+    )
+    .await;
+    let wrong = format!("postgresql://{USER}:guess@127.0.0.1:{}/{DB}", c.proxy_port);
+    let e = tokio_postgres::connect(&wrong, NoTls)
+        .await
+        .err()
+        .expect("a wrong password");
+    assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_to_a_role_the_replica_lacks_is_reported_in_status_and_the_log() {
+    let c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, TENANTS);
+    // Roles are per server: this one exists on the master only.
+    c.psql(0, "CREATE ROLE auditor");
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("GRANT SELECT ON parents TO auditor")
+        .await
+        .expect("GRANT on the master");
+    c.wait_status(Duration::from_secs(20), "the replica's warning", |d| {
+        ferry_testkit::node(d, "b")["schema_warnings"]
+            .as_array()
+            .is_some_and(|w| {
+                w.iter()
+                    .any(|w| w.as_str().is_some_and(|w| w.contains("auditor")))
+            })
+    })
+    .await;
+    assert!(c.ferry_log().contains("did not apply on the replica"));
+    let (_, health) = c.admin_get("/health");
+    assert!(health.contains("auditor"), "{health}");
+    // Replication goes on.
+    client
+        .execute("SELECT add_family($1)", &[&3])
+        .await
+        .expect("write");
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM parents",
+        "1",
+        Duration::from_secs(20),
+    )
+    .await;
+}

@@ -15,7 +15,10 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::scram::{ClientKeys, KeysClient};
 use crate::stream::{Address, Stream};
+use crate::tls::{server_name, RustlsConnect, SslMode, TlsSettings};
+use std::sync::Arc;
 
 /// Where and as whom to connect, parsed from a libpq-style DSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +30,11 @@ pub struct Target {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
+    /// `sslmode` and `sslrootcert`.
+    pub tls: TlsSettings,
+    /// A client's SCRAM keys to log in with instead of a password
+    /// (pass-through, see [`crate::scram::ClientKeys`]).
+    pub scram_keys: Option<ClientKeys>,
 }
 
 impl Target {
@@ -35,6 +43,7 @@ impl Target {
     /// `postgresql://user@%2Fvar%2Frun%2Fpostgresql:5432/db`) is a Unix
     /// socket directory.
     pub fn from_dsn(dsn: &str) -> Result<Self, ConnError> {
+        let (dsn, tls) = TlsSettings::split_dsn(dsn).map_err(|e| ConnError::Dsn(e.to_string()))?;
         let cfg: tokio_postgres::Config = dsn
             .parse()
             .map_err(|e: tokio_postgres::Error| ConnError::Dsn(e.to_string()))?;
@@ -63,6 +72,8 @@ impl Target {
             user,
             password,
             dbname,
+            tls,
+            scram_keys: None,
         })
     }
 
@@ -72,6 +83,7 @@ impl Target {
         Target {
             user: login.user.clone(),
             password: login.password.clone(),
+            scram_keys: login.scram_keys.clone(),
             ..self.clone()
         }
     }
@@ -98,7 +110,21 @@ impl Target {
         if let Some(p) = &self.password {
             c.password(p);
         }
+        c.ssl_mode(match self.tls_config() {
+            None => tokio_postgres::config::SslMode::Disable,
+            Some(_) if self.tls.mode == SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            Some(_) => tokio_postgres::config::SslMode::Require,
+        });
         c
+    }
+
+    /// The TLS configuration sessions to this server use (None: plaintext,
+    /// as for a Unix socket, which never uses TLS).
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        match self.address() {
+            Address::Unix(_) => None,
+            Address::Tcp(..) => self.tls.config(),
+        }
     }
 
     /// Opens a control session (catalog reads, records, cuts, checks):
@@ -108,17 +134,23 @@ impl Target {
         &self,
         application_name: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = self
-            .pg_config(application_name)
-            .connect(tokio_postgres::NoTls)
-            .await?;
+        let config = self.pg_config(application_name);
         let (host, port, app) = (self.host.clone(), self.port, application_name.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(host, port, session = app, error = %e, "control connection ended");
+        let ended = move |e: tokio_postgres::Error| {
+            tracing::debug!(host, port, session = app, error = %e, "control connection ended");
+        };
+        match self.tls_config() {
+            None => {
+                let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move { conn.await.map_err(ended) });
+                Ok(client)
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                let (client, conn) = config.connect(RustlsConnect(tls)).await?;
+                tokio::spawn(async move { conn.await.map_err(ended) });
+                Ok(client)
+            }
+        }
     }
 }
 
@@ -129,7 +161,44 @@ impl Target {
 pub struct Login {
     pub user: String,
     pub password: Option<String>,
+    /// The client's own SCRAM keys, when Ferry passes its login through.
+    pub scram_keys: Option<ClientKeys>,
 }
+
+/// Asks the server for TLS (an SSLRequest) and, when it agrees, wraps
+/// the stream; a server that declines is refused unless `sslmode` is
+/// `prefer`.
+async fn negotiate_tls(
+    mut stream: Stream,
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Stream, ConnError> {
+    stream.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match (answer[0], stream) {
+        (b'S', Stream::Tcp(tcp)) => {
+            let name = server_name(&target.host)?;
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ConnError::Tls(e.to_string()))?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+        (b'N', stream) if target.tls.mode == SslMode::Prefer => Ok(stream),
+        (b'N', _) => Err(ConnError::Tls(format!(
+            "the server at {} does not accept TLS, and sslmode is {:?}",
+            target.describe(),
+            target.tls.mode
+        ))),
+        (other, _) => Err(ConnError::Protocol(format!(
+            "unexpected answer 0x{other:02x} to an SSLRequest"
+        ))),
+    }
+}
+
+/// An SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 /// An error reported by the server, with the fields operators need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +260,8 @@ pub enum ConnError {
     Protocol(String),
     #[error("server closed the connection")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// An authenticated connection whose message stream Ferry drives itself.
@@ -202,7 +273,13 @@ pub struct ServerConn {
     /// The server's BackendKeyData, used to forward cancel requests.
     pub pid: i32,
     pub secret: i32,
+    /// Warnings Ferry's own SQL raised in this session (their text starts
+    /// with `ferry:`), not yet taken: a schema change a replica skipped.
+    notices: Vec<String>,
 }
+
+/// Notices kept at most, between two takes.
+const MAX_NOTICES: usize = 32;
 
 impl ServerConn {
     /// Connects, authenticates (trust, password, md5 or SCRAM-SHA-256) and
@@ -219,13 +296,17 @@ impl ServerConn {
     }
 
     async fn connect_inner(target: &Target, extra: &[(String, String)]) -> Result<Self, ConnError> {
-        let stream = Stream::connect(&target.address()).await?;
+        let mut stream = Stream::connect(&target.address()).await?;
+        if let Some(tls) = target.tls_config() {
+            stream = negotiate_tls(stream, target, tls).await?;
+        }
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(8192),
             params: Vec::new(),
             pid: 0,
             secret: 0,
+            notices: Vec::new(),
         };
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> = vec![
@@ -268,10 +349,19 @@ impl ServerConn {
     async fn authenticate(&mut self, target: &Target) -> Result<(), ConnError> {
         let password = || {
             target.password.clone().ok_or_else(|| {
-                ConnError::Auth("the server asks for a password and the DSN has none".into())
+                ConnError::Auth(if target.scram_keys.is_some() {
+                    format!(
+                        "the server asks role {} for a password, not SCRAM: passing a client's \
+                         SCRAM login through needs the server to use scram-sha-256",
+                        target.user
+                    )
+                } else {
+                    "the server asks for a password and the DSN has none".into()
+                })
             })
         };
         let mut scram: Option<ScramSha256> = None;
+        let mut keyed: Option<KeysClient> = None;
         loop {
             let mut out = BytesMut::new();
             match self.read_message().await? {
@@ -296,9 +386,36 @@ impl ServerConn {
                     if !found {
                         return Err(ConnError::Auth("server offers no SCRAM-SHA-256".into()));
                     }
-                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
-                    scram = Some(s);
+                    if let Some(keys) = &target.scram_keys {
+                        let (client, first) = KeysClient::new(keys.clone());
+                        frontend::sasl_initial_response(
+                            "SCRAM-SHA-256",
+                            first.as_bytes(),
+                            &mut out,
+                        )?;
+                        keyed = Some(client);
+                    } else {
+                        let s =
+                            ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
+                        scram = Some(s);
+                    }
+                }
+                Message::AuthenticationSaslContinue(body) if keyed.is_some() => {
+                    let next = keyed
+                        .as_mut()
+                        .map(|k| k.update(body.data()))
+                        .transpose()
+                        .map_err(|e| ConnError::Auth(e.to_string()))?
+                        .unwrap_or_default();
+                    frontend::sasl_response(next.as_bytes(), &mut out)?;
+                }
+                Message::AuthenticationSaslFinal(body) if keyed.is_some() => {
+                    if let Some(k) = keyed.take() {
+                        k.finish(body.data())
+                            .map_err(|e| ConnError::Auth(e.to_string()))?;
+                    }
+                    continue;
                 }
                 Message::AuthenticationSaslContinue(body) => {
                     let s = scram
@@ -339,6 +456,12 @@ impl ServerConn {
     pub async fn read_message(&mut self) -> Result<Message, ConnError> {
         loop {
             if let Some(m) = Message::parse(&mut self.buf)? {
+                if let Message::NoticeResponse(n) = &m {
+                    let notice = ServerError::from_fields(&mut n.fields());
+                    if notice.message.starts_with("ferry:") && self.notices.len() < MAX_NOTICES {
+                        self.notices.push(notice.message);
+                    }
+                }
                 return Ok(m);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
@@ -420,6 +543,11 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// The `ferry:` warnings the server sent since the last take.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Hands over the socket and any bytes already read, for raw pumping.

@@ -21,6 +21,31 @@ pub enum ScramError {
     BadVerifier,
     #[error("password authentication failed")]
     WrongPassword,
+    #[error(
+        "the server's SCRAM secret for this role differs from Ferry's (salt or iteration count): \
+         pass-through needs the same verifier on Ferry and on every node"
+    )]
+    SecretMismatch,
+    #[error("the server's SCRAM signature is wrong")]
+    ServerSignature,
+}
+
+/// What a client's SCRAM proof reveals to the server that checked it: its
+/// ClientKey, with which Ferry can log in to a server holding the same
+/// verifier on the client's behalf (pgbouncer's pass-through), without
+/// ever knowing the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKeys {
+    client_key: Vec<u8>,
+    server_key: Vec<u8>,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKeys(..)")
+    }
 }
 
 /// A stored SCRAM secret: what PostgreSQL keeps in `pg_authid.rolpassword`.
@@ -130,8 +155,8 @@ impl ScramServer {
     }
 
     /// Handles the client-final message; on success returns the server-final
-    /// message for AuthenticationSASLFinal.
-    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// message for AuthenticationSASLFinal and the client's keys.
+    pub fn finish(self, client_final: &[u8]) -> Result<(String, ClientKeys), ScramError> {
         let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("utf-8"))?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
@@ -174,7 +199,101 @@ impl ScramServer {
             return Err(ScramError::WrongPassword);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let keys = ClientKeys {
+            client_key,
+            server_key: self.verifier.server_key,
+            salt: self.verifier.salt,
+            iterations: self.verifier.iterations,
+        };
+        Ok((format!("v={}", B64.encode(server_signature)), keys))
+    }
+}
+
+/// The client side of SCRAM-SHA-256 with a client's keys instead of a
+/// password: the server must hold the verifier the keys came from.
+pub struct KeysClient {
+    keys: ClientKeys,
+    client_first_bare: String,
+    nonce: String,
+    /// The AuthMessage, once the server's first message arrived.
+    auth_message: Option<String>,
+}
+
+impl KeysClient {
+    /// The client and its client-first message (for SASLInitialResponse).
+    pub fn new(keys: ClientKeys) -> (Self, String) {
+        let raw: [u8; 18] = rand::random();
+        let nonce = B64.encode(raw);
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (
+            Self {
+                keys,
+                client_first_bare,
+                nonce,
+                auth_message: None,
+            },
+            first,
+        )
+    }
+
+    /// Takes the server-first message; returns the client-final one.
+    pub fn update(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let text = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("utf-8"))?;
+        let attr = |name: &str| {
+            text.split(',')
+                .find_map(|a| a.strip_prefix(name))
+                .ok_or(ScramError::Malformed("server-first"))
+        };
+        let nonce = attr("r=")?;
+        if !nonce.starts_with(&self.nonce) {
+            return Err(ScramError::Malformed("nonce mismatch"));
+        }
+        let salt = B64
+            .decode(attr("s=")?)
+            .map_err(|_| ScramError::Malformed("salt"))?;
+        let iterations: u32 = attr("i=")?
+            .parse()
+            .map_err(|_| ScramError::Malformed("iterations"))?;
+        if salt != self.keys.salt || iterations != self.keys.iterations {
+            return Err(ScramError::SecretMismatch);
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let stored_key = Sha256::digest(&self.keys.client_key);
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = self
+            .keys
+            .client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        self.auth_message = Some(auth_message);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final message: the server knew the verifier too.
+    pub fn finish(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let auth_message = self
+            .auth_message
+            .as_ref()
+            .ok_or(ScramError::Malformed("final before first"))?;
+        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("utf-8"))?;
+        let given = text
+            .strip_prefix("v=")
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("server-final"))?;
+        let expected = hmac(&self.keys.server_key, auth_message.as_bytes());
+        let diff = given.len() ^ expected.len()
+            | given
+                .iter()
+                .zip(&expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b)) as usize;
+        if diff != 0 {
+            return Err(ScramError::ServerSignature);
+        }
+        Ok(())
     }
 }
 
@@ -190,10 +309,34 @@ mod tests {
         client
             .update(first.as_bytes())
             .map_err(|_| ScramError::Malformed("client"))?;
-        let fin = server.finish(client.message())?;
+        let (fin, _) = server.finish(client.message())?;
         client
             .finish(fin.as_bytes())
             .map_err(|_| ScramError::Malformed("server signature"))
+    }
+
+    #[test]
+    fn a_clients_keys_log_in_to_a_server_holding_the_same_verifier() {
+        let verifier = Verifier::from_password("secret");
+        // A client proves itself to Ferry with its password ...
+        let mut client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
+        let (ferry, first) = ScramServer::start(verifier.clone(), client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, keys) = ferry.finish(client.message()).unwrap();
+        // ... and Ferry logs in with its keys to a server with that verifier.
+        let (mut onward, first) = KeysClient::new(keys.clone());
+        let (server, server_first) = ScramServer::start(verifier, first.as_bytes()).unwrap();
+        let client_final = onward.update(server_first.as_bytes()).unwrap();
+        let (server_final, _) = server.finish(client_final.as_bytes()).unwrap();
+        assert_eq!(onward.finish(server_final.as_bytes()), Ok(()));
+        // A server with another verifier for the same password is told apart.
+        let (mut onward, first) = KeysClient::new(keys);
+        let other = Verifier::from_password("secret");
+        let (_, server_first) = ScramServer::start(other, first.as_bytes()).unwrap();
+        assert_eq!(
+            onward.update(server_first.as_bytes()),
+            Err(ScramError::SecretMismatch)
+        );
     }
 
     #[test]

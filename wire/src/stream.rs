@@ -1,4 +1,4 @@
-//! A connection to a server over TCP or a Unix-domain socket.
+//! A connection to a server over TCP, TLS or a Unix-domain socket.
 //!
 //! libpq treats a host that starts with `/` as the directory of the
 //! server's socket (`{dir}/.s.PGSQL.{port}`), and operators write DSNs that
@@ -6,14 +6,17 @@
 //! the TCP/IP stack on every message the proxy relays, which on loopback is
 //! most of a relayed round trip's cost. Both kinds are `Unpin` and splittable
 //! without a lock, so this is a plain enum over tokio's types, and so are
-//! its halves.
+//! its halves; a TLS stream (see [`crate::tls`]) splits with tokio's
+//! `split`, whose halves share a lock.
 
-use std::io;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::io;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 
 /// Where a server listens: a TCP host and port, or a socket file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ impl Address {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TCP wrapped in TLS (see [`crate::tls`]).
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -57,10 +62,20 @@ impl Stream {
     }
 
     /// Reads what has arrived without waiting (`WouldBlock` when nothing).
-    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read_buf(buf),
             Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tls(s) => {
+                // TLS has no non-blocking read of its own: poll one read
+                // once, with a waker nobody waits on.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(&mut **s, buf));
+                match read.poll(&mut cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
         }
     }
 
@@ -74,6 +89,10 @@ impl Stream {
             Stream::Unix(s) => {
                 let (r, w) = s.split();
                 (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
         }
     }
@@ -89,6 +108,10 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (OwnedReadHalf::Unix(r), OwnedWriteHalf::Unix(w))
             }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (OwnedReadHalf::Tls(r), OwnedWriteHalf::Tls(w))
+            }
         }
     }
 }
@@ -97,24 +120,28 @@ impl Stream {
 pub enum ReadHalf<'a> {
     Tcp(tcp::ReadHalf<'a>),
     Unix(unix::ReadHalf<'a>),
+    Tls(io::ReadHalf<&'a mut TlsStream<TcpStream>>),
 }
 
 /// The write half of [`Stream::split`].
 pub enum WriteHalf<'a> {
     Tcp(tcp::WriteHalf<'a>),
     Unix(unix::WriteHalf<'a>),
+    Tls(io::WriteHalf<&'a mut TlsStream<TcpStream>>),
 }
 
 /// The read half of [`Stream::into_split`].
 pub enum OwnedReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
+    Tls(io::ReadHalf<TlsStream<TcpStream>>),
 }
 
 /// The write half of [`Stream::into_split`].
 pub enum OwnedWriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    Tls(io::WriteHalf<TlsStream<TcpStream>>),
 }
 
 /// Forwards `AsyncRead` to whichever kind the enum holds.
@@ -129,6 +156,7 @@ macro_rules! read_either {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
@@ -147,18 +175,21 @@ macro_rules! write_either {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_flush(cx),
                     Self::Unix(s) => Pin::new(s).poll_flush(cx),
+                    Self::Tls(s) => Pin::new(s).poll_flush(cx),
                 }
             }
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
                     Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }

@@ -43,6 +43,7 @@ impl Batcher {
                     quarantined: r.quarantined,
                     behind_cleanup: r.behind_cleanup,
                     divergent: verifier.divergent(&r.node.name).to_vec(),
+                    schema_warnings: r.warnings.clone(),
                 }
             })
             .collect();

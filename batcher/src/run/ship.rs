@@ -183,6 +183,7 @@ impl Batcher {
                     }
                     r.position = Some((batch.id, batch.snap.clone()));
                     r.applied_tick = tick;
+                    note_warnings(r, batch.id);
                     if let Some(check) = &batch.check {
                         self.collect_check(r, check).await;
                     }
@@ -225,4 +226,20 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Schema changes the replica did not apply as the master did (a GRANT to
+/// a role it lacks, a change made as Ferry's role): logged, and kept for
+/// `/status` (the latest ten).
+fn note_warnings(r: &mut Replica, batch: i64) {
+    let Some(session) = r.session.as_mut() else {
+        return;
+    };
+    for notice in session.take_notices() {
+        warn!(node = %r.node.name, batch, warning = %notice,
+            "a schema change did not apply on the replica as it did on the master");
+        r.warnings.push(notice);
+    }
+    let extra = r.warnings.len().saturating_sub(10);
+    r.warnings.drain(..extra);
 }

@@ -98,7 +98,7 @@ pub enum Control {
     /// master its replica.
     SwitchOver { node: String, reply: Reply },
     /// A new node, prepared from the master, joins as a replica.
-    AddNode { node: Node, reply: Reply },
+    AddNode { node: Box<Node>, reply: Reply },
     /// `ferry remove-node NODE`: a node other than the master leaves the
     /// cluster for good.
     RemoveNode { node: String, reply: Reply },
@@ -196,7 +196,7 @@ impl Coordinator {
                     let _ = reply.send(self.switch_over(&node).await);
                 }
                 Some(Control::AddNode { node, reply }) => {
-                    let _ = reply.send(self.add_node(node).await);
+                    let _ = reply.send(self.add_node(*node).await);
                 }
                 Some(Control::RemoveNode { node, reply }) => {
                     let _ = reply.send(self.remove_node(&node));

@@ -6,6 +6,7 @@
 //! - [`status`]: what the admin endpoint reads and asks;
 //! - [`parts`]: each part built from the configuration;
 //! - [`roles`]: the roles client sessions run as, checked at start;
+//! - [`tls`]: Ferry's side of client TLS;
 //! - [`background`]: the batcher's supervisor and the master's record.
 
 mod background;
@@ -14,6 +15,7 @@ mod install;
 mod parts;
 mod roles;
 mod status;
+mod tls;
 
 pub use cluster::{decide, records, topology};
 pub use install::{install, patterns};
@@ -112,6 +114,7 @@ impl App {
         let sessions = frontend_metrics.connections.clone();
         let shared = parts::sessions(
             cfg,
+            tls::proxy_tls(cfg)?,
             parts::SessionParts {
                 roles: roles.clone(),
                 metrics: frontend_metrics.clone(),

@@ -4,6 +4,7 @@
 
 use crate::config::{ClientAuth, Config, Mode, Reads, SyncFallback};
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::client_stream::ProxyTls;
 use crate::frontend::hold::Gate;
 use crate::frontend::pump::{ReadMetrics, ReadMode, ReadRouting};
 use crate::frontend::read_balance::ReaderCounts;
@@ -157,7 +158,7 @@ pub(super) struct SessionParts {
     pub stopping: watch::Receiver<bool>,
 }
 
-pub(super) fn sessions(cfg: &Config, parts: SessionParts) -> Arc<Shared> {
+pub(super) fn sessions(cfg: &Config, tls: Option<ProxyTls>, parts: SessionParts) -> Arc<Shared> {
     Arc::new(Shared {
         users: UserDb::new(
             cfg.users
@@ -166,6 +167,7 @@ pub(super) fn sessions(cfg: &Config, parts: SessionParts) -> Arc<Shared> {
         ),
         limit: ClientLimit::new(cfg.proxy.max_client_conn),
         startup_timeout: Duration::from_millis(cfg.proxy.startup_timeout_ms),
+        tls,
         auth: match cfg.proxy.auth {
             ClientAuth::Md5 => AuthMethod::Md5,
             ClientAuth::ScramSha256 => AuthMethod::ScramSha256,

@@ -4,13 +4,15 @@
 //! refused unless the operator says `allow_superuser = true`; one that maps
 //! to Ferry's own role is refused always (Ferry tells its own sessions from
 //! clients' by their role). Roles are per server, as in PostgreSQL: one
-//! missing on a node is logged, and that node's sessions fail to log in.
+//! missing on a node is logged, and that node's sessions fail to log in;
+//! so is a node whose verifier differs from the one a pass-through user
+//! is configured with.
 
 use super::AppError;
 use crate::config::{Config, UserConfig};
 use ferry_batcher::install::connect;
 use ferry_cluster::Topology;
-use ferry_sql::catalog::ROLE;
+use ferry_sql::catalog::{ROLE, ROLE_SECRET};
 use tracing::warn;
 
 /// Checks every `[[users]]` entry's server role on every node Ferry can
@@ -77,6 +79,19 @@ async fn check_role(
     }
     if superuser {
         warn!(node, user = %user.name, role, "sessions run as a superuser (allow_superuser = true)");
+    }
+    if user.passes_through() {
+        let secret: String = client
+            .query_opt(ROLE_SECRET, &[&role])
+            .await
+            .map_err(|e| AppError::Config(format!("node {node}: {e}")))?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        if secret != user.password {
+            warn!(node, user = %user.name, role,
+                  "the role's SCRAM verifier on this node differs from users.password: logins \
+                   passed through cannot log in there (set the same verifier on every node)");
+        }
     }
     Ok(())
 }

@@ -77,6 +77,7 @@ impl AppStatus {
                         suspension: s.suspension.clone(),
                         quarantined: s.quarantined,
                         divergent: s.divergent.clone(),
+                        schema_warnings: s.schema_warnings.clone(),
                     }),
                     ..node(&n.name, Role::Replica)
                 },
@@ -157,6 +158,12 @@ impl StatusSource for AppStatus {
         for s in &r.replicas {
             if let Some(why) = replica_problem(s) {
                 out.push(format!("replica {}: {why}", s.name));
+            }
+            if let Some(w) = s.schema_warnings.last() {
+                out.push(format!(
+                    "replica {}: a schema change did not apply as on the master: {w}",
+                    s.name
+                ));
             }
         }
         for (n, why) in &self.roles.borrow().fenced {

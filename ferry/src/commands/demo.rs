@@ -5,9 +5,9 @@ use anyhow::{bail, Context};
 use ferry::app::App;
 use ferry::config::Config;
 use ferry_localpg::{InitOptions, LocalServer, PgBinaries};
+use ferry_wire::tls::{RustlsConnect, SslMode, TlsSettings};
 use std::path::Path;
 use std::process::ExitCode;
-use tokio_postgres::NoTls;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 
@@ -58,8 +58,12 @@ pub async fn run(
         s.psql("app", ROLES)?;
         s.psql("app", SCHEMA)?;
     }
+    // TLS from the start: a local CA and a certificate for this machine.
+    let certs = ferry::certs::make(&dir.canonicalize()?, &["localhost", "127.0.0.1"])?;
     let mut toml = format!(
-        "# written by ferry demo\n[proxy]\nlisten = \"{listen}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[replication]\nmode = \"async\"\ntables = [\"public.*\"]\n\n[[users]]\nname = \"app\"\npassword = \"secret\"\n"
+        "# written by ferry demo\n[proxy]\nlisten = \"{listen}\"\ntls = \"allow\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\n\n[replication]\nmode = \"async\"\ntables = [\"public.*\"]\n\n[[users]]\nname = \"app\"\npassword = \"secret\"\n",
+        certs.cert.display(),
+        certs.key.display()
     );
     for (i, (s, name)) in servers.iter().zip(NODES).enumerate() {
         toml += &format!(
@@ -71,7 +75,7 @@ pub async fn run(
     let config_path = dir.join("ferry.toml");
     std::fs::write(&config_path, &toml)?;
     let cfg = Config::parse(&toml, &[])?;
-    let result = serve(&cfg, &config_path, admin, no_wait).await;
+    let result = serve(&cfg, (&config_path, &certs.ca), admin, no_wait).await;
     println!("stopping the demo servers");
     for s in &servers {
         if let Err(e) = s.stop() {
@@ -83,24 +87,28 @@ pub async fn run(
 
 async fn serve(
     cfg: &Config,
-    config_path: &Path,
+    (config_path, ca): (&Path, &Path),
     admin: &str,
     no_wait: bool,
 ) -> anyhow::Result<ExitCode> {
     let app = App::start(cfg).await?;
-    let url = format!("postgresql://app:secret@{}/app", app.proxy_addr);
+    let url = format!(
+        "postgresql://app:secret@{}/app?sslmode=verify-full&sslrootcert={}",
+        app.proxy_addr,
+        ca.display()
+    );
     println!(
         "ferry is running on {}; sample workload through it…",
         app.proxy_addr
     );
     let outcome = async {
-        workload(&url).await.context("sample workload")?;
+        workload(&url, ca).await.context("sample workload")?;
         let verified = super::verify::check(cfg, 10).await?;
         let doc: ferry::status::Status = serde_json::from_str(
             &super::status::get(&format!("http://{admin}"), "/status").await?,
         )?;
         println!("\n{}", super::status::render(&doc));
-        println!("connect:  psql {url}");
+        println!("connect:  psql \"{url}\"   (TLS, checked against the demo's own CA)");
         println!("status:   ferry status --admin http://{admin}");
         println!("verify:   ferry verify --config {}", config_path.display());
         Ok::<_, anyhow::Error>(verified)
@@ -116,8 +124,15 @@ async fn serve(
 
 /// Accounts, orders with lines, transfers, a cascade delete and an audit
 /// trail: a little of everything the batch path carries.
-async fn workload(url: &str) -> anyhow::Result<()> {
-    let (mut client, conn) = tokio_postgres::connect(url, NoTls).await?;
+async fn workload(url: &str, ca: &Path) -> anyhow::Result<()> {
+    // Over TLS, verifying Ferry's certificate as `verify-full` does.
+    let tls = TlsSettings::new(SslMode::VerifyFull, Some(ca.to_path_buf()))?
+        .config()
+        .context("a TLS configuration")?;
+    let plain = url.split('?').next().unwrap_or(url);
+    let mut config: tokio_postgres::Config = plain.parse()?;
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (mut client, conn) = config.connect(RustlsConnect(tls)).await?;
     tokio::spawn(conn);
     for i in 0..20 {
         client

@@ -161,6 +161,12 @@ fn replica_notes(n: &NodeStatus) -> String {
                 .unwrap_or_default(),
         );
     }
+    for w in &detail.schema_warnings {
+        out += &format!(
+            "\n{}: schema change not applied as on the master: {w}\n",
+            n.name
+        );
+    }
     for d in &detail.divergent {
         out += &format!(
             "\n{}: DIFFERS from the master in {} (keys after {} through {}: master {} rows, replica {}); \

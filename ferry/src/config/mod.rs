@@ -41,6 +41,19 @@ pub enum ClientAuth {
     Md5,
 }
 
+/// `proxy.tls`: whether clients may (or must) reach Ferry over TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyTlsMode {
+    /// SSL requests are answered 'N'.
+    #[default]
+    Disable,
+    /// TLS for clients that ask for it, plaintext for the others.
+    Allow,
+    /// Clients that do not ask for TLS are refused (28000).
+    Require,
+}
+
 /// `proxy.reads`: where read-only statements outside transactions go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +114,12 @@ pub struct ProxyConfig {
     pub max_client_conn: usize,
     /// How long a client may take to start up and authenticate, in ms.
     pub startup_timeout_ms: u64,
+    /// `disable`, `allow` or `require` TLS from clients.
+    pub tls: ProxyTlsMode,
+    /// The server certificate (chain) clients see, PEM.
+    pub tls_cert: Option<String>,
+    /// Its private key, PEM.
+    pub tls_key: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -116,6 +135,9 @@ impl Default for ProxyConfig {
             shutdown_timeout_ms: 10_000,
             max_client_conn: 100,
             startup_timeout_ms: 10_000,
+            tls: ProxyTlsMode::Disable,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -324,7 +346,10 @@ pub struct UserConfig {
     /// The server role the sessions log in as; default: `name`.
     #[serde(default)]
     pub server_user: Option<String>,
-    /// The server role's password; default: `password` (when plaintext).
+    /// The server role's password; default: `password` when that is
+    /// plaintext. When `password` is a SCRAM verifier and this is unset,
+    /// Ferry logs in to the servers with the keys of the client's own SCRAM
+    /// proof (pass-through): every node must hold that same verifier.
     #[serde(default)]
     pub server_password: Option<String>,
     /// Lets the sessions run as a superuser (refused at start otherwise: a
@@ -343,7 +368,13 @@ impl UserConfig {
                 .clone()
                 .unwrap_or_else(|| self.name.clone()),
             password: self.server_password.clone().or(plaintext),
+            scram_keys: None,
         }
+    }
+
+    /// Whether sessions log in with the client's own SCRAM keys.
+    pub fn passes_through(&self) -> bool {
+        self.password.starts_with("SCRAM-SHA-256$") && self.server_password.is_none()
     }
 }
 

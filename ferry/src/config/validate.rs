@@ -3,7 +3,7 @@
 //! typed), addresses, nodes, modes against the nodes there are, patterns,
 //! intervals, users.
 
-use super::{invalid, ClientAuth, Config, ConfigError, Mode, Reads, SyncFallback};
+use super::{invalid, ClientAuth, Config, ConfigError, Mode, ProxyTlsMode, Reads, SyncFallback};
 use ferry_batcher::pattern::Pattern;
 use ferry_wire::Target;
 use std::collections::HashSet;
@@ -11,12 +11,18 @@ use std::net::SocketAddr;
 
 /// The keys whose value is one of a few words: section, key, the words,
 /// and what to say of another value (`{}` is the value).
-const CHOICES: [(&str, &str, &[&str], &str); 4] = [
+const CHOICES: [(&str, &str, &[&str], &str); 5] = [
     (
         "proxy",
         "auth",
         &["scram-sha-256", "md5"],
         "must be \"scram-sha-256\" or \"md5\"",
+    ),
+    (
+        "proxy",
+        "tls",
+        &["disable", "allow", "require"],
+        "{} is not a choice; use \"disable\", \"allow\" or \"require\"",
     ),
     (
         "proxy",
@@ -86,6 +92,14 @@ impl Config {
                     "{admin} is reachable beyond this machine: set admin.token (or admin.token_file, \
                      or FERRY_ADMIN_TOKEN) so that only operators can switch over, remove or force nodes"
                 ),
+            ));
+        }
+        if self.proxy.tls != ProxyTlsMode::Disable
+            && (self.proxy.tls_cert.is_none() || self.proxy.tls_key.is_none())
+        {
+            return Err(invalid(
+                "proxy.tls",
+                "TLS needs proxy.tls_cert and proxy.tls_key (PEM files)",
             ));
         }
         if self.proxy.max_client_conn == 0 || self.proxy.startup_timeout_ms == 0 {
@@ -221,12 +235,6 @@ impl Config {
                     return Err(invalid(
                         format!("users[{i}].password"),
                         "md5 authentication needs the plaintext password, not a SCRAM verifier",
-                    ));
-                }
-                if u.server_password.is_none() {
-                    return Err(invalid(
-                        format!("users[{i}].server_password"),
-                        "needed when password is a SCRAM verifier: Ferry logs in to the servers as the user's role",
                     ));
                 }
             }

@@ -1,8 +1,8 @@
 //! The PostgreSQL-protocol front end that applications connect to.
 //!
 //! - [`listener`]: the accept loop; [`shared`]: what every session shares.
-//! - [`startup`]: the startup phase — SSL/GSS refusal, cancel requests,
-//!   client authentication against `[[users]]`.
+//! - [`startup`]: the startup phase — TLS (`proxy.tls`, [`client_stream`]),
+//!   GSS refusal, cancel requests, client authentication against `[[users]]`.
 //! - [`session`]: one client session, from its startup to its end: a
 //!   server connection on the master, the pump, moves to a new master.
 //! - [`pump`]: the session's messages, both ways, one handler per message
@@ -17,6 +17,7 @@
 //! - [`cancel`]: the keys clients cancel with, mapped to server keys.
 
 pub mod cancel;
+pub mod client_stream;
 pub mod commit_tracker;
 pub mod hold;
 pub mod listener;

@@ -17,6 +17,7 @@
 //! for one as [`super::hold`] does); [`answer_held_commit`] answers a sync
 //! commit that was held when its master was lost.
 
+use super::client_stream::ClientStream;
 use super::fatal;
 use super::hold;
 use super::pump::{Route, LOST_TRANSACTION};
@@ -31,7 +32,6 @@ use ferry_wire::{Login, TransactionStatus};
 use postgres_protocol::message::frontend;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 /// The message of SQLSTATE 08007 for a statement in flight when its
@@ -50,7 +50,7 @@ const COMMIT_UNKNOWN: &str = "the master failed or was switched over while this 
 /// bytes not sent yet (an unfinished extended-protocol cycle is read and
 /// dropped through its Sync, then answered).
 pub(crate) async fn answer_loss(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     cbuf: &mut BytesMut,
     loss: Loss,
     max: usize,
@@ -83,7 +83,7 @@ pub(crate) async fn answer_loss(
 /// Reads and drops client messages through the next Sync (as a server
 /// does after an error in an extended-protocol cycle).
 async fn drop_through_sync(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     cbuf: &mut BytesMut,
     max: usize,
 ) -> std::io::Result<()> {
@@ -154,7 +154,7 @@ pub(crate) async fn recreate(
 /// else SQLSTATE 08007 saying where it stands.
 pub(crate) async fn answer_held_commit(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     old: &str,
     new: &str,
     need: u64,
@@ -197,7 +197,7 @@ pub(crate) async fn answer_held_commit(
 pub(crate) async fn move_session(
     shared: &Shared,
     (params, login): (&[(String, String)], &Login),
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     route: &Mutex<Route>,
 ) -> Option<(Node, ServerConn)> {
     let (master, mut server) = hold::master(shared, params, login, client).await?;

@@ -12,6 +12,7 @@
 //! tables, advisory locks) ends with SQLSTATE 08006 instead.
 
 use super::cancel::ServerKey;
+use super::client_stream::ClientStream;
 use super::fatal;
 use super::hold;
 use super::moving;
@@ -32,8 +33,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Serves one accepted connection (from `peer`) to its end.
-pub async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = client.set_nodelay(true);
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let mut client = ClientStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(8192);
     let Some((params, login, _place)) = start(&mut client, peer, &mut buf, &shared).await else {
         return;
@@ -105,14 +107,19 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 /// there is no session to serve (a cancel request, a failed or timed-out
 /// startup, a client gone).
 async fn start(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> Option<(Vec<(String, String)>, Login, OwnedSemaphorePermit)> {
     let started = tokio::time::timeout(
         shared.startup_timeout,
-        startup::run(client, buf, (&shared.users, shared.auth), &shared.limit),
+        startup::run(
+            client,
+            buf,
+            (&shared.users, shared.auth),
+            (&shared.limit, shared.tls.as_ref()),
+        ),
     )
     .await;
     match started {
@@ -179,7 +186,7 @@ enum Next {
 
 impl Session<'_> {
     /// Pumps the session on `first`, then on each master it moves to.
-    async fn serve(&self, client: &mut TcpStream, buf: BytesMut, first: (Node, ServerConn)) {
+    async fn serve(&self, client: &mut ClientStream, buf: BytesMut, first: (Node, ServerConn)) {
         let route = Mutex::new(Route::new(self.shared.gate.register()));
         let mut cbuf = buf;
         let mut next = Next::On(Box::new(first));
@@ -210,7 +217,7 @@ impl Session<'_> {
     /// Pumps until either side ends, the master is replaced or Ferry stops.
     async fn pump(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         cbuf: &mut BytesMut,
         master: Node,
         server: ServerConn,
@@ -257,7 +264,7 @@ impl Session<'_> {
     /// What follows a pump on master `node` that ended with `pumped`.
     async fn after(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         cbuf: &mut BytesMut,
         node: &str,
         pumped: Result<End, PumpError>,
@@ -298,7 +305,7 @@ impl Session<'_> {
     /// moves the session if it can be moved.
     async fn master_lost(
         &self,
-        client: &mut TcpStream,
+        client: &mut ClientStream,
         cbuf: &mut BytesMut,
         node: &str,
         route: &Mutex<Route>,

@@ -2,6 +2,7 @@
 //! timeouts, the sync point and read routing, the gate, the metrics.
 
 use super::cancel::CancelRegistry;
+use super::client_stream::ProxyTls;
 use super::hold::Gate;
 use super::pump::ReadRouting;
 use super::startup::{AuthMethod, ClientLimit, UserDb};
@@ -66,6 +67,8 @@ pub struct Shared {
     pub limit: ClientLimit,
     /// How long a client may take to start up and authenticate.
     pub startup_timeout: Duration,
+    /// Client TLS (`proxy.tls`), unless disabled.
+    pub tls: Option<ProxyTls>,
     /// The current topology: which node is master, in which epoch.
     pub roles: watch::Receiver<Topology>,
     /// How long a new session waits for a master during a failover.

@@ -1,21 +1,22 @@
 //! The startup phase of a client connection: everything before the first
-//! ReadyForQuery. Ferry answers SSL and GSS requests with 'N', forwards
+//! ReadyForQuery. Ferry answers an SSL request with 'S' and a TLS
+//! handshake when `proxy.tls` allows (else 'N'), GSS requests with 'N', forwards
 //! cancel requests, refuses clients beyond `proxy.max_client_conn`, and
 //! authenticates the client itself against `[[users]]` with SCRAM-SHA-256
 //! or md5.
 
+use super::client_stream::{ClientStream, ProxyTls};
 use super::fatal;
 use bytes::{Buf, BytesMut};
 use ferry_wire::backend;
 use ferry_wire::codec::{peek_frame, peek_startup, read_cstr};
-use ferry_wire::scram::{ScramServer, Verifier};
+use ferry_wire::scram::{ClientKeys, ScramServer, Verifier};
 use ferry_wire::startup::{parse_startup, StartupPacket};
 use ferry_wire::tag::frontend::PASSWORD;
 use ferry_wire::Login;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest message accepted before authentication completes.
@@ -117,10 +118,10 @@ impl ClientLimit {
 /// `limit` gets 53300 once its startup packet is read, before it
 /// authenticates (as PostgreSQL does), from Ferry rather than a server.
 pub async fn run(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     (users, method): (&UserDb, AuthMethod),
-    limit: &ClientLimit,
+    (limit, tls): (&ClientLimit, Option<&ProxyTls>),
 ) -> Result<Startup, StartupError> {
     let params = loop {
         let packet = match read_startup(stream, buf).await {
@@ -132,9 +133,8 @@ pub async fn run(
             }
         };
         match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                stream.write_all(b"N").await?;
-            }
+            StartupPacket::SslRequest => stream.answer_ssl_request(tls, buf.len()).await?,
+            StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => return Ok(Startup::Cancel { pid, secret }),
             StartupPacket::Startup { minor, params } => {
                 if minor > 0 {
@@ -151,6 +151,15 @@ pub async fn run(
             }
         }
     };
+    if tls.is_some_and(|t| t.required) && !stream.is_tls() {
+        fatal(
+            stream,
+            "28000",
+            "Ferry accepts only TLS connections (proxy.tls = \"require\"): connect with sslmode=require",
+        )
+        .await;
+        return Ok(Startup::Closed);
+    }
     let Ok(place) = limit.places.clone().try_acquire_owned() else {
         fatal(
             stream,
@@ -175,9 +184,16 @@ pub async fn run(
     let cred = users.users.get(&user);
     let ok = match method {
         AuthMethod::ScramSha256 => scram(stream, buf, cred).await?,
-        AuthMethod::Md5 => md5(stream, buf, &user, cred).await?,
+        AuthMethod::Md5 => md5(stream, buf, &user, cred)
+            .await?
+            .then_some(Accepted { keys: None }),
     };
-    let login = cred.map(|c| c.login.clone()).filter(|_| ok);
+    // A user whose server password Ferry does not know logs in to the
+    // servers with the keys its own SCRAM proof revealed.
+    let login = cred.zip(ok).map(|(c, accepted)| Login {
+        scram_keys: accepted.keys.filter(|_| c.login.password.is_none()),
+        ..c.login.clone()
+    });
     let Some(login) = login else {
         fatal(
             stream,
@@ -195,7 +211,7 @@ pub async fn run(
 }
 
 async fn read_startup(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<Option<StartupPacket>, StartupError> {
     loop {
@@ -217,7 +233,7 @@ async fn read_startup(
 
 /// Reads one password-class message ('p') during authentication.
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<Option<BytesMut>, StartupError> {
     loop {
@@ -241,11 +257,17 @@ async fn read_password_message(
     }
 }
 
+/// A client that proved who it is, and what its proof revealed.
+struct Accepted {
+    /// Its SCRAM keys (none with md5).
+    keys: Option<ClientKeys>,
+}
+
 async fn scram(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     cred: Option<&Credential>,
-) -> Result<bool, StartupError> {
+) -> Result<Option<Accepted>, StartupError> {
     // An unknown user goes through the same exchange against a random
     // verifier, so the answer does not reveal which users exist.
     let verifier = cred
@@ -255,7 +277,7 @@ async fn scram(
     backend::auth_sasl(&mut out);
     stream.write_all(&out).await?;
     let Some(initial) = read_password_message(stream, buf).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let (mech, rest) = read_cstr(&initial)
         .ok_or_else(|| StartupError::Protocol("malformed SASLInitialResponse".into()))?;
@@ -273,22 +295,22 @@ async fn scram(
     backend::auth_sasl_continue(&mut out, first.as_bytes());
     stream.write_all(&out).await?;
     let Some(fin) = read_password_message(stream, buf).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     match server.finish(&fin) {
-        Ok(final_msg) if cred.is_some() => {
+        Ok((final_msg, keys)) if cred.is_some() => {
             out.clear();
             backend::auth_sasl_final(&mut out, final_msg.as_bytes());
             backend::auth_ok(&mut out);
             stream.write_all(&out).await?;
-            Ok(true)
+            Ok(Some(Accepted { keys: Some(keys) }))
         }
-        _ => Ok(false),
+        _ => Ok(None),
     }
 }
 
 async fn md5(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
     cred: Option<&Credential>,

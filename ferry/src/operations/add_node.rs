@@ -189,7 +189,7 @@ impl NodeAdder {
             priority,
         };
         let epoch = coordinator::ask(&self.control, "cannot_admit", |reply| Control::AddNode {
-            node,
+            node: Box::new(node),
             reply,
         })
         .await?;

@@ -1,12 +1,12 @@
 //! Waiting for a master: a session, new or moving, connects to the master
 //! there is now, or waits up to `hold_timeout` for one.
 
+use crate::frontend::client_stream::ClientStream;
 use crate::frontend::fatal;
 use crate::frontend::shared::Shared;
 use ferry_cluster::Node;
 use ferry_wire::{ConnError, Login, ServerConn};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 /// Opens the session's server connection on the master. While there is
@@ -21,7 +21,7 @@ pub(crate) async fn master(
     shared: &Shared,
     params: &[(String, String)],
     login: &Login,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
 ) -> Option<(Node, ServerConn)> {
     let deadline = tokio::time::Instant::now() + shared.hold_timeout;
     let mut roles = shared.roles.clone();

@@ -39,13 +39,13 @@ pub use reads::{ReadMetrics, ReadMode, ReadRouting};
 pub(crate) use route::Route;
 
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::client_stream::ClientStream;
 use crate::frontend::hold::Gate;
 use bytes::BytesMut;
 use ferry_cluster::SyncPoint;
 use ferry_wire::stream::OwnedReadHalf;
 use ferry_wire::ServerConn;
 use std::sync::{Mutex, MutexGuard};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// What a session's pump needs besides its connections.
@@ -101,7 +101,7 @@ impl Link<'_> {
 /// may then move to another server with what is left in `cbuf` (client
 /// bytes not sent yet) and `route` (where it stood).
 pub(crate) async fn pump(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     cbuf: &mut BytesMut,
     server: ServerConn,
     cx: Context<'_>,

@@ -18,13 +18,13 @@ mod replica;
 use super::end::{End, PumpError};
 use super::reads::{named_read, ReadRouting, ReplicaLink};
 use super::{Context, Link};
+use crate::frontend::client_stream::ClientRead;
 use crate::frontend::commit_tracker::client_wants;
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_wire::stream::WriteHalf;
 use ferry_wire::tag::frontend::{BIND, DESCRIBE, EXECUTE, PARSE, QUERY, TERMINATE};
 use ferry_wire::{FrameScanner, Step};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
 use tracing::debug;
 
 /// The client's side of one session's pump.
@@ -84,7 +84,7 @@ impl<'a> ClientSide<'a> {
     /// connection fails.
     pub async fn run(
         mut self,
-        cr: &mut ReadHalf<'_>,
+        cr: &mut ClientRead<'_>,
         sw: &mut WriteHalf<'_>,
         cbuf: &mut BytesMut,
     ) -> Result<End, PumpError> {

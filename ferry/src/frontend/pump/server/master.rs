@@ -12,6 +12,7 @@ use super::super::end::PumpError;
 use super::super::lost;
 use super::super::route::Dest;
 use super::{ServerSide, Turn};
+use crate::frontend::client_stream::ClientWrite;
 use crate::frontend::commit_tracker::server_wants;
 use bytes::{Buf, BytesMut};
 use ferry_cluster::SyncPoint;
@@ -19,7 +20,6 @@ use ferry_wire::error_response::{error_field, field, is_fatal};
 use ferry_wire::tag::backend::{ERROR_RESPONSE, PARSE_COMPLETE, READY_FOR_QUERY};
 use ferry_wire::{Step, TransactionStatus};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::WriteHalf;
 
 /// Largest server message the pump accepts (PostgreSQL's own limit for a
 /// field is 1 GB; a DataRow may carry several).
@@ -36,7 +36,10 @@ enum Noted {
 
 impl ServerSide<'_> {
     /// Forwards the master's answers in the buffer.
-    pub(super) async fn master_turn(&mut self, cw: &mut WriteHalf<'_>) -> Result<Turn, PumpError> {
+    pub(super) async fn master_turn(
+        &mut self,
+        cw: &mut ClientWrite<'_>,
+    ) -> Result<Turn, PumpError> {
         let mut at = 0;
         let mut turn = Turn::More;
         loop {
@@ -150,7 +153,7 @@ impl ServerSide<'_> {
     /// sync replicas have applied the commit.
     async fn hold_commit(
         &mut self,
-        cw: &mut WriteHalf<'_>,
+        cw: &mut ClientWrite<'_>,
         sync: &SyncPoint,
         len: usize,
     ) -> Result<(), PumpError> {

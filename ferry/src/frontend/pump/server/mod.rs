@@ -8,11 +8,11 @@ mod replica;
 use super::end::{End, PumpError};
 use super::route::Dest;
 use super::Link;
+use crate::frontend::client_stream::ClientWrite;
 use bytes::BytesMut;
 use ferry_wire::stream::{OwnedReadHalf, ReadHalf};
 use ferry_wire::FrameScanner;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::WriteHalf;
 
 /// The server's side of one session's pump.
 pub(super) struct ServerSide<'a> {
@@ -58,7 +58,7 @@ impl<'a> ServerSide<'a> {
     pub async fn run(
         mut self,
         sr: &mut ReadHalf<'_>,
-        cw: &mut WriteHalf<'_>,
+        cw: &mut ClientWrite<'_>,
     ) -> Result<End, PumpError> {
         loop {
             let front = self.link.route().queue.front().copied();

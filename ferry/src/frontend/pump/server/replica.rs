@@ -5,6 +5,7 @@
 use super::super::end::PumpError;
 use super::master::SERVER_MAX_MESSAGE;
 use super::ServerSide;
+use crate::frontend::client_stream::ClientWrite;
 use crate::frontend::read_balance::Lease;
 use bytes::{Buf, BytesMut};
 use ferry_wire::backend;
@@ -14,7 +15,6 @@ use ferry_wire::tag::backend::{CLOSE_COMPLETE, ERROR_RESPONSE, PARSE_COMPLETE, R
 use ferry_wire::{FrameScanner, Step, TransactionStatus};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 use tracing::warn;
 
 impl ServerSide<'_> {
@@ -22,7 +22,7 @@ impl ServerSide<'_> {
     /// what Ferry sent before the client's cycle.
     pub(super) async fn replica_turn(
         &mut self,
-        cw: &mut WriteHalf<'_>,
+        cw: &mut ClientWrite<'_>,
         skip: usize,
     ) -> Result<(), PumpError> {
         // A connection handed over replaces the one held: the client side
@@ -96,7 +96,7 @@ async fn relay(
     rr: &mut OwnedReadHalf,
     rbuf: &mut BytesMut,
     rscan: &mut FrameScanner,
-    cw: &mut WriteHalf<'_>,
+    cw: &mut ClientWrite<'_>,
     mut skip: usize,
 ) -> Result<(), io::Error> {
     loop {
