@@ -140,6 +140,40 @@ pub fn router(source: Source, access: Access) -> Router {
         .with_state(shared)
 }
 
+/// Serves the endpoint over TLS (`[admin] tls`): each connection's
+/// handshake, then HTTP/1 on it, with the peer's address for the log.
+pub async fn serve_tls(
+    listener: TcpListener,
+    source: Arc<dyn StatusSource>,
+    access: Access,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    let router = router(source, access);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "admin TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(
+                router.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            );
+            let io = hyper_util::rt::TokioIo::new(tls);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(peer = %peer, error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
 /// Serves the endpoint on a bound listener until the task is dropped.
 pub async fn serve(
     listener: TcpListener,

@@ -121,3 +121,37 @@ async fn force_master_is_refused_while_the_cluster_has_a_master() {
     assert_eq!(doc["master"], "a", "{doc}");
     assert_eq!(ferry_testkit::node(&doc, "b")["role"], "replica", "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_serves_https_with_the_proxys_certificate() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 2,
+            ..with_token()
+        },
+    );
+    let certs = ferry::certs::make(c.path(), &["localhost", "127.0.0.1"]).expect("certificates");
+    for (k, v) in [
+        ("FERRY_PROXY_TLS_CERT", certs.cert.display().to_string()),
+        ("FERRY_PROXY_TLS_KEY", certs.key.display().to_string()),
+        ("FERRY_ADMIN_TLS", "true".to_string()),
+        ("FERRY_TLS_CA", certs.ca.display().to_string()),
+    ] {
+        c.set_ferry_env(k, &v);
+    }
+    c.start_ferry();
+    // The commands speak HTTPS, checking the certificate ...
+    c.wait_replicas_serving(1).await;
+    let doc = c.status_doc();
+    assert_eq!(doc["master"], "a", "{doc}");
+    let out = c.ferry_admin(&["switchover", "--to", "b"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and plain HTTP gets no answer.
+    let (code, _) = c.admin_get("/health");
+    assert_ne!(code, 200);
+}

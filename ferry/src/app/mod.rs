@@ -166,10 +166,11 @@ impl App {
             warn!(admin = %admin_addr, "the admin endpoint has no token: anyone on this machine may \
                 switch over, remove or force nodes (set admin.token)");
         }
+        let admin_tls = tls::admin_tls(cfg)?;
         let mut admin_rx = rx;
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                r = ferry_admin::serve(admin, source, access) => if let Err(e) = r { warn!(error = %e, "admin endpoint stopped") },
+                r = serve_admin(admin, source, access, admin_tls) => if let Err(e) = r { warn!(error = %e, "admin endpoint stopped") },
                 _ = admin_rx.changed() => {}
             }
         }));
@@ -241,6 +242,19 @@ async fn prepare(cfg: &Config) -> Result<Topology, AppError> {
         warn!(node = %n.name, reason = %why, "node fenced out of the cluster");
     }
     Ok(topo)
+}
+
+/// Serves the admin endpoint, over HTTPS when `admin.tls` says so.
+async fn serve_admin(
+    listener: TcpListener,
+    source: Arc<dyn StatusSource>,
+    access: ferry_admin::Access,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
+    match tls {
+        Some(acceptor) => ferry_admin::serve_tls(listener, source, access, acceptor).await,
+        None => ferry_admin::serve(listener, source, access).await,
+    }
 }
 
 /// The proxy's and the admin endpoint's listeners, with their addresses.

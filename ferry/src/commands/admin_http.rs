@@ -3,9 +3,11 @@
 
 use anyhow::Context;
 use ferry::operations::Refusal;
+use ferry_wire::tls::{server_name, SslMode, TlsSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
 
 /// Sends `method path` (with a JSON body if given) to the admin endpoint at
 /// `base`; returns the status code and the body.
@@ -19,12 +21,9 @@ pub async fn call(
         .parse()
         .context("admin URL")?;
     let host = uri.host().context("admin URL has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    let mut sender = connect(&uri, &host)
         .await
         .with_context(|| format!("cannot reach the admin endpoint at {base}: is ferry running?"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(uri.path())
@@ -43,6 +42,32 @@ pub async fn call(
     let status = res.status().as_u16();
     let body = res.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// An HTTP/1 connection to the endpoint; for an `https` URL over TLS,
+/// checked against the CA certificate `FERRY_TLS_CA` names.
+async fn connect(uri: &hyper::Uri, host: &str) -> anyhow::Result<Sender> {
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    if !https {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        return Ok(sender);
+    }
+    let ca = std::env::var_os("FERRY_TLS_CA")
+        .context("an https admin URL needs FERRY_TLS_CA: the CA certificate that signed Ferry's")?;
+    let tls = TlsSettings::new(SslMode::VerifyFull, Some(PathBuf::from(ca)))?
+        .config()
+        .context("a TLS configuration")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name(host)?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// The admin token the commands send: `FERRY_ADMIN_TOKEN`, else the

@@ -45,9 +45,10 @@ pub(super) fn apply_env(
                         .map(|s| toml::Value::String(s.trim().to_string()))
                         .collect(),
                 ),
-                _ => match v.parse::<i64>() {
-                    Ok(n) => toml::Value::Integer(n),
-                    Err(_) => toml::Value::String(v.clone()),
+                _ => match (v.parse::<i64>(), v.parse::<bool>()) {
+                    (Ok(n), _) => toml::Value::Integer(n),
+                    (_, Ok(b)) => toml::Value::Boolean(b),
+                    _ => toml::Value::String(v.clone()),
                 },
             };
             table.insert(key, value);

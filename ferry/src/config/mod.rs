@@ -154,6 +154,8 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// A file holding the token (its first line), instead of `token`.
     pub token_file: Option<String>,
+    /// Serve HTTPS, with `proxy.tls_cert` and `proxy.tls_key`.
+    pub tls: bool,
 }
 
 impl Default for AdminConfig {
@@ -162,6 +164,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9930".into(),
             token: None,
             token_file: None,
+            tls: false,
         }
     }
 }

@@ -102,6 +102,12 @@ impl Config {
                 "TLS needs proxy.tls_cert and proxy.tls_key (PEM files)",
             ));
         }
+        if self.admin.tls && (self.proxy.tls_cert.is_none() || self.proxy.tls_key.is_none()) {
+            return Err(invalid(
+                "admin.tls",
+                "HTTPS uses proxy.tls_cert and proxy.tls_key: set them",
+            ));
+        }
         if self.proxy.max_client_conn == 0 || self.proxy.startup_timeout_ms == 0 {
             return Err(invalid(
                 "proxy",

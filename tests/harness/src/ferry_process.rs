@@ -99,7 +99,12 @@ impl Cluster {
     /// Runs a `ferry` command against the running instance's admin
     /// endpoint (`--admin` appended).
     pub fn ferry_admin(&self, args: &[&str]) -> Output {
-        let admin = format!("http://127.0.0.1:{}", self.admin_port);
+        let https = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "FERRY_ADMIN_TLS" && v == "true");
+        let scheme = if https { "https" } else { "http" };
+        let admin = format!("{scheme}://127.0.0.1:{}", self.admin_port);
         let mut all = args.to_vec();
         all.extend(["--admin", admin.as_str()]);
         self.ferry(&all)
