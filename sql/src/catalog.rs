@@ -25,3 +25,8 @@ pub const ROLE: &str =
 /// logins through with is the node's own. Parameter: the role's name.
 pub const ROLE_SECRET: &str =
     "SELECT coalesce(rolpassword, '') FROM pg_catalog.pg_authid WHERE rolname = $1";
+
+/// How many sessions a server takes, and how many of them only
+/// superusers may use. Returns `(max_connections, superuser_reserved_connections)`.
+pub const CONNECTION_ROOM: &str = "SELECT current_setting('max_connections')::int, \
+     current_setting('superuser_reserved_connections')::int";

@@ -118,3 +118,24 @@ async fn failed_logins_are_logged_with_the_client_address_and_counted() {
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("127.0.0.1:"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_limit_larger_than_a_nodes_room_is_logged_at_start() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 2,
+            schema: T.into(),
+            // The test servers take 200 sessions.
+            env: vec![("FERRY_PROXY_MAX_CLIENT_CONN".into(), "500".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    let log = c.ferry_log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("larger than this node's room for client sessions"))
+        .count();
+    assert_eq!(warned, 2, "{log}");
+}
