@@ -13,6 +13,17 @@ fn clients_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients"))
 }
 
+/// Debian's pgjdbc jar (libpostgresql-jdbc-java).
+pub(crate) fn pgjdbc_jar() -> &'static str {
+    [
+        "/usr/share/java/postgresql.jar",
+        "/usr/share/java/postgresql-jdbc4.jar",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("pgjdbc: apt-get install libpostgresql-jdbc-java")
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text = format!(
@@ -106,13 +117,7 @@ async fn psycopg3_and_jdbc_work_through_ferry() {
     assert!(out.contains("count 38"), "{out}");
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     c.psql(0, "DELETE FROM items");
-    let jar = [
-        "/usr/share/java/postgresql.jar",
-        "/usr/share/java/postgresql-jdbc4.jar",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("pgjdbc: apt-get install libpostgresql-jdbc-java");
+    let jar = pgjdbc_jar();
     let out = run(Command::new("java")
         .args(["-cp", jar])
         .arg(clients_dir().join("JdbcCheck.java"))

@@ -120,13 +120,7 @@ async fn psycopg_and_jdbc_work_over_tls() {
         Duration::from_secs(20),
     )
     .await;
-    let jar = [
-        "/usr/share/java/postgresql.jar",
-        "/usr/share/java/postgresql-jdbc4.jar",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("pgjdbc: apt-get install libpostgresql-jdbc-java");
+    let jar = crate::clients::pgjdbc_jar();
     let out = Command::new("java")
         .args(["-cp", jar])
         .arg(clients.join("JdbcCheck.java"))
