@@ -30,3 +30,10 @@ pub const ROLE_SECRET: &str =
 /// superusers may use. Returns `(max_connections, superuser_reserved_connections)`.
 pub const CONNECTION_ROOM: &str = "SELECT current_setting('max_connections')::int, \
      current_setting('superuser_reserved_connections')::int";
+
+/// `proxy.auth_lookup`: a role that is not in `[[users]]`, looked up on the
+/// master. Parameter: the role's name. Returns `(its stored secret, whether
+/// it is a superuser or bypasses row-level security, whether it may log
+/// in)`; no row when there is no such role.
+pub const LOOKUP_ROLE: &str = "SELECT coalesce(rolpassword, ''), rolsuper OR rolbypassrls, \
+     rolcanlogin FROM pg_catalog.pg_authid WHERE rolname = $1";

@@ -229,3 +229,65 @@ async fn a_grant_to_a_role_the_replica_lacks_is_reported_in_status_and_the_log()
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_lookup_the_masters_roles_log_in_without_being_listed() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: TENANTS.into(),
+            server_password: Some("pg-secret".into()),
+            env: vec![("FERRY_PROXY_AUTH_LOOKUP".into(), "true".into())],
+            ..Default::default()
+        },
+    );
+    c.psql(0, "CREATE ROLE reader LOGIN PASSWORD 'read-pw'");
+    let verifier = c
+        .psql(
+            0,
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'reader'",
+        )
+        .trim()
+        .to_string();
+    c.psql(
+        1,
+        &format!("CREATE ROLE reader LOGIN PASSWORD '{verifier}'"),
+    );
+    for i in 0..2 {
+        c.psql(i, "GRANT SELECT ON parents TO reader");
+    }
+    c.start_ferry();
+    let url =
+        |user: &str, pw: &str| format!("postgresql://{user}:{pw}@127.0.0.1:{}/{DB}", c.proxy_port);
+    let (reader, conn) = tokio_postgres::connect(&url("reader", "read-pw"), NoTls)
+        .await
+        .expect("a role of the master's, not listed in [[users]]");
+    tokio::spawn(conn);
+    let who: String = reader
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("who")
+        .get(0);
+    assert_eq!(who, "reader");
+    reader
+        .query_one("SELECT count(*) FROM parents", &[])
+        .await
+        .expect("its grant");
+    let e = reader
+        .batch_execute("INSERT INTO parents VALUES (1)")
+        .await
+        .expect_err("a write it has no grant for");
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e:?}");
+    for (user, pw) in [
+        ("reader", "wrong"),
+        ("postgres", "pg-secret"),
+        ("nobody", "x"),
+    ] {
+        let e = tokio_postgres::connect(&url(user, pw), NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} logged in"));
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{user}: {e:?}");
+    }
+}

@@ -6,6 +6,7 @@ use crate::config::{ClientAuth, Config, Mode, Reads, SyncFallback};
 use crate::frontend::cancel::CancelRegistry;
 use crate::frontend::client_stream::ProxyTls;
 use crate::frontend::hold::Gate;
+use crate::frontend::lookup::UserLookup;
 use crate::frontend::pump::{ReadMetrics, ReadMode, ReadRouting};
 use crate::frontend::read_balance::ReaderCounts;
 use crate::frontend::shared::{FrontendMetrics, Shared};
@@ -160,11 +161,18 @@ pub(super) struct SessionParts {
 
 pub(super) fn sessions(cfg: &Config, tls: Option<ProxyTls>, parts: SessionParts) -> Arc<Shared> {
     Arc::new(Shared {
-        users: UserDb::new(
-            cfg.users
-                .iter()
-                .map(|u| (u.name.as_str(), u.password.as_str(), u.login())),
-        ),
+        users: {
+            let listed = UserDb::new(
+                cfg.users
+                    .iter()
+                    .map(|u| (u.name.as_str(), u.password.as_str(), u.login())),
+            );
+            if cfg.proxy.auth_lookup {
+                listed.with_lookup(UserLookup::new(parts.roles.clone()))
+            } else {
+                listed
+            }
+        },
         limit: ClientLimit::new(cfg.proxy.max_client_conn),
         startup_timeout: Duration::from_millis(cfg.proxy.startup_timeout_ms),
         tls,

@@ -116,6 +116,9 @@ pub struct ProxyConfig {
     pub startup_timeout_ms: u64,
     /// `disable`, `allow` or `require` TLS from clients.
     pub tls: ProxyTlsMode,
+    /// Users not listed in `[[users]]` are looked up on the master (SCRAM
+    /// verifiers only; their logins pass through).
+    pub auth_lookup: bool,
     /// The server certificate (chain) clients see, PEM.
     pub tls_cert: Option<String>,
     /// Its private key, PEM.
@@ -136,6 +139,7 @@ impl Default for ProxyConfig {
             max_client_conn: 100,
             startup_timeout_ms: 10_000,
             tls: ProxyTlsMode::Disable,
+            auth_lookup: false,
             tls_cert: None,
             tls_key: None,
         }

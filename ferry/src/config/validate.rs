@@ -102,6 +102,12 @@ impl Config {
                 "TLS needs proxy.tls_cert and proxy.tls_key (PEM files)",
             ));
         }
+        if self.proxy.auth_lookup && self.proxy.auth == ClientAuth::Md5 {
+            return Err(invalid(
+                "proxy.auth_lookup",
+                "looked-up users log in with SCRAM: set proxy.auth = \"scram-sha-256\"",
+            ));
+        }
         if self.admin.tls && (self.proxy.tls_cert.is_none() || self.proxy.tls_key.is_none()) {
             return Err(invalid(
                 "admin.tls",

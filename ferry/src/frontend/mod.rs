@@ -2,7 +2,8 @@
 //!
 //! - [`listener`]: the accept loop; [`shared`]: what every session shares.
 //! - [`startup`]: the startup phase — TLS (`proxy.tls`, [`client_stream`]),
-//!   GSS refusal, cancel requests, client authentication against `[[users]]`.
+//!   GSS refusal, cancel requests, client authentication against `[[users]]`
+//!   (and the master's roles, [`lookup`]).
 //! - [`session`]: one client session, from its startup to its end: a
 //!   server connection on the master, the pump, moves to a new master.
 //! - [`pump`]: the session's messages, both ways, one handler per message
@@ -21,6 +22,7 @@ pub mod client_stream;
 pub mod commit_tracker;
 pub mod hold;
 pub mod listener;
+pub mod lookup;
 pub mod moving;
 pub mod pump;
 pub mod read_balance;

@@ -7,6 +7,7 @@
 
 use super::client_stream::{ClientStream, ProxyTls};
 use super::fatal;
+use super::lookup::UserLookup;
 use bytes::{Buf, BytesMut};
 use ferry_wire::backend;
 use ferry_wire::codec::{peek_frame, peek_startup, read_cstr};
@@ -37,10 +38,29 @@ pub struct Credential {
     login: Login,
 }
 
-/// The users Ferry accepts, from `[[users]]`.
+impl Credential {
+    /// A role found on the master (`proxy.auth_lookup`): the client proves
+    /// itself against the role's verifier, and its sessions log in with
+    /// its SCRAM keys.
+    pub fn passed_through(verifier: Verifier, user: &str) -> Self {
+        Self {
+            verifier,
+            plaintext: None,
+            login: Login {
+                user: user.to_string(),
+                password: None,
+                scram_keys: None,
+            },
+        }
+    }
+}
+
+/// The users Ferry accepts: `[[users]]`, then (with `proxy.auth_lookup`)
+/// the master's roles.
 #[derive(Clone, Default)]
 pub struct UserDb {
     users: HashMap<String, Credential>,
+    lookup: Option<Arc<UserLookup>>,
 }
 
 impl UserDb {
@@ -65,7 +85,26 @@ impl UserDb {
                 (name.to_string(), cred)
             })
             .collect();
-        Self { users }
+        Self {
+            users,
+            lookup: None,
+        }
+    }
+
+    /// Looks users not listed up on the master too.
+    pub fn with_lookup(self, lookup: UserLookup) -> Self {
+        Self {
+            lookup: Some(Arc::new(lookup)),
+            ..self
+        }
+    }
+
+    /// A user's credential: listed, else looked up.
+    async fn credential(&self, user: &str) -> Option<Credential> {
+        if let Some(c) = self.users.get(user) {
+            return Some(c.clone());
+        }
+        self.lookup.as_ref()?.find(user).await
     }
 }
 
@@ -181,7 +220,8 @@ pub async fn run(
         .await;
         return Ok(Startup::Closed);
     };
-    let cred = users.users.get(&user);
+    let cred = users.credential(&user).await;
+    let cred = cred.as_ref();
     let ok = match method {
         AuthMethod::ScramSha256 => scram(stream, buf, cred).await?,
         AuthMethod::Md5 => md5(stream, buf, &user, cred)
