@@ -5,9 +5,9 @@
 //! miss rows. Two event triggers refuse it for everyone but Ferry's own
 //! role (the owner of the `ferry` schema), inside the changing
 //! transaction, so the change never happens:
-//! - `ferry_guard` (`ddl_command_end`): a capture trigger left disabled
-//!   (`DISABLE TRIGGER`, `ENABLE REPLICA TRIGGER`) on a table the command
-//!   touched;
+//! - `ferry_guard` (`ddl_command_end`): a capture trigger (one whose
+//!   function lives in `ferry`) left disabled (`DISABLE TRIGGER`, `ENABLE
+//!   REPLICA TRIGGER`) on a table the command touched, or renamed;
 //! - `ferry_guard_drop` and `ferry_keep_drop` (`sql_drop`): a capture
 //!   trigger dropped by itself (not with its table), or anything in the
 //!   `ferry` or `ferry_guard` schemas, or the schemas.
@@ -49,17 +49,29 @@ BEGIN
                 WHERE n.nspname = 'ferry' AND r.rolname = session_user) THEN
         RETURN;
     END IF;
+    -- Ferry's triggers are those whose function lives in its schema.
     SELECT string_agg(DISTINCT format('%I on %s', t.tgname, t.tgrelid::regclass), ', ') INTO bad
       FROM pg_event_trigger_ddl_commands() c
       JOIN pg_trigger t ON t.tgrelid = c.objid
      WHERE c.classid = 'pg_class'::regclass
-       AND (t.tgname LIKE 'ferry\_capture\_%' OR t.tgname LIKE 'ferry\_member\_%')
+       AND t.tgfoid IN (SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'ferry'::regnamespace)
        AND t.tgenabled NOT IN ('O', 'A');
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'ferry: capture triggers cannot be disabled (%)', bad
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'Rows written while they were off would never reach the replicas.',
                   HINT = 'Disable your own triggers by name instead of ALL or USER.';
+    END IF;
+    SELECT string_agg(format('%I on %s', t.tgname, t.tgrelid::regclass), ', ') INTO bad
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN pg_trigger t ON t.oid = c.objid
+     WHERE c.classid = 'pg_trigger'::regclass
+       AND t.tgname NOT LIKE 'ferry\_%'
+       AND t.tgfoid IN (SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'ferry'::regnamespace);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'ferry: capture triggers cannot be renamed (%)', bad
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Ferry finds its triggers by name.';
     END IF;
 END
 $f$;

@@ -65,6 +65,7 @@ async fn a_table_owner_cannot_disable_or_drop_capture_nor_drop_ferrys_schema() {
         "ALTER TABLE t DISABLE TRIGGER USER",
         "ALTER TABLE t ENABLE REPLICA TRIGGER ferry_capture_trn",
         "DROP TRIGGER ferry_capture_trn ON t",
+        "ALTER TRIGGER ferry_capture_trn ON t RENAME TO mine_now",
         "DROP SCHEMA ferry CASCADE",
     ] {
         let e = client.batch_execute(sql).await.expect_err(sql);
