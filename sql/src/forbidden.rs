@@ -61,8 +61,10 @@ fn word_before(before: &str) -> &str {
     let trimmed =
         before.trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '\'' | '(' | '='));
     let start = trimmed
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     &trimmed[start..]
 }
 
@@ -121,6 +123,19 @@ mod tests {
             Some("ferry.*")
         );
         assert_eq!(forbidden_setting("SELECT * FROM ferry.ddl_log"), None);
+    }
+
+    #[test]
+    fn a_mention_after_a_multibyte_character_is_read_without_a_panic() {
+        // Found by the `classify` fuzz target: the word before a mention
+        // was cut inside a two-byte character.
+        let sql = "start\x0c\x0c\x0c\x0c\x0c\u{5ec}ferry.$.ry.$.\0\0\0\0\0\0\0\0-=";
+        assert_eq!(forbidden_setting(sql), None);
+        assert_eq!(
+            forbidden_setting("SET é session_replication_role = replica"),
+            Some("session_replication_role")
+        );
+        assert_eq!(forbidden_setting("SELECT 'é'ferry.x"), None);
     }
 
     #[test]
