@@ -182,8 +182,11 @@ pub const FORGET_REPLICA: &str = "DELETE FROM ferry.replicas WHERE name = $1";
 /// schema was dropped and installed again would otherwise restart them at
 /// 1, and the replicas would refuse every batch as already applied.
 /// Parameter: the replica's last applied batch id.
+/// (A sequence restarted and not used since hands out its `last_value`
+/// next: it counts as one below.)
 pub const BATCH_IDS_AT_LEAST: &str = "SELECT setval('ferry.batch_ids', $1::bigint) \
-     FROM ferry.batch_ids WHERE last_value < $1::bigint";
+     FROM ferry.batch_ids \
+     WHERE CASE WHEN is_called THEN last_value ELSE last_value - 1 END < $1::bigint";
 
 /// The batch id the master handed out last. No parameters.
 pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";

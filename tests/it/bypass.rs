@@ -161,3 +161,35 @@ async fn capture_switched_off_by_another_superuser_is_refused_or_found_shown_and
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ids_continue_above_the_replicas_ledger_after_they_were_restarted() {
+    let mut c = Cluster::started(env!("CARGO_BIN_EXE_ferry"), 2, T);
+    let client = c.proxy_client().await;
+    for i in 1..=5 {
+        client
+            .execute("INSERT INTO t VALUES ($1, 'before')", &[&i])
+            .await
+            .expect("insert");
+    }
+    c.wait_psql(1, "SELECT count(*) FROM t", "5", Duration::from_secs(20))
+        .await;
+    drop(client);
+    c.kill_ferry();
+    // A superuser restarts the master's batch ids (as a reinstalled
+    // schema would); the replica's ledger holds higher ones.
+    c.psql(0, "ALTER SEQUENCE ferry.batch_ids RESTART WITH 1");
+    c.start_ferry();
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO t VALUES (6, 'after')")
+        .await
+        .expect("insert");
+    c.wait_psql(
+        1,
+        "SELECT v FROM t WHERE id = 6",
+        "after",
+        Duration::from_secs(20),
+    )
+    .await;
+}
