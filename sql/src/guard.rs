@@ -24,7 +24,8 @@
 /// with it, so each schema's guard refuses the other's drop.
 pub fn install() -> String {
     format!(
-        "{GUARD_DDL}{}{}{TRIGGERS}",
+        "{}{}{}{TRIGGERS}",
+        guard_ddl(),
         drop_guard("ferry"),
         drop_guard("ferry_guard")
     )
@@ -36,7 +37,10 @@ pub fn install() -> String {
 const IS_FERRY: &str = "EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
      WHERE n.nspname = 'ferry' AND r.rolname = session_user)";
 
-const GUARD_DDL: &str = r#"
+/// The schema, and the guard of disabled or renamed capture triggers.
+fn guard_ddl() -> String {
+    format!(
+        r#"
 CREATE SCHEMA IF NOT EXISTS ferry_guard;
 REVOKE ALL ON SCHEMA ferry_guard FROM PUBLIC;
 DROP FUNCTION IF EXISTS ferry.is_ferry();
@@ -45,8 +49,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     bad text;
 BEGIN
-    IF EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-                WHERE n.nspname = 'ferry' AND r.rolname = session_user) THEN
+    IF {IS_FERRY} THEN
         RETURN;
     END IF;
     -- Ferry's triggers are those whose function lives in its schema.
@@ -75,7 +78,9 @@ BEGIN
     END IF;
 END
 $f$;
-"#;
+"#
+    )
+}
 
 /// The drop guard, in `schema`: refuses dropping a capture trigger by
 /// itself, or anything of Ferry's (either schema), for everyone but Ferry.

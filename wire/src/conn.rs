@@ -165,6 +165,13 @@ pub struct Login {
     pub scram_keys: Option<ClientKeys>,
 }
 
+/// The SCRAM exchange under way with a server: with a password, or with
+/// a client's keys (pass-through).
+enum Sasl {
+    Password(ScramSha256),
+    Keys(KeysClient),
+}
+
 /// Asks the server for TLS (an SSLRequest) and, when it agrees, wraps
 /// the stream; a server that declines is refused unless `sslmode` is
 /// `prefer`.
@@ -360,8 +367,8 @@ impl ServerConn {
                 })
             })
         };
-        let mut scram: Option<ScramSha256> = None;
-        let mut keyed: Option<KeysClient> = None;
+        let mut sasl: Option<Sasl> = None;
+        let auth = |e: &dyn std::fmt::Display| ConnError::Auth(e.to_string());
         loop {
             let mut out = BytesMut::new();
             match self.read_message().await? {
@@ -386,51 +393,46 @@ impl ServerConn {
                     if !found {
                         return Err(ConnError::Auth("server offers no SCRAM-SHA-256".into()));
                     }
-                    if let Some(keys) = &target.scram_keys {
-                        let (client, first) = KeysClient::new(keys.clone());
-                        frontend::sasl_initial_response(
-                            "SCRAM-SHA-256",
-                            first.as_bytes(),
-                            &mut out,
-                        )?;
-                        keyed = Some(client);
-                    } else {
-                        let s =
-                            ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)?;
-                        scram = Some(s);
-                    }
-                }
-                Message::AuthenticationSaslContinue(body) if keyed.is_some() => {
-                    let next = keyed
-                        .as_mut()
-                        .map(|k| k.update(body.data()))
-                        .transpose()
-                        .map_err(|e| ConnError::Auth(e.to_string()))?
-                        .unwrap_or_default();
-                    frontend::sasl_response(next.as_bytes(), &mut out)?;
-                }
-                Message::AuthenticationSaslFinal(body) if keyed.is_some() => {
-                    if let Some(k) = keyed.take() {
-                        k.finish(body.data())
-                            .map_err(|e| ConnError::Auth(e.to_string()))?;
-                    }
-                    continue;
+                    let (started, first) = match &target.scram_keys {
+                        Some(keys) => {
+                            let (client, first) = KeysClient::new(keys.clone());
+                            (Sasl::Keys(client), first.into_bytes())
+                        }
+                        None => {
+                            let s = ScramSha256::new(
+                                password()?.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let first = s.message().to_vec();
+                            (Sasl::Password(s), first)
+                        }
+                    };
+                    frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out)?;
+                    sasl = Some(started);
                 }
                 Message::AuthenticationSaslContinue(body) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| ConnError::Protocol("SASL continue before start".into()))?;
-                    s.update(body.data())
-                        .map_err(|e| ConnError::Auth(e.to_string()))?;
-                    frontend::sasl_response(s.message(), &mut out)?;
+                    let next = match sasl.as_mut() {
+                        Some(Sasl::Password(s)) => {
+                            s.update(body.data()).map_err(|e| auth(&e))?;
+                            s.message().to_vec()
+                        }
+                        Some(Sasl::Keys(k)) => {
+                            k.update(body.data()).map_err(|e| auth(&e))?.into_bytes()
+                        }
+                        None => {
+                            return Err(ConnError::Protocol("SASL continue before start".into()))
+                        }
+                    };
+                    frontend::sasl_response(&next, &mut out)?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
-                    let mut s = scram
-                        .take()
-                        .ok_or_else(|| ConnError::Protocol("SASL final before start".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| ConnError::Auth(e.to_string()))?;
+                    match sasl.take() {
+                        Some(Sasl::Password(mut s)) => {
+                            s.finish(body.data()).map_err(|e| auth(&e))?
+                        }
+                        Some(Sasl::Keys(k)) => k.finish(body.data()).map_err(|e| auth(&e))?,
+                        None => return Err(ConnError::Protocol("SASL final before start".into())),
+                    }
                     continue;
                 }
                 Message::ErrorResponse(e) => {

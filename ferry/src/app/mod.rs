@@ -6,7 +6,8 @@
 //! - [`status`]: what the admin endpoint reads and asks;
 //! - [`parts`]: each part built from the configuration;
 //! - [`roles`]: the roles client sessions run as, checked at start;
-//! - [`capacity`]: room on each node for the client limit, checked at start;
+//! - [`capacity`]: room on each node for the client limit, checked at start
+//!   (over the session [`roles`] opens);
 //! - [`tls`]: Ferry's side of client TLS;
 //! - [`background`]: the batcher's supervisor and the master's record.
 
@@ -239,7 +240,6 @@ async fn prepare(cfg: &Config) -> Result<Topology, AppError> {
         }
     }
     roles::check_roles(cfg, &topo).await?;
-    capacity::check_room(cfg, &topo).await;
     record_states(&topo).await;
     for (n, why) in &topo.fenced {
         warn!(node = %n.name, reason = %why, "node fenced out of the cluster");

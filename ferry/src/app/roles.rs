@@ -38,6 +38,8 @@ pub(super) async fn check_roles(cfg: &Config, topo: &Topology) -> Result<(), App
         for (i, user) in cfg.users.iter().enumerate() {
             check_role(&client, &node.name, (i, user)).await?;
         }
+        // The same session serves the check of the node's room.
+        super::capacity::check_room(cfg, &node.name, &client).await;
     }
     Ok(())
 }

@@ -26,6 +26,10 @@ const MAX_KEPT: usize = 10_000;
 pub struct UserLookup {
     roles: watch::Receiver<Topology>,
     kept: Mutex<HashMap<String, (Instant, Option<Credential>)>>,
+    /// One session on the master, by its name, for every lookup: a flood
+    /// of logins under new names asks one at a time over one connection
+    /// instead of opening one each.
+    session: tokio::sync::Mutex<Option<(String, tokio_postgres::Client)>>,
 }
 
 impl UserLookup {
@@ -33,6 +37,7 @@ impl UserLookup {
         Self {
             roles,
             kept: Mutex::new(HashMap::new()),
+            session: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -67,9 +72,28 @@ impl UserLookup {
     }
 
     async fn ask(&self, user: &str) -> Result<Option<Credential>, tokio_postgres::Error> {
-        let master = self.roles.borrow().master.target.clone();
-        let client = master.connect_control("ferry auth lookup").await?;
-        let Some(row) = client.query_opt(LOOKUP_ROLE, &[&user]).await? else {
+        let master = self.roles.borrow().master.clone();
+        let mut session = self.session.lock().await;
+        let current = session
+            .as_ref()
+            .is_some_and(|(name, c)| *name == master.name && !c.is_closed());
+        if !current {
+            *session = None;
+            let client = master.target.connect_control("ferry auth lookup").await?;
+            *session = Some((master.name.clone(), client));
+        }
+        let Some((_, client)) = session.as_ref() else {
+            return Ok(None);
+        };
+        let row = match client.query_opt(LOOKUP_ROLE, &[&user]).await {
+            Ok(row) => row,
+            Err(e) => {
+                *session = None;
+                return Err(e);
+            }
+        };
+        drop(session);
+        let Some(row) = row else {
             return Ok(None);
         };
         let (secret, privileged, can_login): (String, bool, bool) =
