@@ -1,8 +1,10 @@
 //! The replica side: one long-lived apply session per replica.
 //!
-//! Every statement is prepared once when the session opens; a batch then
-//! goes out in one flight of Bind/Execute messages, without waiting for any
-//! answer, and one Sync:
+//! Every statement is prepared once per session: those of every batch when
+//! it opens, a table's (its batch table too) before the first batch that
+//! carries its rows — a session over 2,000 tables prepares what its
+//! workload writes. A batch then goes out in one flight of Bind/Execute
+//! messages, without waiting for any answer, and one Sync:
 //!
 //! ```text
 //! BEGIN
@@ -49,10 +51,9 @@ pub enum Applied {
 pub struct ApplySession {
     node: String,
     conn: ServerConn,
-    /// Per table, the text of its prepared COPY and apply statements (to
-    /// name the one that failed).
-    copy_sql: Vec<String>,
-    apply_sql: Vec<Vec<(Kind, String)>>,
+    /// Per table, once its batch table is made and its statements are
+    /// prepared: their text (to name the one that failed).
+    tables: Vec<Option<TableSql>>,
     /// Per table, whether a batch empties its batch table with DELETE or
     /// TRUNCATE.
     emptying: Vec<Emptying>,
@@ -70,12 +71,7 @@ impl ApplySession {
         let mut conn = ServerConn::connect(target, &[], Duration::from_secs(5))
             .await
             .map_err(BatchError::conn(node))?;
-        let mut setup = String::from(schema::APPLY_SESSION_SETUP);
-        for s in shapes {
-            setup.push(';');
-            setup += &batch::create_temp(s);
-        }
-        conn.simple_query(&setup)
+        conn.simple_query(schema::APPLY_SESSION_SETUP)
             .await
             .map_err(BatchError::conn(node))?;
         let mut out = BytesMut::new();
@@ -86,19 +82,27 @@ impl ApplySession {
         prepare(CHECK, verify::CHECK_ON_REPLICA)?;
         prepare(COMMIT, schema::APPLY_COMMIT)?;
         prepare(SEQUENCES, sequences::ADVANCE)?;
-        let copy_sql: Vec<String> = shapes.iter().map(apply::copy_in).collect();
-        let apply_sql: Vec<Vec<(Kind, String)>> = shapes.iter().map(apply::apply).collect();
-        for (i, copy) in copy_sql.iter().enumerate() {
-            prepare(&copy_name(i), copy)?;
-            for (j, (_, sql)) in apply_sql[i].iter().enumerate() {
-                prepare(&apply_name(i, j), sql)?;
-            }
-            prepare(&empty_name(i), &batch::empty(&shapes[i]))?;
-            prepare(&truncate_name(i), &batch::truncate_temp(&shapes[i]))?;
-        }
         frontend::sync(&mut out);
-        conn.write_all(&out).await.map_err(BatchError::conn(node))?;
-        if let (Some(e), _) = conn
+        let mut session = Self {
+            node: node.to_string(),
+            conn,
+            tables: vec![None; shapes.len()],
+            emptying: vec![Emptying::default(); shapes.len()],
+            shapes: shapes.to_vec(),
+        };
+        session.setup(&out).await?;
+        Ok(session)
+    }
+
+    /// Sends set-up messages ending in one Sync and waits for the answer.
+    async fn setup(&mut self, out: &[u8]) -> Result<(), BatchError> {
+        let node = &self.node;
+        self.conn
+            .write_all(out)
+            .await
+            .map_err(BatchError::conn(node))?;
+        if let (Some(e), _) = self
+            .conn
             .read_until_ready(1)
             .await
             .map_err(BatchError::conn(node))?
@@ -108,14 +112,56 @@ impl ApplySession {
                 source: ferry_wire::ConnError::Server(e),
             });
         }
-        Ok(Self {
-            node: node.to_string(),
-            conn,
-            copy_sql,
-            apply_sql,
-            emptying: vec![Emptying::default(); shapes.len()],
-            shapes: shapes.to_vec(),
-        })
+        Ok(())
+    }
+
+    /// Makes the batch tables and prepares the statements of the tables in
+    /// `wanted` that the session lacks, in one round trip, outside any
+    /// batch's transaction (a batch that fails would take the tables
+    /// along while the statements stay prepared).
+    async fn make_ready(&mut self, wanted: &[usize]) -> Result<(), BatchError> {
+        let missing: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|&i| self.tables.get(i).is_some_and(Option::is_none))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let mut out = BytesMut::new();
+        let mut made = Vec::new();
+        for &i in &missing {
+            let shape = &self.shapes[i];
+            let sql = TableSql {
+                copy: apply::copy_in(shape),
+                apply: apply::apply(shape),
+            };
+            frontend::parse("", &batch::create_temp(shape), [], &mut out).map_err(io(&node))?;
+            run("", &[], &mut out).map_err(io(&node))?;
+            frontend::parse(&copy_name(i), &sql.copy, [], &mut out).map_err(io(&node))?;
+            for (j, (_, statement)) in sql.apply.iter().enumerate() {
+                frontend::parse(&apply_name(i, j), statement, [], &mut out).map_err(io(&node))?;
+            }
+            frontend::parse(&empty_name(i), &batch::empty(shape), [], &mut out)
+                .map_err(io(&node))?;
+            frontend::parse(
+                &truncate_name(i),
+                &batch::truncate_temp(shape),
+                [],
+                &mut out,
+            )
+            .map_err(io(&node))?;
+            made.push((i, sql));
+        }
+        frontend::sync(&mut out);
+        self.setup(&out).await?;
+        for (i, sql) in made {
+            if let Some(slot) = self.tables.get_mut(i) {
+                *slot = Some(sql);
+            }
+        }
+        Ok(())
     }
 
     /// Whether the replica ended this idle session (it shut down or
@@ -163,6 +209,7 @@ impl ApplySession {
             .iter()
             .map(|c| CheckResult {
                 batch: number(c, 0),
+                table: text(c, 1).unwrap_or_default(),
                 after: key(c, 2),
                 through: key(c, 3),
                 master_rows: number(c, 4),
@@ -231,6 +278,13 @@ impl ApplySession {
         if !b.steps.is_empty() {
             return self.apply_steps(origin, epoch, b).await;
         }
+        let wanted: Vec<usize> = b
+            .parts
+            .iter()
+            .map(|p| p.table)
+            .chain(b.repairs.iter().map(|r| r.table))
+            .collect();
+        self.make_ready(&wanted).await?;
         let node = self.node.clone();
         // The statements in the order they run, each completing once.
         let mut sent: Vec<&str> = vec![schema::APPLY_BEGIN, schema::BEGIN_APPLY];
@@ -246,7 +300,12 @@ impl ApplySession {
         run(GUARD, &params, &mut out).map_err(io(&node))?;
         for part in &b.parts {
             run(&copy_name(part.table), &[], &mut out).map_err(io(&node))?;
-            sent.push(self.copy_sql.get(part.table).map_or("COPY", String::as_str));
+            sent.push(
+                self.tables
+                    .get(part.table)
+                    .and_then(Option::as_ref)
+                    .map_or("COPY", |t| t.copy.as_str()),
+            );
             for chunk in &part.data {
                 frontend::CopyData::new(&chunk[..])
                     .map_err(io(&node))?
@@ -256,10 +315,11 @@ impl ApplySession {
         }
         for part in &b.parts {
             for (j, (kind, sql)) in self
-                .apply_sql
+                .tables
                 .get(part.table)
+                .and_then(Option::as_ref)
                 .into_iter()
-                .flatten()
+                .flat_map(|t| t.apply.iter())
                 .enumerate()
             {
                 if kind.has_work(&part.ops) {
@@ -290,7 +350,7 @@ impl ApplySession {
             self.rewrite_range(repair, &mut out, &mut sent)
                 .map_err(io(&node))?;
         }
-        if let Some(check) = &b.check {
+        for check in &b.checks {
             let params = [
                 Some(b.id.to_string()),
                 Some(check.table.quoted()),
@@ -410,13 +470,10 @@ impl ApplySession {
         sent: &mut Vec<&'a str>,
     ) -> Result<(), std::io::Error> {
         let t = repair.table;
-        let (Some(shape), Some(copy), Some(statements)) = (
-            self.shapes.get(t),
-            self.copy_sql.get(t),
-            self.apply_sql.get(t),
-        ) else {
+        let (Some(shape), Some(sql)) = (self.shapes.get(t), self.sql(t)) else {
             return Ok(());
         };
+        let (copy, statements) = (&sql.copy, &sql.apply);
         frontend::parse("", &verify::repair_delete(shape), [], out)?;
         run_nullable("", &[repair.after.clone(), repair.through.clone()], out)?;
         sent.push("DELETE (the repaired range)");
@@ -517,6 +574,20 @@ impl ApplySession {
                 statement: names.get(at).cloned().unwrap_or_else(|| "COMMIT".into()),
             }),
         }
+    }
+}
+
+/// One table's prepared statements' text on the replica.
+#[derive(Clone)]
+struct TableSql {
+    copy: String,
+    apply: Vec<(Kind, String)>,
+}
+
+impl ApplySession {
+    /// A table's statements, once prepared.
+    fn sql(&self, table: usize) -> Option<&TableSql> {
+        self.tables.get(table)?.as_ref()
     }
 }
 

@@ -14,11 +14,22 @@ pub async fn replicated_tables(
     include: &[Pattern],
     exclude: &[Pattern],
 ) -> Result<Vec<TableShape>, BatchError> {
-    let mut shapes = Vec::new();
-    for t in replicated_table_names(client, node, include, exclude).await? {
-        shapes.push(shape(client, node, &t).await?);
-    }
-    Ok(shapes)
+    let names = replicated_table_names(client, node, include, exclude).await?;
+    let quoted: Vec<String> = names.iter().map(TableName::quoted).collect();
+    // One statement for every table: a database of 2,000 tables is read
+    // in one round trip.
+    let rows = client
+        .query(catalog::SHAPES, &[&quoted])
+        .await
+        .map_err(BatchError::pg(node))?;
+    names
+        .iter()
+        .zip(rows)
+        .map(|(t, row)| {
+            let json: Option<String> = row.try_get(0).map_err(BatchError::pg(node))?;
+            parse_shape(node, t, json)
+        })
+        .collect()
 }
 
 /// The names of the replicated tables on a node (no shapes: this works
@@ -62,6 +73,36 @@ pub async fn replicated_sequences(
         .collect())
 }
 
+/// Per table of `shapes`, the indices in `sequences` of the sequences tied
+/// to it (see [`ferry_sql::sequences::TIES`]).
+pub async fn sequence_ties(
+    client: &Client,
+    node: &str,
+    shapes: &[TableShape],
+    sequences: &[String],
+) -> Result<Vec<Vec<usize>>, BatchError> {
+    let rows = client
+        .query(sequences::TIES, &[])
+        .await
+        .map_err(BatchError::pg(node))?;
+    let mut ties = vec![Vec::new(); shapes.len()];
+    for row in rows {
+        let sequence: String = row.try_get(0).map_err(BatchError::pg(node))?;
+        let table = TableName::new(
+            row.try_get::<_, String>(1).map_err(BatchError::pg(node))?,
+            row.try_get::<_, String>(2).map_err(BatchError::pg(node))?,
+        );
+        let (Some(s), Some(t)) = (
+            sequences.iter().position(|n| *n == sequence),
+            shapes.iter().position(|x| x.table == table),
+        ) else {
+            continue;
+        };
+        ties[t].push(s);
+    }
+    Ok(ties)
+}
+
 /// One table's columns and replication key.
 pub async fn shape(client: &Client, node: &str, t: &TableName) -> Result<TableShape, BatchError> {
     let json: Option<String> = client
@@ -69,6 +110,11 @@ pub async fn shape(client: &Client, node: &str, t: &TableName) -> Result<TableSh
         .await
         .map_err(BatchError::pg(node))?
         .get(0);
+    parse_shape(node, t, json)
+}
+
+/// A table's shape from its JSON (None: the table vanished while read).
+fn parse_shape(node: &str, t: &TableName, json: Option<String>) -> Result<TableShape, BatchError> {
     let json = json.ok_or_else(|| BatchError::Catalog {
         node: node.to_string(),
         detail: format!("table {t} vanished while being read"),

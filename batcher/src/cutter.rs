@@ -4,9 +4,17 @@
 //! transaction whose snapshot *is* the new cut: the outbox rows it can see
 //! and that were not visible in the previous cut are exactly the
 //! transactions that committed in between. They are netted per key into
-//! the session's temporary tables (created once) and copied out in binary.
+//! the session's temporary tables and copied out in binary.
+//!
+//! A cut reads only the outboxes of the tables written in its window, as
+//! `ferry.touched` names them ([`window`]), and a tick at which nothing can
+//! have changed runs no cut at all: what a tick costs follows what
+//! changed, not how many tables there are.
 
 mod extras;
+mod positions;
+mod ready;
+mod window;
 
 use crate::schema_steps::DdlChange;
 use crate::verify::{ChunkCheck, ChunkRequest, RepairPart, RepairRange};
@@ -20,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio_postgres::{Client, Statement};
+use window::Filled;
 
 /// One table's part of a batch: its binary COPY stream.
 #[derive(Debug)]
@@ -62,9 +71,9 @@ pub struct Batch {
     /// When the window holds schema changes, the batch is these steps, in
     /// order, instead of `parts` (see [`crate::schema_steps`]).
     pub steps: Vec<Step>,
-    /// A chunk of a table the replica compares with the master's after the
+    /// The chunk (per table it spans) the replica compares with the master's after the
     /// batch's rows (see [`crate::verify`]).
-    pub check: Option<ChunkCheck>,
+    pub checks: Vec<ChunkCheck>,
     /// Key ranges the replica rewrites with the master's rows after the
     /// batch's (`ferry repair`).
     pub repairs: Vec<RepairPart>,
@@ -115,6 +124,10 @@ pub enum Cut {
     Batches(Vec<Batch>),
     /// Nothing committed since any group's position.
     Unchanged,
+    /// Nothing can have changed since the position of the one group, as
+    /// the tick's probe found without a cut (see [`ferry_sql::batch::probe`]):
+    /// as [`Cut::Unchanged`], at the cost of one small statement.
+    Idle,
     /// A schema change holds an outbox (it is being rewritten): nothing
     /// was read, and nothing may be concluded; cut again at the next tick.
     Busy,
@@ -124,14 +137,19 @@ pub enum Cut {
 pub struct Cutter {
     node: String,
     client: Client,
-    /// Opens the cut's transaction and locks the session's outboxes before
-    /// its snapshot (see [`ferry_sql::batch::begin_cut`]).
-    begin: String,
-    /// Takes the cut: materialises every table and reads the snapshot, the
-    /// schema-change flag and the sequences (see
-    /// [`ferry_sql::batch::materialise_all`]).
-    materialise: Statement,
-    copy_out: Vec<Statement>,
+    shapes: Vec<TableShape>,
+    /// Table index by the stem `ferry.touched` names it with.
+    by_stem: HashMap<String, usize>,
+    /// Per table, its batch table's statements once the session has made
+    /// it (on the first cut that finds the table written).
+    ready: Mutex<Vec<Option<ready::TableStatements>>>,
+    /// The tick's question whether anything changed ([`batch::probe`]).
+    probe: Statement,
+    /// Takes the cut, per set of tables it expects written: materialises
+    /// them and reads the snapshot, the tables written, the schema-change
+    /// flag and the sequences (see [`ferry_sql::batch::materialise_set`]);
+    /// kept prepared for up to [`KEPT_STATEMENTS`] sets.
+    materialise: tokio::sync::Mutex<HashMap<Vec<usize>, Statement>>,
     /// The schema changes in a window (see [`crate::schema_steps`]).
     ddl_window: Statement,
     /// Reads a chunk for the background check ([`ferry_sql::verify`]).
@@ -140,82 +158,70 @@ pub struct Cutter {
     /// batch id, one statement per set of tables (see
     /// [`ferry_sql::batch::finish_cut`]), prepared when first needed.
     finish: tokio::sync::Mutex<HashMap<Vec<usize>, Statement>>,
-    /// Per table, the TRUNCATE that empties its batch table instead of the
-    /// DELETE when its [`Emptying`] says so (see
-    /// [`ferry_sql::batch::create_temp`]).
-    truncate: Vec<Statement>,
     emptying: Mutex<Vec<Emptying>>,
-    shapes: Vec<TableShape>,
-    /// Empties every batch table (between two groups of one cut).
-    empty_batch_tables: String,
-    /// Replicated sequences, and the positions the last batch carried.
-    sequences: Vec<String>,
-    shipped_sequences: Mutex<Vec<Option<i64>>>,
+    /// The tables the last cut found written: what a cut that runs without
+    /// a probe expects.
+    expected: Mutex<Vec<usize>>,
+    /// Tables whose outbox may hold rows, each with the `xmax` of the
+    /// latest snapshot that found it written: the housekeeping's work.
+    outboxes: Mutex<window::Written>,
+    /// Replicated sequences: which a cut reads, and where they shipped.
+    positions: Mutex<positions::Positions>,
 }
 
-/// Sets of tables whose finishing statement is kept prepared; a cut with
-/// another set once that many are kept prepares one for itself alone (a
-/// schema whose batches touch ever new sets of tables).
-const FINISH_STATEMENTS: usize = 64;
+/// Sets of tables whose materialising and finishing statements are kept
+/// prepared; a cut with another set once that many are kept prepares one
+/// for itself alone (a schema whose batches touch ever new sets of tables).
+const KEPT_STATEMENTS: usize = 64;
 
 impl Cutter {
-    /// Prepares the session: temporary tables and statements, once.
+    /// Prepares the session: its settings and the statements every cut
+    /// uses; a table's batch table and statements wait until a cut finds
+    /// it written (a database of 2,000 tables starts as fast as one of 4).
     pub async fn new(
         node: &str,
         client: Client,
         shapes: &[TableShape],
         sequences: Vec<String>,
+        ties: Vec<Vec<usize>>,
     ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
-        let mut setup = String::from(batch::CUT_SESSION_SETUP);
-        for s in shapes {
-            setup += &batch::create_temp(s);
-            setup.push(';');
-        }
-        client.batch_execute(&setup).await.map_err(err(node))?;
-        let ddl_window = client
-            .prepare(ferry_sql::ddl::IN_WINDOW)
+        client
+            .batch_execute(batch::CUT_SESSION_SETUP)
             .await
             .map_err(err(node))?;
-        let chunk = client
-            .prepare(ferry_sql::verify::CHUNK_ON_MASTER)
-            .await
-            .map_err(err(node))?;
-        let materialise = client
-            .prepare(&batch::materialise_all(shapes))
-            .await
-            .map_err(err(node))?;
-        let mut copy_out = Vec::new();
-        let mut truncate = Vec::new();
-        for s in shapes {
-            truncate.push(
-                client
-                    .prepare(&batch::truncate_temp(s))
-                    .await
-                    .map_err(err(node))?,
-            );
-            copy_out.push(
-                client
-                    .prepare(&batch::copy_out(s))
-                    .await
-                    .map_err(err(node))?,
-            );
-        }
+        let probe = batch::probe();
+        let (ddl_window, chunk, probe, touched) = tokio::join!(
+            client.prepare(ferry_sql::ddl::IN_WINDOW),
+            client.prepare(ferry_sql::verify::CHUNK_ON_MASTER),
+            client.prepare(&probe),
+            client.query_one(batch::TOUCHED, &[]),
+        );
+        let by_stem: HashMap<String, usize> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.table.stem(), i))
+            .collect();
+        let touched = touched.map_err(err(node))?;
+        let mut outboxes = window::Written::default();
+        let stems: Vec<String> = touched.try_get(1).map_err(err(node))?;
+        outboxes.seen = touched.try_get(0).map_err(err(node))?;
+        outboxes.found(&window::tables(&by_stem, &stems), &outboxes.seen.clone());
         Ok(Self {
             node: node.to_string(),
-            client,
-            begin: batch::begin_cut(shapes),
-            materialise,
-            copy_out,
-            ddl_window,
-            chunk,
-            finish: tokio::sync::Mutex::new(HashMap::new()),
-            truncate,
-            emptying: Mutex::new(vec![Emptying::default(); shapes.len()]),
             shapes: shapes.to_vec(),
-            empty_batch_tables: batch::empty_all(shapes),
-            shipped_sequences: Mutex::new(vec![None; sequences.len()]),
-            sequences,
+            by_stem,
+            ready: Mutex::new(vec![None; shapes.len()]),
+            probe: probe.map_err(err(node))?,
+            materialise: tokio::sync::Mutex::new(HashMap::new()),
+            ddl_window: ddl_window.map_err(err(node))?,
+            chunk: chunk.map_err(err(node))?,
+            finish: tokio::sync::Mutex::new(HashMap::new()),
+            emptying: Mutex::new(vec![Emptying::default(); shapes.len()]),
+            expected: Mutex::new(Vec::new()),
+            outboxes: Mutex::new(outboxes),
+            positions: Mutex::new(positions::Positions::new(sequences, ties)),
+            client,
         })
     }
 
@@ -224,11 +230,11 @@ impl Cutter {
     /// travel only when they move, and it may have missed the batch that
     /// last carried them).
     pub fn resend_sequences(&self) {
-        let mut shipped = self
-            .shipped_sequences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        shipped.iter_mut().for_each(|s| *s = None);
+        self.positions().resend();
+    }
+
+    fn positions(&self) -> std::sync::MutexGuard<'_, positions::Positions> {
+        self.positions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wraps a server error with this session's node name.
@@ -243,32 +249,68 @@ impl Cutter {
     /// others instead of being cut separately ever after; a group for which
     /// nothing changed gets an empty batch (a ledger step).
     ///
-    /// One group costs two round trips to the master (a sync commit waits
-    /// for them): the first flight opens the transaction, takes its
-    /// snapshot — the cut — and materialises every table; the second copies
-    /// out the tables that have rows, takes the batch id and commits. Each
-    /// further group adds a round trip to empty and refill the batch tables
-    /// and one to copy them out.
+    /// With one group and nothing else asked for, a probe outside any
+    /// transaction comes first: when no table was written, no schema
+    /// changed and no sequence moved since the group's position, there is
+    /// no cut ([`Cut::Idle`]); otherwise the cut expects the tables the
+    /// probe found written.
     ///
-    /// With `chunk`, the cut also reads that chunk of a table at its
-    /// snapshot, and every batch carries it (a batch is cut for it even
-    /// when nothing changed), unless the window holds schema changes.
+    /// A cut costs two round trips to the master (a sync commit waits
+    /// for them): the first flight opens the transaction, locks the
+    /// outboxes it expects to read, takes its snapshot — the cut — and
+    /// materialises those tables; the second copies out the tables that
+    /// have rows, takes the batch id and commits. A table written but not
+    /// expected adds a round trip (or, the first time the session meets
+    /// it, a new attempt after its batch table is made). Each further
+    /// group adds a round trip to empty and refill the batch tables and
+    /// one to copy them out.
+    ///
+    /// With `chunk`, the cut also reads that chunk (of each table it spans)
+    /// at its snapshot, and every batch carries it (a batch is cut for it
+    /// even when nothing changed), unless the window holds schema changes.
     pub async fn cut(
         &self,
         groups: &[(i64, String)],
-        chunk: Option<&ChunkRequest>,
+        chunk: &[ChunkRequest],
         repairs: &[RepairRange],
     ) -> Result<Cut, BatchError> {
         if groups.is_empty() {
             return Ok(Cut::Unchanged);
         }
-        match self.cut_groups(groups, chunk, repairs).await {
-            Ok(Cut::Batches(batches)) => Ok(Cut::Batches(batches)),
-            other => {
-                let ended = self.client.batch_execute("ROLLBACK").await;
-                let outcome = other?;
-                ended.map_err(self.pg())?;
-                Ok(outcome)
+        let quiet = groups.len() == 1 && chunk.is_empty() && repairs.is_empty();
+        let mut expect = if quiet {
+            match self.probe(&groups[0].1).await? {
+                Some(written) => written,
+                None => return Ok(Cut::Idle),
+            }
+        } else {
+            self.expected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        loop {
+            self.make_ready(&expect).await?;
+            let attempt = self.cut_groups(groups, chunk, repairs, &expect).await;
+            let outcome = match attempt {
+                Ok(Attempt::Done(Cut::Batches(batches))) => return Ok(Cut::Batches(batches)),
+                Ok(Attempt::Done(other)) => Ok(other),
+                Ok(Attempt::Unready(more)) => {
+                    expect.extend(more);
+                    expect.sort_unstable();
+                    expect.dedup();
+                    Err(None)
+                }
+                Err(e) => Err(Some(e)),
+            };
+            let ended = self.client.batch_execute("ROLLBACK").await;
+            match outcome {
+                Ok(cut) => {
+                    ended.map_err(self.pg())?;
+                    return Ok(cut);
+                }
+                Err(Some(e)) => return Err(e),
+                Err(None) => ended.map_err(self.pg())?,
             }
         }
     }
@@ -278,176 +320,177 @@ impl Cutter {
     async fn cut_groups(
         &self,
         groups: &[(i64, String)],
-        chunk: Option<&ChunkRequest>,
+        chunk: &[ChunkRequest],
         repairs: &[RepairRange],
-    ) -> Result<Cut, BatchError> {
+        expect: &[usize],
+    ) -> Result<Attempt, BatchError> {
         let cut_at = Instant::now();
         let first = &groups[0].1;
+        let begin = {
+            let shapes: Vec<&TableShape> = expect.iter().map(|&i| &self.shapes[i]).collect();
+            batch::begin_cut(&shapes)
+        };
         // join! polls in argument order, so both requests go out in one
         // write: BEGIN with the outbox locks (which take no snapshot), then
         // the materialisation, the transaction's first statement that needs
         // a snapshot, which fixes it.
+        let read = self.positions().to_read(expect, &[], Instant::now());
         let (locked, taken) = tokio::join!(
-            self.client.batch_execute(&self.begin),
-            self.materialise_all(first),
+            self.client.batch_execute(&begin),
+            self.materialise(expect, first, &read),
         );
         if let Err(e) = locked {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                 tracing::debug!(node = %self.node, "an outbox is locked by a schema change; cutting at the next tick");
-                return Ok(Cut::Busy);
+                return Ok(Attempt::Done(Cut::Busy));
             }
             return Err(self.pg()(e));
         }
-        let Materialised {
-            snap,
-            mut ops,
-            mut ddl,
-            sequences: positions,
-        } = taken?;
-        let moved = {
-            let shipped = self
-                .shipped_sequences
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            positions != *shipped
+        let mut filled: Vec<usize> = expect.to_vec();
+        let mut taken = match self.fill_unexpected(taken?, &mut filled, first).await? {
+            Filled::Done(m) => m,
+            Filled::Unready(more) => return Ok(Attempt::Unready(more)),
+            Filled::Rewritten => return Ok(Attempt::Done(Cut::Busy)),
         };
+        self.read_tied_sequences(&mut taken).await?;
+        let snap = taken.snap.clone();
+        let written = taken.written.clone();
+        let read = std::mem::take(&mut taken.read);
+        let positions = std::mem::take(&mut taken.sequences);
+        let moved = self.positions().moved(&read, &positions);
         let mut contents: Vec<(Vec<TablePart>, Vec<Step>)> = Vec::new();
         let mut any_ddl = false;
         for (g, (_, from_snap)) in groups.iter().enumerate() {
             if g > 0 {
-                let (emptied, refilled) = tokio::join!(
-                    self.client.batch_execute(&self.empty_batch_tables),
-                    self.materialise_all(from_snap),
-                );
-                emptied.map_err(self.pg())?;
-                for e in self
-                    .emptying
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter_mut()
-                {
-                    e.truncated();
-                }
-                let refilled = refilled?;
-                ops = refilled.ops;
-                ddl = refilled.ddl;
+                taken = match self.refill(&mut filled, from_snap).await? {
+                    Filled::Done(m) => m,
+                    Filled::Unready(more) => return Ok(Attempt::Unready(more)),
+                    Filled::Rewritten => return Ok(Attempt::Done(Cut::Busy)),
+                };
             }
+            let Materialised { ops, ddl, .. } = &taken;
             let last = g + 1 == groups.len();
             any_ddl |= !ddl.is_empty();
             if !ddl.is_empty() {
                 let counts: Vec<u64> = ops.iter().map(Ops::rows).collect();
-                let steps = self.steps(g, from_snap, &counts, &ddl).await?;
+                let Some(steps) = self.steps(g, from_snap, &counts, ddl).await? else {
+                    return Ok(Attempt::Done(Cut::Busy));
+                };
                 contents.push((Vec::new(), steps));
             } else if ops.iter().any(|o| o.rows() > 0) && !last {
-                contents.push((self.copy_outs(&ops).await.map_err(self.pg())?, Vec::new()));
+                contents.push((self.copy_outs(ops).await.map_err(self.pg())?, Vec::new()));
             } else if !last {
                 contents.push((Vec::new(), Vec::new()));
             }
-            if !last {
-                continue;
-            }
-            let here = ops.iter().any(|o| o.rows() > 0) && ddl.is_empty();
-            let earlier = contents
-                .iter()
-                .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
-            // Not in a batch that changes shapes: its steps apply outside
-            // the session's statements.
-            let chunk = chunk.filter(|_| !any_ddl);
-            let repairs = if any_ddl {
-                Vec::new()
-            } else {
-                self.repair_parts(repairs).await?
-            };
-            // Groups at different positions are cut even when nothing
-            // changed: the step brings them to one batch id, as equal in
-            // their ledgers as in their rows (a failover compares ledgers).
-            let merge = groups.len() > 1;
-            if !(here || moved || earlier || merge || chunk.is_some() || !repairs.is_empty()) {
-                return Ok(Cut::Unchanged);
-            }
-            let copy_last = async {
-                if here {
-                    self.copy_outs(&ops).await
-                } else {
-                    Ok(Vec::new())
-                }
-            };
-            // The batch tables are emptied in the transaction that filled
-            // them (after their COPY OUT, which goes out first): by the
-            // statement that takes the batch id, or by TRUNCATE.
-            let (deleted, truncated) = self.emptying_plan(&ops);
-            let finish = self.finish_statement(deleted).await?;
-            let read_chunk = async {
-                match chunk {
-                    Some(c) => self
-                        .client
-                        .query_one(&self.chunk, &[&c.table.quoted(), &c.after, &c.limit])
-                        .await
-                        .map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (last_parts, checked, id, emptied, ended) = tokio::join!(
-                copy_last,
-                read_chunk,
-                self.client.query_one(&finish, &[]),
-                try_join_all(truncated.into_iter().map(|st| self.client.execute(st, &[]))),
-                self.client.batch_execute("COMMIT"),
-            );
-            let check = chunk_check(chunk, checked.map_err(self.pg())?).map_err(self.pg())?;
-            let id: i64 = id.map_err(self.pg())?.get(0);
-            let last_parts = last_parts.map_err(self.pg())?;
-            emptied.map_err(self.pg())?;
-            ended.map_err(self.pg())?;
-            if ddl.is_empty() {
-                contents.push((last_parts, Vec::new()));
-            }
-            let sequences: Vec<(String, Option<i64>)> = self
-                .sequences
-                .iter()
-                .cloned()
-                .zip(positions.iter().copied())
-                .collect();
-            *self
-                .shipped_sequences
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = positions;
-            let batches = groups
-                .iter()
-                .zip(contents)
-                .map(|((from, _), (parts, steps))| Batch {
-                    from: *from,
-                    id,
-                    snap: snap.clone(),
-                    parts,
-                    sequences: sequences.clone(),
-                    steps,
-                    check: check.clone(),
-                    repairs: repairs.clone(),
-                    cut_at,
-                })
-                .collect();
-            return Ok(Cut::Batches(batches));
         }
-        Ok(Cut::Unchanged)
+        let Materialised { ops, ddl, .. } = taken;
+        let here = ops.iter().any(|o| o.rows() > 0) && ddl.is_empty();
+        let earlier = contents
+            .iter()
+            .any(|(parts, steps)| !parts.is_empty() || !steps.is_empty());
+        // Not in a batch that changes shapes: its steps apply outside
+        // the session's statements.
+        let chunk = if any_ddl { &[] } else { chunk };
+        let repairs = if any_ddl {
+            Vec::new()
+        } else {
+            self.repair_parts(repairs).await?
+        };
+        // Groups at different positions are cut even when nothing
+        // changed: the step brings them to one batch id, as equal in
+        // their ledgers as in their rows (a failover compares ledgers).
+        let merge = groups.len() > 1;
+        if !(here || moved || earlier || merge || !chunk.is_empty() || !repairs.is_empty()) {
+            self.expect_next(&written, &snap);
+            return Ok(Attempt::Done(Cut::Unchanged));
+        }
+        let ended = self.finish_cut(&ops, here, chunk).await?;
+        if ddl.is_empty() {
+            contents.push((ended.parts, Vec::new()));
+        }
+        self.expect_next(&written, &snap);
+        let sequences = {
+            let mut p = self.positions();
+            p.read(&read, &positions, Instant::now());
+            p.carried(&read, &positions)
+        };
+        let batches = groups
+            .iter()
+            .zip(contents)
+            .map(|((from, _), (parts, steps))| Batch {
+                from: *from,
+                id: ended.id,
+                snap: snap.clone(),
+                parts,
+                sequences: sequences.clone(),
+                steps,
+                checks: ended.checks.clone(),
+                repairs: repairs.clone(),
+                cut_at,
+            })
+            .collect();
+        Ok(Attempt::Done(Cut::Batches(batches)))
+    }
+
+    /// Ends the cut's transaction: copies out the last group's batch
+    /// tables (`copy`), reads the background check's chunk, empties the
+    /// batch tables, takes the batch id and commits, in one flight.
+    async fn finish_cut(
+        &self,
+        ops: &[Ops],
+        copy: bool,
+        chunk: &[ChunkRequest],
+    ) -> Result<Ended, BatchError> {
+        let copy_last = async {
+            if copy {
+                self.copy_outs(ops).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        // The batch tables are emptied in the transaction that filled
+        // them (after their COPY OUT, which goes out first): by the
+        // statement that takes the batch id, or by TRUNCATE.
+        let (deleted, truncated) = self.emptying_plan(ops);
+        let finish = self.finish_statement(deleted).await?;
+        let read_chunk = try_join_all(chunk.iter().map(|c| async move {
+            let row = self
+                .client
+                .query_one(&self.chunk, &[&c.table.quoted(), &c.after, &c.limit])
+                .await?;
+            chunk_check(c, row)
+        }));
+        let (parts, checked, id, emptied, ended) = tokio::join!(
+            copy_last,
+            read_chunk,
+            self.client.query_one(&finish, &[]),
+            try_join_all(truncated.iter().map(|st| self.client.execute(st, &[]))),
+            self.client.batch_execute("COMMIT"),
+        );
+        let checks: Vec<ChunkCheck> = checked.map_err(self.pg())?.into_iter().flatten().collect();
+        let id: i64 = id.map_err(self.pg())?.get(0);
+        let parts = parts.map_err(self.pg())?;
+        emptied.map_err(self.pg())?;
+        ended.map_err(self.pg())?;
+        Ok(Ended { parts, checks, id })
     }
 
     /// How each batch table is emptied in the cut's transaction: by the
     /// statement that takes the batch id (the tables listed), or by
     /// TRUNCATE (those statements) once a table has been worn enough.
-    fn emptying_plan(&self, ops: &[Ops]) -> (Vec<usize>, Vec<&Statement>) {
+    fn emptying_plan(&self, ops: &[Ops]) -> (Vec<usize>, Vec<Statement>) {
         let mut deleted: Vec<usize> = Vec::new();
-        let mut truncated: Vec<&Statement> = Vec::new();
+        let mut truncated: Vec<Statement> = Vec::new();
         let mut wear = self.emptying.lock().unwrap_or_else(|p| p.into_inner());
-        let tables = ops.iter().zip(wear.iter_mut()).zip(&self.truncate);
-        for (i, ((o, e), truncate)) in tables.enumerate() {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let tables = ops.iter().zip(wear.iter_mut()).zip(ready.iter());
+        for (i, ((o, e), statements)) in tables.enumerate() {
             if o.rows() == 0 {
                 continue;
             }
-            if e.truncate_after(o.rows()) {
-                truncated.push(truncate);
-            } else {
-                deleted.push(i);
+            match statements {
+                Some(st) if e.truncate_after(o.rows()) => truncated.push(st.truncate.clone()),
+                _ => deleted.push(i),
             }
         }
         (deleted, truncated)
@@ -455,55 +498,20 @@ impl Cutter {
 
     /// Copies out the batch tables that have rows, pipelined.
     async fn copy_outs(&self, ops: &[Ops]) -> Result<Vec<TablePart>, tokio_postgres::Error> {
-        try_join_all(ops.iter().enumerate().filter(|(_, o)| o.rows() > 0).map(
-            |(table, &ops)| async move {
-                let stream = self.client.copy_out(&self.copy_out[table]).await?;
-                let data: Vec<Bytes> = stream.try_collect().await?;
-                Ok(TablePart { table, ops, data })
-            },
-        ))
-        .await
-    }
-
-    /// Materialises every table's batch from the outbox since `from` (the
-    /// previous cut) in one statement, with what else the cut reads (see
-    /// [`ferry_sql::batch::materialise_all`]); the schema changes in the
-    /// window are read only when there are some.
-    async fn materialise_all(&self, from: &String) -> Result<Materialised, BatchError> {
-        let row = self
-            .client
-            .query_one(&self.materialise, &[from, &self.sequences])
-            .await
-            .map_err(self.pg())?;
-        let count = |i: usize| row.try_get::<_, i64>(i).map(|n| n.max(0) as u64);
-        let ops = (0..self.shapes.len())
-            .map(|t| {
-                let at = batch::counts_column(t);
-                Ok(Ops {
-                    upserts: count(at)?,
-                    deletes: count(at + 1)?,
-                    truncates: count(at + 2)?,
-                })
-            })
-            .collect::<Result<Vec<Ops>, tokio_postgres::Error>>()
-            .map_err(self.pg())?;
-        let flag = batch::schema_flag_column(self.shapes.len());
-        let changes: bool = row.try_get(flag).map_err(self.pg())?;
-        let sequences: Vec<Option<i64>> = row.try_get(flag + 1).map_err(self.pg())?;
-        let ddl = if changes {
-            self.client
-                .query(&self.ddl_window, &[from])
-                .await
-                .map_err(self.pg())?
-        } else {
-            Vec::new()
+        let statements: Vec<(usize, Ops, Statement)> = {
+            let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            ops.iter()
+                .enumerate()
+                .filter(|(_, o)| o.rows() > 0)
+                .filter_map(|(i, &o)| Some((i, o, ready.get(i)?.as_ref()?.copy_out.clone())))
+                .collect()
         };
-        Ok(Materialised {
-            snap: row.try_get(0).map_err(self.pg())?,
-            ops,
-            ddl,
-            sequences,
-        })
+        try_join_all(statements.into_iter().map(|(table, ops, st)| async move {
+            let stream = self.client.copy_out(&st).await?;
+            let data: Vec<Bytes> = stream.try_collect().await?;
+            Ok(TablePart { table, ops, data })
+        }))
+        .await
     }
 
     /// The statement that ends a cut whose batch tables `deleted` are
@@ -518,11 +526,61 @@ impl Cutter {
             .prepare(&batch::finish_cut(&self.shapes, &deleted))
             .await
             .map_err(self.pg())?;
-        if kept.len() < FINISH_STATEMENTS {
+        if kept.len() < KEPT_STATEMENTS {
             kept.insert(deleted, st.clone());
         }
         Ok(st)
     }
+
+    /// After a cut that committed or found nothing: the tables it found
+    /// written are what the next cut without a probe expects, and their
+    /// outboxes hold rows until the clean-up passes the cut.
+    fn expect_next(&self, written: &[usize], snap: &str) {
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = written.to_vec();
+        self.outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .found(written, snap);
+    }
+
+    /// The tables whose outboxes may hold rows (the housekeeping's work).
+    pub fn outboxes_in_use(&self) -> Vec<&TableShape> {
+        let tables = self
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tables();
+        tables
+            .into_iter()
+            .filter_map(|i| self.shapes.get(i))
+            .collect()
+    }
+
+    /// The clean-up removed every outbox row below `horizon` (an xid8).
+    pub fn cleaned_up_to(&self, horizon: &str) {
+        self.outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cleaned(horizon);
+    }
+}
+
+/// What one attempt at a cut came to.
+enum Attempt {
+    Done(Cut),
+    /// Tables written in the window whose batch tables the session has not
+    /// made yet (that cannot happen inside the cut's transaction, whose
+    /// rollback would take them along): made, the cut is tried again
+    /// expecting them.
+    Unready(Vec<usize>),
+}
+
+/// The end of a cut's transaction.
+struct Ended {
+    /// The last group's tables.
+    parts: Vec<TablePart>,
+    checks: Vec<ChunkCheck>,
+    id: i64,
 }
 
 /// What the cut's first statement read.
@@ -531,22 +589,22 @@ struct Materialised {
     snap: String,
     /// Per table, what its batch table holds.
     ops: Vec<Ops>,
+    /// The tables written in the window.
+    written: Vec<usize>,
     /// The schema changes in the window (rows of
     /// [`ferry_sql::ddl::IN_WINDOW`]).
     ddl: Vec<tokio_postgres::Row>,
-    /// Each replicated sequence's last value.
+    /// The sequences read (see [`positions`]), and their last values.
+    read: Vec<usize>,
     sequences: Vec<Option<i64>>,
 }
 
-/// The background check's answer for the chunk a cut also read (None
-/// when it asked for none, or the chunk was empty).
+/// The background check's answer for one table of the chunk a cut also
+/// read (None when the table could not be read: gone meanwhile).
 fn chunk_check(
-    chunk: Option<&ChunkRequest>,
-    row: Option<tokio_postgres::Row>,
+    c: &ChunkRequest,
+    row: tokio_postgres::Row,
 ) -> Result<Option<ChunkCheck>, tokio_postgres::Error> {
-    let (Some(c), Some(row)) = (chunk, row) else {
-        return Ok(None);
-    };
     let Some(rows) = row.try_get::<_, Option<i64>>(0).ok().flatten() else {
         return Ok(None);
     };

@@ -12,40 +12,49 @@ use crate::BatchError;
 use ferry_sql::{batch, schema, TableShape};
 use tokio_postgres::Client;
 
-/// Deletes shipped rows; returns how many were removed.
+/// Deletes shipped rows from the outboxes of `shapes` (those that may hold
+/// any) and from `ferry.touched`; returns the horizon below which nothing
+/// remains (None when there is none yet).
 pub async fn clean(
     node: &str,
     client: &Client,
-    shapes: &[TableShape],
+    shapes: &[&TableShape],
     replicas: &[String],
-) -> Result<u64, BatchError> {
+) -> Result<Option<String>, BatchError> {
     let horizon: Option<String> = client
         .query_one(schema::CLEANUP_HORIZON, &[&replicas])
         .await
         .map_err(BatchError::pg(node))?
         .get(0);
-    let Some(horizon) = horizon else { return Ok(0) };
+    let Some(horizon) = horizon else {
+        return Ok(None);
+    };
     // Recorded before the rows go: a replica that comes back from below it
     // is refused rather than shipped batches with holes.
     client
         .execute(schema::RECORD_CLEANED, &[&horizon])
         .await
         .map_err(BatchError::pg(node))?;
-    let mut removed = 0;
     for s in shapes {
-        removed += client
+        client
             .execute(&batch::cleanup(s), &[&horizon])
             .await
             .map_err(BatchError::pg(node))?;
     }
-    Ok(removed)
+    // After the outboxes: a row of ferry.touched outlives the rows it
+    // names (a pass that fails between the two forgets nothing).
+    client
+        .execute(batch::CLEANUP_TOUCHED, &[&horizon])
+        .await
+        .map_err(BatchError::pg(node))?;
+    Ok(Some(horizon))
 }
 
 /// Rows in the outbox.
 pub async fn backlog(
     node: &str,
     client: &Client,
-    shapes: &[TableShape],
+    shapes: &[&TableShape],
 ) -> Result<i64, BatchError> {
     let mut total = 0;
     for s in shapes {
@@ -63,7 +72,7 @@ pub async fn backlog(
 pub async fn pending(
     node: &str,
     client: &Client,
-    shapes: &[TableShape],
+    shapes: &[&TableShape],
     snap: &str,
 ) -> Result<i64, BatchError> {
     sum_per_table(node, client, shapes, snap, batch::pending).await
@@ -73,7 +82,7 @@ pub async fn pending(
 pub async fn pending_keys(
     node: &str,
     client: &Client,
-    shapes: &[TableShape],
+    shapes: &[&TableShape],
     snap: &str,
 ) -> Result<i64, BatchError> {
     sum_per_table(node, client, shapes, snap, batch::pending_keys).await
@@ -83,7 +92,7 @@ pub async fn pending_keys(
 async fn sum_per_table(
     node: &str,
     client: &Client,
-    shapes: &[TableShape],
+    shapes: &[&TableShape],
     snap: &str,
     sql: fn(&TableShape) -> String,
 ) -> Result<i64, BatchError> {

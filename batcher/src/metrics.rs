@@ -19,6 +19,9 @@ pub struct Metrics {
     pub apply_errors: Family<ReplicaLabel, Counter>,
     pub apply_seconds: Histogram,
     pub cut_seconds: Histogram,
+    /// Ticks at which the probe found nothing that could have changed, so
+    /// no cut ran.
+    pub idle_ticks: Counter,
     pub lag_batches: Family<ReplicaLabel, Gauge>,
     pub lag_rows: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
@@ -38,6 +41,7 @@ impl Metrics {
             apply_errors: Family::default(),
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             cut_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            idle_ticks: Counter::default(),
             lag_batches: Family::default(),
             lag_rows: Family::default(),
             lag_seconds: Family::default(),
@@ -45,6 +49,11 @@ impl Metrics {
             divergent_tables: Family::default(),
             verify_chunks: Counter::default(),
         };
+        registry.register(
+            "ferry_idle_ticks",
+            "Ticks at which nothing could have changed on the master, so no cut ran",
+            m.idle_ticks.clone(),
+        );
         registry.register(
             "ferry_batches_cut",
             "Batches cut on the master",

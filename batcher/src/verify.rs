@@ -5,7 +5,9 @@
 //!
 //! A pass walks every replicated table in key order, `chunk_rows` rows at
 //! a time; chunks are spaced so that a pass takes about `interval` (never
-//! more than one per cut). A key range in which a replica's rows differ
+//! more than one per cut). A cut's chunk spans several tables when they
+//! are small enough to fit together (up to [`PACKED_TABLES`]): a pass over
+//! 2,000 mostly empty tables costs about 2,000 / 64 cuts, not 2,000. A key range in which a replica's rows differ
 //! from the master's is kept as divergent for that replica until a later
 //! pass finds that table equal on it from its first chunk to its last, or
 //! `ferry repair` rewrote the table there. Pure: the batcher runs the
@@ -35,7 +37,10 @@ impl Default for VerifyConfig {
     }
 }
 
-/// What the next cut reads on the master.
+/// Tables a cut's chunk may span at most.
+pub const PACKED_TABLES: usize = 64;
+
+/// What the next cut reads on the master, per table of its chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkRequest {
     pub table: TableName,
@@ -83,6 +88,8 @@ pub struct RepairPart {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckResult {
     pub batch: i64,
+    /// The table, as the batch named it (quoted).
+    pub table: String,
     pub after: Option<String>,
     pub through: Option<String>,
     pub master_rows: i64,
@@ -149,6 +156,8 @@ pub struct Verifier {
     /// Rows the pass is expected to cover, and has covered.
     estimate: i64,
     pass_rows: i64,
+    /// Per table, about how many rows it holds (read at the pass's start).
+    estimates: Vec<i64>,
     /// Per replica, the ranges where it differs.
     divergent: BTreeMap<String, Vec<Divergence>>,
     /// Per (replica, table): its walk through the table in this pass.
@@ -167,6 +176,7 @@ impl Verifier {
             next_at: now,
             estimate: 0,
             pass_rows: 0,
+            estimates: Vec::new(),
             divergent: BTreeMap::new(),
             walks: BTreeMap::new(),
             status: VerifyStatus {
@@ -204,68 +214,98 @@ impl Verifier {
             && self.pass_started.is_none()
     }
 
-    /// The chunk the next cut should read, if one is due. A pass starts
-    /// when the previous one's interval has run out; `estimate` then gives
-    /// the rows the tables hold (to space the pass's chunks over the
-    /// interval).
-    pub fn due(&mut self, now: Instant, estimate: impl FnOnce() -> i64) -> Option<ChunkRequest> {
+    /// The chunk the next cut should read, if one is due: the current
+    /// table's next rows and, when that finishes the table, the tables
+    /// after it that fit in the rest of the chunk. A pass starts when the
+    /// previous one's interval has run out; `estimate` then gives each
+    /// table's rows (to pack small tables and space the pass's chunks over
+    /// the interval). Empty when none is due.
+    pub fn due(&mut self, now: Instant, estimate: impl FnOnce() -> Vec<i64>) -> Vec<ChunkRequest> {
         if self.cfg.interval.is_zero() || self.tables.is_empty() || now < self.next_at {
-            return None;
+            return Vec::new();
         }
         if self.pass_started.is_none() {
             self.pass_started = Some(now);
             self.at = 0;
             self.after = None;
-            self.estimate = estimate().max(0);
+            self.estimates = estimate();
+            self.estimate = self.estimates.iter().map(|&e| e.max(0)).sum();
             self.pass_rows = 0;
         }
-        let table = self.tables.get(self.at)?.clone();
+        let Some(table) = self.tables.get(self.at).cloned() else {
+            return Vec::new();
+        };
         self.status.table = Some(table.to_string());
-        Some(ChunkRequest {
+        let limit = self.cfg.chunk_rows.max(1);
+        let mut chunk = vec![ChunkRequest {
             table,
             after: self.after.clone(),
-            limit: self.cfg.chunk_rows.max(1),
-        })
+            limit,
+        }];
+        let rows_of = |i: usize| self.estimates.get(i).copied().unwrap_or(limit).max(0);
+        if self.after.is_some() || rows_of(self.at) >= limit {
+            return chunk;
+        }
+        let mut room = limit - rows_of(self.at);
+        for i in self.at + 1..self.tables.len() {
+            if chunk.len() >= PACKED_TABLES || rows_of(i) >= room {
+                break;
+            }
+            room -= rows_of(i);
+            chunk.push(ChunkRequest {
+                table: self.tables[i].clone(),
+                after: None,
+                limit,
+            });
+        }
+        chunk
     }
 
     /// The master read the chunk and a batch carries it: the pass moves
-    /// on.
-    pub fn sent(&mut self, check: &ChunkCheck, now: Instant) {
-        self.status.chunks += 1;
-        self.status.rows += check.rows.max(0) as u64;
-        self.pass_rows += check.rows.max(0);
-        self.next_at = now + self.spacing(now, check.through.is_none());
-        match &check.through {
-            Some(key) => self.after = Some(key.clone()),
-            None => {
-                self.after = None;
-                self.at += 1;
-                if self.at >= self.tables.len() {
-                    self.status.passes += 1;
-                    self.status.table = None;
-                    if let Some(started) = self.pass_started.take() {
-                        self.status.last_pass_seconds =
-                            Some(now.duration_since(started).as_secs_f64());
-                        self.next_at = (started + self.cfg.interval).max(now);
-                    }
-                }
+    /// on past each table the chunk finished, up to the first it did not.
+    pub fn sent(&mut self, checks: &[ChunkCheck], now: Instant) {
+        let mut pass_done = false;
+        for check in checks {
+            self.status.chunks += 1;
+            self.status.rows += check.rows.max(0) as u64;
+            self.pass_rows += check.rows.max(0);
+            if self.tables.get(self.at) != Some(&check.table) {
+                break;
+            }
+            if let Some(key) = &check.through {
+                self.after = Some(key.clone());
+                break;
+            }
+            self.after = None;
+            self.at += 1;
+            if self.at >= self.tables.len() {
+                pass_done = true;
+                break;
+            }
+        }
+        self.next_at = now + self.spacing(now);
+        if pass_done {
+            self.status.passes += 1;
+            self.status.table = None;
+            if let Some(started) = self.pass_started.take() {
+                self.status.last_pass_seconds = Some(now.duration_since(started).as_secs_f64());
+                self.next_at = (started + self.cfg.interval).max(now);
             }
         }
     }
 
     /// The pause before the next chunk: what is left of the interval,
-    /// shared among the chunks the pass still expects (an estimate that
-    /// proves short doubles).
-    fn spacing(&mut self, now: Instant, table_done: bool) -> Duration {
+    /// shared among the chunks the pass still expects — its rows left,
+    /// a chunk's worth at a time, and its tables left, a packed chunk's
+    /// worth at a time (an estimate that proves short doubles).
+    fn spacing(&mut self, now: Instant) -> Duration {
         if self.pass_rows > self.estimate {
             self.estimate = self.pass_rows.saturating_mul(2);
         }
         let chunk = self.cfg.chunk_rows.max(1);
-        let tables_left = self
-            .tables
-            .len()
-            .saturating_sub(self.at + usize::from(table_done)) as i64;
-        let chunks_left = (self.estimate - self.pass_rows).max(0) / chunk + tables_left;
+        let tables_left = self.tables.len().saturating_sub(self.at) as i64;
+        let chunks_left = (self.estimate - self.pass_rows).max(0) / chunk
+            + (tables_left + PACKED_TABLES as i64 - 1) / PACKED_TABLES as i64;
         let elapsed = self
             .pass_started
             .map_or(Duration::ZERO, |s| now.duration_since(s));
@@ -402,6 +442,7 @@ mod tests {
     fn result(c: &ChunkCheck, rows: i64) -> CheckResult {
         CheckResult {
             batch: 1,
+            table: c.table.quoted(),
             after: c.after.clone(),
             through: c.through.clone(),
             master_rows: c.rows,
@@ -432,37 +473,79 @@ mod tests {
     fn a_pass_walks_every_table_in_chunks_spread_over_the_interval() {
         let (mut v, now) = verifier(60);
         let at = |s: u64| now + Duration::from_secs(s);
-        // 4 rows in two tables, 2 a chunk: the rest of the interval is
-        // shared among the chunks still expected (here 3: 20 s each).
-        let r = v.due(now, || 4).unwrap();
+        // 4 rows in two tables (3 and 1), 2 a chunk: the rest of the
+        // interval is shared among the chunks still expected (one more
+        // for a's rows, one for the tables left: 30 s each).
+        let r = v.due(now, || vec![3, 1]);
+        assert_eq!(r.len(), 1, "a does not fit in a chunk with b: {r:?}");
         assert_eq!(
-            (r.table.clone(), r.after.clone(), r.limit),
+            (r[0].table.clone(), r[0].after.clone(), r[0].limit),
             (t("a"), None, 2)
         );
-        v.sent(&check("a", None, Some("{\"id\": 2}")), now);
-        assert_eq!(v.due(at(1), || 4), None);
-        let r = v.due(at(20), || 4).unwrap();
-        assert_eq!(r.after.as_deref(), Some("{\"id\": 2}"));
-        v.sent(&check("a", Some("{\"id\": 2}"), None), at(20));
-        // One chunk expected in the 40 s left.
-        assert_eq!(v.due(at(59), || 4), None);
-        let r = v.due(at(60), || 4).unwrap();
-        assert_eq!((r.table, r.after), (t("b"), None));
-        v.sent(&check("b", None, None), at(60));
+        v.sent(&[check("a", None, Some("{\"id\": 2}"))], now);
+        assert!(v.due(at(1), Vec::new).is_empty());
+        let r = v.due(at(30), Vec::new);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].after.as_deref(), Some("{\"id\": 2}"));
+        v.sent(&[check("a", Some("{\"id\": 2}"), None)], at(30));
+        // One chunk expected in the 30 s left.
+        assert!(v.due(at(59), Vec::new).is_empty());
+        let r = v.due(at(60), Vec::new);
+        assert_eq!((r[0].table.clone(), r[0].after.clone()), (t("b"), None));
+        v.sent(&[check("b", None, None)], at(60));
         assert_eq!(v.status().passes, 1);
         // The next pass starts when the interval since the last began ran
         // out (here at once).
-        assert!(v.due(at(60), || 4).is_some());
+        assert!(!v.due(at(60), || vec![3, 1]).is_empty());
+    }
+
+    #[test]
+    fn small_tables_share_a_chunk_and_the_pass_stops_at_one_that_did_not_end() {
+        let now = Instant::now();
+        let mut v = Verifier::new(
+            VerifyConfig {
+                interval: Duration::from_secs(60),
+                chunk_rows: 10,
+            },
+            now,
+        );
+        v.set_tables(["a", "b", "c", "d", "e"].map(t).to_vec());
+        let r = v.due(now, || vec![0, 3, 4, 5, 0]);
+        let names: Vec<TableName> = r.iter().map(|c| c.table.clone()).collect();
+        assert_eq!(
+            names,
+            ["a", "b", "c"].map(t).to_vec(),
+            "d's 5 rows do not fit"
+        );
+        // b turned out longer than its estimate: the pass goes on in b.
+        v.sent(
+            &[
+                check("a", None, None),
+                check("b", None, Some("{\"id\": 10}")),
+                check("c", None, None),
+            ],
+            now,
+        );
+        let r = v.due(now + Duration::from_secs(60), Vec::new);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].table.clone(), r[0].after.as_deref()),
+            (t("b"), Some("{\"id\": 10}"))
+        );
+        // Many empty tables: a chunk spans at most PACKED_TABLES of them.
+        let mut v = Verifier::new(VerifyConfig::default(), now);
+        v.set_tables((0..100).map(|i| t(&format!("t{i}"))).collect());
+        assert_eq!(v.due(now, || vec![0; 100]).len(), PACKED_TABLES);
     }
 
     #[test]
     fn an_estimate_that_proves_short_speeds_the_pass_up() {
         let (mut v, now) = verifier(60);
-        v.due(now, || 0).unwrap();
-        v.sent(&check("a", None, Some("{\"id\": 2}")), now);
+        assert_eq!(v.due(now, || vec![0, 0]).len(), 2);
+        v.sent(&[check("a", None, Some("{\"id\": 2}"))], now);
         // 2 rows seen of an estimate of 0: doubled to 4, 1 more chunk
-        // expected besides the two tables' ends: 20 s, not the interval.
-        assert!(v.due(now + Duration::from_secs(21), || 0).is_some());
+        // expected besides the tables left: 30 s, not the interval.
+        assert!(!v.due(now + Duration::from_secs(31), Vec::new).is_empty());
     }
 
     #[test]
@@ -489,7 +572,7 @@ mod tests {
     #[test]
     fn an_interval_of_zero_turns_the_check_off() {
         let (mut v, now) = verifier(0);
-        assert_eq!(v.due(now, || 4), None);
+        assert!(v.due(now, || vec![4]).is_empty());
         assert!(!v.status().enabled);
     }
 }

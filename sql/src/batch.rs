@@ -129,9 +129,10 @@ pub fn copy_out_of(temp: &str) -> String {
     format!("COPY {temp} TO STDOUT (FORMAT binary)")
 }
 
-/// Empties every batch table inside the cut's transaction, so that one cut
-/// can materialise the windows of several groups of replicas in turn.
-pub fn empty_all(shapes: &[TableShape]) -> String {
+/// Empties the given batch tables inside the cut's transaction, so that
+/// one cut can materialise the windows of several groups of replicas in
+/// turn.
+pub fn empty_all(shapes: &[&TableShape]) -> String {
     let temps: Vec<String> = shapes.iter().map(|s| s.table.batch_temp()).collect();
     if temps.is_empty() {
         return "SELECT 1".into();
@@ -178,59 +179,159 @@ pub fn materialise(shape: &TableShape) -> String {
     format!("{insert} RETURNING _op")
 }
 
-/// The first statement of a cut after its outbox locks, and so the one
-/// whose snapshot *is* the cut: fills every table's batch table
-/// ([`materialise`]) and reads what the cut needs besides, in one statement
-/// — a statement each cost more in executor start-up and protocol than
-/// the work itself (a synchronous commit waits for the cut).
-///
-/// Parameters: the previous cut (`$1`), the replicated sequences as
-/// `text[]` (`$2`). Returns one row: the cut's snapshot as text; per table
-/// in `shapes` order, three bigints (images, deletions, TRUNCATE markers
-/// written, see [`Ops`]); whether schema changes wait in the window
-/// (boolean; [`crate::ddl::IN_WINDOW`] reads them); and each sequence's
-/// last value (`bigint[]`, NULL for one never used or gone), read after
-/// the snapshot was taken: at least every value the batch's transactions
-/// used.
-pub fn materialise_all(shapes: &[TableShape]) -> String {
-    let ctes: Vec<String> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("m{i} AS ({})", materialise(s)))
-        .collect();
-    let counts: Vec<String> = (0..shapes.len())
-        .map(|i| {
-            format!(
-                "(SELECT count(*) FILTER (WHERE _op = 'U') FROM m{i}), \
-                 (SELECT count(*) FILTER (WHERE _op = 'D') FROM m{i}), \
-                 (SELECT count(*) FILTER (WHERE _op = 'T') FROM m{i}), "
-            )
-        })
-        .collect();
-    let with = if ctes.is_empty() {
-        String::new()
-    } else {
-        format!("WITH {} ", ctes.join(", "))
-    };
+/// The tables written in the window (`$1`: the previous cut), as the
+/// stems `ferry.touched` names them (`text[]`): an expression.
+fn touched_in_window() -> String {
+    format!("ARRAY(SELECT DISTINCT stem FROM ferry.touched WHERE {SINCE_CUT})")
+}
+
+/// Whether a cut could find anything, asked at a tick outside any
+/// transaction (so an idle tick costs one small statement, whatever the
+/// number of tables, and no cut): the tables written since the previous
+/// cut (`$1`), whether schema changes wait in that window, and the
+/// replicated sequences' positions (`$2`, `text[]`; an empty array reads
+/// none). One row: `text[]` of stems, boolean, `bigint[]`.
+pub fn probe() -> String {
     format!(
-        "{with}SELECT pg_current_snapshot()::text, {}{}, ARRAY({})",
-        counts.concat(),
+        "SELECT {}, {}, ARRAY({})",
+        touched_in_window(),
         crate::ddl::WINDOW_HAS_CHANGES,
         crate::sequences::read("$2")
     )
 }
 
-/// The column of [`materialise_all`]'s row that holds table `i`'s first
-/// count.
-pub const fn counts_column(i: usize) -> usize {
-    1 + 3 * i
+/// Reads sequence positions (`$1`: regclass texts, `text[]`), in that
+/// order, as one `bigint[]`.
+pub fn read_sequences() -> String {
+    format!("SELECT ARRAY({})", crate::sequences::read("$1"))
 }
 
-/// The column of [`materialise_all`]'s row that says whether schema
-/// changes wait in the window; the sequences follow it.
-pub const fn schema_flag_column(tables: usize) -> usize {
-    1 + 3 * tables
+/// The first statement of a cut after its outbox locks, and so the one
+/// whose snapshot *is* the cut: fills the batch tables of `shapes` — the
+/// tables the cut expects to have been written — ([`materialise`]) and
+/// reads what the cut needs besides, in one statement (a statement each
+/// cost more in executor start-up and protocol than the work itself; a
+/// synchronous commit waits for the cut).
+///
+/// Parameters: the previous cut (`$1`), the replicated sequences as
+/// `text[]` (`$2`). Returns one row: the cut's snapshot as text; the
+/// tables written in the window (`text[]` of stems: any not in `shapes`
+/// are filled by [`materialise_more`]); whether schema changes wait in the
+/// window (boolean; [`crate::ddl::IN_WINDOW`] reads them); each sequence's
+/// last value (`bigint[]`, NULL for one never used or gone), read after
+/// the snapshot was taken: at least every value the batch's transactions
+/// used; then the counts (`bigint[]`, see [`counts_at`]). An array, not
+/// columns: a row has at most 1,664 columns, and a window may hold more
+/// than 554 tables.
+pub fn materialise_set(shapes: &[&TableShape]) -> String {
+    format!(
+        "{}SELECT pg_current_snapshot()::text, {}, {}, ARRAY({}), {}",
+        with_materialised(shapes),
+        touched_in_window(),
+        crate::ddl::WINDOW_HAS_CHANGES,
+        crate::sequences::read("$2"),
+        counts(shapes.len())
+    )
 }
+
+/// The column of [`materialise_set`]'s row that holds the counts.
+pub const COUNTS_COLUMN: usize = 4;
+
+/// Where the `i`-th table's three counts (images, deletions, TRUNCATE
+/// markers written, see [`Ops`]) start in a materialising statement's
+/// counts array (0-based).
+pub const fn counts_at(i: usize) -> usize {
+    3 * i
+}
+
+/// Fills, later in a cut's transaction, the batch tables of tables written
+/// in the window that [`materialise_set`] did not fill, after [`lock`] took
+/// their outboxes (after the snapshot, unlike the others). Parameter: the
+/// previous cut (`$1`). Returns one row: whether each outbox is still the
+/// one the snapshot sees (false when a schema change rewrote one between
+/// the snapshot and the lock: the cut must not conclude anything from
+/// it), then the counts array, as [`materialise_set`] gives it.
+pub fn materialise_more(shapes: &[&TableShape]) -> String {
+    let outboxes: Vec<String> = shapes
+        .iter()
+        .map(|s| crate::quote::literal(&s.table.outbox()))
+        .collect();
+    format!(
+        "{}SELECT (SELECT coalesce(bool_and(c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)), false) \
+         FROM pg_catalog.pg_class c WHERE c.oid = ANY (ARRAY[{}]::pg_catalog.regclass[])), {}",
+        with_materialised(shapes),
+        outboxes.join(", "),
+        counts(shapes.len())
+    )
+}
+
+/// The column of [`materialise_more`]'s row that holds the counts.
+pub const MORE_COUNTS_COLUMN: usize = 1;
+
+/// `WITH m0 AS (…), …` filling each table's batch table (empty for none).
+fn with_materialised(shapes: &[&TableShape]) -> String {
+    let ctes: Vec<String> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("m{i} AS ({})", materialise(s)))
+        .collect();
+    if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {} ", ctes.join(", "))
+    }
+}
+
+/// `ARRAY[<images>, <deletions>, <truncates>, …]` over the materialised
+/// tables, as `bigint[]`.
+fn counts(tables: usize) -> String {
+    let items: Vec<String> = (0..tables)
+        .map(|i| {
+            format!(
+                "(SELECT count(*) FILTER (WHERE _op = 'U') FROM m{i}), \
+                 (SELECT count(*) FILTER (WHERE _op = 'D') FROM m{i}), \
+                 (SELECT count(*) FILTER (WHERE _op = 'T') FROM m{i})"
+            )
+        })
+        .collect();
+    format!("ARRAY[{}]::bigint[]", items.join(", "))
+}
+
+/// Locks outboxes for a cut's reads, without waiting (see [`begin_cut`]).
+pub fn lock(shapes: &[&TableShape]) -> String {
+    let outboxes: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
+    format!(
+        "LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
+        outboxes.join(", ")
+    )
+}
+
+/// Whether an outbox is the one the reading transaction's snapshot sees
+/// (no schema change rewrote it since); no row when it did not exist then
+/// or does not now. Parameter: the outbox's qualified name.
+pub const OUTBOX_AS_SEEN: &str = "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+     FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)";
+
+/// The tables `ferry.touched` names (their outboxes may hold rows), with
+/// the snapshot they were read in: the batcher's start. One row:
+/// snapshot text, `text[]` of stems.
+pub const TOUCHED: &str =
+    "SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem FROM ferry.touched)";
+
+/// The tables written since a snapshot (`$1`), with the snapshot they
+/// were read in (the next call's `$1`): how the housekeeping learns which
+/// outboxes hold rows when no cut runs (every replica away or suspended).
+/// One row: snapshot text, `text[]` of stems.
+pub fn touched_since() -> String {
+    format!(
+        "SELECT pg_current_snapshot()::text, {}",
+        touched_in_window()
+    )
+}
+
+/// Forgets the tables written by transactions below the clean-up horizon
+/// (their outbox rows went with [`cleanup`]). Parameter: the horizon.
+pub const CLEANUP_TOUCHED: &str = "DELETE FROM ferry.touched WHERE _xid < ($1::text)::xid8";
 
 /// Empties, in one statement, the batch tables `temps` names (by index
 /// into `shapes`) and takes the batch id: the end of a cut before its
@@ -299,27 +400,25 @@ pub fn materialise_step(shape: &TableShape, temp: &str, present: &[String]) -> S
     }
 }
 
-/// Opens a cut's transaction and locks the outboxes it reads, first in it: `LOCK TABLE`
-/// takes no snapshot, so the snapshot that follows sees every schema
-/// change that rewrote an outbox (capture following a column's new type)
-/// before it, and none can rewrite one until the cut ends. A rewrite is
-/// not MVCC-safe: an older snapshot would find the rewritten outbox empty.
-/// `NOWAIT`: a schema change holding an outbox makes the cut fail with
-/// `55P03` at once (it tries again at the next tick) rather than queue
-/// behind it or deadlock with it.
+/// Opens a cut's transaction and locks the outboxes it expects to read,
+/// first in it: `LOCK TABLE` takes no snapshot, so the snapshot that
+/// follows sees every schema change that rewrote an outbox (capture
+/// following a column's new type) before it, and none can rewrite one
+/// until the cut ends. A rewrite is not MVCC-safe: an older snapshot would
+/// find the rewritten outbox empty. (An outbox the cut finds written but
+/// did not expect is locked after the snapshot, and checked, see
+/// [`materialise_more`].) `NOWAIT`: a schema change holding an outbox
+/// makes the cut fail with `55P03` at once (it tries again at the next
+/// tick) rather than queue behind it or deadlock with it.
 ///
 /// Sent with the cut's BEGIN as one simple query (one message, one
 /// answer; neither takes a snapshot).
-pub fn begin_cut(shapes: &[TableShape]) -> String {
+pub fn begin_cut(shapes: &[&TableShape]) -> String {
     let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     if shapes.is_empty() {
         return begin.to_string();
     }
-    let outboxes: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
-    format!(
-        "{begin}; LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT",
-        outboxes.join(", ")
-    )
+    format!("{begin}; {}", lock(shapes))
 }
 
 /// The data columns an outbox has now (`a<attnum>` names). Parameter: the
@@ -391,29 +490,48 @@ mod tests {
     fn one_statement_takes_the_whole_cut() {
         let mut other = sample();
         other.key = None;
-        let shapes = [sample(), other];
-        let sql = materialise_all(&shapes);
+        let (a, b) = (sample(), other);
+        let sql = materialise_set(&[&a, &b]);
         assert!(sql.starts_with("WITH m0 AS (INSERT INTO"));
         assert!(sql.contains("m1 AS (INSERT INTO"));
         assert_eq!(sql.matches("RETURNING _op").count(), 2);
         assert_eq!(sql.matches("count(*) FILTER").count(), 6);
-        assert!(sql.contains("SELECT pg_current_snapshot()::text, (SELECT count(*)"));
+        assert!(sql.contains(
+            "SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem FROM ferry.touched"
+        ));
         assert!(sql.contains("EXISTS (SELECT 1 FROM ferry.ddl_log"));
-        assert!(sql.ends_with("ORDER BY u.i)"));
-        assert_eq!((counts_column(1), schema_flag_column(2)), (4, 7));
-        // No tables: the snapshot, the flag and the sequences alone.
-        assert!(materialise_all(&[]).starts_with("SELECT pg_current_snapshot()::text, EXISTS"));
+        assert!(sql.ends_with("(SELECT count(*) FILTER (WHERE _op = 'T') FROM m1)]::bigint[]"));
+        assert_eq!(counts_at(1), 3);
+        // No tables expected: the snapshot, what was written, the flag
+        // and the sequences alone.
+        let bare = materialise_set(&[]);
+        assert!(bare.starts_with("SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem"));
+        assert!(bare.ends_with("ORDER BY u.i), ARRAY[]::bigint[]"));
+        // An idle tick asks the same, without a snapshot of its own to keep.
+        assert!(probe()
+            .starts_with("SELECT ARRAY(SELECT DISTINCT stem FROM ferry.touched WHERE _xid >="));
+    }
+
+    #[test]
+    fn tables_found_written_later_are_locked_and_checked_for_a_rewrite() {
+        let a = sample();
+        let sql = materialise_more(&[&a]);
+        assert!(sql.starts_with("WITH m0 AS (INSERT INTO"));
+        assert!(sql.contains("c.relfilenode = pg_catalog.pg_relation_filenode(c.oid)"));
+        assert!(sql.contains("ARRAY['ferry.\"o_"));
+        assert!(lock(&[&a]).ends_with("IN ACCESS SHARE MODE NOWAIT"));
     }
 
     #[test]
     fn a_cut_ends_by_emptying_the_tables_it_filled_and_taking_the_id() {
         let shapes = [sample(), sample()];
         let sql = finish_cut(&shapes, &[1]);
+        let refs: Vec<&TableShape> = shapes.iter().collect();
         assert!(sql.starts_with("WITH d0 AS (DELETE FROM pg_temp."));
         assert!(sql.ends_with("SELECT nextval('ferry.batch_ids')"));
         assert_eq!(finish_cut(&shapes, &[]), crate::schema::NEXT_BATCH_ID);
         assert_eq!(finish_cut(&shapes, &[0, 1]).matches("DELETE").count(), 2);
-        assert!(begin_cut(&shapes).contains("; LOCK TABLE ferry."));
+        assert!(begin_cut(&refs).contains("; LOCK TABLE ferry."));
         assert!(!begin_cut(&[]).contains("LOCK"));
     }
 

@@ -15,6 +15,12 @@ pub const LIST_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
 /// Parameter: the quoted qualified table name.
 pub const SHAPE: &str = "SELECT ferry.table_shape(($1::text)::regclass)::text";
 
+/// [`SHAPE`] for many tables in one statement. Parameter: the quoted
+/// qualified names (`text[]`). One row per table, in that order: its
+/// shape (NULL for a table gone meanwhile).
+pub const SHAPES: &str = "SELECT ferry.table_shape(pg_catalog.to_regclass(u.t))::text \
+     FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(t, i) ORDER BY u.i";
+
 /// A role's rights that decide whether client sessions may run as it.
 /// Parameter: the role's name. Returns `(rolsuper, rolcanlogin, rolbypassrls)`;
 /// no row when the role does not exist on that server.

@@ -59,7 +59,11 @@ pub fn quarantine(shape: &TableShape) -> String {
 /// quarantined (as a replica it ships nothing; if it is promoted later,
 /// nothing of its old history may ship).
 pub fn empty_outboxes(shapes: &[TableShape]) -> String {
-    let names: Vec<String> = shapes.iter().map(|s| s.table.outbox()).collect();
+    let names: Vec<String> = shapes
+        .iter()
+        .map(|s| s.table.outbox())
+        .chain(std::iter::once("ferry.touched".to_string()))
+        .collect();
     format!("TRUNCATE {}", names.join(", "))
 }
 

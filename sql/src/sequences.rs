@@ -21,6 +21,26 @@ pub const LIST: &str = "SELECT c.oid::regclass::text, n.nspname::text, c.relname
        AND n.nspname NOT LIKE 'pg\\_temp%' \
      ORDER BY 1";
 
+/// Which table each sequence is tied to, as `(sequence regclass text,
+/// table schema, table name)`: the sequence is owned by one of the table's
+/// columns (serial, identity) or named in one of its column defaults (a
+/// partition's ties are its root's). A cut reads the positions of the
+/// sequences tied to the tables it found written (see the batcher's
+/// `cutter::positions`).
+pub const TIES: &str = "SELECT DISTINCT s.oid::regclass::text, n.nspname::text, r.relname::text \
+     FROM pg_catalog.pg_depend d \
+     JOIN pg_catalog.pg_class s ON s.relkind = 'S' AND ( \
+          (d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+           AND d.refobjid = s.oid) \
+       OR (d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = s.oid \
+           AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i'))) \
+     LEFT JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND ad.oid = d.objid \
+     JOIN pg_catalog.pg_class t ON t.oid = CASE WHEN d.classid = 'pg_catalog.pg_attrdef'::regclass \
+          THEN ad.adrelid ELSE d.refobjid END \
+     JOIN pg_catalog.pg_class r ON r.oid = coalesce(pg_catalog.pg_partition_root(t.oid), t.oid) \
+     JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+     WHERE t.relkind IN ('r', 'p')";
+
 /// Current positions, in the order given; NULL for a sequence never used
 /// (or dropped since). `param`: the parameter holding regclass texts as
 /// `text[]` (the cut reads them in its first statement, see

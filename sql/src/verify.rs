@@ -143,14 +143,16 @@ pub const TRY_SHARE_LOCK: &str = "SELECT ferry.try_share_lock(($1::text)::regcla
 pub const CHECK_ON_REPLICA: &str = "SELECT ferry.check_chunk($1::bigint, $2, ($3::text)::jsonb, \
      ($4::text)::jsonb, $5::bigint, $6::numeric)";
 
-/// On the master: about how many rows the tables hold (planner
-/// statistics, partitions included), to pace a pass. Parameter: the
-/// tables' quoted names (`text[]`). Returns one bigint.
-pub const ESTIMATE_ROWS: &str = "SELECT coalesce(sum(greatest(c.reltuples, \
-         pg_catalog.pg_stat_get_live_tuples(c.oid), 0)), 0)::bigint \
-     FROM unnest($1::text[]) u(t) \
-     CROSS JOIN LATERAL pg_catalog.pg_partition_tree((u.t)::regclass) p \
-     JOIN pg_catalog.pg_class c ON c.oid = p.relid";
+/// On the master: about how many rows each table holds (planner
+/// statistics, partitions included), to pack small tables into one chunk
+/// and pace a pass. Parameter: the tables' quoted names (`text[]`).
+/// Returns one `bigint[]`, in that order.
+pub const ESTIMATE_ROWS: &str = "SELECT coalesce(array_agg(e.rows ORDER BY u.i), '{}') \
+     FROM unnest($1::text[]) WITH ORDINALITY AS u(t, i) \
+     CROSS JOIN LATERAL (SELECT coalesce(sum(greatest(c.reltuples, \
+         pg_catalog.pg_stat_get_live_tuples(c.oid), 0)), 0)::bigint AS rows \
+       FROM pg_catalog.pg_partition_tree((u.t)::regclass) p \
+       JOIN pg_catalog.pg_class c ON c.oid = p.relid) e";
 
 /// On a replica, once its batch committed: the checks it recorded, taken.
 /// Returns `(batch id, table, after, through, master rows, master sum,

@@ -19,6 +19,7 @@ mod outage;
 mod protocol;
 mod reads;
 mod replication;
+mod scale;
 mod security;
 mod sequences;
 mod suspend;

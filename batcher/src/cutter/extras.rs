@@ -16,13 +16,15 @@ impl Cutter {
     /// The steps of a group's batch when its window holds schema changes:
     /// runs the plan of [`crate::schema_steps::plan`] inside the cut's
     /// transaction, materialising each segment into a step table of its own.
+    /// None when a segment's outbox is held, or was rewritten after the
+    /// cut's snapshot, by a schema change (the cut waits for the next tick).
     pub(super) async fn steps(
         &self,
         group: usize,
         from_snap: &String,
         counts: &[u64],
         rows: &[tokio_postgres::Row],
-    ) -> Result<Vec<Step>, BatchError> {
+    ) -> Result<Option<Vec<Step>>, BatchError> {
         let mut entries = Vec::new();
         for r in rows {
             let tables: String = r.get(6);
@@ -53,12 +55,14 @@ impl Cutter {
                     let n = counts.get(i).copied().unwrap_or(0);
                     tracing::debug!(node = %self.node, table = %self.shapes[i].table, rows = n,
                         from = %from_snap, "untouched table of a batch with schema changes");
-                    if n > 0 {
-                        let stream = self
-                            .client
-                            .copy_out(&self.copy_out[i])
-                            .await
-                            .map_err(self.pg())?;
+                    let copy_out = self
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(i)
+                        .and_then(|r| r.as_ref().map(|r| r.copy_out.clone()));
+                    if let Some(copy_out) = copy_out.filter(|_| n > 0) {
+                        let stream = self.client.copy_out(&copy_out).await.map_err(self.pg())?;
                         let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
                         steps.push(Step::Rows {
                             shape: self.shapes[i].clone(),
@@ -72,6 +76,9 @@ impl Cutter {
                     after,
                     before,
                 } => {
+                    if !self.outbox_as_seen(&shape).await? {
+                        return Ok(None);
+                    }
                     let name = format!("ferry_step_{group}_{k}");
                     let temp = batch::step_temp(&name);
                     let present: Vec<String> = self
@@ -106,7 +113,38 @@ impl Cutter {
                 Planned::Ddl(change) => steps.push(Step::Ddl(change)),
             }
         }
-        Ok(steps)
+        Ok(Some(steps))
+    }
+
+    /// Locks a segment's outbox (the cut locked the outboxes of the tables
+    /// it knew before its snapshot; a segment's table may be one a schema
+    /// change in the window created) and checks that it is the one the
+    /// snapshot sees: false when a schema change holds it or rewrote it
+    /// since.
+    async fn outbox_as_seen(&self, shape: &ferry_sql::TableShape) -> Result<bool, BatchError> {
+        let outbox = shape.table.outbox();
+        let exists = self
+            .client
+            .query_opt(batch::OUTBOX_AS_SEEN, &[&outbox])
+            .await
+            .map_err(self.pg())?;
+        if exists.is_none() {
+            // No outbox at the snapshot (or now): nothing to lose.
+            return Ok(true);
+        }
+        let single = [shape];
+        match self.client.batch_execute(&batch::lock(&single)).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                return Ok(false)
+            }
+            other => other.map_err(self.pg())?,
+        }
+        let row = self
+            .client
+            .query_opt(batch::OUTBOX_AS_SEEN, &[&outbox])
+            .await
+            .map_err(self.pg())?;
+        Ok(row.is_none_or(|r| r.get::<_, bool>(0)))
     }
 
     /// The master's rows of each repair range, at the cut's snapshot (in

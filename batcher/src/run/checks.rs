@@ -15,29 +15,31 @@ impl Batcher {
         self.cfg.verify.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The chunk this tick's cut should read, if one is due; a new pass
-    /// first estimates the rows it covers.
+    /// The chunk this tick's cut should read (one request per table it
+    /// spans; none when none is due); a new pass first estimates the rows
+    /// of each table.
     pub(super) async fn chunk_due(
         &self,
         control: &tokio_postgres::Client,
         shapes: &[TableShape],
-    ) -> Result<Option<ChunkRequest>, BatchError> {
+    ) -> Result<Vec<ChunkRequest>, BatchError> {
         let now = Instant::now();
         if !self.verifier().starting(now) {
-            return Ok(self.verifier().due(now, || 0));
+            return Ok(self.verifier().due(now, Vec::new));
         }
         let names: Vec<String> = shapes.iter().map(|s| s.table.quoted()).collect();
-        let estimate: i64 = control
+        let estimates: Vec<i64> = control
             .query_one(ferry_sql::verify::ESTIMATE_ROWS, &[&names])
             .await
             .map_err(BatchError::pg(&self.cfg.master.name))?
-            .get(0);
-        Ok(self.verifier().due(now, || estimate))
+            .try_get(0)
+            .map_err(BatchError::pg(&self.cfg.master.name))?;
+        Ok(self.verifier().due(now, || estimates))
     }
 
-    /// Takes a replica's results for the chunk a batch carried and reports
-    /// a new difference.
-    pub(super) async fn collect_check(&self, r: &mut Replica, check: &ChunkCheck) {
+    /// Takes a replica's results for the chunk a batch carried (one check
+    /// per table it spans) and reports a new difference.
+    pub(super) async fn collect_checks(&self, r: &mut Replica, checks: &[ChunkCheck]) {
         let Some(session) = r.session.as_mut() else {
             return;
         };
@@ -48,10 +50,16 @@ impl Batcher {
                 return;
             }
         };
-        for got in results
-            .iter()
-            .filter(|g| g.after == check.after && g.through == check.through)
-        {
+        let matching = checks.iter().flat_map(|check| {
+            let table = check.table.quoted();
+            results
+                .iter()
+                .filter(move |g| {
+                    g.table == table && g.after == check.after && g.through == check.through
+                })
+                .map(move |got| (check, got))
+        });
+        for (check, got) in matching {
             let found = self.verifier().record(&r.node.name, check, got);
             if let Some(d) = found {
                 warn!(node = %r.node.name, table = %d.table, after = d.after.as_deref().unwrap_or("(start)"),

@@ -38,14 +38,21 @@ impl Batcher {
         self.check_schema(control, (&s.shapes, &s.sequences), &mut s.seen_ddl)
             .await?;
         self.keep_capture_intact(control).await?;
-        outbox::clean(master, control, &s.shapes, &s.names).await?;
-        let backlog = outbox::backlog(master, control, &s.shapes).await?;
+        // Only the outboxes that may hold rows: a pass costs what was
+        // written, not how many tables there are.
+        s.cutter.refresh_outboxes().await?;
+        let in_use = s.cutter.outboxes_in_use();
+        if let Some(horizon) = outbox::clean(master, control, &in_use, &s.names).await? {
+            s.cutter.cleaned_up_to(&horizon);
+        }
+        let in_use = s.cutter.outboxes_in_use();
+        let backlog = outbox::backlog(master, control, &in_use).await?;
         self.metrics.outbox_rows.set(backlog);
         for r in replicas.iter_mut() {
             if let Some((_, snap)) = &r.position {
-                r.lag_rows = outbox::pending(master, control, &s.shapes, snap).await?;
+                r.lag_rows = outbox::pending(master, control, &in_use, snap).await?;
                 if let Some(h) = susp.get_mut(&r.node.name).filter(|h| h.holds()) {
-                    h.pending_keys = outbox::pending_keys(master, control, &s.shapes, snap).await?;
+                    h.pending_keys = outbox::pending_keys(master, control, &in_use, snap).await?;
                 }
             }
         }

@@ -44,7 +44,10 @@ impl Batcher {
             &self.cfg.exclude,
         )
         .await?;
-        let cutter = Cutter::new(&master.name, batch_client, &shapes, sequences.clone()).await?;
+        let ties =
+            crate::catalog::sequence_ties(&control, &master.name, &shapes, &sequences).await?;
+        let cutter =
+            Cutter::new(&master.name, batch_client, &shapes, sequences.clone(), ties).await?;
         let last_batch: i64 = control
             .query_one(schema::LAST_BATCH_ID, &[])
             .await

@@ -184,8 +184,8 @@ impl Batcher {
                     r.position = Some((batch.id, batch.snap.clone()));
                     r.applied_tick = tick;
                     note_warnings(r, batch.id);
-                    if let Some(check) = &batch.check {
-                        self.collect_check(r, check).await;
+                    if !batch.checks.is_empty() {
+                        self.collect_checks(r, &batch.checks).await;
                     }
                     r.failed = None;
                     r.behind_since = None;

@@ -40,11 +40,15 @@ impl Batcher {
         let chunk = self.chunk_due(&s.control, &s.shapes).await?;
         let cut_started = Instant::now();
         let repairs = self.repair_ranges();
-        let cut = s.cutter.cut(&groups, chunk.as_ref(), &repairs).await?;
+        let cut = s.cutter.cut(&groups, &chunk, &repairs).await?;
         if !groups.is_empty() {
-            self.metrics
-                .cut_seconds
-                .observe(cut_started.elapsed().as_secs_f64());
+            if matches!(cut, Cut::Idle) {
+                self.metrics.idle_ticks.inc();
+            } else {
+                self.metrics
+                    .cut_seconds
+                    .observe(cut_started.elapsed().as_secs_f64());
+            }
             if let Ok(mut st) = self.status.write() {
                 st.master = self.cfg.master.name.clone();
                 st.master_contact = Some(Instant::now());
@@ -52,7 +56,7 @@ impl Batcher {
         }
         let batches = match cut {
             Cut::Batches(batches) => batches,
-            Cut::Unchanged => {
+            Cut::Unchanged | Cut::Idle => {
                 // Nothing committed since any position: every replica holds
                 // everything this tick's snapshot shows.
                 for r in replicas.iter_mut() {
@@ -64,8 +68,8 @@ impl Batcher {
             }
             Cut::Busy => Vec::new(),
         };
-        if let Some(check) = batches.first().and_then(|b| b.check.as_ref()) {
-            self.verifier().sent(check, Instant::now());
+        if let Some(checks) = batches.first().map(|b| &b.checks).filter(|c| !c.is_empty()) {
+            self.verifier().sent(checks, Instant::now());
             self.metrics.verify_chunks.inc();
         }
         let mut schema_changed = Vec::new();

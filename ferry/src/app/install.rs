@@ -46,19 +46,20 @@ pub(super) async fn install_for(
     let m = &topo.master;
     let master = connect(&m.name, &m.target, "ferry init").await?;
     let shapes = install_master(&m.name, &master, &include, &exclude).await?;
-    for r in &topo.replicas {
-        let result = async {
-            let client = connect(&r.name, &r.target, "ferry init").await?;
-            prepare_replica(
-                (&m.name, &master),
-                &shapes,
-                (&r.name, &client),
-                &include,
-                &exclude,
-            )
-            .await
-        }
-        .await;
+    // The replicas at once: each is its own server.
+    let prepared = futures_util::future::join_all(topo.replicas.iter().map(|r| async {
+        let client = connect(&r.name, &r.target, "ferry init").await?;
+        prepare_replica(
+            (&m.name, &master),
+            &shapes,
+            (&r.name, &client),
+            &include,
+            &exclude,
+        )
+        .await
+    }))
+    .await;
+    for (r, result) in topo.replicas.iter().zip(prepared) {
         match result {
             Ok(_) => {}
             Err(e @ BatchError::SchemaMismatch(_)) => return Err(e.into()),
