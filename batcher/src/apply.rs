@@ -24,18 +24,22 @@
 //! harmlessly. Prepared statements spare the replica parsing and planning
 //! about ten statements per batch.
 
-use crate::cutter::{Batch, Step};
-use crate::verify::{CheckResult, RepairPart};
+mod flight;
+mod plain;
+mod steps;
+
+use flight::run;
+
+use crate::verify::CheckResult;
 use crate::BatchError;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use ferry_sql::apply::Kind;
 use ferry_sql::batch::Emptying;
-use ferry_sql::{apply, batch, ddl, schema, sequences, verify, TableShape};
+use ferry_sql::{apply, batch, schema, sequences, verify, TableShape};
 use ferry_wire::{ServerConn, Target};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use postgres_protocol::IsNull;
 use std::time::Duration;
 
 /// What happened to a shipped batch.
@@ -267,314 +271,6 @@ impl ApplySession {
     pub fn take_notices(&mut self) -> Vec<String> {
         self.conn.take_notices()
     }
-
-    /// Ships and applies one batch in one round trip.
-    pub async fn apply(
-        &mut self,
-        origin: &str,
-        epoch: i64,
-        b: &Batch,
-    ) -> Result<Applied, BatchError> {
-        if !b.steps.is_empty() {
-            return self.apply_steps(origin, epoch, b).await;
-        }
-        let wanted: Vec<usize> = b
-            .parts
-            .iter()
-            .map(|p| p.table)
-            .chain(b.repairs.iter().map(|r| r.table))
-            .collect();
-        self.make_ready(&wanted).await?;
-        let node = self.node.clone();
-        // The statements in the order they run, each completing once.
-        let mut sent: Vec<&str> = vec![schema::APPLY_BEGIN, schema::BEGIN_APPLY];
-        let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
-        let params = [
-            origin.to_string(),
-            b.from.to_string(),
-            b.id.to_string(),
-            b.snap.clone(),
-            epoch.to_string(),
-        ];
-        run(BEGIN, &[], &mut out).map_err(io(&node))?;
-        run(GUARD, &params, &mut out).map_err(io(&node))?;
-        for part in &b.parts {
-            run(&copy_name(part.table), &[], &mut out).map_err(io(&node))?;
-            sent.push(
-                self.tables
-                    .get(part.table)
-                    .and_then(Option::as_ref)
-                    .map_or("COPY", |t| t.copy.as_str()),
-            );
-            for chunk in &part.data {
-                frontend::CopyData::new(&chunk[..])
-                    .map_err(io(&node))?
-                    .write(&mut out);
-            }
-            frontend::copy_done(&mut out);
-        }
-        for part in &b.parts {
-            for (j, (kind, sql)) in self
-                .tables
-                .get(part.table)
-                .and_then(Option::as_ref)
-                .into_iter()
-                .flat_map(|t| t.apply.iter())
-                .enumerate()
-            {
-                if kind.has_work(&part.ops) {
-                    run(&apply_name(part.table, j), &[], &mut out).map_err(io(&node))?;
-                    sent.push(sql);
-                }
-            }
-        }
-        // The batch tables are emptied in the transaction that filled them.
-        for part in &b.parts {
-            let truncate = self
-                .emptying
-                .get_mut(part.table)
-                .is_some_and(|e| e.truncate_after(part.ops.rows()));
-            if truncate {
-                run(&truncate_name(part.table), &[], &mut out).map_err(io(&node))?;
-                sent.push("TRUNCATE (batch table)");
-            } else {
-                run(&empty_name(part.table), &[], &mut out).map_err(io(&node))?;
-                sent.push("DELETE (batch table)");
-            }
-        }
-        if let Some(params) = sequence_params(b) {
-            run(SEQUENCES, &params, &mut out).map_err(io(&node))?;
-            sent.push(sequences::ADVANCE);
-        }
-        for repair in &b.repairs {
-            self.rewrite_range(repair, &mut out, &mut sent)
-                .map_err(io(&node))?;
-        }
-        for check in &b.checks {
-            let params = [
-                Some(b.id.to_string()),
-                Some(check.table.quoted()),
-                check.after.clone(),
-                check.through.clone(),
-                Some(check.rows.to_string()),
-                Some(check.sum.clone()),
-            ];
-            run_nullable(CHECK, &params, &mut out).map_err(io(&node))?;
-            sent.push(verify::CHECK_ON_REPLICA);
-        }
-        run(COMMIT, &[], &mut out).map_err(io(&node))?;
-        sent.push(schema::APPLY_COMMIT);
-        frontend::sync(&mut out);
-        let sent: Vec<String> = sent.into_iter().map(str::to_string).collect();
-        for repair in &b.repairs {
-            if let Some(e) = self.emptying.get_mut(repair.table) {
-                e.truncated();
-            }
-        }
-        self.fly(b, &out, &sent).await
-    }
-}
-
-impl ApplySession {
-    /// Ships and applies a batch that carries schema changes, also in one
-    /// round trip: its steps in order, each with statements of its own
-    /// (unnamed: the shapes change within the batch), in one transaction.
-    async fn apply_steps(
-        &mut self,
-        origin: &str,
-        epoch: i64,
-        b: &Batch,
-    ) -> Result<Applied, BatchError> {
-        let node = self.node.clone();
-        self.replay_ahead(b).await?;
-        let mut sent: Vec<String> = Vec::new();
-        let mut out = BytesMut::with_capacity(b.bytes() as usize + 4096);
-        let guard = [
-            origin.to_string(),
-            b.from.to_string(),
-            b.id.to_string(),
-            b.snap.clone(),
-            epoch.to_string(),
-        ];
-        // Each statement runs once, unnamed; `sent` names it for errors.
-        let mut once = |sql: &str, params: &[String], out: &mut BytesMut| {
-            sent.push(sql.to_string());
-            frontend::parse("", sql, [], out)?;
-            run("", params, out)
-        };
-        let mut replayed: Vec<String> = Vec::new();
-        once(schema::APPLY_BEGIN, &[], &mut out).map_err(io(&node))?;
-        once(schema::BEGIN_APPLY, &guard, &mut out).map_err(io(&node))?;
-        for (k, step) in b.steps.iter().enumerate() {
-            match step {
-                Step::Rows { shape, data, .. } => {
-                    let name = format!("ferry_step_{k}");
-                    let temp = batch::step_temp(&name);
-                    once(&batch::create_step_temp(shape, &name), &[], &mut out)
-                        .map_err(io(&node))?;
-                    once(&apply::copy_into(&temp), &[], &mut out).map_err(io(&node))?;
-                    for chunk in data {
-                        frontend::CopyData::new(&chunk[..])
-                            .map_err(io(&node))?
-                            .write(&mut out);
-                    }
-                    frontend::copy_done(&mut out);
-                    for (_, sql) in apply::apply_from(shape, &temp) {
-                        once(&sql, &[], &mut out).map_err(io(&node))?;
-                    }
-                }
-                Step::Ddl(change) => {
-                    let Some(statement) = change
-                        .statement
-                        .as_ref()
-                        .filter(|_| !change.commits_first())
-                    else {
-                        continue;
-                    };
-                    once(
-                        ddl::REPLAY,
-                        &[
-                            statement.clone(),
-                            change.search_path.clone(),
-                            change.settings.clone(),
-                        ],
-                        &mut out,
-                    )
-                    .map_err(io(&node))?;
-                    replayed.push(statement.clone());
-                }
-            }
-        }
-        if let Some(params) = sequence_params(b) {
-            once(sequences::ADVANCE, &params, &mut out).map_err(io(&node))?;
-        }
-        once(schema::APPLY_COMMIT, &[], &mut out).map_err(io(&node))?;
-        frontend::sync(&mut out);
-        // A failing replay is named by its statement, not by the call.
-        let mut names = sent;
-        for statement in &replayed {
-            if let Some(slot) = names.iter_mut().find(|s| s.as_str() == ddl::REPLAY) {
-                *slot = statement.clone();
-            }
-        }
-        self.fly(b, &out, &names).await
-    }
-
-    /// Adds to a batch's flight the statements that rewrite a key range with
-    /// the master's rows (`ferry repair`): the range's rows go, the
-    /// master's come in through the table's batch table.
-    fn rewrite_range<'a>(
-        &'a self,
-        repair: &RepairPart,
-        out: &mut BytesMut,
-        sent: &mut Vec<&'a str>,
-    ) -> Result<(), std::io::Error> {
-        let t = repair.table;
-        let (Some(shape), Some(sql)) = (self.shapes.get(t), self.sql(t)) else {
-            return Ok(());
-        };
-        let (copy, statements) = (&sql.copy, &sql.apply);
-        frontend::parse("", &verify::repair_delete(shape), [], out)?;
-        run_nullable("", &[repair.after.clone(), repair.through.clone()], out)?;
-        sent.push("DELETE (the repaired range)");
-        run(&copy_name(t), &[], out)?;
-        sent.push(copy);
-        for chunk in &repair.data {
-            frontend::CopyData::new(&chunk[..])?.write(out);
-        }
-        frontend::copy_done(out);
-        if let Some(j) = statements.iter().position(|(k, _)| *k == Kind::Upsert) {
-            run(&apply_name(t, j), &[], out)?;
-            sent.push(&statements[j].1);
-        }
-        run(&truncate_name(t), &[], out)?;
-        sent.push("TRUNCATE (batch table)");
-        Ok(())
-    }
-
-    /// Replays, each in a transaction of its own, the batch's changes that
-    /// must be committed before its rows can use them (see
-    /// [`crate::schema_steps::DdlChange::commits_first`]). One that the
-    /// replica already has (the batch was tried before) is skipped there.
-    async fn replay_ahead(&mut self, b: &Batch) -> Result<(), BatchError> {
-        for change in b.schema_changes().filter(|c| c.commits_first()) {
-            let Some(statement) = &change.statement else {
-                continue;
-            };
-            let mut out = BytesMut::new();
-            frontend::parse("", ddl::REPLAY, [], &mut out).map_err(io(&self.node))?;
-            run(
-                "",
-                &[
-                    statement.clone(),
-                    change.search_path.clone(),
-                    change.settings.clone(),
-                ],
-                &mut out,
-            )
-            .map_err(io(&self.node))?;
-            frontend::sync(&mut out);
-            self.conn
-                .write_all(&out)
-                .await
-                .map_err(BatchError::conn(&self.node))?;
-            let (error, _) = self
-                .conn
-                .read_until_ready(1)
-                .await
-                .map_err(BatchError::conn(&self.node))?;
-            if let Some(error) = error {
-                return Err(BatchError::Apply {
-                    node: self.node.clone(),
-                    batch: b.id,
-                    error: Box::new(error),
-                    statement: statement.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a batch's flight (ending in Sync) and reads the answers; rolls
-    /// back an aborted transaction and tells what happened. `names[i]` is
-    /// the i-th statement of the flight, to name the one that failed.
-    async fn fly(
-        &mut self,
-        b: &Batch,
-        out: &[u8],
-        names: &[String],
-    ) -> Result<Applied, BatchError> {
-        let node = self.node.clone();
-        self.conn
-            .write_all(out)
-            .await
-            .map_err(BatchError::conn(&node))?;
-        let (error, status) = self
-            .conn
-            .read_pipeline()
-            .await
-            .map_err(BatchError::conn(&node))?;
-        if status != b'I' {
-            self.conn
-                .simple_query("ROLLBACK")
-                .await
-                .map_err(BatchError::conn(&node))?;
-        }
-        match error {
-            None if status == b'I' => Ok(Applied::Now),
-            None => Err(BatchError::Conn {
-                node,
-                source: ferry_wire::ConnError::Protocol("batch transaction did not end".into()),
-            }),
-            Some((e, _)) if e.code == schema::ALREADY_APPLIED => Ok(Applied::Already),
-            Some((error, at)) => Err(BatchError::Apply {
-                node,
-                batch: b.id,
-                error: Box::new(error),
-                statement: names.get(at).cloned().unwrap_or_else(|| "COMMIT".into()),
-            }),
-        }
-    }
 }
 
 /// One table's prepared statements' text on the replica.
@@ -591,26 +287,12 @@ impl ApplySession {
     }
 }
 
-/// The parameters of [`sequences::ADVANCE`] for a batch's sequence
-/// positions; None when it carries none.
-fn sequence_params(b: &Batch) -> Option<[String; 2]> {
-    if b.sequences.is_empty() {
-        return None;
-    }
-    let names: Vec<&str> = b.sequences.iter().map(|(n, _)| n.as_str()).collect();
-    let positions: Vec<Option<i64>> = b.sequences.iter().map(|(_, p)| *p).collect();
-    Some([
-        sequences::array_literal(&names),
-        sequences::positions_literal(&positions),
-    ])
-}
-
 /// Names of the session's prepared statements.
-const BEGIN: &str = "ferry_begin";
-const GUARD: &str = "ferry_guard";
-const CHECK: &str = "ferry_check";
-const COMMIT: &str = "ferry_commit";
-const SEQUENCES: &str = "ferry_sequences";
+pub(super) const BEGIN: &str = "ferry_begin";
+pub(super) const GUARD: &str = "ferry_guard";
+pub(super) const CHECK: &str = "ferry_check";
+pub(super) const COMMIT: &str = "ferry_commit";
+pub(super) const SEQUENCES: &str = "ferry_sequences";
 
 fn copy_name(table: usize) -> String {
     format!("ferry_copy_{table}")
@@ -626,49 +308,6 @@ fn empty_name(table: usize) -> String {
 
 fn truncate_name(table: usize) -> String {
     format!("ferry_truncate_{table}")
-}
-
-/// Bind and Execute of a prepared statement with text parameters.
-fn run(statement: &str, params: &[String], out: &mut BytesMut) -> Result<(), std::io::Error> {
-    frontend::bind(
-        "",
-        statement,
-        [0i16],
-        params.iter(),
-        |p, buf| {
-            buf.extend_from_slice(p.as_bytes());
-            Ok(IsNull::No)
-        },
-        [0i16],
-        out,
-    )
-    .map_err(|_| std::io::Error::other("bind encoding"))?;
-    frontend::execute("", 0, out)
-}
-
-/// [`run`] with parameters that may be NULL.
-fn run_nullable(
-    statement: &str,
-    params: &[Option<String>],
-    out: &mut BytesMut,
-) -> Result<(), std::io::Error> {
-    frontend::bind(
-        "",
-        statement,
-        [0i16],
-        params.iter(),
-        |p, buf| match p {
-            Some(p) => {
-                buf.extend_from_slice(p.as_bytes());
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
-        },
-        [0i16],
-        out,
-    )
-    .map_err(|_| std::io::Error::other("bind encoding"))?;
-    frontend::execute("", 0, out)
 }
 
 fn io(node: &str) -> impl Fn(std::io::Error) -> BatchError + '_ {

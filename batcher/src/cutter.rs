@@ -16,16 +16,16 @@ mod positions;
 mod ready;
 mod window;
 
+use crate::payload::{Budget, Payload, PayloadError, MEMORY_PER_BATCH};
 use crate::schema_steps::DdlChange;
 use crate::verify::{ChunkCheck, ChunkRequest, RepairPart, RepairRange};
 use crate::BatchError;
-use bytes::Bytes;
 use ferry_sql::batch::{Emptying, Ops};
 use ferry_sql::{batch, TableShape};
 use futures_util::future::try_join_all;
-use futures_util::TryStreamExt;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_postgres::{Client, Statement};
 use window::Filled;
@@ -37,7 +37,7 @@ pub struct TablePart {
     pub table: usize,
     /// Its rows by operation (the replica skips apply statements without work).
     pub ops: Ops,
-    pub data: Vec<Bytes>,
+    pub data: Payload,
 }
 
 /// A step of a batch that carries schema changes.
@@ -47,7 +47,7 @@ pub enum Step {
     Rows {
         shape: TableShape,
         rows: u64,
-        data: Vec<Bytes>,
+        data: Payload,
     },
     /// A schema change to replay (or, without a statement, to report).
     Ddl(DdlChange),
@@ -96,15 +96,32 @@ impl Batch {
 
     /// Bytes of COPY data in the batch.
     pub fn bytes(&self) -> u64 {
-        let steps = self.steps.iter().flat_map(|s| match s {
-            Step::Rows { data, .. } => data.iter(),
-            Step::Ddl(_) => [].iter(),
+        let steps = self.steps.iter().filter_map(|s| match s {
+            Step::Rows { data, .. } => Some(data.bytes()),
+            Step::Ddl(_) => None,
+        });
+        let repairs = self.repairs.iter().map(|r| r.data.bytes());
+        self.parts
+            .iter()
+            .map(|p| p.data.bytes())
+            .chain(steps)
+            .chain(repairs)
+            .sum()
+    }
+
+    /// Bytes of COPY data the batch keeps in spill files.
+    pub fn spilled_bytes(&self) -> u64 {
+        let steps = self.steps.iter().filter_map(|s| match s {
+            Step::Rows { data, .. } => Some(data),
+            Step::Ddl(_) => None,
         });
         self.parts
             .iter()
-            .flat_map(|p| p.data.iter())
+            .map(|p| &p.data)
             .chain(steps)
-            .map(|b| b.len() as u64)
+            .chain(self.repairs.iter().map(|r| &r.data))
+            .filter(|d| d.spilled())
+            .map(Payload::bytes)
             .sum()
     }
 
@@ -167,6 +184,10 @@ pub struct Cutter {
     outboxes: Mutex<window::Written>,
     /// Replicated sequences: which a cut reads, and where they shipped.
     positions: Mutex<positions::Positions>,
+    /// Where a batch's COPY data goes beyond [`payload::MEMORY_PER_BATCH`].
+    spill_dir: PathBuf,
+    /// The memory the cut being taken may still hold its COPY data in.
+    budget: Mutex<Arc<Budget>>,
 }
 
 /// Sets of tables whose materialising and finishing statements are kept
@@ -184,6 +205,7 @@ impl Cutter {
         shapes: &[TableShape],
         sequences: Vec<String>,
         ties: Vec<Vec<usize>>,
+        spill_dir: &Path,
     ) -> Result<Self, BatchError> {
         let err = BatchError::pg;
         client
@@ -221,6 +243,8 @@ impl Cutter {
             expected: Mutex::new(Vec::new()),
             outboxes: Mutex::new(outboxes),
             positions: Mutex::new(positions::Positions::new(sequences, ties)),
+            spill_dir: spill_dir.to_path_buf(),
+            budget: Mutex::new(Arc::new(Budget::new(MEMORY_PER_BATCH, spill_dir))),
             client,
         })
     }
@@ -325,6 +349,8 @@ impl Cutter {
         expect: &[usize],
     ) -> Result<Attempt, BatchError> {
         let cut_at = Instant::now();
+        *self.budget.lock().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Budget::new(MEMORY_PER_BATCH, &self.spill_dir));
         let first = &groups[0].1;
         let begin = {
             let shapes: Vec<&TableShape> = expect.iter().map(|&i| &self.shapes[i]).collect();
@@ -378,7 +404,7 @@ impl Cutter {
                 };
                 contents.push((Vec::new(), steps));
             } else if ops.iter().any(|o| o.rows() > 0) && !last {
-                contents.push((self.copy_outs(ops).await.map_err(self.pg())?, Vec::new()));
+                contents.push((self.copy_outs(ops).await?, Vec::new()));
             } else if !last {
                 contents.push((Vec::new(), Vec::new()));
             }
@@ -469,7 +495,7 @@ impl Cutter {
         );
         let checks: Vec<ChunkCheck> = checked.map_err(self.pg())?.into_iter().flatten().collect();
         let id: i64 = id.map_err(self.pg())?.get(0);
-        let parts = parts.map_err(self.pg())?;
+        let parts = parts?;
         emptied.map_err(self.pg())?;
         ended.map_err(self.pg())?;
         Ok(Ended { parts, checks, id })
@@ -497,7 +523,7 @@ impl Cutter {
     }
 
     /// Copies out the batch tables that have rows, pipelined.
-    async fn copy_outs(&self, ops: &[Ops]) -> Result<Vec<TablePart>, tokio_postgres::Error> {
+    async fn copy_outs(&self, ops: &[Ops]) -> Result<Vec<TablePart>, BatchError> {
         let statements: Vec<(usize, Ops, Statement)> = {
             let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
             ops.iter()
@@ -507,11 +533,31 @@ impl Cutter {
                 .collect()
         };
         try_join_all(statements.into_iter().map(|(table, ops, st)| async move {
-            let stream = self.client.copy_out(&st).await?;
-            let data: Vec<Bytes> = stream.try_collect().await?;
+            let stream = self.client.copy_out(&st).await.map_err(self.pg())?;
+            let data = self.collect(stream).await?;
             Ok(TablePart { table, ops, data })
         }))
         .await
+    }
+
+    /// Collects a COPY OUT stream within the cut's memory budget (see
+    /// [`crate::payload`]).
+    async fn collect(&self, stream: tokio_postgres::CopyOutStream) -> Result<Payload, BatchError> {
+        let budget = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Payload::collect(stream, &budget)
+            .await
+            .map_err(|e| match e {
+                PayloadError::Stream(e) => self.pg()(e),
+                PayloadError::Spill { dir, source } => BatchError::Spill {
+                    node: self.node.clone(),
+                    dir,
+                    source,
+                },
+            })
     }
 
     /// The statement that ends a cut whose batch tables `deleted` are

@@ -38,6 +38,13 @@ pub enum BatchError {
     NotEmpty { node: String, tables: String },
     #[error("copying table definitions to node {node}: {detail}")]
     SchemaCopy { node: String, detail: String },
+    #[error("node {node}: a batch's data could not be spilled to {dir} (set replication.spill_dir to a directory with room): {source}")]
+    Spill {
+        node: String,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("node {node}: apply timed out after {secs}s")]
     Timeout { node: String, secs: u64 },
     #[error("replica {node} stands at batch {batch}, before the master's outbox clean-up: changes it lacks are gone from the outbox (it was out of the configuration while they were cleaned up), so it cannot catch up by batches and gets none; `ferry resync {node}` copies the master's tables to it and takes it back")]

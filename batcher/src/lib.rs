@@ -31,6 +31,7 @@ pub mod housekeeping;
 pub mod install;
 pub mod metrics;
 pub mod pattern;
+pub mod payload;
 pub mod resync;
 pub mod run;
 pub mod schema_steps;

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Ticks at which the probe found nothing that could have changed, so
     /// no cut ran.
     pub idle_ticks: Counter,
+    /// Bytes of batch data written to spill files (batches larger than
+    /// what Ferry holds in memory, see `payload`).
+    pub spilled_bytes: Counter,
     pub lag_batches: Family<ReplicaLabel, Gauge>,
     pub lag_rows: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
@@ -42,6 +45,7 @@ impl Metrics {
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             cut_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             idle_ticks: Counter::default(),
+            spilled_bytes: Counter::default(),
             lag_batches: Family::default(),
             lag_rows: Family::default(),
             lag_seconds: Family::default(),
@@ -53,6 +57,11 @@ impl Metrics {
             "ferry_idle_ticks",
             "Ticks at which nothing could have changed on the master, so no cut ran",
             m.idle_ticks.clone(),
+        );
+        registry.register(
+            "ferry_spilled_bytes",
+            "Bytes of batch data written to spill files instead of memory",
+            m.spilled_bytes.clone(),
         );
         registry.register(
             "ferry_batches_cut",

@@ -54,9 +54,12 @@ pub struct BatcherConfig {
     pub tick: Duration,
     /// Interval between outbox clean-ups and backlog counts.
     pub housekeeping: Duration,
-    /// A replica that does not finish a batch within this is dropped and
-    /// reconnected.
+    /// A replica that does not finish a batch within this (plus a second
+    /// per MB the batch carries) is dropped and reconnected.
     pub apply_timeout: Duration,
+    /// Where batches spill their data beyond what they hold in memory (see
+    /// [`crate::payload`]).
+    pub spill_dir: std::path::PathBuf,
     /// Tick bookkeeping for synchronous commit (`mode = "sync"`) and
     /// causal reads: which replica has applied which tick.
     pub sync: Option<Arc<SyncPoint>>,

@@ -81,7 +81,7 @@ pub struct RepairPart {
     pub after: Option<String>,
     pub through: Option<String>,
     pub rows: u64,
-    pub data: Vec<bytes::Bytes>,
+    pub data: crate::payload::Payload,
 }
 
 /// A replica's figures for a chunk, beside the master's.

@@ -263,3 +263,76 @@ async fn tables_written_for_the_first_time_during_forced_cuts_ship() {
     let (ok, table) = c.verify(20);
     assert!(ok, "{table}");
 }
+
+/// A transaction larger than what Ferry holds of a batch in memory (16 MB)
+/// ships through a spill file; with Ferry killed by -9 while the replica
+/// applies it, the replica holds none of it or all of it, and after the
+/// restart exactly all of it (a table without a key would hold its rows
+/// twice if the batch applied twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_memory_applies_exactly_once_across_kill_9() {
+    let mut c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE bulk (n int NOT NULL, pad text NOT NULL);",
+    );
+    c.wait_replicas_serving(1).await;
+    c.kill_ferry();
+    c.psql(
+        0,
+        "SET ROLE app; INSERT INTO bulk SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g",
+    );
+    c.start_ferry();
+    eventually(
+        Duration::from_secs(60),
+        "the replica applying the batch",
+        || {
+            let busy = c.psql(
+                1,
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'ferry apply' AND state = 'active'",
+            );
+            if busy.trim() == "1" {
+                Ok(())
+            } else {
+                Err(busy)
+            }
+        },
+    )
+    .await;
+    let spilled = metric(&c, "ferry_spilled_bytes_total");
+    c.kill_ferry();
+    assert!(
+        spilled > 16.0 * 1024.0 * 1024.0,
+        "the batch was held in memory: {spilled} bytes spilled"
+    );
+    // The apply session went with Ferry: its transaction rolled back, or
+    // had committed whole.
+    let on_replica = eventually(Duration::from_secs(10), "apply session gone", || {
+        let left = c.psql(
+            1,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ferry apply'",
+        );
+        if left.trim() == "0" {
+            Ok(c.psql(1, "SELECT count(*) FROM bulk").trim().to_string())
+        } else {
+            Err(left)
+        }
+    })
+    .await;
+    assert!(
+        on_replica == "0" || on_replica == "300000",
+        "the replica shows part of a transaction: {on_replica} rows"
+    );
+    eprintln!("the replica held {on_replica} rows of the batch when Ferry was killed");
+    c.start_ferry();
+    c.wait_psql(
+        1,
+        "SELECT count(*), count(DISTINCT n) FROM bulk",
+        "300000|300000",
+        Duration::from_secs(90),
+    )
+    .await;
+    let (ok, table) = c.verify(30);
+    assert!(ok, "{table}");
+}

@@ -5,12 +5,11 @@
 //! cut's transaction, at its snapshot.
 
 use super::{Cutter, Step};
+use crate::payload::Payload;
 use crate::schema_steps::{plan, LogEntry, Planned};
 use crate::verify::{RepairPart, RepairRange};
 use crate::BatchError;
-use bytes::Bytes;
 use ferry_sql::batch;
-use futures_util::TryStreamExt;
 
 impl Cutter {
     /// The steps of a group's batch when its window holds schema changes:
@@ -63,7 +62,7 @@ impl Cutter {
                         .and_then(|r| r.as_ref().map(|r| r.copy_out.clone()));
                     if let Some(copy_out) = copy_out.filter(|_| n > 0) {
                         let stream = self.client.copy_out(&copy_out).await.map_err(self.pg())?;
-                        let data: Vec<Bytes> = stream.try_collect().await.map_err(self.pg())?;
+                        let data = self.collect(stream).await?;
                         steps.push(Step::Rows {
                             shape: self.shapes[i].clone(),
                             rows: n,
@@ -197,12 +196,12 @@ impl Cutter {
     }
 
     /// Copies one step or repair table out, in binary.
-    async fn copy_out_temp(&self, temp: &str) -> Result<Vec<Bytes>, BatchError> {
+    async fn copy_out_temp(&self, temp: &str) -> Result<Payload, BatchError> {
         let stream = self
             .client
             .copy_out(&batch::copy_out_of(temp))
             .await
             .map_err(self.pg())?;
-        stream.try_collect().await.map_err(self.pg())
+        self.collect(stream).await
     }
 }

@@ -46,8 +46,15 @@ impl Batcher {
         .await?;
         let ties =
             crate::catalog::sequence_ties(&control, &master.name, &shapes, &sequences).await?;
-        let cutter =
-            Cutter::new(&master.name, batch_client, &shapes, sequences.clone(), ties).await?;
+        let cutter = Cutter::new(
+            &master.name,
+            batch_client,
+            &shapes,
+            sequences.clone(),
+            ties,
+            &self.cfg.spill_dir,
+        )
+        .await?;
         let last_batch: i64 = control
             .query_one(schema::LAST_BATCH_ID, &[])
             .await

@@ -100,7 +100,9 @@ impl Batcher {
         held: &BTreeSet<String>,
     ) {
         let origin = &self.cfg.master.name;
-        let timeout = self.cfg.apply_timeout;
+        // A large batch takes longer: a second more per MB it carries (a
+        // replica slower than that is taken for stuck).
+        let timeout = self.cfg.apply_timeout + Duration::from_secs(batch.bytes() >> 20);
         // Connected, not suspended, and standing where the batch starts.
         let takes = |r: &Replica| {
             r.session.is_some()

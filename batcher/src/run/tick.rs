@@ -75,6 +75,7 @@ impl Batcher {
         let mut schema_changed = Vec::new();
         for batch in &batches {
             self.metrics.batches_cut.inc();
+            self.metrics.spilled_bytes.inc_by(batch.spilled_bytes());
             s.last_batch = s.last_batch.max(batch.id);
             schema_changed.extend(self.report_batch_changes(batch));
             self.ship(batch, replicas, tick, &held).await;

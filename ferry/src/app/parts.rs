@@ -95,6 +95,11 @@ pub(super) fn batcher_config(
         tick: Duration::from_millis(cfg.replication.tick_ms),
         housekeeping: Duration::from_millis(cfg.replication.housekeeping_ms),
         apply_timeout: Duration::from_millis(cfg.replication.apply_timeout_ms),
+        spill_dir: cfg
+            .replication
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir),
         sync: Some(ticks.clone()),
         epoch: topo.epoch,
         verify: Arc::new(std::sync::Mutex::new(Verifier::new(

@@ -322,8 +322,13 @@ pub struct ReplicationConfig {
     /// Interval between outbox clean-ups, in ms.
     pub housekeeping_ms: u64,
     /// A replica that takes longer than this to apply one batch is
-    /// disconnected and retried, in ms.
+    /// disconnected and retried, in ms (a large batch gets a second more
+    /// per MB it carries).
     pub apply_timeout_ms: u64,
+    /// Where a batch's data goes beyond 16 MB, so that a transaction of
+    /// any size costs Ferry bounded memory (files unlinked at once);
+    /// default: the system's temporary directory.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ReplicationConfig {
@@ -338,6 +343,7 @@ impl Default for ReplicationConfig {
             tick_ms: 50,
             housekeeping_ms: 1000,
             apply_timeout_ms: 30_000,
+            spill_dir: None,
         }
     }
 }
