@@ -177,7 +177,10 @@ pub struct Cutter {
     finish: tokio::sync::Mutex<HashMap<Vec<usize>, Statement>>,
     emptying: Mutex<Vec<Emptying>>,
     /// The tables the last cut found written: what a cut that runs without
-    /// a probe expects.
+    /// a probe expects. While they are some, the next tick cuts at once
+    /// (under a steady stream of writes a probe would only find them
+    /// again, at the price of a round trip); the first cut that finds none
+    /// lets the probes resume.
     expected: Mutex<Vec<usize>>,
     /// Tables whose outbox may hold rows, each with the `xmax` of the
     /// latest snapshot that found it written: the housekeeping's work.
@@ -273,11 +276,11 @@ impl Cutter {
     /// others instead of being cut separately ever after; a group for which
     /// nothing changed gets an empty batch (a ledger step).
     ///
-    /// With one group and nothing else asked for, a probe outside any
-    /// transaction comes first: when no table was written, no schema
-    /// changed and no sequence moved since the group's position, there is
-    /// no cut ([`Cut::Idle`]); otherwise the cut expects the tables the
-    /// probe found written.
+    /// With one group, nothing else asked for and no table written in the
+    /// previous cut's window, a probe outside any transaction comes first:
+    /// when no table was written, no schema changed and no sequence moved
+    /// since the group's position, there is no cut ([`Cut::Idle`]);
+    /// otherwise the cut expects the tables the probe found written.
     ///
     /// A cut costs two round trips to the master (a sync commit waits
     /// for them): the first flight opens the transaction, locks the
@@ -301,17 +304,20 @@ impl Cutter {
         if groups.is_empty() {
             return Ok(Cut::Unchanged);
         }
-        let quiet = groups.len() == 1 && chunk.is_empty() && repairs.is_empty();
+        let expected = self
+            .expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let quiet =
+            groups.len() == 1 && chunk.is_empty() && repairs.is_empty() && expected.is_empty();
         let mut expect = if quiet {
             match self.probe(&groups[0].1).await? {
                 Some(written) => written,
                 None => return Ok(Cut::Idle),
             }
         } else {
-            self.expected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
+            expected
         };
         loop {
             self.make_ready(&expect).await?;

@@ -19,14 +19,29 @@ pub async fn install_master(
     include: &[Pattern],
     exclude: &[Pattern],
 ) -> Result<Vec<TableShape>, BatchError> {
-    install_schema(node, client, include, exclude).await?;
-    let shapes = replicated_tables(client, node, include, exclude).await?;
-    install_capture(node, client, &shapes).await?;
+    let shapes = install_node(node, client, include, exclude).await?;
     info!(
         node,
         tables = shapes.len(),
         "schema and capture installed on the master"
     );
+    Ok(shapes)
+}
+
+/// Installs schema and capture on any node, for its own replicated tables
+/// (a replica's are checked against the master's later, by
+/// [`prepare_replica`]); returns them. `ferry init` runs it on every node
+/// at once: a fresh install costs each server a few milliseconds per
+/// table.
+pub async fn install_node(
+    node: &str,
+    client: &Client,
+    include: &[Pattern],
+    exclude: &[Pattern],
+) -> Result<Vec<TableShape>, BatchError> {
+    install_schema(node, client, include, exclude).await?;
+    let shapes = replicated_tables(client, node, include, exclude).await?;
+    install_capture(node, client, &shapes).await?;
     Ok(shapes)
 }
 

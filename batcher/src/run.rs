@@ -132,6 +132,9 @@ pub struct Batcher {
     kept_for: Mutex<Option<(String, Instant)>>,
     /// A `ferry repair` waiting for its batch.
     repair: Mutex<Option<repair::PendingRepair>>,
+    /// Where the capture check's next slice of tables starts (a table
+    /// oid; 0: the first), see [`intact`].
+    intact_after: Mutex<i64>,
 }
 
 impl Batcher {
@@ -149,6 +152,7 @@ impl Batcher {
             unconfigured: Mutex::new(BTreeSet::new()),
             kept_for: Mutex::new(None),
             repair: Mutex::new(None),
+            intact_after: Mutex::new(0),
         }
     }
 

@@ -301,15 +301,18 @@ BEGIN
         EXECUTE format('DROP TABLE %s', outbox);
     END IF;
     IF to_regclass(outbox) IS NULL THEN
-        EXECUTE format('CREATE TABLE %s (_seq bigint NOT NULL, _xid xid8 NOT NULL, _op "char" NOT NULL) '
+        -- With every column at once (one statement, not one per column).
+        EXECUTE format('CREATE TABLE %s (_seq bigint NOT NULL, _xid xid8 NOT NULL, _op "char" NOT NULL%s) '
             'WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0)',
-            outbox);
+            outbox,
+            COALESCE((SELECT string_agg(format(', %I %s', w.name, w.type), '' ORDER BY w.i)
+                        FROM unnest(want, want_types) WITH ORDINALITY w(name, type, i)), ''));
         -- The cut reads only rows at or above the previous cut's xmin:
         -- with this index that is a range scan however large a backlog a
         -- down replica leaves behind.
         EXECUTE format('CREATE INDEX %I ON %s (_xid)', 'o_' || stem || '_xid', outbox);
-        have := NULL;
-        have_types := NULL;
+        have := want;
+        have_types := want_types;
     END IF;
     -- Reconcile by attribute number: drop what the table lost, retype what
     -- it retyped, add what it gained (new attributes come last in both).
@@ -428,11 +431,13 @@ BEGIN
     -- Triggers change kind (row, statement) with the mode: replacing one
     -- of another kind on a partitioned table leaves its partitions' clones
     -- behind, so they are dropped first.
-    FOREACH t IN ARRAY ARRAY['ferry_capture_ins', 'ferry_capture_upd', 'ferry_capture_del',
-                             'ferry_capture_key', 'ferry_capture_trn', 'ferry_capture_trn_end',
-                             'ferry_capture_rins', 'ferry_capture_rupd', 'ferry_capture_rdel',
-                             'ferry_capture_rref'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t, target);
+    FOR t IN SELECT g.tgname FROM pg_trigger g
+              WHERE g.tgrelid = rel
+                AND g.tgname = ANY (ARRAY['ferry_capture_ins', 'ferry_capture_upd', 'ferry_capture_del',
+                                          'ferry_capture_key', 'ferry_capture_trn', 'ferry_capture_trn_end',
+                                          'ferry_capture_rins', 'ferry_capture_rupd', 'ferry_capture_rdel',
+                                          'ferry_capture_rref']) LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t, target);
     END LOOP;
     -- TRUNCATE: a marker (the replica empties the table there). The table
     -- also notes that it is being truncated, so that its partitions' own

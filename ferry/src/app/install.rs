@@ -4,7 +4,7 @@
 use super::cluster::decide;
 use super::AppError;
 use crate::config::Config;
-use ferry_batcher::install::{connect, install_master, prepare_replica};
+use ferry_batcher::install::{connect, install_master, install_node, prepare_replica};
 use ferry_batcher::pattern::Pattern;
 use ferry_batcher::BatchError;
 use ferry_cluster::Topology;
@@ -45,8 +45,17 @@ pub(super) async fn install_for(
     let (include, exclude) = patterns(cfg)?;
     let m = &topo.master;
     let master = connect(&m.name, &m.target, "ferry init").await?;
-    let shapes = install_master(&m.name, &master, &include, &exclude).await?;
-    // The replicas at once: each is its own server.
+    // Every node at once, each its own server: the master's capture and
+    // each replica's own, then the replicas are checked against the
+    // master's tables (their capture is current by then).
+    let (shapes, _) = tokio::join!(
+        install_master(&m.name, &master, &include, &exclude),
+        futures_util::future::join_all(topo.replicas.iter().map(|r| async {
+            let client = connect(&r.name, &r.target, "ferry init").await?;
+            install_node(&r.name, &client, &include, &exclude).await
+        })),
+    );
+    let shapes = shapes?;
     let prepared = futures_util::future::join_all(topo.replicas.iter().map(|r| async {
         let client = connect(&r.name, &r.target, "ferry init").await?;
         prepare_replica(
