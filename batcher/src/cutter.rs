@@ -228,10 +228,11 @@ impl Cutter {
             .map(|(i, s)| (s.table.stem(), i))
             .collect();
         let touched = touched.map_err(err(node))?;
-        let mut outboxes = window::Written::default();
         let stems: Vec<String> = touched.try_get(1).map_err(err(node))?;
-        outboxes.seen = touched.try_get(0).map_err(err(node))?;
-        outboxes.found(&window::tables(&by_stem, &stems), &outboxes.seen.clone());
+        let outboxes = window::Written::at_start(
+            &window::tables(&by_stem, &stems),
+            touched.try_get(0).map_err(err(node))?,
+        );
         Ok(Self {
             node: node.to_string(),
             shapes: shapes.to_vec(),

@@ -114,18 +114,12 @@ impl Payload {
             let given: u64 = held.iter().map(|c| c.len() as u64).sum();
             let mut pending = BytesMut::with_capacity(CHUNK);
             for c in held.drain(..).chain(std::iter::once(chunk)) {
-                pending.extend_from_slice(&c);
-                if pending.len() >= CHUNK {
-                    spill.write(pending.split().freeze()).await?;
-                }
+                spill.append(&mut pending, &c).await?;
             }
             budget.give(given);
             while let Some(c) = stream.try_next().await.map_err(PayloadError::Stream)? {
                 bytes += c.len() as u64;
-                pending.extend_from_slice(&c);
-                if pending.len() >= CHUNK {
-                    spill.write(pending.split().freeze()).await?;
-                }
+                spill.append(&mut pending, &c).await?;
             }
             spill.write(pending.freeze()).await?;
             return Ok(Self {
@@ -234,6 +228,19 @@ impl Spill {
             file: Arc::new(file),
             dir: dir.display().to_string(),
         })
+    }
+
+    /// Adds `c` to `pending`, written out once it holds a chunk's worth.
+    async fn append<E: std::error::Error + 'static>(
+        &self,
+        pending: &mut BytesMut,
+        c: &[u8],
+    ) -> Result<(), PayloadError<E>> {
+        pending.extend_from_slice(c);
+        if pending.len() >= CHUNK {
+            self.write(pending.split().freeze()).await?;
+        }
+        Ok(())
     }
 
     /// Appends a chunk, off the runtime's threads.

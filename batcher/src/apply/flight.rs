@@ -136,20 +136,7 @@ pub(super) fn run(
     params: &[String],
     out: &mut BytesMut,
 ) -> Result<(), std::io::Error> {
-    frontend::bind(
-        "",
-        statement,
-        [0i16],
-        params.iter(),
-        |p, buf| {
-            buf.extend_from_slice(p.as_bytes());
-            Ok(IsNull::No)
-        },
-        [0i16],
-        out,
-    )
-    .map_err(|_| std::io::Error::other("bind encoding"))?;
-    frontend::execute("", 0, out)
+    bind_execute(statement, params.iter().map(|p| Some(p.as_str())), out)
 }
 
 /// [`run`] with parameters that may be NULL.
@@ -158,11 +145,20 @@ pub(super) fn run_nullable(
     params: &[Option<String>],
     out: &mut BytesMut,
 ) -> Result<(), std::io::Error> {
+    bind_execute(statement, params.iter().map(Option::as_deref), out)
+}
+
+/// Bind (text parameters, None for NULL) and Execute, unnamed portal.
+fn bind_execute<'a>(
+    statement: &str,
+    params: impl Iterator<Item = Option<&'a str>>,
+    out: &mut BytesMut,
+) -> Result<(), std::io::Error> {
     frontend::bind(
         "",
         statement,
         [0i16],
-        params.iter(),
+        params,
         |p, buf| match p {
             Some(p) => {
                 buf.extend_from_slice(p.as_bytes());

@@ -279,10 +279,18 @@ pub(super) fn tables(by_stem: &HashMap<String, usize>, stems: &[String]) -> Vec<
 pub(super) struct Written {
     tables: BTreeMap<usize, u64>,
     /// The snapshot through which `ferry.touched` was read.
-    pub seen: String,
+    seen: String,
 }
 
 impl Written {
+    /// What `ferry.touched` names at the batcher's start, read in `snap`.
+    pub fn at_start(tables: &[usize], snap: String) -> Self {
+        let mut w = Self::default();
+        w.found(tables, &snap);
+        w.seen = snap;
+        w
+    }
+
     /// `tables` were found written in a snapshot `snap`.
     pub fn found(&mut self, tables: &[usize], snap: &str) {
         let xmax = snapshot_xmax(snap).unwrap_or(u64::MAX);

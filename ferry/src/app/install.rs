@@ -48,26 +48,32 @@ pub(super) async fn install_for(
     // Every node at once, each its own server: the master's capture and
     // each replica's own, then the replicas are checked against the
     // master's tables (their capture is current by then).
-    let (shapes, _) = tokio::join!(
+    let (shapes, installed) = tokio::join!(
         install_master(&m.name, &master, &include, &exclude),
         futures_util::future::join_all(topo.replicas.iter().map(|r| async {
             let client = connect(&r.name, &r.target, "ferry init").await?;
-            install_node(&r.name, &client, &include, &exclude).await
+            install_node(&r.name, &client, &include, &exclude).await?;
+            Ok::<_, BatchError>(client)
         })),
     );
     let shapes = shapes?;
-    let prepared = futures_util::future::join_all(topo.replicas.iter().map(|r| async {
-        let client = connect(&r.name, &r.target, "ferry init").await?;
-        prepare_replica(
-            (&m.name, &master),
-            &shapes,
-            (&r.name, &client),
-            &include,
-            &exclude,
-        )
-        .await
-    }))
-    .await;
+    let prepared =
+        futures_util::future::join_all(topo.replicas.iter().zip(installed).map(|(r, client)| {
+            let (master, shapes) = (&master, &shapes);
+            let (include, exclude) = (&include, &exclude);
+            async move {
+                let client = client?;
+                prepare_replica(
+                    (&m.name, master),
+                    shapes,
+                    (&r.name, &client),
+                    include,
+                    exclude,
+                )
+                .await
+            }
+        }))
+        .await;
     for (r, result) in topo.replicas.iter().zip(prepared) {
         match result {
             Ok(_) => {}
