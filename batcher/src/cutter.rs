@@ -215,12 +215,12 @@ impl Cutter {
             .batch_execute(batch::CUT_SESSION_SETUP)
             .await
             .map_err(err(node))?;
-        let probe = batch::probe();
+        let (probe, touched) = (batch::probe(), batch::touched());
         let (ddl_window, chunk, probe, touched) = tokio::join!(
             client.prepare(ferry_sql::ddl::IN_WINDOW),
             client.prepare(ferry_sql::verify::CHUNK_ON_MASTER),
             client.prepare(&probe),
-            client.query_one(batch::TOUCHED, &[]),
+            client.query_one(&touched, &[]),
         );
         let by_stem: HashMap<String, usize> = shapes
             .iter()

@@ -182,8 +182,16 @@ pub fn materialise(shape: &TableShape) -> String {
 /// The tables written in the window (`$1`: the previous cut), as the
 /// stems `ferry.touched` names them (`text[]`): an expression.
 fn touched_in_window() -> String {
-    format!("ARRAY(SELECT DISTINCT stem FROM ferry.touched WHERE {SINCE_CUT})")
+    format!("ARRAY(SELECT DISTINCT {TOUCHED_STEM} FROM {TOUCHED_ROWS} WHERE {SINCE_CUT})")
 }
+
+/// The rows of `ferry.touched`, one per table named (a row names several
+/// in `stems`; one written by an older capture, one in `stem`).
+const TOUCHED_ROWS: &str =
+    "ferry.touched t, pg_catalog.unnest(COALESCE(t.stems, ARRAY[t.stem])) AS named(stem)";
+
+/// The table a row of [`TOUCHED_ROWS`] names.
+const TOUCHED_STEM: &str = "named.stem";
 
 /// Whether a cut could find anything, asked at a tick outside any
 /// transaction (so an idle tick costs one small statement, whatever the
@@ -315,8 +323,9 @@ pub const OUTBOX_AS_SEEN: &str = "SELECT c.relfilenode = pg_catalog.pg_relation_
 /// The tables `ferry.touched` names (their outboxes may hold rows), with
 /// the snapshot they were read in: the batcher's start. One row:
 /// snapshot text, `text[]` of stems.
-pub const TOUCHED: &str =
-    "SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem FROM ferry.touched)";
+pub fn touched() -> String {
+    format!("SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT {TOUCHED_STEM} FROM {TOUCHED_ROWS})")
+}
 
 /// The tables written since a snapshot (`$1`), with the snapshot they
 /// were read in (the next call's `$1`): how the housekeeping learns which
@@ -497,7 +506,7 @@ mod tests {
         assert_eq!(sql.matches("RETURNING _op").count(), 2);
         assert_eq!(sql.matches("count(*) FILTER").count(), 6);
         assert!(sql.contains(
-            "SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem FROM ferry.touched"
+            "SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT named.stem FROM ferry.touched t"
         ));
         assert!(sql.contains("EXISTS (SELECT 1 FROM ferry.ddl_log"));
         assert!(sql.ends_with("(SELECT count(*) FILTER (WHERE _op = 'T') FROM m1)]::bigint[]"));
@@ -505,11 +514,13 @@ mod tests {
         // No tables expected: the snapshot, what was written, the flag
         // and the sequences alone.
         let bare = materialise_set(&[]);
-        assert!(bare.starts_with("SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT stem"));
+        assert!(bare
+            .starts_with("SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT named.stem"));
         assert!(bare.ends_with("ORDER BY u.i), ARRAY[]::bigint[]"));
         // An idle tick asks the same, without a snapshot of its own to keep.
-        assert!(probe()
-            .starts_with("SELECT ARRAY(SELECT DISTINCT stem FROM ferry.touched WHERE _xid >="));
+        assert!(
+            probe().starts_with("SELECT ARRAY(SELECT DISTINCT named.stem FROM ferry.touched t, ")
+        );
     }
 
     #[test]

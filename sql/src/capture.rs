@@ -16,10 +16,19 @@
 //! depend on the columns; when the table gains, loses or retypes a column,
 //! the outbox is reconciled by attribute number (a rename needs nothing).
 //!
-//! Every body that writes an outbox also names its table in
-//! `ferry.touched`, once per transaction, so that the batcher's cut and
+//! Every body that writes an outbox also makes sure its table is named in
+//! `ferry.touched` for the transaction, so that the batcher's cut and
 //! housekeeping visit the outboxes that hold something instead of all of
-//! them (an idle tick costs the same with 4 tables or 2,000).
+//! them (an idle tick costs the same with 4 tables or 2,000). A row there
+//! costs a statement inside the writer's transaction (one per table cost
+//! TPC-B through Ferry about 15 %, `benchmarks/TOUCHED.md`), so the first
+//! table a transaction writes is named together with the tables its
+//! session wrote lately (up to 16, kept in the session setting
+//! `ferry.recent_tables`): a session that writes the same tables
+//! transaction after transaction writes one row per transaction. Naming a
+//! table that was not written costs the cut an empty read of its outbox;
+//! a table not named would never ship, so one outside the list gets a row
+//! of its own.
 //!
 //! The triggers fire for every path a row can change by (functions,
 //! cascades, COPY, sessions that bypass the proxy), and not at all in apply
@@ -62,12 +71,14 @@ pub const QUIET: &str = "SET ferry.in_ddl = 'on'";
 /// - `ferry.table_shape(table)`: name, columns and key as JSON, the form in
 ///   which the DDL log records a table before and after a change.
 /// - `ferry.touch_code(stem)`: the PL/pgSQL statement every trigger body
-///   that writes an outbox runs after it, naming the table in
-///   `ferry.touched` once per transaction (the tables named so far are kept
-///   in the transaction-local setting `ferry.touched`, each with the
-///   transaction id, so a session-level value cannot stand in for them).
-///   The cut reads the outboxes of the tables named there, so an outbox
-///   row must never be written without it.
+///   that writes an outbox runs after it: unless the table is named for
+///   the transaction already (the tables named so far are kept in the
+///   transaction-local setting `ferry.touched`, each with the transaction
+///   id, so a session-level value cannot stand in for them), it calls
+///   `ferry.touch(stem)`, which names it in `ferry.touched` (the
+///   transaction's first table with the session's recent ones). The cut
+///   reads the outboxes of the tables named there, so an outbox row must
+///   never be written without it.
 /// - `ferry.capture_current(table)`: whether the table's capture is as
 ///   `capture_table` would leave it (its first look, without locks), so
 ///   that a start over 2,000 unchanged tables asks once for all of them
@@ -174,10 +185,30 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
 SELECT format(
     'IF pg_catalog.strpos(COALESCE(pg_catalog.current_setting(''ferry.touched'', true), ''''), '
     'pg_catalog.concat('','', pg_catalog.pg_current_xact_id(), ''/'', %1$L, '','')) = 0 THEN '
-    'INSERT INTO ferry.touched (_xid, stem) VALUES (pg_catalog.pg_current_xact_id(), %1$L); '
-    'PERFORM pg_catalog.set_config(''ferry.touched'', pg_catalog.concat('
-    'COALESCE(NULLIF(pg_catalog.current_setting(''ferry.touched'', true), ''''), '',''), '
-    'pg_catalog.pg_current_xact_id(), ''/'', %1$L, '',''), true); END IF; ', stem)
+    'PERFORM ferry.touch(%1$L); END IF; ', stem)
+$f$;
+CREATE OR REPLACE FUNCTION ferry.touch(stem text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    x xid8 := pg_current_xact_id();
+    mine text := COALESCE(current_setting('ferry.touched', true), '');
+    recent text[] := COALESCE(string_to_array(NULLIF(current_setting('ferry.recent_tables', true), ''), ','), '{}');
+    names text[] := ARRAY[stem];
+BEGIN
+    IF strpos(mine, concat(',', x, '/')) = 0 THEN
+        -- The transaction's first table: named together with the tables
+        -- the session wrote lately, which it most likely writes again
+        -- (one row per transaction rather than one per table).
+        names := array_append(array_remove(recent, stem), stem);
+    END IF;
+    INSERT INTO ferry.touched (_xid, stems) VALUES (x, names);
+    PERFORM set_config('ferry.touched', concat(COALESCE(NULLIF(mine, ''), ','),
+        (SELECT string_agg(concat(x, '/', n, ','), '') FROM unnest(names) n)), true);
+    IF stem <> ALL (recent) THEN
+        PERFORM set_config('ferry.recent_tables',
+            array_to_string((recent || stem)[greatest(1, cardinality(recent) + 2 - 16):], ','), false);
+    END IF;
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_current(rel regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
@@ -193,7 +224,7 @@ BEGIN
         RETURN false;
     END IF;
     -- The fingerprint and outbox check of capture_table's first look.
-    fp := md5(concat_ws('|', 'v4', format('%I.%I', now_shape->>'schema', now_shape->>'name'),
+    fp := md5(concat_ws('|', 'v5', format('%I.%I', now_shape->>'schema', now_shape->>'name'),
               jsonb_typeof(now_shape->'key') = 'array', now_shape->>'key', mode,
               CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
           || '/' || md5(members::text);
@@ -258,7 +289,7 @@ BEGIN
         members := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
         -- The table's own triggers (row triggers name its columns), and
         -- its partitions': a new partition needs only its own.
-        fp := md5(concat_ws('|', 'v4', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
+        fp := md5(concat_ws('|', 'v5', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
                   CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
               || '/' || md5(members::text);
         SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
@@ -350,8 +381,8 @@ BEGIN
         -- Rows captured by triggers of a version that did not name their
         -- tables in ferry.touched (writers are locked out here) would
         -- never be cut: name them now.
-        EXECUTE format('INSERT INTO ferry.touched (_xid, stem) SELECT DISTINCT o._xid, %1$L FROM %2$s o '
-                       'WHERE NOT EXISTS (SELECT FROM ferry.touched t WHERE t._xid = o._xid AND t.stem = %1$L)',
+        EXECUTE format('INSERT INTO ferry.touched (_xid, stems) SELECT DISTINCT o._xid, ARRAY[%1$L] FROM %2$s o '
+                       'WHERE NOT EXISTS (SELECT FROM ferry.touched t WHERE t._xid = o._xid AND %1$L = ANY (t.stems))',
                        stem, outbox);
     END IF;
     DELETE FROM ferry.capture WHERE relid = rel OR table_name = display;
@@ -640,7 +671,7 @@ BEGIN
                    outbox, cols, vals, CASE WHEN (shape->>'partitioned')::boolean THEN '' ELSE 'ONLY ' END,
                    shape->>'schema', shape->>'name')
         USING nextval('ferry.capture_seq'), x;
-    INSERT INTO ferry.touched (_xid, stem) VALUES (x, ferry.stem(shape->>'schema', shape->>'name'));
+    INSERT INTO ferry.touched (_xid, stems) VALUES (x, ARRAY[ferry.stem(shape->>'schema', shape->>'name')]);
 END
 $f$;
 "#;

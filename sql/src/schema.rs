@@ -16,11 +16,12 @@
 /// - `ferry.cleaned` is the master's outbox clean-up horizon: rows of
 ///   transactions below it may be gone, so a replica whose position is
 ///   older cannot catch up by batches.
-/// - `ferry.touched` names, per transaction, each table whose outbox it
-///   wrote (once per transaction: capture notes the tables it already named
-///   in the transaction-local setting `ferry.touched`), so that a cut reads
-///   the outboxes of the tables that changed, not every table's; it is
-///   cleaned up with the outboxes.
+/// - `ferry.touched` names, per transaction, the tables whose outboxes it
+///   wrote (`stems`: usually one row per transaction, see
+///   [`crate::capture`]; `stem`, one table per row, is what versions before
+///   0.5 of the capture wrote, read until their triggers are regenerated),
+///   so that a cut reads the outboxes of the tables that changed, not every
+///   table's; it is cleaned up with the outboxes.
 /// - `ferry.node_state` is the node's own record (never replicated) of its
 ///   role, its state-priority and the cluster epoch it last saw; the epoch
 ///   is its fence (see [`crate::cluster`]).
@@ -59,8 +60,11 @@ CREATE TABLE IF NOT EXISTS ferry.cleaned (
 );
 CREATE TABLE IF NOT EXISTS ferry.touched (
     _xid xid8 NOT NULL,
-    stem text NOT NULL
+    stems text[]
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0);
+ALTER TABLE ferry.touched ADD COLUMN IF NOT EXISTS stems text[];
+ALTER TABLE ferry.touched ADD COLUMN IF NOT EXISTS stem text;
+ALTER TABLE ferry.touched ALTER COLUMN stem DROP NOT NULL;
 CREATE INDEX IF NOT EXISTS touched_xid ON ferry.touched (_xid);
 CREATE TABLE IF NOT EXISTS ferry.node_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -341,3 +341,68 @@ async fn a_batch_larger_than_memory_applies_exactly_once_across_kill_9() {
     let (ok, table) = c.verify(30);
     assert!(ok, "{table}");
 }
+
+/// A session that writes the same tables transaction after transaction
+/// names them in one `ferry.touched` row per transaction (the first table
+/// it writes is named with the session's recent ones), a table outside
+/// those gets a row of its own, and everything ships, tables named but not
+/// written included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_names_the_tables_it_writes_once_per_transaction() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE a (id int PRIMARY KEY, v int);
+         CREATE TABLE b (id int PRIMARY KEY, v int);
+         CREATE TABLE c (id int PRIMARY KEY, v int);
+         CREATE TABLE d (id int PRIMARY KEY, v int);
+         CREATE TABLE e (id int PRIMARY KEY, v int);",
+    );
+    // Straight to the master as the application's role, to read what its
+    // transaction wrote into ferry.touched before it commits.
+    let direct = c.node_client(0).await;
+    let named = |writes: &'static str| {
+        let direct = &direct;
+        async move {
+            direct
+                .batch_execute(&format!("BEGIN; SET LOCAL ROLE app; {writes}; RESET ROLE"))
+                .await
+                .unwrap();
+            let rows: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM ferry.touched WHERE _xid = pg_current_xact_id()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            direct.batch_execute("COMMIT").await.unwrap();
+            rows
+        }
+    };
+    let all = "INSERT INTO a VALUES (1, 0); INSERT INTO b VALUES (1, 0); \
+               INSERT INTO c VALUES (1, 0); INSERT INTO d VALUES (1, 0)";
+    assert_eq!(named(all).await, 4, "a new session names each table");
+    for _ in 0..5 {
+        let again = "UPDATE a SET v = v + 1; UPDATE b SET v = v + 1; \
+                     UPDATE c SET v = v + 1; UPDATE d SET v = v + 1";
+        assert_eq!(named(again).await, 1, "the same tables again: one row");
+    }
+    assert_eq!(
+        named("UPDATE d SET v = v + 1; INSERT INTO e VALUES (1, 0)").await,
+        2,
+        "a table outside the session's recent ones gets its own row"
+    );
+    assert_eq!(named("UPDATE e SET v = 7").await, 1);
+    c.wait_psql(
+        1,
+        "SELECT string_agg(v::text, ',' ORDER BY t) FROM (SELECT 'a' t, v FROM a UNION ALL \
+         SELECT 'b', v FROM b UNION ALL SELECT 'c', v FROM c UNION ALL SELECT 'd', v FROM d \
+         UNION ALL SELECT 'e', v FROM e) x",
+        "5,5,5,6,7",
+        Duration::from_secs(20),
+    )
+    .await;
+    let (ok, table) = c.verify(20);
+    assert!(ok, "{table}");
+}
