@@ -62,6 +62,11 @@ pub const QUIET: &str = "SET ferry.in_ddl = 'on'";
 
 /// The functions behind capture; part of the idempotent install.
 ///
+/// They are PL/pgSQL even where one query would do: a SQL function with a
+/// `SET` clause is never inlined and plans its query again at every call
+/// (which made `table_shape` most of what checking an empty table cost the
+/// background check), while PL/pgSQL keeps its plans for the session.
+///
 /// - `ferry.stem(schema, name)`: the stem of the names of a table's
 ///   objects, the same as [`crate::TableName::stem`] (FNV-1a of
 ///   `schema \0 name`).
@@ -111,7 +116,9 @@ BEGIN
 END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.replication_key(rel regclass) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT array_agg(a.attname::text ORDER BY k.ord)
   FROM pg_index i
  CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
@@ -121,10 +128,13 @@ SELECT array_agg(a.attname::text ORDER BY k.ord)
  GROUP BY i.indexrelid, i.indisprimary
 HAVING bool_and(a.attnotnull)
  ORDER BY i.indisprimary DESC, count(*), i.indexrelid
- LIMIT 1
+ LIMIT 1);
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.table_shape(rel regclass) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT jsonb_build_object(
          'schema', n.nspname::text,
          'name', c.relname::text,
@@ -140,33 +150,45 @@ SELECT jsonb_build_object(
          'key', to_jsonb(ferry.replication_key(c.oid)),
          'partitioned', c.relkind = 'p')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = rel
+ WHERE c.oid = rel);
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_mode(rel regclass) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT CASE WHEN c.relkind = 'p' THEN 'partitioned'
             WHEN EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid)
             THEN 'inherit'
             ELSE 'plain' END
-  FROM pg_class c WHERE c.oid = rel
+  FROM pg_class c WHERE c.oid = rel);
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.partition_members(rel regclass) RETURNS oid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT COALESCE(array_agg(t.relid::oid ORDER BY t.relid::oid), '{}')
   FROM pg_partition_tree(rel) t JOIN pg_class c ON c.oid = t.relid
- WHERE t.relid <> rel AND c.relkind IN ('r', 'p')
+ WHERE t.relid <> rel AND c.relkind IN ('r', 'p'));
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.former_members(rel regclass) RETURNS oid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT COALESCE(array_agg(DISTINCT t.tgrelid), '{}')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_trigger t
     ON t.tgname = 'ferry_member_trn'
    AND t.tgfoid = to_regprocedure(format('ferry.%I()', 'c_' || ferry.stem(n.nspname, c.relname) || '_mtrn'))
- WHERE c.oid = rel AND t.tgrelid <> ALL (ferry.partition_members(rel))
+ WHERE c.oid = rel AND t.tgrelid <> ALL (ferry.partition_members(rel)));
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_scope(rels oid[]) RETURNS oid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 WITH RECURSIVE own AS (
     SELECT CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid ELSE c.oid END AS oid
       FROM unnest(rels) u(oid) JOIN pg_class c ON c.oid = u.oid
@@ -178,14 +200,18 @@ WITH RECURSIVE own AS (
       JOIN pg_class c ON c.oid = i.inhrelid
      WHERE NOT c.relispartition
 )
-SELECT COALESCE(array_agg(DISTINCT oid), '{}') FROM kin
+SELECT COALESCE(array_agg(DISTINCT oid), '{}') FROM kin);
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.touch_code(stem text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT format(
     'IF pg_catalog.strpos(COALESCE(pg_catalog.current_setting(''ferry.touched'', true), ''''), '
     'pg_catalog.concat('','', pg_catalog.pg_current_xact_id(), ''/'', %1$L, '','')) = 0 THEN '
-    'PERFORM ferry.touch(%1$L); END IF; ', stem)
+    'PERFORM ferry.touch(%1$L); END IF; ', stem));
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.touch(stem text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
@@ -202,8 +228,9 @@ BEGIN
         names := array_append(array_remove(recent, stem), stem);
     END IF;
     INSERT INTO ferry.touched (_xid, stems) VALUES (x, names);
+    -- An expression, not a query: no executor run for it.
     PERFORM set_config('ferry.touched', concat(COALESCE(NULLIF(mine, ''), ','),
-        (SELECT string_agg(concat(x, '/', n, ','), '') FROM unnest(names) n)), true);
+        x, '/', array_to_string(names, concat(',', x, '/')), ','), true);
     IF stem <> ALL (recent) THEN
         PERFORM set_config('ferry.recent_tables',
             array_to_string((recent || stem)[greatest(1, cardinality(recent) + 2 - 16):], ','), false);

@@ -43,13 +43,16 @@ CREATE TABLE IF NOT EXISTS ferry.settings (
     exclude_table text[] NOT NULL
 );
 CREATE OR REPLACE FUNCTION ferry.replicated(sch text, nam text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT COALESCE((
     SELECT EXISTS (SELECT FROM unnest(s.include_schema, s.include_table) p(ps, pt)
                     WHERE sch LIKE p.ps AND nam LIKE p.pt)
        AND NOT EXISTS (SELECT FROM unnest(s.exclude_schema, s.exclude_table) p(ps, pt)
                         WHERE sch LIKE p.ps AND nam LIKE p.pt)
-      FROM ferry.settings s), false)
+      FROM ferry.settings s), false));
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.record_drop() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
@@ -223,11 +226,14 @@ BEGIN
 END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.deterministic(expr text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+RETURN (
 SELECT expr NOT LIKE '%SQLVALUEFUNCTION%' AND expr NOT LIKE '%NEXTVALUEEXPR%'
    AND NOT EXISTS (SELECT FROM regexp_matches(expr, ':(?:funcid|opfuncid) ([0-9]+)', 'g') m
                      JOIN pg_proc p ON p.oid = m[1]::oid
-                    WHERE p.provolatile <> 'i')
+                    WHERE p.provolatile <> 'i'));
+END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.on_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
