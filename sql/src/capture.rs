@@ -251,7 +251,7 @@ BEGIN
         RETURN false;
     END IF;
     -- The fingerprint and outbox check of capture_table's first look.
-    fp := md5(concat_ws('|', 'v5', format('%I.%I', now_shape->>'schema', now_shape->>'name'),
+    fp := md5(concat_ws('|', 'v6', format('%I.%I', now_shape->>'schema', now_shape->>'name'),
               jsonb_typeof(now_shape->'key') = 'array', now_shape->>'key', mode,
               CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
           || '/' || md5(members::text);
@@ -316,7 +316,7 @@ BEGIN
         members := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
         -- The table's own triggers (row triggers name its columns), and
         -- its partitions': a new partition needs only its own.
-        fp := md5(concat_ws('|', 'v5', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
+        fp := md5(concat_ws('|', 'v6', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
                   CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
               || '/' || md5(members::text);
         SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
@@ -434,8 +434,9 @@ DECLARE
     -- conflicting transactions are ordered by the row locks they wait
     -- for, so (key, _seq) orders every change. SECURITY DEFINER, so that
     -- any role that may write the table may capture into the outbox;
-    -- every name the bodies resolve is schema-qualified, so a caller's
-    -- search_path cannot substitute a function, type or table.
+    -- every name the bodies resolve is schema-qualified, and their
+    -- search_path is their own (see `definer`), so a caller's search_path
+    -- cannot substitute a function, operator, type or table.
     -- The variables win over the table's columns of the same name (a
     -- column named s or x): columns are always qualified here.
     head text := E'#variable_conflict use_variable\nDECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
@@ -464,7 +465,27 @@ DECLARE
     fn text;
     m oid;
     t text;
+    -- The bodies run with their owner's rights, so their search_path is
+    -- fixed: an operator a caller's schema defined (an exact match for
+    -- `=` or `>` earlier in the caller's path) must never run with those
+    -- rights. After pg_catalog come the schemas of the key types' btree
+    -- equality operators (a key of an extension's type compares with its
+    -- own `=`; only a superuser creates an operator class). `%` doubled:
+    -- it goes into a format string.
+    definer text;
 BEGIN
+    SELECT pg_catalog.replace(concat_ws(', ', 'pg_catalog', string_agg(DISTINCT format('%I', n.nspname), ', '), 'pg_temp'), '%', '%%')
+      INTO definer
+      FROM jsonb_array_elements_text(CASE WHEN keyed THEN shape->'key' ELSE '[]'::jsonb END) k
+      JOIN pg_attribute a ON a.attrelid = rel AND a.attname = k AND NOT a.attisdropped
+      JOIN pg_type ty ON ty.oid = a.atttypid
+      JOIN pg_opclass c ON c.opcmethod = (SELECT am.oid FROM pg_am am WHERE am.amname = 'btree')
+                       AND c.opcdefault AND c.opcintype IN (ty.oid, ty.typbasetype)
+      JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amopstrategy = 3
+                    AND o.amoplefttype = c.opcintype AND o.amoprighttype = c.opcintype
+      JOIN pg_operator op ON op.oid = o.amopopr
+      JOIN pg_namespace n ON n.oid = op.oprnamespace
+     WHERE n.nspname <> 'pg_catalog';
     IF keyed THEN
         SELECT string_agg(format('t.%1$I = o.%1$I', k), ' AND ') INTO gone_old
           FROM jsonb_array_elements_text(shape->'key') k;
@@ -500,13 +521,13 @@ BEGIN
     -- TRUNCATE: a marker (the replica empties the table there). The table
     -- also notes that it is being truncated, so that its partitions' own
     -- TRUNCATE triggers, which fire in the same statement, add nothing.
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L',
         format('ferry.%I', 'c_' || stem || '_trn'),
         format('BEGIN INSERT INTO %s (_seq, _xid, _op) VALUES (%s, ''T''); %s'
                'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
                'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
                'TG_RELID::pg_catalog.text), true); RETURN NULL; END', outbox, next_seq, touch));
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L',
         format('ferry.%I', 'c_' || stem || '_tre'),
         'BEGIN PERFORM pg_catalog.set_config(''ferry.truncating'', COALESCE(pg_catalog.array_to_string(pg_catalog.array_remove('
         'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''), '
@@ -518,7 +539,7 @@ BEGIN
     IF NOT keyed THEN
         -- Inserts replicate; updates and deletes are refused.
         fn := format('ferry.%I', 'c_' || stem || '_ref');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
             format('BEGIN RAISE EXCEPTION USING ERRCODE = ''55000'', '
                    'MESSAGE = pg_catalog.format(''cannot %%s table %%s because it has no primary key or unique not-null key'', '
                    'pg_catalog.lower(TG_OP), %L), '
@@ -531,7 +552,7 @@ BEGIN
     IF mode = 'plain' THEN
         -- Statement triggers with transition tables: the cheap path.
         fn := format('ferry.%I', 'c_' || stem || '_ins');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
             format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; %s RETURN NULL; END', head, outbox, touch_if_any));
         EXECUTE format('CREATE TRIGGER ferry_capture_ins AFTER INSERT ON %s '
             'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
@@ -539,12 +560,12 @@ BEGIN
             RETURN;
         END IF;
         fn := format('ferry.%I', 'c_' || stem || '_upd');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
             format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; %s RETURN NULL; END', head, outbox, touch_if_any));
         EXECUTE format('CREATE TRIGGER ferry_capture_upd AFTER UPDATE ON %s '
             'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
         fn := format('ferry.%I', 'c_' || stem || '_del');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
             format('%s INSERT INTO %s SELECT s, x, ''D'', o.* FROM ferry_old o '
                    'WHERE NOT EXISTS (SELECT FROM ONLY %s t WHERE %s); %s RETURN NULL; END',
                    head, outbox, target, gone_old, touch_if_any));
@@ -555,7 +576,7 @@ BEGIN
         -- triggers fire before statement triggers, so the deletion takes
         -- the lower sequence number: keys that swap net correctly.
         fn := format('ferry.%I', 'c_' || stem || '_key');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
             format('BEGIN IF NOT EXISTS (SELECT FROM ONLY %s t WHERE %s) THEN '
                    'INSERT INTO %s SELECT %s, ''D'', OLD.*; %s END IF; RETURN NULL; END',
                    target, gone_row, outbox, next_seq, touch));
@@ -577,7 +598,7 @@ BEGIN
     -- function runs after the ATTACH, and the clones must not collide.
     only_kw := CASE WHEN mode = 'inherit' THEN 'ONLY ' ELSE '' END;
     fn := format('ferry.%I', 'c_' || stem || '_rins');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
         format('BEGIN INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); %s RETURN NULL; END',
                outbox, out_cols, next_seq, new_row, touch));
     EXECUTE format('CREATE TRIGGER ferry_capture_rins AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
@@ -588,7 +609,7 @@ BEGIN
         RETURN;
     END IF;
     fn := format('ferry.%I', 'c_' || stem || '_rupd');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
         format('BEGIN IF (%s) AND NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); END IF; '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); %s RETURN NULL; END',
@@ -596,7 +617,7 @@ BEGIN
                outbox, out_cols, next_seq, new_row, touch));
     EXECUTE format('CREATE TRIGGER ferry_capture_rupd AFTER UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
     fn := format('ferry.%I', 'c_' || stem || '_rdel');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L', fn,
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
         format('BEGIN IF NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); %s END IF; RETURN NULL; END',
                only_kw, target, gone_row, outbox, out_key, next_seq, old_key, touch));
@@ -641,7 +662,7 @@ BEGIN
                 'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''))) THEN '
                 'RETURN NULL; END IF; ';
     IF keyed THEN
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
             format('ferry.%I', 'c_' || stem || '_mtrn'),
             format('BEGIN %s EXECUTE pg_catalog.format(%L, TG_RELID::pg_catalog.regclass); %s'
                    'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
@@ -651,7 +672,7 @@ BEGIN
                    format('INSERT INTO %s (_seq, _xid, _op, %s) SELECT %s, ''D'', %s FROM %%s o',
                           outbox, out_cols, next_seq, old_cols), touch));
     ELSE
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS %L',
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
             format('ferry.%I', 'c_' || stem || '_mtrn'),
             format('BEGIN %s RAISE EXCEPTION USING ERRCODE = ''55000'', MESSAGE = pg_catalog.format('
                    '''cannot truncate partition %%s of table %%s because the table has no primary key or unique not-null key'', '

@@ -18,8 +18,8 @@
 ///   older cannot catch up by batches.
 /// - `ferry.touched` names, per transaction, the tables whose outboxes it
 ///   wrote (`stems`: usually one row per transaction, see
-///   [`crate::capture`]; `stem`, one table per row, is what versions before
-///   0.5 of the capture wrote, read until their triggers are regenerated),
+///   [`crate::capture`]; `stem`, one table per row, is what triggers before
+///   capture fingerprint v5 wrote, read until they are regenerated),
 ///   so that a cut reads the outboxes of the tables that changed, not every
 ///   table's; it is cleaned up with the outboxes.
 /// - `ferry.node_state` is the node's own record (never replicated) of its
@@ -60,11 +60,22 @@ CREATE TABLE IF NOT EXISTS ferry.cleaned (
 );
 CREATE TABLE IF NOT EXISTS ferry.touched (
     _xid xid8 NOT NULL,
+    stem text,
     stems text[]
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0);
-ALTER TABLE ferry.touched ADD COLUMN IF NOT EXISTS stems text[];
-ALTER TABLE ferry.touched ADD COLUMN IF NOT EXISTS stem text;
-ALTER TABLE ferry.touched ALTER COLUMN stem DROP NOT NULL;
+-- Every writing transaction inserts here: the table is altered only when
+-- it lacks what this version writes (an ALTER takes its strongest lock,
+-- and would queue every writer behind a long transaction).
+DO $u$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ferry.touched'::regclass
+                    AND attname = 'stems' AND NOT attisdropped) THEN
+        ALTER TABLE ferry.touched ADD COLUMN stems text[];
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'ferry.touched'::regclass
+                AND attname = 'stem' AND attnotnull) THEN
+        ALTER TABLE ferry.touched ALTER COLUMN stem DROP NOT NULL;
+    END IF;
+END $u$;
 CREATE INDEX IF NOT EXISTS touched_xid ON ferry.touched (_xid);
 CREATE TABLE IF NOT EXISTS ferry.node_state (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),

@@ -291,3 +291,63 @@ async fn with_auth_lookup_the_masters_roles_log_in_without_being_listed() {
         assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{user}: {e:?}");
     }
 }
+
+/// The capture triggers run with their owner's rights (so any role that
+/// may write a table may capture into its outbox): an operator an ordinary
+/// role defines in its own schema, ahead of pg_catalog in its search_path,
+/// must not be what their bodies call. Before their search_path was fixed,
+/// a role that could write a replicated table became a superuser this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_in_the_callers_search_path_never_runs_with_capture_rights() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE ledger (id int PRIMARY KEY, v int);",
+    );
+    for node in 0..2 {
+        c.psql(
+            node,
+            "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO app', current_database()); END $$",
+        );
+    }
+    let client = c.proxy_client().await;
+    // Exact matches for what the trigger bodies compare (row counts with
+    // `>`, positions and keys with `=`), each trying to make its caller a
+    // superuser before answering as the real operator would.
+    client
+        .batch_execute(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.promote() RETURNS void LANGUAGE plpgsql AS $$
+               BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END $$;
+             CREATE FUNCTION evil.gt(bigint, integer) RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN PERFORM evil.promote(); RETURN $1 OPERATOR(pg_catalog.>) $2; END $$;
+             CREATE FUNCTION evil.eq(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN PERFORM evil.promote(); RETURN $1 OPERATOR(pg_catalog.=) $2; END $$;
+             CREATE OPERATOR evil.> (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.gt);
+             CREATE OPERATOR evil.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.eq);",
+        )
+        .await
+        .expect("an ordinary role defines operators in its own schema");
+    client
+        .batch_execute(
+            "SET search_path = evil, pg_catalog, public;
+             INSERT INTO public.ledger VALUES (1, 1), (2, 2);
+             UPDATE public.ledger SET v = 3 WHERE id OPERATOR(pg_catalog.=) 1;
+             DELETE FROM public.ledger WHERE id OPERATOR(pg_catalog.=) 2;",
+        )
+        .await
+        .expect("writes with that search_path");
+    let superuser = c.psql(0, "SELECT rolsuper FROM pg_roles WHERE rolname = 'app'");
+    assert_eq!(
+        superuser.trim(),
+        "f",
+        "a capture trigger ran the caller's operator with its owner's rights"
+    );
+    c.wait_psql(
+        1,
+        "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM ledger",
+        "1:3",
+        Duration::from_secs(20),
+    )
+    .await;
+}
