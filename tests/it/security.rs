@@ -302,7 +302,9 @@ async fn an_operator_in_the_callers_search_path_never_runs_with_capture_rights()
     let c = Cluster::started(
         env!("CARGO_BIN_EXE_ferry"),
         2,
-        "CREATE TABLE ledger (id int PRIMARY KEY, v int);",
+        "CREATE TABLE ledger (id int PRIMARY KEY, v int);
+         CREATE EXTENSION citext;
+         CREATE TABLE tags (name citext PRIMARY KEY, n int);",
     );
     for node in 0..2 {
         c.psql(
@@ -347,6 +349,24 @@ async fn an_operator_in_the_callers_search_path_never_runs_with_capture_rights()
         1,
         "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM ledger",
         "1:3",
+        Duration::from_secs(20),
+    )
+    .await;
+    // A key of an extension's type still compares with its own `=`
+    // (its schema is on the functions' path): deleting 'A' as 'a' ships.
+    client
+        .batch_execute(
+            "RESET search_path;
+             INSERT INTO tags VALUES ('A', 1), ('B', 2);
+             DELETE FROM tags WHERE name = 'a';
+             UPDATE tags SET n = 3 WHERE name = 'b';",
+        )
+        .await
+        .expect("writes to a table keyed by citext");
+    c.wait_psql(
+        1,
+        "SELECT string_agg(name || ':' || n, ',') FROM tags",
+        "B:3",
         Duration::from_secs(20),
     )
     .await;
