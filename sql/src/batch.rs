@@ -182,16 +182,18 @@ pub fn materialise(shape: &TableShape) -> String {
 /// The tables written in the window (`$1`: the previous cut), as the
 /// stems `ferry.touched` names them (`text[]`): an expression.
 fn touched_in_window() -> String {
-    format!("ARRAY(SELECT DISTINCT {TOUCHED_STEM} FROM {TOUCHED_ROWS} WHERE {SINCE_CUT})")
+    named_in_touched(SINCE_CUT)
 }
 
-/// The rows of `ferry.touched`, one per table named (a row names several
-/// in `stems`; one written by an older capture, one in `stem`).
-const TOUCHED_ROWS: &str =
-    "ferry.touched t, pg_catalog.unnest(COALESCE(t.stems, ARRAY[t.stem])) AS named(stem)";
-
-/// The table a row of [`TOUCHED_ROWS`] names.
-const TOUCHED_STEM: &str = "named.stem";
+/// The stems `ferry.touched` names in its rows that match `filter`, as an
+/// array expression (a row names several in `stems`; one written by an
+/// older capture, one in `stem`).
+fn named_in_touched(filter: &str) -> String {
+    format!(
+        "ARRAY(SELECT DISTINCT named.stem FROM ferry.touched t, \
+         pg_catalog.unnest(COALESCE(t.stems, ARRAY[t.stem])) AS named(stem) WHERE {filter})"
+    )
+}
 
 /// Whether a cut could find anything, asked at a tick outside any
 /// transaction (so an idle tick costs one small statement, whatever the
@@ -324,7 +326,10 @@ pub const OUTBOX_AS_SEEN: &str = "SELECT c.relfilenode = pg_catalog.pg_relation_
 /// the snapshot they were read in: the batcher's start. One row:
 /// snapshot text, `text[]` of stems.
 pub fn touched() -> String {
-    format!("SELECT pg_current_snapshot()::text, ARRAY(SELECT DISTINCT {TOUCHED_STEM} FROM {TOUCHED_ROWS})")
+    format!(
+        "SELECT pg_current_snapshot()::text, {}",
+        named_in_touched("true")
+    )
 }
 
 /// The tables written since a snapshot (`$1`), with the snapshot they

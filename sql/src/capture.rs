@@ -84,6 +84,9 @@ pub const QUIET: &str = "SET ferry.in_ddl = 'on'";
 ///   transaction's first table with the session's recent ones). The cut
 ///   reads the outboxes of the tables named there, so an outbox row must
 ///   never be written without it.
+/// - `ferry.capture_fingerprint(shape, mode, members)`: what the triggers
+///   installed for a table depend on, recorded in `ferry.capture`; a
+///   different one means they are regenerated.
 /// - `ferry.capture_current(table)`: whether the table's capture is as
 ///   `capture_table` would leave it (its first look, without locks), so
 ///   that a start over 2,000 unchanged tables asks once for all of them
@@ -237,6 +240,18 @@ BEGIN
     END IF;
 END
 $f$;
+CREATE OR REPLACE FUNCTION ferry.capture_fingerprint(shape jsonb, mode text, members oid[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    -- The table's own triggers (row triggers name its columns), and its
+    -- partitions': a new partition needs only its own. The version bumps
+    -- when the generated triggers change, so that every table gets new ones.
+    RETURN md5(concat_ws('|', 'v6', format('%I.%I', shape->>'schema', shape->>'name'),
+               jsonb_typeof(shape->'key') = 'array', shape->>'key', mode,
+               CASE WHEN mode <> 'plain' THEN shape->>'columns' END))
+           || '/' || md5(members::text);
+END
+$f$;
 CREATE OR REPLACE FUNCTION ferry.capture_current(rel regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
@@ -251,10 +266,7 @@ BEGIN
         RETURN false;
     END IF;
     -- The fingerprint and outbox check of capture_table's first look.
-    fp := md5(concat_ws('|', 'v6', format('%I.%I', now_shape->>'schema', now_shape->>'name'),
-              jsonb_typeof(now_shape->'key') = 'array', now_shape->>'key', mode,
-              CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
-          || '/' || md5(members::text);
+    fp := ferry.capture_fingerprint(now_shape, mode, members);
     RETURN EXISTS (SELECT FROM ferry.capture p
                     WHERE p.relid = rel AND p.fingerprint = fp AND p.shape = now_shape)
        AND (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
@@ -279,7 +291,6 @@ DECLARE
     stem text;
     outbox text;
     display text;
-    keyed boolean;
     mode text;
     members oid[];
     locked boolean := false;
@@ -311,14 +322,9 @@ BEGIN
         stem := ferry.stem(sch, nam);
         outbox := format('ferry.%I', 'o_' || stem);
         display := sch || '.' || nam;
-        keyed := jsonb_typeof(now_shape->'key') = 'array';
         mode := ferry.capture_mode(rel);
         members := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
-        -- The table's own triggers (row triggers name its columns), and
-        -- its partitions': a new partition needs only its own.
-        fp := md5(concat_ws('|', 'v6', format('%I.%I', sch, nam), keyed, now_shape->>'key', mode,
-                  CASE WHEN mode <> 'plain' THEN now_shape->>'columns' END))
-              || '/' || md5(members::text);
+        fp := ferry.capture_fingerprint(now_shape, mode, members);
         SELECT p.shape, p.fingerprint INTO pre, installed FROM ferry.capture p
          WHERE p.relid = rel OR p.table_name = display
          ORDER BY p.relid = rel DESC LIMIT 1;
@@ -473,6 +479,8 @@ DECLARE
     -- own `=`; only a superuser creates an operator class). `%` doubled:
     -- it goes into a format string.
     definer text;
+    -- Creates a trigger function: format(create_fn, name, body).
+    create_fn text;
 BEGIN
     SELECT pg_catalog.replace(concat_ws(', ', 'pg_catalog', string_agg(DISTINCT format('%I', n.nspname), ', '), 'pg_temp'), '%', '%%')
       INTO definer
@@ -486,6 +494,8 @@ BEGIN
       JOIN pg_operator op ON op.oid = o.amopopr
       JOIN pg_namespace n ON n.oid = op.oprnamespace
      WHERE n.nspname <> 'pg_catalog';
+    create_fn := 'CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                 'SET search_path = ' || definer || ' AS %L';
     IF keyed THEN
         SELECT string_agg(format('t.%1$I = o.%1$I', k), ' AND ') INTO gone_old
           FROM jsonb_array_elements_text(shape->'key') k;
@@ -521,13 +531,13 @@ BEGIN
     -- TRUNCATE: a marker (the replica empties the table there). The table
     -- also notes that it is being truncated, so that its partitions' own
     -- TRUNCATE triggers, which fire in the same statement, add nothing.
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L',
+    EXECUTE format(create_fn,
         format('ferry.%I', 'c_' || stem || '_trn'),
         format('BEGIN INSERT INTO %s (_seq, _xid, _op) VALUES (%s, ''T''); %s'
                'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
                'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
                'TG_RELID::pg_catalog.text), true); RETURN NULL; END', outbox, next_seq, touch));
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L',
+    EXECUTE format(create_fn,
         format('ferry.%I', 'c_' || stem || '_tre'),
         'BEGIN PERFORM pg_catalog.set_config(''ferry.truncating'', COALESCE(pg_catalog.array_to_string(pg_catalog.array_remove('
         'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''), '
@@ -539,7 +549,7 @@ BEGIN
     IF NOT keyed THEN
         -- Inserts replicate; updates and deletes are refused.
         fn := format('ferry.%I', 'c_' || stem || '_ref');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+        EXECUTE format(create_fn, fn,
             format('BEGIN RAISE EXCEPTION USING ERRCODE = ''55000'', '
                    'MESSAGE = pg_catalog.format(''cannot %%s table %%s because it has no primary key or unique not-null key'', '
                    'pg_catalog.lower(TG_OP), %L), '
@@ -552,7 +562,7 @@ BEGIN
     IF mode = 'plain' THEN
         -- Statement triggers with transition tables: the cheap path.
         fn := format('ferry.%I', 'c_' || stem || '_ins');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+        EXECUTE format(create_fn, fn,
             format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; %s RETURN NULL; END', head, outbox, touch_if_any));
         EXECUTE format('CREATE TRIGGER ferry_capture_ins AFTER INSERT ON %s '
             'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
@@ -560,12 +570,12 @@ BEGIN
             RETURN;
         END IF;
         fn := format('ferry.%I', 'c_' || stem || '_upd');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+        EXECUTE format(create_fn, fn,
             format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; %s RETURN NULL; END', head, outbox, touch_if_any));
         EXECUTE format('CREATE TRIGGER ferry_capture_upd AFTER UPDATE ON %s '
             'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
         fn := format('ferry.%I', 'c_' || stem || '_del');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+        EXECUTE format(create_fn, fn,
             format('%s INSERT INTO %s SELECT s, x, ''D'', o.* FROM ferry_old o '
                    'WHERE NOT EXISTS (SELECT FROM ONLY %s t WHERE %s); %s RETURN NULL; END',
                    head, outbox, target, gone_old, touch_if_any));
@@ -576,7 +586,7 @@ BEGIN
         -- triggers fire before statement triggers, so the deletion takes
         -- the lower sequence number: keys that swap net correctly.
         fn := format('ferry.%I', 'c_' || stem || '_key');
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+        EXECUTE format(create_fn, fn,
             format('BEGIN IF NOT EXISTS (SELECT FROM ONLY %s t WHERE %s) THEN '
                    'INSERT INTO %s SELECT %s, ''D'', OLD.*; %s END IF; RETURN NULL; END',
                    target, gone_row, outbox, next_seq, touch));
@@ -598,7 +608,7 @@ BEGIN
     -- function runs after the ATTACH, and the clones must not collide.
     only_kw := CASE WHEN mode = 'inherit' THEN 'ONLY ' ELSE '' END;
     fn := format('ferry.%I', 'c_' || stem || '_rins');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+    EXECUTE format(create_fn, fn,
         format('BEGIN INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); %s RETURN NULL; END',
                outbox, out_cols, next_seq, new_row, touch));
     EXECUTE format('CREATE TRIGGER ferry_capture_rins AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
@@ -609,7 +619,7 @@ BEGIN
         RETURN;
     END IF;
     fn := format('ferry.%I', 'c_' || stem || '_rupd');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+    EXECUTE format(create_fn, fn,
         format('BEGIN IF (%s) AND NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); END IF; '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''U'', %s); %s RETURN NULL; END',
@@ -617,7 +627,7 @@ BEGIN
                outbox, out_cols, next_seq, new_row, touch));
     EXECUTE format('CREATE TRIGGER ferry_capture_rupd AFTER UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()', target, fn);
     fn := format('ferry.%I', 'c_' || stem || '_rdel');
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ' || definer || ' AS %L', fn,
+    EXECUTE format(create_fn, fn,
         format('BEGIN IF NOT EXISTS (SELECT FROM %s%s t WHERE %s) THEN '
                'INSERT INTO %s (_seq, _xid, _op, %s) VALUES (%s, ''D'', %s); %s END IF; RETURN NULL; END',
                only_kw, target, gone_row, outbox, out_key, next_seq, old_key, touch));
@@ -641,6 +651,7 @@ DECLARE
     out_cols text;
     old_cols text;
     trn_skip text;
+    body text;
     m oid;
     t text;
 BEGIN
@@ -662,24 +673,23 @@ BEGIN
                 'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''))) THEN '
                 'RETURN NULL; END IF; ';
     IF keyed THEN
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
-            format('ferry.%I', 'c_' || stem || '_mtrn'),
-            format('BEGIN %s EXECUTE pg_catalog.format(%L, TG_RELID::pg_catalog.regclass); %s'
+        body := format('BEGIN %s EXECUTE pg_catalog.format(%L, TG_RELID::pg_catalog.regclass); %s'
                    'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
                    'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
                    'TG_RELID::pg_catalog.text), true); RETURN NULL; END',
                    trn_skip,
                    format('INSERT INTO %s (_seq, _xid, _op, %s) SELECT %s, ''D'', %s FROM %%s o',
-                          outbox, out_cols, next_seq, old_cols), touch));
+                          outbox, out_cols, next_seq, old_cols), touch);
     ELSE
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L',
-            format('ferry.%I', 'c_' || stem || '_mtrn'),
-            format('BEGIN %s RAISE EXCEPTION USING ERRCODE = ''55000'', MESSAGE = pg_catalog.format('
+        body := format('BEGIN %s RAISE EXCEPTION USING ERRCODE = ''55000'', MESSAGE = pg_catalog.format('
                    '''cannot truncate partition %%s of table %%s because the table has no primary key or unique not-null key'', '
                    'TG_RELID::pg_catalog.regclass, %L), '
                    'HINT = ''TRUNCATE the partitioned table, or add a primary key.''; END',
-                   trn_skip, '"' || display || '"'));
+                   trn_skip, '"' || display || '"');
     END IF;
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                   'SET search_path = pg_catalog, pg_temp AS %L',
+                   format('ferry.%I', 'c_' || stem || '_mtrn'), body);
     FOREACH m IN ARRAY members LOOP
         -- What a table attached as a partition had as a table of its own
         -- (the root's clones are kept).
