@@ -90,8 +90,12 @@ pub struct ReplicationStatus {
     pub master_reachable: bool,
     /// Highest batch id cut so far.
     pub last_batch: i64,
-    /// Rows in the master's outbox (shipped rows are removed).
+    /// Rows in the master's outbox (shipped rows are removed), as the
+    /// latest housekeeping pass counted them.
     pub outbox_backlog: i64,
+    /// The latest batch cut when that pass counted (None before the first
+    /// pass): rows of later batches are not in the figure.
+    pub outbox_counted_at_batch: Option<i64>,
     /// The unreachable replica whose unapplied changes the outbox keeps:
     /// it holds the clean-up back for as long as it stays away (and stays
     /// in the configuration).

@@ -32,8 +32,12 @@ pub struct Status {
     /// The master was chosen by `ferry force-master`.
     pub forced: bool,
     pub last_batch: i64,
-    /// Rows in the master's outbox not cleaned up yet.
+    /// Rows in the master's outbox not cleaned up yet, counted every
+    /// `housekeeping_ms`.
     pub outbox_backlog: i64,
+    /// The latest batch when `outbox_backlog` was counted: rows of later
+    /// batches are not in it (None before the first count).
+    pub outbox_counted_at_batch: Option<i64>,
     /// The node whose unapplied changes keep the outbox from being cleaned.
     pub outbox_kept_for: Option<String>,
     pub tables: usize,

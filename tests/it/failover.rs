@@ -470,9 +470,6 @@ async fn a_failed_master_that_will_not_return_is_removed() {
         Duration::from_secs(20),
     )
     .await;
-    c.wait_status(Duration::from_secs(20), "outbox cleaned up", |doc| {
-        doc["outbox_backlog"] == 0
-    })
-    .await;
+    c.wait_outbox_cleaned(Duration::from_secs(20)).await;
     assert!(c.ferry_log().contains("node removed from the cluster"));
 }

@@ -279,10 +279,7 @@ async fn status_metrics_and_health_report_the_replicas() {
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     // Shipped rows are cleaned up once the replicas' positions are settled
     // (3 s old, see schema::RECORD_POSITION).
-    c.wait_status(Duration::from_secs(15), "the outbox cleaned up", |doc| {
-        doc["outbox_backlog"] == 0
-    })
-    .await;
+    c.wait_outbox_cleaned(Duration::from_secs(15)).await;
     let doc: serde_json::Value = serde_json::from_str(&c.status_json().expect("status")).unwrap();
     let nodes = doc["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
@@ -347,10 +344,64 @@ async fn status_metrics_and_health_report_the_replicas() {
         .await
         .unwrap();
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
-    c.wait_status(Duration::from_secs(20), "outbox cleaned up", |doc| {
-        doc["outbox_backlog"] == 0
+    c.wait_outbox_cleaned(Duration::from_secs(20)).await;
+}
+
+/// `outbox_backlog` is counted by the housekeeping, every
+/// `housekeeping_ms`: a figure counted before rows were written must say
+/// so, or a reader takes "0" for "cleaned up" while the rows are still
+/// there (the figure went 0 → 50 → 0 in a CI run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_says_which_batches_it_counted() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        ferry_testkit::Options {
+            nodes: 2,
+            schema: SCHEMA.into(),
+            env: vec![("FERRY_REPLICATION_HOUSEKEEPING_MS".into(), "4000".into())],
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    c.wait_status(Duration::from_secs(15), "a first count", |doc| {
+        doc["outbox_counted_at_batch"].is_i64()
     })
     .await;
+    let first_count = std::time::Instant::now();
+    let client = c.proxy_client().await;
+    for i in 0..50 {
+        client
+            .execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("k{i}")])
+            .await
+            .unwrap();
+    }
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    let doc = c.status_doc();
+    let written = doc["last_batch"].as_i64().unwrap();
+    if first_count.elapsed() < Duration::from_millis(3500) {
+        // No pass since the one before the writes: its "0" says it is old.
+        assert_eq!(doc["outbox_backlog"], 0, "{doc}");
+        assert!(
+            doc["outbox_counted_at_batch"].as_i64().unwrap() < written,
+            "a count from before the writes names an earlier batch: {doc}"
+        );
+    }
+    c.wait_outbox_cleaned(Duration::from_secs(30)).await;
+    // Once a count that covers the writes says 0, it stays 0 while
+    // nothing is written (two more passes).
+    let until = std::time::Instant::now() + Duration::from_secs(9);
+    while std::time::Instant::now() < until {
+        let doc = c.status_doc();
+        assert_eq!(doc["outbox_backlog"], 0, "the backlog came back: {doc}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outbox = c.psql(
+        0,
+        "SELECT 'ferry.' || quote_ident(relname) FROM pg_class \
+         WHERE relname LIKE 'o\\_public\\_kv\\_%' AND relkind = 'r'",
+    );
+    let rows = c.psql(0, &format!("SELECT count(*) FROM {}", outbox.trim()));
+    assert_eq!(rows.trim(), "0", "status said the outbox was cleaned up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,8 @@ impl Batcher {
             s.cutter.cleaned_up_to(&horizon);
         }
         let in_use = s.cutter.outboxes_in_use();
+        // Every batch cut so far committed before the count began.
+        let counted_at = s.last_batch;
         let backlog = outbox::backlog(master, control, &in_use).await?;
         self.metrics.outbox_rows.set(backlog);
         for r in replicas.iter_mut() {
@@ -70,6 +72,7 @@ impl Batcher {
         self.report_kept_for(kept_for.as_ref(), backlog, fenced);
         if let Ok(mut st) = self.status.write() {
             st.outbox_backlog = backlog;
+            st.outbox_counted_at_batch = Some(counted_at);
             st.outbox_kept_for = kept_for.map(|(name, _)| name);
         }
         Ok(())

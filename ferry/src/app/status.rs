@@ -120,6 +120,7 @@ impl AppStatus {
             forced: topo.forced,
             last_batch: r.last_batch,
             outbox_backlog: r.outbox_backlog,
+            outbox_counted_at_batch: r.outbox_counted_at_batch,
             outbox_kept_for: r.outbox_kept_for.clone(),
             tables: r.tables,
             client_connections: self.frontend.connections.get(),

@@ -36,6 +36,17 @@ impl Cluster {
         .await
     }
 
+    /// Waits until a count of the master's outbox taken after every batch
+    /// cut so far finds it empty (`outbox_backlog` is counted once per
+    /// housekeeping pass: an older count may predate the latest rows).
+    pub async fn wait_outbox_cleaned(&self, timeout: Duration) {
+        let cut = self.status_doc()["last_batch"].as_i64().unwrap_or(0);
+        self.wait_status(timeout, "the outbox cleaned up", |doc| {
+            doc["outbox_backlog"] == 0 && doc["outbox_counted_at_batch"].as_i64() >= Some(cut)
+        })
+        .await
+    }
+
     /// One node's entry in `/status` (Null when absent).
     pub fn node_doc(&self, name: &str) -> serde_json::Value {
         self.status_doc()["nodes"]
