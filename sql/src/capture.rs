@@ -50,11 +50,16 @@ pub const STALE: &str = "SELECT u.t FROM pg_catalog.unnest($1::text[]) WITH ORDI
 
 /// Set before a session installs capture table by table: each install
 /// waits at most this long for a table's writers (rather than queue behind
-/// a long transaction and every writer after it).
-pub const INSTALL_SESSION: &str = "SET lock_timeout = '10s'";
+/// a long transaction and every writer after it). The event triggers do
+/// not fire for the session's own DDL (they are enabled for the origin
+/// role only): each would have returned at once for Ferry's own role
+/// (the guard) or its marked session (the DDL log), after PostgreSQL had
+/// collected the commands for it, a dozen statements per table.
+pub const INSTALL_SESSION: &str =
+    "SET lock_timeout = '10s'; SET session_replication_role = replica";
 
 /// Undoes [`INSTALL_SESSION`].
-pub const INSTALL_SESSION_END: &str = "RESET lock_timeout";
+pub const INSTALL_SESSION_END: &str = "RESET lock_timeout; RESET session_replication_role";
 
 /// Makes a session's own schema changes invisible to the DDL event trigger
 /// (Ferry's installs and reinstalls are not the application's DDL).
@@ -180,11 +185,14 @@ CREATE OR REPLACE FUNCTION ferry.former_members(rel regclass) RETURNS oid[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
 RETURN (
+-- Through the triggers' dependency on the function (pg_trigger has no
+-- index on tgfoid: a scan of it per table made installing n tables cost n²).
 SELECT COALESCE(array_agg(DISTINCT t.tgrelid), '{}')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_trigger t
-    ON t.tgname = 'ferry_member_trn'
-   AND t.tgfoid = to_regprocedure(format('ferry.%I()', 'c_' || ferry.stem(n.nspname, c.relname) || '_mtrn'))
+  JOIN pg_depend d
+    ON d.refclassid = 'pg_proc'::regclass AND d.classid = 'pg_trigger'::regclass
+   AND d.refobjid = to_regprocedure(format('ferry.%I()', 'c_' || ferry.stem(n.nspname, c.relname) || '_mtrn'))
+  JOIN pg_trigger t ON t.oid = d.objid AND t.tgname = 'ferry_member_trn'
  WHERE c.oid = rel AND t.tgrelid <> ALL (ferry.partition_members(rel)));
 END
 $f$;
@@ -255,16 +263,22 @@ $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_current(rel regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
-    now_shape jsonb := ferry.table_shape(rel);
-    stem text := ferry.stem(now_shape->>'schema', now_shape->>'name');
-    outbox regclass := to_regclass(format('ferry.%I', 'o_' || stem));
-    mode text := ferry.capture_mode(rel);
-    members oid[] := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
+    outbox regclass := (SELECT to_regclass(format('ferry.%I', 'o_' || ferry.stem(n.nspname, c.relname)))
+                          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE c.oid = rel);
+    now_shape jsonb;
+    mode text;
+    members oid[];
     fp text;
 BEGIN
+    -- A table never captured (every table at a first install) costs
+    -- this look only.
     IF outbox IS NULL THEN
         RETURN false;
     END IF;
+    now_shape := ferry.table_shape(rel);
+    mode := ferry.capture_mode(rel);
+    members := CASE WHEN mode = 'partitioned' THEN ferry.partition_members(rel) ELSE '{}' END;
     -- The fingerprint and outbox check of capture_table's first look.
     fp := ferry.capture_fingerprint(now_shape, mode, members);
     RETURN EXISTS (SELECT FROM ferry.capture p
