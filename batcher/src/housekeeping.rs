@@ -68,14 +68,33 @@ pub async fn backlog(
     Ok(total)
 }
 
-/// Outbox rows a replica at `snap` has not applied.
+/// What the outbox keeps for a replica at `snap`: the rows it has not
+/// applied, and their bytes.
 pub async fn pending(
     node: &str,
     client: &Client,
     shapes: &[&TableShape],
     snap: &str,
-) -> Result<i64, BatchError> {
-    sum_per_table(node, client, shapes, snap, batch::pending).await
+) -> Result<Kept, BatchError> {
+    let mut kept = Kept::default();
+    for s in shapes {
+        let row = client
+            .query_one(&batch::pending(s), &[&snap])
+            .await
+            .map_err(BatchError::pg(node))?;
+        let rows: i64 = row.try_get(0).map_err(BatchError::pg(node))?;
+        let bytes: i64 = row.try_get(1).map_err(BatchError::pg(node))?;
+        kept.rows += rows;
+        kept.bytes += bytes;
+    }
+    Ok(kept)
+}
+
+/// Rows and bytes of outbox changes kept for one replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub rows: i64,
+    pub bytes: i64,
 }
 
 /// Distinct keys among a replica's pending changes, over every table.

@@ -303,6 +303,19 @@ pub async fn prepare_replica(
             batch: position.0,
         });
     }
+    let released = master
+        .1
+        .query(schema::RELEASED_REPLICAS, &[])
+        .await
+        .map_err(BatchError::pg(master.0))?
+        .iter()
+        .filter_map(|r| r.try_get::<_, String>(0).ok())
+        .any(|n| n == name);
+    if released {
+        return Err(BatchError::Released {
+            node: name.to_string(),
+        });
+    }
     master
         .1
         .execute(schema::RECORD_POSITION, &[&name, &position.0, &position.1])

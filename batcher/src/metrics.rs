@@ -27,6 +27,10 @@ pub struct Metrics {
     pub spilled_bytes: Counter,
     pub lag_batches: Family<ReplicaLabel, Gauge>,
     pub lag_rows: Family<ReplicaLabel, Gauge>,
+    /// Bytes of outbox changes kept for a replica (not applied yet).
+    pub kept_bytes: Family<ReplicaLabel, Gauge>,
+    /// 1 for a replica only `ferry resync` brings back.
+    pub needs_resync: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     pub outbox_rows: Gauge,
     pub divergent_tables: Family<ReplicaLabel, Gauge>,
@@ -48,6 +52,8 @@ impl Metrics {
             spilled_bytes: Counter::default(),
             lag_batches: Family::default(),
             lag_rows: Family::default(),
+            kept_bytes: Family::default(),
+            needs_resync: Family::default(),
             lag_seconds: Family::default(),
             outbox_rows: Gauge::default(),
             divergent_tables: Family::default(),
@@ -108,6 +114,17 @@ impl Metrics {
             "ferry_lag_rows",
             "Outbox rows a replica has not applied",
             m.lag_rows.clone(),
+        );
+        registry.register(
+            "ferry_replica_kept_bytes",
+            "Bytes of outbox changes the master keeps for a replica (not applied yet)",
+            m.kept_bytes.clone(),
+        );
+        registry.register(
+            "ferry_replica_needs_resync",
+            "1 when only ferry resync brings a replica back (the master stopped keeping changes \
+             for it, or its position is older than the outbox clean-up)",
+            m.needs_resync.clone(),
         );
         registry.register(
             "ferry_lag_seconds",

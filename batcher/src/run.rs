@@ -19,6 +19,7 @@ mod housekeeping;
 mod intact;
 mod publish;
 mod repair;
+mod retention;
 mod schema;
 mod session;
 mod ship;
@@ -63,6 +64,9 @@ pub struct BatcherConfig {
     /// Tick bookkeeping for synchronous commit (`mode = "sync"`) and
     /// causal reads: which replica has applied which tick.
     pub sync: Option<Arc<SyncPoint>>,
+    /// `[retention] max_bytes`: past this much kept for an unreachable
+    /// replica, the master stops keeping changes for it.
+    pub retention_max_bytes: Option<u64>,
     pub suspend: SuspendConfig,
     /// The cluster epoch this batcher works in: replicas fenced at a later
     /// one refuse its batches.
@@ -93,6 +97,13 @@ struct Replica {
     behind_since: Option<Instant>,
     last_lag: Duration,
     lag_rows: i64,
+    /// Bytes of the outbox rows it has not applied.
+    kept_bytes: i64,
+    /// The master stopped keeping changes for it (`[retention]
+    /// max_bytes`): refused until `ferry resync`.
+    released: bool,
+    /// Warned that what is kept for it passed 80 % of the bound.
+    near_bound: bool,
     last_error: Option<String>,
     /// Tick through which this replica has applied everything.
     applied_tick: u64,
@@ -171,6 +182,9 @@ impl Batcher {
                 behind_since: None,
                 last_lag: Duration::ZERO,
                 lag_rows: 0,
+                kept_bytes: 0,
+                released: false,
+                near_bound: false,
                 last_error: None,
                 applied_tick: 0,
                 failed: None,

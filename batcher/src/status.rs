@@ -12,6 +12,12 @@ pub struct ReplicaStatus {
     pub applied_batch: i64,
     pub lag_batches: i64,
     pub lag_rows: i64,
+    /// Bytes of the outbox changes kept for it (those it has not applied).
+    pub kept_bytes: i64,
+    /// Only `ferry resync` brings it back: the master stopped keeping
+    /// changes for it (`[retention] max_bytes`), or its position is older
+    /// than the outbox clean-up.
+    pub needs_resync: bool,
     pub lag_seconds: f64,
     pub last_error: Option<String>,
     /// When a batch failed to apply (the replica is paused and retried):

@@ -116,6 +116,11 @@ pub struct ReplicaDetail {
     pub suspension: Option<SuspensionStatus>,
     /// Changes of its own it committed that never reached the cluster.
     pub quarantined: i64,
+    /// Bytes of outbox changes the master keeps for it (not applied yet).
+    pub kept_bytes: i64,
+    /// Only `ferry resync` brings it back (the master stopped keeping
+    /// changes for it, or it stands before the outbox clean-up).
+    pub needs_resync: bool,
     /// Key ranges the background check found different from the master.
     pub divergent: Vec<Divergence>,
     /// Schema changes that did not apply there as on the master, newest

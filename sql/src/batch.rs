@@ -463,11 +463,13 @@ pub fn backlog(shape: &TableShape) -> String {
     format!("SELECT count(*) FROM {}", shape.table.outbox())
 }
 
-/// Outbox rows not visible in a replica's position (its pending rows).
-/// Parameter: the replica's snapshot.
+/// Outbox rows not visible in a replica's position (its pending rows),
+/// and the bytes they take. Parameter: the replica's snapshot. One row:
+/// two `bigint`s.
 pub fn pending(shape: &TableShape) -> String {
     format!(
-        "SELECT count(*) FROM {} WHERE NOT pg_visible_in_snapshot(_xid, ($1::text)::pg_snapshot)",
+        "SELECT count(*), coalesce(sum(pg_column_size(o.*)), 0)::bigint FROM {} o \
+         WHERE NOT pg_visible_in_snapshot(o._xid, ($1::text)::pg_snapshot)",
         shape.table.outbox()
     )
 }

@@ -16,7 +16,7 @@ pub const PIN: &str = "INSERT INTO ferry.replicas AS r (name, batch_id, snap, re
      VALUES ($1, 0, pg_current_snapshot(), true) \
      ON CONFLICT (name) DO UPDATE SET \
      snap = CASE WHEN r.resyncing THEN r.snap ELSE EXCLUDED.snap END, \
-     resyncing = true, updated_at = now()";
+     resyncing = true, released_at = NULL, updated_at = now()";
 
 /// On the master: the snapshot a pin holds for the node (set when it was
 /// failed over: changes after it are the master's own). Parameter: node.

@@ -53,6 +53,7 @@ ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS resyncing boolean NOT NULL D
 ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS settled pg_snapshot;
 ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS candidate pg_snapshot;
 ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS candidate_at timestamptz;
+ALTER TABLE ferry.replicas ADD COLUMN IF NOT EXISTS released_at timestamptz;
 CREATE TABLE IF NOT EXISTS ferry.cleaned (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     horizon xid8 NOT NULL,
@@ -251,11 +252,32 @@ pub const PINNED_FOR_RESYNC: &str = "SELECT name FROM ferry.replicas \
 /// Nodes being resynchronised (`resyncing`) hold the horizon back too, from
 /// before their copy. Null unless every named replica has a settled
 /// position.
-pub const CLEANUP_HORIZON: &str =
-    "SELECT CASE WHEN count(*) FILTER (WHERE name = ANY($1::text[]) AND (settled IS NOT NULL OR resyncing)) \
+/// A replica the master stopped keeping changes for (`released_at`, see
+/// [`RELEASE_REPLICA`]) holds nothing back; with every replica released,
+/// everything committed so far goes.
+pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) FILTER (WHERE name = ANY($1::text[]) \
+         AND (settled IS NOT NULL OR resyncing OR released_at IS NOT NULL)) \
      = cardinality($1::text[]) \
-     THEN min(pg_snapshot_xmin(CASE WHEN resyncing THEN snap ELSE settled END))::text END \
+     THEN coalesce(min(pg_snapshot_xmin(CASE WHEN resyncing THEN snap ELSE settled END)) \
+         FILTER (WHERE resyncing OR released_at IS NULL), \
+         pg_snapshot_xmin(pg_current_snapshot()))::text END \
      FROM ferry.replicas WHERE name = ANY($1::text[]) OR resyncing";
+
+/// The master stops keeping changes for an absent replica (what it kept
+/// passed `[retention] max_bytes`): the clean-up no longer waits for it,
+/// and it is refused batches until `ferry resync` (which clears the mark,
+/// see [`crate::resync::PIN`]). Parameter: name. Returns whether it was
+/// marked now.
+pub const RELEASE_REPLICA: &str = "UPDATE ferry.replicas SET released_at = now() \
+     WHERE name = $1 AND released_at IS NULL AND NOT resyncing";
+
+/// The position the master recorded for a replica. Parameter: name.
+/// Returns one text snapshot, or no row.
+pub const RECORDED_POSITION: &str = "SELECT snap::text FROM ferry.replicas WHERE name = $1";
+
+/// The replicas the master no longer keeps changes for. Returns names.
+pub const RELEASED_REPLICAS: &str =
+    "SELECT name FROM ferry.replicas WHERE released_at IS NOT NULL AND NOT resyncing";
 
 /// Replica apply session settings, run once per session.
 ///

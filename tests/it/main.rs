@@ -19,6 +19,7 @@ mod outage;
 mod protocol;
 mod reads;
 mod replication;
+mod retention;
 mod scale;
 mod security;
 mod sequences;

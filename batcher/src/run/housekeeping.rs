@@ -52,12 +52,16 @@ impl Batcher {
         self.metrics.outbox_rows.set(backlog);
         for r in replicas.iter_mut() {
             if let Some((_, snap)) = &r.position {
-                r.lag_rows = outbox::pending(master, control, &in_use, snap).await?;
+                let kept = outbox::pending(master, control, &in_use, snap).await?;
+                r.lag_rows = kept.rows;
+                r.kept_bytes = kept.bytes;
                 if let Some(h) = susp.get_mut(&r.node.name).filter(|h| h.holds()) {
                     h.pending_keys = outbox::pending_keys(master, control, &in_use, snap).await?;
                 }
             }
         }
+        self.bound_retention(control, replicas, susp, &in_use)
+            .await?;
         // An unreachable replica, else a node pinned for a resync (a failed
         // master, fenced out: its pin holds the clean-up).
         let mut kept_for = kept_for(replicas, susp);
@@ -123,7 +127,7 @@ impl Batcher {
 fn kept_for(replicas: &[Replica], susp: &Suspensions) -> Option<(String, Option<i64>)> {
     replicas
         .iter()
-        .filter(|r| r.session.is_none() && r.last_error.is_some())
+        .filter(|r| r.session.is_none() && r.last_error.is_some() && !r.released)
         .filter(|r| susp.get(&r.node.name).is_none_or(|s| !s.holds()))
         .filter_map(|r| match &r.position {
             None => Some((i64::MIN, r, None)),

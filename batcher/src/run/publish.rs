@@ -25,6 +25,15 @@ impl Batcher {
                     .get_or_create(&label)
                     .set(lag_batches);
                 self.metrics.lag_rows.get_or_create(&label).set(r.lag_rows);
+                let needs_resync = r.behind_cleanup || r.released;
+                self.metrics
+                    .kept_bytes
+                    .get_or_create(&label)
+                    .set(r.kept_bytes);
+                self.metrics
+                    .needs_resync
+                    .get_or_create(&label)
+                    .set(i64::from(needs_resync));
                 self.metrics
                     .lag_seconds
                     .get_or_create(&label)
@@ -35,13 +44,15 @@ impl Batcher {
                     applied_batch: applied,
                     lag_batches,
                     lag_rows: r.lag_rows,
+                    kept_bytes: r.kept_bytes,
+                    needs_resync,
                     lag_seconds,
                     last_error: r.last_error.clone(),
                     failed_batch: r.failed.as_ref().map(|f| f.0),
                     failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
                     suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
                     quarantined: r.quarantined,
-                    behind_cleanup: r.behind_cleanup,
+                    behind_cleanup: needs_resync,
                     divergent: verifier.divergent(&r.node.name).to_vec(),
                     schema_warnings: r.warnings.clone(),
                 }

@@ -50,12 +50,16 @@ impl Batcher {
                         r.quarantined = quarantined;
                         r.last_error = None;
                         r.behind_cleanup = false;
+                        r.released = false;
                     }
                     Err(e) => {
                         if r.last_error.as_deref() != Some(&e.to_string()) {
                             warn!(node = %name, error = %e, "replica unavailable; retrying");
                         }
-                        r.behind_cleanup = matches!(e, BatchError::BehindCleanup { .. });
+                        r.behind_cleanup = matches!(
+                            e,
+                            BatchError::BehindCleanup { .. } | BatchError::Released { .. }
+                        );
                         r.last_error = Some(e.to_string());
                         r.retry_at = Instant::now() + Duration::from_secs(1);
                     }

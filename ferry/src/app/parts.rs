@@ -101,6 +101,7 @@ pub(super) fn batcher_config(
             .clone()
             .unwrap_or_else(std::env::temp_dir),
         sync: Some(ticks.clone()),
+        retention_max_bytes: cfg.retention.max_bytes.map(|b| b.0),
         epoch: topo.epoch,
         verify: Arc::new(std::sync::Mutex::new(Verifier::new(
             VerifyConfig {

@@ -76,6 +76,8 @@ impl AppStatus {
                         failed_statement: s.failed_statement.clone(),
                         suspension: s.suspension.clone(),
                         quarantined: s.quarantined,
+                        kept_bytes: s.kept_bytes,
+                        needs_resync: s.needs_resync,
                         divergent: s.divergent.clone(),
                         schema_warnings: s.schema_warnings.clone(),
                     }),

@@ -161,6 +161,17 @@ fn replica_notes(n: &NodeStatus) -> String {
                 .unwrap_or_default(),
         );
     }
+    if detail.needs_resync {
+        out += &format!(
+            "\n{}: NEEDS RESYNC: it cannot catch up by batches; run `ferry resync {}`\n",
+            n.name, n.name
+        );
+    } else if detail.kept_bytes > 0 && !n.reachable {
+        out += &format!(
+            "\n{}: the master keeps {} bytes of changes for it ({} rows)\n",
+            n.name, detail.kept_bytes, n.lag_rows
+        );
+    }
     for w in &detail.schema_warnings {
         out += &format!(
             "\n{}: schema change not applied as on the master: {w}\n",

@@ -8,7 +8,7 @@
 use super::{invalid, ConfigError};
 
 /// Environment overrides: `FERRY_<SECTION>_<KEY>` for `proxy`, `admin`,
-/// `replication`, `suspend`, `health`, `switchover` and `verify` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
+/// `replication`, `suspend`, `health`, `switchover`, `verify` and `retention` keys (lists comma-separated), `FERRY_NODE_<NAME>_DSN` /
 /// `_PRIORITY`, `FERRY_USER_<NAME>_PASSWORD`. Names are upper-cased with
 /// `-` as `_`.
 pub(super) fn apply_env(
@@ -28,6 +28,7 @@ pub(super) fn apply_env(
             "health",
             "switchover",
             "verify",
+            "retention",
         ] {
             let Some(key) = rest.strip_prefix(&format!("{}_", norm(section))) else {
                 continue;

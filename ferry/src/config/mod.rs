@@ -2,10 +2,12 @@
 //! overrides, then validation that names the offending key.
 
 mod env;
+mod size;
 mod validate;
 
 use env::apply_env;
 use serde::{Deserialize, Serialize};
+pub use size::ByteSize;
 use std::path::Path;
 use thiserror::Error;
 use validate::check_choices;
@@ -239,6 +241,18 @@ impl Default for SuspendSection {
     }
 }
 
+/// `[retention]`: what the master keeps for a replica that stays away.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Beyond this many bytes of changes kept for an unreachable replica,
+    /// the master stops keeping them: the replica is marked
+    /// `needs_resync` and comes back only by `ferry resync` (the bound
+    /// PostgreSQL's `max_slot_wal_keep_size` sets for a slot). None: no
+    /// bound.
+    pub max_bytes: Option<ByteSize>,
+}
+
 /// `[switchover]`: planned switchovers (`ferry switchover`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -412,6 +426,8 @@ pub struct Config {
     pub switchover: SwitchoverSection,
     #[serde(default)]
     pub verify: VerifySection,
+    #[serde(default)]
+    pub retention: RetentionSection,
 }
 
 impl ProxyConfig {

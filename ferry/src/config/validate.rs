@@ -216,6 +216,9 @@ impl Config {
                 "tick_ms, housekeeping_ms and apply_timeout_ms must be positive",
             ));
         }
+        if self.retention.max_bytes.is_some_and(|b| b.0 == 0) {
+            return Err(invalid("retention.max_bytes", "must be positive"));
+        }
         if self.health.interval_ms == 0 || self.health.failures == 0 {
             return Err(invalid(
                 "health",
