@@ -49,7 +49,7 @@ pub enum BatchError {
     Timeout { node: String, secs: u64 },
     #[error("replica {node} stands at batch {batch}, before the master's outbox clean-up: changes it lacks are gone from the outbox (it was out of the configuration while they were cleaned up), so it cannot catch up by batches and gets none; `ferry resync {node}` copies the master's tables to it and takes it back")]
     BehindCleanup { node: String, batch: i64 },
-    #[error("the master stopped keeping changes for replica {node} while it was away (what it kept passed [retention] max_bytes), so it cannot catch up by batches and gets none; `ferry resync {node}` copies the master's tables to it and takes it back")]
+    #[error("the master stopped keeping changes for replica {node} while it was away (what it kept for it passed a [retention] bound), so it cannot catch up by batches and gets none; `ferry resync {node}` copies the master's tables to it and takes it back")]
     Released { node: String },
 }
 

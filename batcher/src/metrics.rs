@@ -29,6 +29,9 @@ pub struct Metrics {
     pub lag_rows: Family<ReplicaLabel, Gauge>,
     /// Bytes of outbox changes kept for a replica (not applied yet).
     pub kept_bytes: Family<ReplicaLabel, Gauge>,
+    /// For an unreachable replica, the most the changes kept for it can
+    /// be aged (0 otherwise).
+    pub kept_age_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     /// 1 for a replica only `ferry resync` brings back.
     pub needs_resync: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
@@ -53,6 +56,7 @@ impl Metrics {
             lag_batches: Family::default(),
             lag_rows: Family::default(),
             kept_bytes: Family::default(),
+            kept_age_seconds: Family::default(),
             needs_resync: Family::default(),
             lag_seconds: Family::default(),
             outbox_rows: Gauge::default(),
@@ -119,6 +123,12 @@ impl Metrics {
             "ferry_replica_kept_bytes",
             "Bytes of outbox changes the master keeps for a replica (not applied yet)",
             m.kept_bytes.clone(),
+        );
+        registry.register(
+            "ferry_replica_kept_age_seconds",
+            "For an unreachable replica, how long ago the master last recorded its position \
+             (the changes kept for it are at most this old); 0 otherwise",
+            m.kept_age_seconds.clone(),
         );
         registry.register(
             "ferry_replica_needs_resync",

@@ -67,6 +67,9 @@ pub struct BatcherConfig {
     /// `[retention] max_bytes`: past this much kept for an unreachable
     /// replica, the master stops keeping changes for it.
     pub retention_max_bytes: Option<u64>,
+    /// `[retention] max_age_s`: likewise once it has been away this long
+    /// with changes kept for it.
+    pub retention_max_age: Option<Duration>,
     pub suspend: SuspendConfig,
     /// The cluster epoch this batcher works in: replicas fenced at a later
     /// one refuse its batches.
@@ -99,6 +102,9 @@ struct Replica {
     lag_rows: i64,
     /// Bytes of the outbox rows it has not applied.
     kept_bytes: i64,
+    /// Unreachable: how long ago the master last recorded its position
+    /// (every change kept for it is younger).
+    away_for: Option<Duration>,
     /// The master stopped keeping changes for it (`[retention]
     /// max_bytes`): refused until `ferry resync`.
     released: bool,
@@ -183,6 +189,7 @@ impl Batcher {
                 last_lag: Duration::ZERO,
                 lag_rows: 0,
                 kept_bytes: 0,
+                away_for: None,
                 released: false,
                 near_bound: false,
                 last_error: None,

@@ -14,6 +14,9 @@ pub struct ReplicaStatus {
     pub lag_rows: i64,
     /// Bytes of the outbox changes kept for it (those it has not applied).
     pub kept_bytes: i64,
+    /// For an unreachable replica, how long ago the master last recorded
+    /// its position: the changes kept for it are at most this old.
+    pub kept_age_seconds: Option<f64>,
     /// Only `ferry resync` brings it back: the master stopped keeping
     /// changes for it (`[retention] max_bytes`), or its position is older
     /// than the outbox clean-up.

@@ -118,6 +118,9 @@ pub struct ReplicaDetail {
     pub quarantined: i64,
     /// Bytes of outbox changes the master keeps for it (not applied yet).
     pub kept_bytes: i64,
+    /// For an unreachable replica, how long ago the master last recorded
+    /// its position: the changes kept for it are at most this old.
+    pub kept_age_seconds: Option<f64>,
     /// Only `ferry resync` brings it back (the master stopped keeping
     /// changes for it, or it stands before the outbox clean-up).
     pub needs_resync: bool,

@@ -271,9 +271,12 @@ pub const CLEANUP_HORIZON: &str = "SELECT CASE WHEN count(*) FILTER (WHERE name 
 pub const RELEASE_REPLICA: &str = "UPDATE ferry.replicas SET released_at = now() \
      WHERE name = $1 AND released_at IS NULL AND NOT resyncing";
 
-/// The position the master recorded for a replica. Parameter: name.
-/// Returns one text snapshot, or no row.
-pub const RECORDED_POSITION: &str = "SELECT snap::text FROM ferry.replicas WHERE name = $1";
+/// The position the master recorded for a replica, and how many seconds
+/// ago (recorded every housekeeping pass while it is connected: for one
+/// that went away, every change kept for it is younger). Parameter:
+/// name. Returns a text snapshot and a `float8`, or no row.
+pub const RECORDED_POSITION: &str = "SELECT snap::text, \
+     extract(epoch FROM now() - updated_at)::float8 FROM ferry.replicas WHERE name = $1";
 
 /// The replicas the master no longer keeps changes for. Returns names.
 pub const RELEASED_REPLICAS: &str =

@@ -127,3 +127,27 @@ async fn a_replica_away_past_max_bytes_is_released_and_comes_back_by_resync() {
     let (ok, out) = c.verify(5);
     assert!(ok, "{out}");
 }
+
+/// `max_age_s` bounds by time: a replica away longer than that, with
+/// changes kept for it, is released as past `max_bytes`; how long it has
+/// been away is shown meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_past_max_age_is_released() {
+    let c = cluster("[retention]\nmax_age_s = 8\n");
+    let client = c.proxy_client().await;
+    write(&client, 0, 10).await;
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.servers[2].stop().unwrap();
+    write(&client, 10, 11).await;
+    c.wait_status(Duration::from_secs(10), "c's time away shown", |doc| {
+        let n = ferry_testkit::node(doc, "c");
+        n["kept_age_seconds"].as_f64().is_some_and(|s| s > 0.0) && n["needs_resync"] == false
+    })
+    .await;
+    c.wait_status(Duration::from_secs(30), "c released", |doc| {
+        ferry_testkit::node(doc, "c")["needs_resync"] == true
+    })
+    .await;
+    assert!(c.ferry_log().contains("past [retention] max_age_s"));
+    c.wait_outbox_cleaned(Duration::from_secs(20)).await;
+}

@@ -31,6 +31,10 @@ impl Batcher {
                     .get_or_create(&label)
                     .set(r.kept_bytes);
                 self.metrics
+                    .kept_age_seconds
+                    .get_or_create(&label)
+                    .set(r.away_for.map_or(0.0, |d| d.as_secs_f64()));
+                self.metrics
                     .needs_resync
                     .get_or_create(&label)
                     .set(i64::from(needs_resync));
@@ -45,6 +49,7 @@ impl Batcher {
                     lag_batches,
                     lag_rows: r.lag_rows,
                     kept_bytes: r.kept_bytes,
+                    kept_age_seconds: r.away_for.map(|d| d.as_secs_f64()),
                     needs_resync,
                     lag_seconds,
                     last_error: r.last_error.clone(),

@@ -1,24 +1,25 @@
-//! The bound on what the master keeps for a replica that stays away
-//! (`[retention] max_bytes`). Past it the master stops keeping changes for
-//! that replica: the outbox clean-up no longer waits for it, and it is
-//! refused batches until `ferry resync` copies the master's tables to it
-//! (see `schema::RELEASE_REPLICA`). The master's disk never depends on an
-//! absent replica — the bound PostgreSQL's `max_slot_wal_keep_size` sets
-//! for a replication slot.
+//! The bounds on what the master keeps for a replica that stays away
+//! (`[retention] max_bytes`, `max_age_s`). Past one, the master stops
+//! keeping changes for that replica: the outbox clean-up no longer waits
+//! for it, and it is refused batches until `ferry resync` copies the
+//! master's tables to it (see `schema::RELEASE_REPLICA`). The master's
+//! disk never depends on an absent replica — the bound PostgreSQL's
+//! `max_slot_wal_keep_size` sets for a replication slot.
 
 use super::{Batcher, Replica};
 use crate::housekeeping as outbox;
 use crate::suspend::Suspensions;
 use crate::BatchError;
 use ferry_sql::{schema, TableShape};
+use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::{error, warn};
 
 impl Batcher {
-    /// Marks, per housekeeping pass: which replicas the master no longer
-    /// keeps changes for (marks survive restarts), and releases an
-    /// unreachable one whose kept changes passed the bound. `in_use`: the
-    /// outboxes that may hold rows.
+    /// Per housekeeping pass: reads which replicas the master no longer
+    /// keeps changes for (marks survive restarts), how long each
+    /// unreachable one has been away, and releases one past a bound.
+    /// `in_use`: the outboxes that may hold rows.
     pub(super) async fn bound_retention(
         &self,
         control: &Client,
@@ -36,51 +37,25 @@ impl Batcher {
             .collect();
         for r in replicas.iter_mut() {
             r.released = r.session.is_none() && released.contains(&r.node.name);
-        }
-        let Some(max) = self.cfg.retention_max_bytes else {
-            return Ok(());
-        };
-        for r in replicas.iter_mut() {
+            r.away_for = None;
             let away = r.session.is_none() && r.last_error.is_some();
             let suspended = susp.get(&r.node.name).is_some_and(|s| s.holds());
             if !away || suspended || r.released {
                 r.near_bound = false;
                 continue;
             }
-            if r.position.is_none() {
-                // Unreachable since Ferry started: what the master recorded.
-                if let Some(row) = control
-                    .query_opt(schema::RECORDED_POSITION, &[&r.node.name])
-                    .await
-                    .map_err(BatchError::pg(master))?
-                {
-                    let snap: String = row.try_get(0).map_err(BatchError::pg(master))?;
-                    let kept = outbox::pending(master, control, in_use, &snap).await?;
-                    r.lag_rows = kept.rows;
-                    r.kept_bytes = kept.bytes;
-                }
-            }
-            let kept = u64::try_from(r.kept_bytes).unwrap_or(0);
-            if kept > max {
+            self.read_away(control, r, in_use).await?;
+            if let Some(why) = self.past_bound(r) {
                 let marked = control
                     .execute(schema::RELEASE_REPLICA, &[&r.node.name])
                     .await
                     .map_err(BatchError::pg(master))?;
                 if marked > 0 {
-                    error!(node = %r.node.name, kept_bytes = kept, max_bytes = max,
-                        "the master stopped keeping changes for replica {}: {kept} bytes kept while it is \
-                         unreachable passed [retention] max_bytes ({max}); it gets no more batches and \
-                         comes back only by `ferry resync {}`", r.node.name, r.node.name);
+                    error!(node = %r.node.name, kept_bytes = r.kept_bytes, kept_rows = r.lag_rows,
+                        "the master stopped keeping changes for replica {}: {why}; it gets no more \
+                         batches and comes back only by `ferry resync {}`", r.node.name, r.node.name);
                     r.released = true;
                 }
-            } else if kept > max / 10 * 8 && !r.near_bound {
-                warn!(node = %r.node.name, kept_bytes = kept, max_bytes = max,
-                    "the changes kept for unreachable replica {} passed 80% of [retention] max_bytes; \
-                     past it the master stops keeping them and the replica needs `ferry resync`",
-                    r.node.name);
-                r.near_bound = true;
-            } else if kept <= max / 10 * 8 {
-                r.near_bound = false;
             }
         }
         for r in replicas.iter_mut().filter(|r| r.released) {
@@ -88,5 +63,65 @@ impl Batcher {
             r.kept_bytes = 0;
         }
         Ok(())
+    }
+
+    /// How long an unreachable replica has been away, from the position
+    /// the master recorded; what is kept for it, from that position too
+    /// when this batcher never learnt one (unreachable since Ferry
+    /// started).
+    async fn read_away(
+        &self,
+        control: &Client,
+        r: &mut Replica,
+        in_use: &[&TableShape],
+    ) -> Result<(), BatchError> {
+        let master = &self.cfg.master.name;
+        let Some(row) = control
+            .query_opt(schema::RECORDED_POSITION, &[&r.node.name])
+            .await
+            .map_err(BatchError::pg(master))?
+        else {
+            return Ok(());
+        };
+        let snap: String = row.try_get(0).map_err(BatchError::pg(master))?;
+        let seconds: f64 = row.try_get(1).map_err(BatchError::pg(master))?;
+        r.away_for = Some(Duration::from_secs_f64(seconds.max(0.0)));
+        if r.position.is_none() {
+            let kept = outbox::pending(master, control, in_use, &snap).await?;
+            r.lag_rows = kept.rows;
+            r.kept_bytes = kept.bytes;
+        }
+        Ok(())
+    }
+
+    /// Why the master should stop keeping changes for unreachable
+    /// replica `r`, if a bound is passed; warns once past 80 % of
+    /// `max_bytes`.
+    fn past_bound(&self, r: &mut Replica) -> Option<String> {
+        let kept = u64::try_from(r.kept_bytes).unwrap_or(0);
+        if let Some(max) = self.cfg.retention_max_bytes {
+            if kept > max {
+                return Some(format!(
+                    "{kept} bytes kept while it is unreachable passed [retention] max_bytes ({max})"
+                ));
+            }
+            let near = kept > max / 10 * 8;
+            if near && !r.near_bound {
+                warn!(node = %r.node.name, kept_bytes = kept, max_bytes = max,
+                    "the changes kept for unreachable replica {} passed 80% of [retention] max_bytes; \
+                     past it the master stops keeping them and the replica needs `ferry resync`",
+                    r.node.name);
+            }
+            r.near_bound = near;
+        }
+        let max_age = self.cfg.retention_max_age?;
+        let away = r.away_for?;
+        (r.lag_rows > 0 && away > max_age).then(|| {
+            format!(
+                "it has been unreachable for {}s with changes kept for it, past [retention] max_age_s ({})",
+                away.as_secs(),
+                max_age.as_secs()
+            )
+        })
     }
 }

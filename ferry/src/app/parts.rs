@@ -102,6 +102,7 @@ pub(super) fn batcher_config(
             .unwrap_or_else(std::env::temp_dir),
         sync: Some(ticks.clone()),
         retention_max_bytes: cfg.retention.max_bytes.map(|b| b.0),
+        retention_max_age: cfg.retention.max_age_s.map(Duration::from_secs),
         epoch: topo.epoch,
         verify: Arc::new(std::sync::Mutex::new(Verifier::new(
             VerifyConfig {

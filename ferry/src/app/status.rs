@@ -77,6 +77,7 @@ impl AppStatus {
                         suspension: s.suspension.clone(),
                         quarantined: s.quarantined,
                         kept_bytes: s.kept_bytes,
+                        kept_age_seconds: s.kept_age_seconds,
                         needs_resync: s.needs_resync,
                         divergent: s.divergent.clone(),
                         schema_warnings: s.schema_warnings.clone(),

@@ -251,6 +251,9 @@ pub struct RetentionSection {
     /// PostgreSQL's `max_slot_wal_keep_size` sets for a slot). None: no
     /// bound.
     pub max_bytes: Option<ByteSize>,
+    /// Likewise once an unreachable replica has been away this many
+    /// seconds with changes kept for it. None: no bound.
+    pub max_age_s: Option<u64>,
 }
 
 /// `[switchover]`: planned switchovers (`ferry switchover`).

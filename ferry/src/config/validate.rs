@@ -219,6 +219,9 @@ impl Config {
         if self.retention.max_bytes.is_some_and(|b| b.0 == 0) {
             return Err(invalid("retention.max_bytes", "must be positive"));
         }
+        if self.retention.max_age_s == Some(0) {
+            return Err(invalid("retention.max_age_s", "must be positive"));
+        }
         if self.health.interval_ms == 0 || self.health.failures == 0 {
             return Err(invalid(
                 "health",
