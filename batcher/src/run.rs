@@ -105,6 +105,14 @@ struct Replica {
     /// Unreachable: how long ago the master last recorded its position
     /// (every change kept for it is younger).
     away_for: Option<Duration>,
+    /// Unreachable: distinct keys among the changes kept for it (what a
+    /// catch-up by netted images would ship at most).
+    kept_keys: Option<i64>,
+    /// Unreachable, with a `[retention]` bound: what was kept at the
+    /// previous pass, and when (for the rate of growth).
+    kept_before: Option<(i64, Instant)>,
+    /// At the current rate, how long until a bound releases it.
+    released_in: Option<Duration>,
     /// The master stopped keeping changes for it (`[retention]
     /// max_bytes`): refused until `ferry resync`.
     released: bool,
@@ -190,6 +198,9 @@ impl Batcher {
                 lag_rows: 0,
                 kept_bytes: 0,
                 away_for: None,
+                kept_keys: None,
+                kept_before: None,
+                released_in: None,
                 released: false,
                 near_bound: false,
                 last_error: None,

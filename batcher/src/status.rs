@@ -17,6 +17,13 @@ pub struct ReplicaStatus {
     /// For an unreachable replica, how long ago the master last recorded
     /// its position: the changes kept for it are at most this old.
     pub kept_age_seconds: Option<f64>,
+    /// For an unreachable replica, distinct keys among the changes kept
+    /// for it.
+    pub kept_keys: Option<i64>,
+    /// At the current rate, seconds until a `[retention]` bound makes the
+    /// master stop keeping changes for it (None: no bound, or not
+    /// growing).
+    pub released_in_seconds: Option<f64>,
     /// Only `ferry resync` brings it back: the master stopped keeping
     /// changes for it (`[retention] max_bytes`), or its position is older
     /// than the outbox clean-up.

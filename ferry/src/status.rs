@@ -121,6 +121,12 @@ pub struct ReplicaDetail {
     /// For an unreachable replica, how long ago the master last recorded
     /// its position: the changes kept for it are at most this old.
     pub kept_age_seconds: Option<f64>,
+    /// For an unreachable replica, distinct keys among the changes kept
+    /// for it.
+    pub kept_keys: Option<i64>,
+    /// At the current rate, seconds until a `[retention]` bound makes the
+    /// master stop keeping changes for it.
+    pub released_in_seconds: Option<f64>,
     /// Only `ferry resync` brings it back (the master stopped keeping
     /// changes for it, or it stands before the outbox clean-up).
     pub needs_resync: bool,

@@ -39,12 +39,19 @@ async fn what_the_master_keeps_for_an_absent_replica_is_shown_in_rows_and_bytes(
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     c.servers[2].stop().unwrap();
     write(&client, 10, 210).await;
-    // Kept for c: its 200 rows of more than 100 bytes each; for b, which
-    // has applied everything, nothing.
+    client
+        .batch_execute("UPDATE items SET v = repeat('y', 100) WHERE id >= 10")
+        .await
+        .unwrap();
+    // Kept for c: 400 changes of more than 100 bytes each, to 200 keys;
+    // for b, which has applied everything, nothing. No bound: nothing
+    // projected.
     c.wait_status(Duration::from_secs(20), "c's kept changes counted", |doc| {
         let (nc, nb) = (ferry_testkit::node(doc, "c"), ferry_testkit::node(doc, "b"));
-        nc["lag_rows"] == 200
-            && nc["kept_bytes"].as_i64().unwrap_or(0) > 200 * 100
+        nc["lag_rows"] == 400
+            && nc["kept_bytes"].as_i64().unwrap_or(0) > 400 * 100
+            && nc["kept_keys"] == 200
+            && nc["released_in_seconds"].is_null()
             && nc["needs_resync"] == false
             && nb["kept_bytes"] == 0
     })
@@ -141,7 +148,10 @@ async fn a_replica_away_past_max_age_is_released() {
     write(&client, 10, 11).await;
     c.wait_status(Duration::from_secs(10), "c's time away shown", |doc| {
         let n = ferry_testkit::node(doc, "c");
-        n["kept_age_seconds"].as_f64().is_some_and(|s| s > 0.0) && n["needs_resync"] == false
+        n["kept_age_seconds"].as_f64().is_some_and(|s| s > 0.0)
+            && n["released_in_seconds"].as_f64().is_some_and(|s| s <= 8.0)
+            && n["kept_keys"] == 1
+            && n["needs_resync"] == false
     })
     .await;
     c.wait_status(Duration::from_secs(30), "c released", |doc| {

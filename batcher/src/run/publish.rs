@@ -50,6 +50,8 @@ impl Batcher {
                     lag_rows: r.lag_rows,
                     kept_bytes: r.kept_bytes,
                     kept_age_seconds: r.away_for.map(|d| d.as_secs_f64()),
+                    kept_keys: r.kept_keys,
+                    released_in_seconds: r.released_in.map(|d| d.as_secs_f64()),
                     needs_resync,
                     lag_seconds,
                     last_error: r.last_error.clone(),

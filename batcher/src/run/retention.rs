@@ -11,7 +11,7 @@ use crate::housekeeping as outbox;
 use crate::suspend::Suspensions;
 use crate::BatchError;
 use ferry_sql::{schema, TableShape};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::{error, warn};
 
@@ -38,13 +38,17 @@ impl Batcher {
         for r in replicas.iter_mut() {
             r.released = r.session.is_none() && released.contains(&r.node.name);
             r.away_for = None;
+            r.kept_keys = None;
+            r.released_in = None;
             let away = r.session.is_none() && r.last_error.is_some();
             let suspended = susp.get(&r.node.name).is_some_and(|s| s.holds());
             if !away || suspended || r.released {
                 r.near_bound = false;
+                r.kept_before = None;
                 continue;
             }
             self.read_away(control, r, in_use).await?;
+            self.project(r);
             if let Some(why) = self.past_bound(r) {
                 let marked = control
                     .execute(schema::RELEASE_REPLICA, &[&r.node.name])
@@ -83,15 +87,45 @@ impl Batcher {
         else {
             return Ok(());
         };
-        let snap: String = row.try_get(0).map_err(BatchError::pg(master))?;
+        let recorded: String = row.try_get(0).map_err(BatchError::pg(master))?;
         let seconds: f64 = row.try_get(1).map_err(BatchError::pg(master))?;
         r.away_for = Some(Duration::from_secs_f64(seconds.max(0.0)));
-        if r.position.is_none() {
-            let kept = outbox::pending(master, control, in_use, &snap).await?;
-            r.lag_rows = kept.rows;
-            r.kept_bytes = kept.bytes;
-        }
+        let snap = match &r.position {
+            Some((_, snap)) => snap.clone(),
+            None => {
+                let kept = outbox::pending(master, control, in_use, &recorded).await?;
+                r.lag_rows = kept.rows;
+                r.kept_bytes = kept.bytes;
+                recorded
+            }
+        };
+        r.kept_keys = Some(outbox::pending_keys(master, control, in_use, &snap).await?);
         Ok(())
+    }
+
+    /// At the rate what is kept for `r` grew since the previous pass (and
+    /// the time it has been away), how long until a bound releases it.
+    fn project(&self, r: &mut Replica) {
+        let now = Instant::now();
+        let by_bytes = self.cfg.retention_max_bytes.and_then(|max| {
+            let (before, at) = r.kept_before?;
+            let grown = r.kept_bytes - before;
+            let secs = now.duration_since(at).as_secs_f64();
+            let left = i64::try_from(max).ok()? - r.kept_bytes;
+            (grown > 0 && secs > 0.0 && left > 0)
+                .then(|| Duration::from_secs_f64(left as f64 / (grown as f64 / secs)))
+        });
+        let by_age = self
+            .cfg
+            .retention_max_age
+            .zip(r.away_for)
+            .filter(|_| r.lag_rows > 0)
+            .map(|(max, away)| max.saturating_sub(away));
+        r.released_in = match (by_bytes, by_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        r.kept_before = Some((r.kept_bytes, now));
     }
 
     /// Why the master should stop keeping changes for unreachable

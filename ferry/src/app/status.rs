@@ -78,6 +78,8 @@ impl AppStatus {
                         quarantined: s.quarantined,
                         kept_bytes: s.kept_bytes,
                         kept_age_seconds: s.kept_age_seconds,
+                        kept_keys: s.kept_keys,
+                        released_in_seconds: s.released_in_seconds,
                         needs_resync: s.needs_resync,
                         divergent: s.divergent.clone(),
                         schema_warnings: s.schema_warnings.clone(),

@@ -168,8 +168,18 @@ fn replica_notes(n: &NodeStatus) -> String {
         );
     } else if detail.kept_bytes > 0 && !n.reachable {
         out += &format!(
-            "\n{}: the master keeps {} bytes of changes for it ({} rows)\n",
-            n.name, detail.kept_bytes, n.lag_rows
+            "\n{}: the master keeps {} bytes of changes for it ({} rows{}){}\n",
+            n.name,
+            detail.kept_bytes,
+            n.lag_rows,
+            detail
+                .kept_keys
+                .map(|k| format!(", {k} keys"))
+                .unwrap_or_default(),
+            detail
+                .released_in_seconds
+                .map(|s| format!("; released in about {s:.0} s at this rate"))
+                .unwrap_or_default(),
         );
     }
     for w in &detail.schema_warnings {
