@@ -80,15 +80,17 @@ pub const QUIET: &str = "SET ferry.in_ddl = 'on'";
 ///   NULL if none.
 /// - `ferry.table_shape(table)`: name, columns and key as JSON, the form in
 ///   which the DDL log records a table before and after a change.
-/// - `ferry.touch_code(stem)`: the PL/pgSQL statement every trigger body
-///   that writes an outbox runs after it: unless the table is named for
-///   the transaction already (the tables named so far are kept in the
-///   transaction-local setting `ferry.touched`, each with the transaction
-///   id, so a session-level value cannot stand in for them), it calls
-///   `ferry.touch(stem)`, which names it in `ferry.touched` (the
-///   transaction's first table with the session's recent ones). The cut
-///   reads the outboxes of the tables named there, so an outbox row must
-///   never be written without it.
+/// - `ferry.touch_code(stem, xid)`: the PL/pgSQL statement every trigger
+///   body that writes an outbox runs after it (`xid`: an expression for
+///   the transaction id, the body's `x` where it has one): unless the
+///   table is named for the transaction already (the tables named so far
+///   are kept in the transaction-local setting `ferry.touched`, each with
+///   the transaction id, so a session-level value cannot stand in for
+///   them), it calls `ferry.touch(stem, xid)`, which names it in
+///   `ferry.touched` (the transaction's first table with the session's
+///   recent ones). The cut reads the outboxes of the tables named there,
+///   so an outbox row must never be written without it. `ferry.touch(stem)`
+///   remains for triggers generated before version 7.
 /// - `ferry.capture_fingerprint(shape, mode, members)`: what the triggers
 ///   installed for a table depend on, recorded in `ferry.capture`; a
 ///   different one means they are regenerated.
@@ -214,16 +216,66 @@ WITH RECURSIVE own AS (
 SELECT COALESCE(array_agg(DISTINCT oid), '{}') FROM kin);
 END
 $f$;
-CREATE OR REPLACE FUNCTION ferry.touch_code(stem text) RETURNS text
+DROP FUNCTION IF EXISTS ferry.touch_code(text);
+CREATE OR REPLACE FUNCTION ferry.touch_code(stem text, xid text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
 RETURN (
 SELECT format(
     'IF pg_catalog.strpos(COALESCE(pg_catalog.current_setting(''ferry.touched'', true), ''''), '
-    'pg_catalog.concat('','', pg_catalog.pg_current_xact_id(), ''/'', %1$L, '','')) = 0 THEN '
-    'PERFORM ferry.touch(%1$L); END IF; ', stem));
+    'pg_catalog.concat('','', %2$s, ''/'', %1$L, '','')) OPERATOR(pg_catalog.=) 0 THEN '
+    'PERFORM ferry.touch(%1$L, %2$s); END IF; ', stem, xid));
 END
 $f$;
+-- Called by the capture triggers (as their owner, with their search_path)
+-- once per transaction and table not named yet. No SET clause (it would
+-- cost each call a search_path switch): every name, type and operator in
+-- it is qualified, and only its owner may call it, so no caller's
+-- search_path can substitute anything, even in its compiled form.
+CREATE OR REPLACE FUNCTION ferry.touch(stem pg_catalog.text, x pg_catalog.xid8) RETURNS void
+LANGUAGE plpgsql AS $f$
+DECLARE
+    -- ',<xid>/<stem>,...': the tables named for this transaction.
+    mine pg_catalog.text := COALESCE(pg_catalog.current_setting('ferry.touched', true), '');
+    -- 'a,b,c': the tables the session wrote lately (at most 16).
+    recent pg_catalog.text := COALESCE(pg_catalog.current_setting('ferry.recent_tables', true), '');
+    known pg_catalog.bool := pg_catalog.strpos(pg_catalog.concat(',', recent, ','),
+        pg_catalog.concat(',', stem, ',')) OPERATOR(pg_catalog.>) 0;
+    names pg_catalog.text := stem;
+BEGIN
+    IF pg_catalog.strpos(mine, pg_catalog.concat(',', x, '/')) OPERATOR(pg_catalog.=) 0
+       AND recent OPERATOR(pg_catalog.<>) '' THEN
+        -- The transaction's first table: named together with the tables
+        -- the session wrote lately, which it most likely writes again
+        -- (one row per transaction rather than one per table).
+        names := CASE WHEN known THEN recent ELSE pg_catalog.concat(recent, ',', stem) END;
+    END IF;
+    INSERT INTO ferry.touched (_xid, stems) VALUES (x, pg_catalog.string_to_array(names, ','));
+    PERFORM pg_catalog.set_config('ferry.touched', pg_catalog.concat(
+        CASE WHEN mine OPERATOR(pg_catalog.=) '' THEN ',' ELSE mine END,
+        x, '/', pg_catalog.replace(names, ',', pg_catalog.concat(',', x, '/')), ','), true);
+    IF NOT known THEN
+        PERFORM pg_catalog.set_config('ferry.recent_tables', pg_catalog.array_to_string(
+            (pg_catalog.string_to_array(pg_catalog.concat_ws(',',
+                CASE WHEN recent OPERATOR(pg_catalog.<>) '' THEN recent END, stem), ','))[
+            GREATEST(1, pg_catalog.array_length(pg_catalog.string_to_array(recent, ','), 1)
+                        OPERATOR(pg_catalog.-) 14):], ','), false);
+    END IF;
+END
+$f$;
+REVOKE ALL ON FUNCTION ferry.touch(pg_catalog.text, pg_catalog.xid8) FROM PUBLIC;
+-- The end of a TRUNCATE, for every captured table (see `_trn`).
+CREATE OR REPLACE FUNCTION ferry.capture_truncate_end() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    PERFORM pg_catalog.set_config('ferry.truncating', COALESCE(pg_catalog.array_to_string(pg_catalog.array_remove(
+        pg_catalog.string_to_array(pg_catalog.current_setting('ferry.truncating', true), ','),
+        TG_RELID::pg_catalog.text), ','), ''), true);
+    RETURN NULL;
+END
+$f$;
+-- What triggers generated before version 7 call, until their table's
+-- capture is generated again (at the next start).
 CREATE OR REPLACE FUNCTION ferry.touch(stem text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
@@ -254,7 +306,7 @@ BEGIN
     -- The table's own triggers (row triggers name its columns), and its
     -- partitions': a new partition needs only its own. The version bumps
     -- when the generated triggers change, so that every table gets new ones.
-    RETURN md5(concat_ws('|', 'v6', format('%I.%I', shape->>'schema', shape->>'name'),
+    RETURN md5(concat_ws('|', 'v7', format('%I.%I', shape->>'schema', shape->>'name'),
                jsonb_typeof(shape->'key') = 'array', shape->>'key', mode,
                CASE WHEN mode <> 'plain' THEN shape->>'columns' END))
            || '/' || md5(members::text);
@@ -462,11 +514,12 @@ DECLARE
     head text := E'#variable_conflict use_variable\nDECLARE s pg_catalog.int8 := pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass); '
                  'x pg_catalog.xid8 := pg_catalog.pg_current_xact_id(); captured pg_catalog.int8; BEGIN ';
     -- Names the table in ferry.touched, once per transaction.
-    touch text := ferry.touch_code(stem);
+    touch text := ferry.touch_code(stem, 'pg_catalog.pg_current_xact_id()');
     -- After a statement's INSERT into the outbox: names the table if the
     -- statement captured rows (a statement that changed none fires its
-    -- statement triggers too).
-    touch_if_any text := 'GET DIAGNOSTICS captured = ROW_COUNT; IF captured > 0 THEN ' || touch || ' END IF; ';
+    -- statement triggers too); `x` holds the transaction id.
+    touch_if_any text := 'GET DIAGNOSTICS captured = ROW_COUNT; IF captured > 0 THEN '
+                         || ferry.touch_code(stem, 'x') || ' END IF; ';
     next_seq text := 'pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), pg_catalog.pg_current_xact_id()';
     -- A deletion is recorded only for a key the table no longer holds at
     -- the end of the statement: a writable CTE that deletes a key and
@@ -551,15 +604,10 @@ BEGIN
                'PERFORM pg_catalog.set_config(''ferry.truncating'', pg_catalog.concat_ws('','', '
                'NULLIF(pg_catalog.current_setting(''ferry.truncating'', true), ''''), '
                'TG_RELID::pg_catalog.text), true); RETURN NULL; END', outbox, next_seq, touch));
-    EXECUTE format(create_fn,
-        format('ferry.%I', 'c_' || stem || '_tre'),
-        'BEGIN PERFORM pg_catalog.set_config(''ferry.truncating'', COALESCE(pg_catalog.array_to_string(pg_catalog.array_remove('
-        'pg_catalog.string_to_array(pg_catalog.current_setting(''ferry.truncating'', true), '',''), '
-        'TG_RELID::pg_catalog.text), '',''), ''''), true); RETURN NULL; END');
     EXECUTE format('CREATE TRIGGER ferry_capture_trn BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
         target, format('ferry.%I', 'c_' || stem || '_trn'));
-    EXECUTE format('CREATE TRIGGER ferry_capture_trn_end AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-        target, format('ferry.%I', 'c_' || stem || '_tre'));
+    EXECUTE format('CREATE TRIGGER ferry_capture_trn_end AFTER TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION ferry.capture_truncate_end()', target);
     IF NOT keyed THEN
         -- Inserts replicate; updates and deletes are refused.
         fn := format('ferry.%I', 'c_' || stem || '_ref');
@@ -583,11 +631,11 @@ BEGIN
         IF NOT keyed THEN
             RETURN;
         END IF;
-        fn := format('ferry.%I', 'c_' || stem || '_upd');
-        EXECUTE format(create_fn, fn,
-            format('%s INSERT INTO %s SELECT s, x, ''U'', n.* FROM ferry_new n; %s RETURN NULL; END', head, outbox, touch_if_any));
+        -- An UPDATE's new rows are captured as an INSERT's: one function
+        -- for both (the one of versions before 7 goes).
         EXECUTE format('CREATE TRIGGER ferry_capture_upd AFTER UPDATE ON %s '
             'REFERENCING NEW TABLE AS ferry_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', target, fn);
+        EXECUTE format('DROP FUNCTION IF EXISTS %s()', format('ferry.%I', 'c_' || stem || '_upd'));
         fn := format('ferry.%I', 'c_' || stem || '_del');
         EXECUTE format(create_fn, fn,
             format('%s INSERT INTO %s SELECT s, x, ''D'', o.* FROM ferry_old o '
@@ -661,7 +709,7 @@ DECLARE
     display text := (shape->>'schema') || '.' || (shape->>'name');
     keyed boolean := jsonb_typeof(shape->'key') = 'array';
     next_seq text := 'pg_catalog.nextval(''ferry.capture_seq''::pg_catalog.regclass), pg_catalog.pg_current_xact_id()';
-    touch text := ferry.touch_code(stem);
+    touch text := ferry.touch_code(stem, 'pg_catalog.pg_current_xact_id()');
     out_cols text;
     old_cols text;
     trn_skip text;
@@ -717,7 +765,7 @@ BEGIN
             EXECUTE format('CREATE TRIGGER ferry_member_trn BEFORE TRUNCATE ON %s '
                 'FOR EACH STATEMENT EXECUTE FUNCTION %s()', m::regclass, format('ferry.%I', 'c_' || stem || '_mtrn'));
             EXECUTE format('CREATE TRIGGER ferry_member_trn_end AFTER TRUNCATE ON %s '
-                'FOR EACH STATEMENT EXECUTE FUNCTION %s()', m::regclass, format('ferry.%I', 'c_' || stem || '_tre'));
+                'FOR EACH STATEMENT EXECUTE FUNCTION ferry.capture_truncate_end()', m::regclass);
         END IF;
     END LOOP;
 END

@@ -370,4 +370,16 @@ async fn an_operator_in_the_callers_search_path_never_runs_with_capture_rights()
         Duration::from_secs(20),
     )
     .await;
+    // The function that names tables for the triggers runs without a
+    // search_path of its own: only its owner may call it, so a session
+    // cannot compile it first under a path of its choosing.
+    let refused = client
+        .batch_execute("SELECT ferry.touch('x', pg_current_xact_id())")
+        .await
+        .expect_err("ferry.touch is its owner's");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused:?}"
+    );
 }
