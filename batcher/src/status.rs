@@ -39,10 +39,6 @@ pub struct ReplicaStatus {
     /// Changes of its own the node committed that never reached the
     /// cluster, kept in its `ferry.quarantine` (moved there by a resync).
     pub quarantined: i64,
-    /// Refused because its position is older than the master's outbox
-    /// clean-up: only a resync (a full copy) brings it back.
-    #[serde(skip)]
-    pub behind_cleanup: bool,
     /// Key ranges in which the background check found the replica's rows
     /// different from the master's (see [`crate::verify`]).
     pub divergent: Vec<crate::verify::Divergence>,

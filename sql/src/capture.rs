@@ -278,26 +278,8 @@ $f$;
 -- capture is generated again (at the next start).
 CREATE OR REPLACE FUNCTION ferry.touch(stem text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-    x xid8 := pg_current_xact_id();
-    mine text := COALESCE(current_setting('ferry.touched', true), '');
-    recent text[] := COALESCE(string_to_array(NULLIF(current_setting('ferry.recent_tables', true), ''), ','), '{}');
-    names text[] := ARRAY[stem];
 BEGIN
-    IF strpos(mine, concat(',', x, '/')) = 0 THEN
-        -- The transaction's first table: named together with the tables
-        -- the session wrote lately, which it most likely writes again
-        -- (one row per transaction rather than one per table).
-        names := array_append(array_remove(recent, stem), stem);
-    END IF;
-    INSERT INTO ferry.touched (_xid, stems) VALUES (x, names);
-    -- An expression, not a query: no executor run for it.
-    PERFORM set_config('ferry.touched', concat(COALESCE(NULLIF(mine, ''), ','),
-        x, '/', array_to_string(names, concat(',', x, '/')), ','), true);
-    IF stem <> ALL (recent) THEN
-        PERFORM set_config('ferry.recent_tables',
-            array_to_string((recent || stem)[greatest(1, cardinality(recent) + 2 - 16):], ','), false);
-    END IF;
+    PERFORM ferry.touch(stem, pg_current_xact_id());
 END
 $f$;
 CREATE OR REPLACE FUNCTION ferry.capture_fingerprint(shape jsonb, mode text, members oid[]) RETURNS text

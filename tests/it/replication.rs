@@ -45,6 +45,16 @@ fn cluster(nodes: usize) -> Cluster {
     Cluster::started(env!("CARGO_BIN_EXE_ferry"), nodes, SCHEMA)
 }
 
+/// Inserts keys `k0`..`k{n-1}` into `kv`, one transaction each.
+async fn insert_kv(client: &tokio_postgres::Client, n: usize) {
+    for i in 0..n {
+        client
+            .execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("k{i}")])
+            .await
+            .unwrap();
+    }
+}
+
 /// A small deterministic generator, so a failing run can be repeated.
 struct Lcg(u64);
 impl Lcg {
@@ -270,12 +280,7 @@ async fn keyless_tables_take_inserts_and_refuse_updates_by_name() {
 async fn status_metrics_and_health_report_the_replicas() {
     let mut c = cluster(3);
     let client = c.proxy_client().await;
-    for i in 0..50 {
-        client
-            .execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("k{i}")])
-            .await
-            .unwrap();
-    }
+    insert_kv(&client, 50).await;
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     // Shipped rows are cleaned up once the replicas' positions are settled
     // (3 s old, see schema::RECORD_POSITION).
@@ -369,12 +374,7 @@ async fn the_outbox_backlog_says_which_batches_it_counted() {
     .await;
     let first_count = std::time::Instant::now();
     let client = c.proxy_client().await;
-    for i in 0..50 {
-        client
-            .execute("INSERT INTO kv VALUES ($1, 'v')", &[&format!("k{i}")])
-            .await
-            .unwrap();
-    }
+    insert_kv(&client, 50).await;
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     let doc = c.status_doc();
     let written = doc["last_batch"].as_i64().unwrap();

@@ -59,7 +59,6 @@ impl Batcher {
                     failed_statement: r.failed.as_ref().map(|f| f.1.clone()),
                     suspension: susp.get(&r.node.name).map(|s| s.status(r.lag_rows)),
                     quarantined: r.quarantined,
-                    behind_cleanup: needs_resync,
                     divergent: verifier.divergent(&r.node.name).to_vec(),
                     schema_warnings: r.warnings.clone(),
                 }

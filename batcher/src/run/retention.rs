@@ -28,13 +28,19 @@ impl Batcher {
         in_use: &[&TableShape],
     ) -> Result<(), BatchError> {
         let master = &self.cfg.master.name;
-        let released: Vec<String> = control
-            .query(schema::RELEASED_REPLICAS, &[])
-            .await
-            .map_err(BatchError::pg(master))?
-            .iter()
-            .filter_map(|r| r.try_get(0).ok())
-            .collect();
+        // Only a replica without a session can be released: with every
+        // replica connected, a pass costs nothing here.
+        let released: Vec<String> = if replicas.iter().any(|r| r.session.is_none()) {
+            control
+                .query(schema::RELEASED_REPLICAS, &[])
+                .await
+                .map_err(BatchError::pg(master))?
+                .iter()
+                .filter_map(|r| r.try_get(0).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for r in replicas.iter_mut() {
             r.released = r.session.is_none() && released.contains(&r.node.name);
             r.away_for = None;

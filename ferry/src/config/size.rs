@@ -3,7 +3,6 @@
 //! before), as `max_slot_wal_keep_size` takes them.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
 
 /// A size in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,12 +26,6 @@ impl ByteSize {
             _ => return None,
         };
         number.checked_mul(1 << shift).map(ByteSize)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes", self.0)
     }
 }
 

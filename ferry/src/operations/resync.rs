@@ -29,7 +29,7 @@ pub async fn resync(
     let refused = replication.read().is_ok_and(|r| {
         r.replicas
             .iter()
-            .any(|s| s.name == node && s.behind_cleanup && !s.reachable)
+            .any(|s| s.name == node && s.needs_resync && !s.reachable)
     });
     if let Some(why) = &topo.waiting {
         return Err(Refusal::conflict(
