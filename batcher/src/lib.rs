@@ -25,6 +25,7 @@
 pub mod add_node;
 pub mod apply;
 pub mod catalog;
+pub mod compact;
 pub mod cutter;
 pub mod error;
 pub mod housekeeping;

@@ -32,6 +32,12 @@ pub struct Metrics {
     /// For an unreachable replica, the most the changes kept for it can
     /// be aged (0 otherwise).
     pub kept_age_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while what is kept for a replica passed 80 % of `[retention]
+    /// max_bytes`.
+    pub kept_near_bound: Family<ReplicaLabel, Gauge>,
+    /// Compaction passes, and the superseded changes they removed.
+    pub compactions: Counter,
+    pub compacted_rows: Counter,
     /// 1 for a replica only `ferry resync` brings back.
     pub needs_resync: Family<ReplicaLabel, Gauge>,
     pub lag_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
@@ -58,6 +64,9 @@ impl Metrics {
             kept_bytes: Family::default(),
             kept_age_seconds: Family::default(),
             needs_resync: Family::default(),
+            kept_near_bound: Family::default(),
+            compactions: Counter::default(),
+            compacted_rows: Counter::default(),
             lag_seconds: Family::default(),
             outbox_rows: Gauge::default(),
             divergent_tables: Family::default(),
@@ -135,6 +144,21 @@ impl Metrics {
             "1 when only ferry resync brings a replica back (the master stopped keeping changes \
              for it, or its position is older than the outbox clean-up)",
             m.needs_resync.clone(),
+        );
+        registry.register(
+            "ferry_replica_kept_near_bound",
+            "1 while the changes kept for an unreachable replica passed 80% of [retention] max_bytes",
+            m.kept_near_bound.clone(),
+        );
+        registry.register(
+            "ferry_compactions",
+            "Compaction passes over what the master keeps for replicas away or suspended",
+            m.compactions.clone(),
+        );
+        registry.register(
+            "ferry_compacted_rows",
+            "Superseded changes removed by compaction (changes of a key netted to its last)",
+            m.compacted_rows.clone(),
         );
         registry.register(
             "ferry_lag_seconds",

@@ -7,7 +7,9 @@
 //!    start, concurrently; schema changes it carries reported ([`schema`]).
 //! 3. **Report**: the sync point and `/status` ([`publish`]).
 //! 4. **Housekeeping** now and then ([`housekeeping`]): positions, the
-//!    outbox clean-up, lag in rows, schema changes logged on the master.
+//!    outbox clean-up, lag in rows, schema changes logged on the master,
+//!    the bounds on what is kept for a replica away ([`retention`]) and its
+//!    compaction ([`compaction`]), which runs beside the loop.
 //! 5. **Wait** ([`wait`]) for the next tick, a sync commit, a suspension
 //!    instant or an operator's request.
 //!
@@ -15,6 +17,7 @@
 //! opens the next one.
 
 mod checks;
+mod compaction;
 mod housekeeping;
 mod intact;
 mod publish;
@@ -70,6 +73,9 @@ pub struct BatcherConfig {
     /// `[retention] max_age_s`: likewise once it has been away this long
     /// with changes kept for it.
     pub retention_max_age: Option<Duration>,
+    /// `[retention] compact_after`: when what is kept for a replica that is
+    /// away is netted per key again (see [`crate::compact`]).
+    pub compact_after: crate::compact::CompactAfter,
     pub suspend: SuspendConfig,
     /// The cluster epoch this batcher works in: replicas fenced at a later
     /// one refuse its batches.
@@ -116,8 +122,11 @@ struct Replica {
     /// The master stopped keeping changes for it (`[retention]
     /// max_bytes`): refused until `ferry resync`.
     released: bool,
-    /// Warned that what is kept for it passed 80 % of the bound.
+    /// What is kept for it passed 80 % of `[retention] max_bytes` (warned
+    /// once in the log; shown in `/status` and the metrics meanwhile).
     near_bound: bool,
+    /// Away or suspended: what was kept after the latest compaction.
+    compact: compaction::Tracking,
     last_error: Option<String>,
     /// Tick through which this replica has applied everything.
     applied_tick: u64,
@@ -203,6 +212,7 @@ impl Batcher {
                 released_in: None,
                 released: false,
                 near_bound: false,
+                compact: compaction::Tracking::default(),
                 last_error: None,
                 applied_tick: 0,
                 failed: None,

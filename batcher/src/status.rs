@@ -24,6 +24,8 @@ pub struct ReplicaStatus {
     /// master stop keeping changes for it (None: no bound, or not
     /// growing).
     pub released_in_seconds: Option<f64>,
+    /// What is kept for it passed 80 % of `[retention] max_bytes`.
+    pub kept_near_bound: bool,
     /// Only `ferry resync` brings it back: the master stopped keeping
     /// changes for it (`[retention] max_bytes`), or its position is older
     /// than the outbox clean-up.
@@ -95,6 +97,21 @@ pub struct CaptureRepair {
     pub problems: Vec<String>,
 }
 
+/// Compaction of what the master keeps for replicas away (see
+/// [`crate::compact`]): passes so far and the latest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CompactionStatus {
+    pub running: bool,
+    pub passes: u64,
+    /// Superseded changes removed, over every pass.
+    pub removed_rows: u64,
+    pub last_removed_rows: u64,
+    pub last_seconds: f64,
+    /// Why the latest pass failed (it is tried again at a later pass).
+    pub last_error: Option<String>,
+}
+
 /// The replication path as a whole.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicationStatus {
@@ -121,6 +138,8 @@ pub struct ReplicationStatus {
     pub verify: crate::verify::VerifyStatus,
     /// Capture on the master, as the last housekeeping pass found it.
     pub capture: CaptureStatus,
+    /// Compaction of what is kept for replicas away.
+    pub compaction: CompactionStatus,
     /// When the master last answered the batcher (a cut), for health
     /// checks: a busy master that still cuts batches is alive.
     #[serde(skip)]

@@ -6,7 +6,7 @@
 use crate::config::Mode;
 use crate::operations::add_node::Adding;
 use crate::operations::switchover::SwitchoverReport;
-use ferry_batcher::status::{CaptureStatus, SchemaChange};
+use ferry_batcher::status::{CaptureStatus, CompactionStatus, SchemaChange};
 use ferry_batcher::suspend::SuspensionStatus;
 use ferry_batcher::verify::{Divergence, VerifyStatus};
 use ferry_cluster::coordinator::FailoverReport;
@@ -49,6 +49,8 @@ pub struct Status {
     pub verify: Option<VerifyStatus>,
     /// Whether capture on the master is whole, and its latest repair.
     pub capture: CaptureStatus,
+    /// Compaction of what the master keeps for replicas away or suspended.
+    pub compaction: CompactionStatus,
 }
 
 /// `sync`: synchronous commit.
@@ -127,6 +129,8 @@ pub struct ReplicaDetail {
     /// At the current rate, seconds until a `[retention]` bound makes the
     /// master stop keeping changes for it.
     pub released_in_seconds: Option<f64>,
+    /// What is kept for it passed 80 % of `[retention] max_bytes`.
+    pub kept_near_bound: bool,
     /// Only `ferry resync` brings it back (the master stopped keeping
     /// changes for it, or it stands before the outbox clean-up).
     pub needs_resync: bool,

@@ -15,6 +15,7 @@ pub mod capture;
 pub mod catalog;
 pub mod classify;
 pub mod cluster;
+pub mod compact;
 pub mod ddl;
 pub mod forbidden;
 pub mod guard;

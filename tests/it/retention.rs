@@ -1,17 +1,21 @@
 //! What the master keeps for a replica that stays away (issue 19): shown
 //! per replica, and bounded by `[retention] max_bytes`.
 
-use ferry_testkit::{eventually, Cluster, Options};
+use ferry_testkit::{eventually, node, Cluster, Options};
 use std::time::Duration;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);";
 
 fn cluster(extra_config: &str) -> Cluster {
+    cluster_of(SCHEMA, extra_config)
+}
+
+fn cluster_of(schema: &str, extra_config: &str) -> Cluster {
     let mut c = Cluster::new(
         env!("CARGO_BIN_EXE_ferry"),
         Options {
             nodes: 3,
-            schema: SCHEMA.into(),
+            schema: schema.into(),
             extra_config: extra_config.into(),
             ..Default::default()
         },
@@ -33,7 +37,8 @@ async fn write(client: &tokio_postgres::Client, from: i32, to: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_master_keeps_for_an_absent_replica_is_shown_in_rows_and_bytes() {
-    let c = cluster("");
+    // Compaction off: every change stays, as counted.
+    let c = cluster("[retention]\ncompact_after = \"off\"\n");
     let client = c.proxy_client().await;
     write(&client, 0, 10).await;
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
@@ -73,12 +78,38 @@ async fn what_the_master_keeps_for_an_absent_replica_is_shown_in_rows_and_bytes(
 /// returns, and `ferry resync` brings it back equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_away_past_max_bytes_is_released_and_comes_back_by_resync() {
-    let c = cluster("[retention]\nmax_bytes = 20000\n");
+    let c = cluster("[retention]\nmax_bytes = 40000\n");
     let client = c.proxy_client().await;
     write(&client, 0, 10).await;
     c.wait_equal(Duration::from_secs(10)).await.unwrap();
     c.servers[2].stop().unwrap();
-    write(&client, 10, 510).await;
+    // Ten rows at a time (about 4 % of the bound each): past 80 % the
+    // replica is shown near the bound, still kept.
+    let mut next = 10;
+    loop {
+        write(&client, next, next + 10).await;
+        next += 10;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let n = c.node_doc("c");
+        assert_eq!(
+            n["needs_resync"], false,
+            "released before it was shown near the bound: {n}"
+        );
+        if n["kept_near_bound"] == true {
+            let kept = n["kept_bytes"].as_i64().unwrap_or(0);
+            assert!((32_000..=40_000).contains(&kept), "{n}");
+            break;
+        }
+        assert!(next < 400, "never shown near the bound: {n}");
+    }
+    assert_eq!(
+        c.metric("ferry_replica_kept_near_bound{replica=\"c\"}"),
+        1.0
+    );
+    assert!(c
+        .ferry_log()
+        .contains("passed 80% of [retention] max_bytes"));
+    write(&client, next, 510).await;
     c.wait_status(Duration::from_secs(20), "c released", |doc| {
         ferry_testkit::node(doc, "c")["needs_resync"] == true
     })
@@ -160,4 +191,149 @@ async fn a_replica_away_past_max_age_is_released() {
     .await;
     assert!(c.ferry_log().contains("past [retention] max_age_s"));
     c.wait_outbox_cleaned(Duration::from_secs(20)).await;
+}
+
+const COUNTERS: &str = "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);";
+
+/// Rounds of `UPDATE counters SET n = n + 1` over its 10,000 rows.
+async fn bump(client: &tokio_postgres::Client, rounds: usize, mut between: impl FnMut()) {
+    for round in 0..rounds {
+        client
+            .batch_execute("UPDATE counters SET n = n + 1")
+            .await
+            .unwrap();
+        if round % 10 == 9 {
+            between();
+        }
+    }
+}
+
+/// A replica away while 1,000,000 row updates hit 10,000 keys costs the
+/// master about what those 10,000 rows take: what is kept for it is
+/// netted per key as it grows, the outbox never holds the million changes
+/// and is still cleaned up for the present replica, and the returning
+/// replica receives one image per key and is equal to the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_during_a_million_updates_to_ten_thousand_keys_costs_the_master_those_keys()
+{
+    let c = cluster_of(COUNTERS, "[retention]\ncompact_after = \"1MB\"\n");
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10000) g")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    c.servers[2].stop().unwrap();
+    let mut most_in_outbox = 0;
+    bump(&client, 100, || {
+        let rows = c.status_doc()["outbox_backlog"].as_i64().unwrap_or(0);
+        most_in_outbox = most_in_outbox.max(rows);
+    })
+    .await;
+    assert!(
+        most_in_outbox < 300_000,
+        "the outbox held {most_in_outbox} rows during the updates"
+    );
+    c.wait_status(
+        Duration::from_secs(60),
+        "c's changes netted to its keys",
+        |doc| {
+            let n = node(doc, "c");
+            n["lag_rows"] == 10_000 && n["kept_keys"] == 10_000
+        },
+    )
+    .await;
+    let kept = c.node_doc("c")["kept_bytes"].as_i64().unwrap_or(0);
+    let table: i64 = c
+        .psql(0, "SELECT sum(pg_column_size(t.*)) FROM counters t")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("kept for c after 1,000,000 updates to 10,000 keys: {kept} bytes (the table's rows: {table} bytes)");
+    assert!(
+        kept > 0 && kept <= 2 * table,
+        "{kept} bytes kept, table {table}"
+    );
+    // Every change kept for c but the last of each key went (and perhaps
+    // the first images, if the clean-up had not reached them yet); the
+    // count is taken when the loop collects the pass, a pass later.
+    eventually(
+        Duration::from_secs(10),
+        "the netted changes counted",
+        || {
+            let removed = c.metric("ferry_compacted_rows_total");
+            if removed >= 990_000.0 {
+                Ok(())
+            } else {
+                Err(removed)
+            }
+        },
+    )
+    .await;
+    // The present replica has everything, and nothing is kept for it.
+    c.wait_psql(
+        1,
+        "SELECT sum(n) FROM counters",
+        "1000000",
+        Duration::from_secs(30),
+    )
+    .await;
+    c.wait_status(Duration::from_secs(10), "nothing kept for b", |doc| {
+        node(doc, "b")["kept_bytes"] == 0
+    })
+    .await;
+    let shipped = |c: &Cluster| c.metric("ferry_rows_shipped_total{replica=\"c\"}");
+    let before = shipped(&c);
+    c.servers[2].start().unwrap();
+    c.wait_equal(Duration::from_secs(60)).await.unwrap();
+    let images = shipped(&c) - before;
+    assert!(images <= 10_000.0, "c received {images} row images");
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
+}
+
+/// Compaction never nets a key's changes across a schema change: the
+/// replica replays the changes before it, the change, then those after it,
+/// and a constraint added in between must hold for the rows as they were
+/// then (here, the `v = 1` the CHECK needs, which later updates supersede).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_changes_a_schema_change_in_between_needs() {
+    let c = cluster_of(
+        "CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO kv SELECT g, 0 FROM generate_series(1, 100) g;",
+        "[retention]\ncompact_after = \"100 rows\"\n",
+    );
+    let client = c.proxy_client().await;
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.servers[2].stop().unwrap();
+    client.batch_execute("UPDATE kv SET v = 1").await.unwrap();
+    client
+        .batch_execute("ALTER TABLE kv ADD CONSTRAINT positive CHECK (v > 0)")
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        client
+            .batch_execute("UPDATE kv SET v = v + 1")
+            .await
+            .unwrap();
+    }
+    // Netted on each side of the change: one image per key before it, one
+    // after.
+    c.wait_status(Duration::from_secs(30), "c's changes netted", |doc| {
+        let n = node(doc, "c");
+        n["lag_rows"] == 200 && n["kept_keys"] == 100
+    })
+    .await;
+    c.servers[2].start().unwrap();
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        c.psql(
+            2,
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'positive'"
+        )
+        .trim(),
+        "1"
+    );
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
 }

@@ -6,23 +6,13 @@
 use ferry_testkit::{eventually, Cluster, Options};
 use std::time::{Duration, Instant};
 
-/// A metric's value (the first sample whose name starts with `name`).
-fn metric(c: &Cluster, name: &str) -> f64 {
-    let (_, body) = c.admin_get("/metrics");
-    body.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Cuts run so far (real cuts: an idle tick's probe is not one).
 fn cuts(c: &Cluster) -> f64 {
-    metric(c, "ferry_cut_seconds_count")
+    c.metric("ferry_cut_seconds_count")
 }
 
 fn idle_ticks(c: &Cluster) -> f64 {
-    metric(c, "ferry_idle_ticks_total")
+    c.metric("ferry_idle_ticks_total")
 }
 
 /// Waits until a second passes with no cut at all, and says how many idle
@@ -291,7 +281,7 @@ async fn a_batch_larger_than_memory_applies_exactly_once_across_kill_9() {
         Duration::from_secs(60),
         "the replica applying the spilled batch",
         || {
-            let spilled = metric(&c, "ferry_spilled_bytes_total");
+            let spilled = c.metric("ferry_spilled_bytes_total");
             if spilled <= 16.0 * 1024.0 * 1024.0 {
                 return Err(format!("{spilled} bytes spilled so far"));
             }

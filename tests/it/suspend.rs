@@ -368,6 +368,77 @@ async fn resume_ships_one_image_per_changed_key() {
     assert!(ok, "{table}");
 }
 
+/// A suspended replica costs the master its changed keys, like one that
+/// is away: 200,000 updates to 2,000 keys while it is suspended are netted
+/// on the master to 2,000 changes, the replica stays as it was at its
+/// instant (same consistency point, same rows), and a resume brings it
+/// level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_kept_for_a_suspended_replica_is_compacted_to_its_keys() {
+    let mut c = Cluster::new(
+        env!("CARGO_BIN_EXE_ferry"),
+        Options {
+            nodes: 3,
+            schema: "CREATE TABLE kv (k int PRIMARY KEY, v bigint NOT NULL);
+                     INSERT INTO kv SELECT g, 0 FROM generate_series(1, 2000) g;"
+                .into(),
+            extra_config: "[retention]\ncompact_after = \"256kB\"\n".into(),
+            ..Default::default()
+        },
+    );
+    c.start_ferry();
+    suspend_soon(&c, "c");
+    let at = suspension(&c, "c")["consistent_as_of"].clone();
+    let client = c.proxy_client().await;
+    for _ in 0..100 {
+        client
+            .batch_execute("UPDATE kv SET v = v + 1")
+            .await
+            .unwrap();
+    }
+    c.wait_psql(
+        1,
+        "SELECT sum(v) FROM kv",
+        "200000",
+        Duration::from_secs(30),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "c's changes netted to its keys",
+        || {
+            let s = suspension(&c, "c");
+            if s["pending_changes"] == 2000 && s["pending_keys"] == 2000 {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+    let s = suspension(&c, "c");
+    assert_eq!(s["state"], "suspended", "{s}");
+    assert_eq!(s["consistent_as_of"], at, "{s}");
+    assert_eq!(c.psql(2, "SELECT sum(v) FROM kv").trim(), "0");
+    eventually(
+        Duration::from_secs(10),
+        "the netted changes counted",
+        || {
+            let removed = c.metric("ferry_compacted_rows_total");
+            if removed >= 198_000.0 {
+                Ok(())
+            } else {
+                Err(removed)
+            }
+        },
+    )
+    .await;
+    assert_eq!(c.admin_call("POST", "/replicas/c/resume", None).0, 200);
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    let (ok, table) = c.verify(20);
+    assert!(ok, "{table}");
+}
+
 /// A scheduled suspension survives a restart of Ferry; a second one is
 /// cancelled before its instant; the hook runs once the replica is
 /// consistent, with its exit status and output in /status, and a resume

@@ -1,8 +1,10 @@
 //! Housekeeping, every `housekeeping` interval rather than every tick:
 //! replicas' positions recorded on the master, schema changes logged there
-//! checked, capture checked whole (see [`super::intact`]), the outbox cleaned up to what every replica applied, lag in
-//! rows counted, and the replica (or fenced node) the outbox is kept for
-//! reported.
+//! checked, capture checked whole (see [`super::intact`]), the outbox
+//! cleaned up to what every replica applied, lag in rows counted, what is
+//! kept for a replica away bounded ([`super::retention`]) and compacted
+//! ([`super::compaction`]), and the replica (or fenced node) the outbox is
+//! kept for reported.
 
 use super::session::Session;
 use super::{Batcher, Replica};
@@ -21,6 +23,9 @@ impl Batcher {
         susp: &mut Suspensions,
     ) -> Result<(), BatchError> {
         let master = &self.cfg.master.name;
+        // Before what is kept is counted: the counts after a compaction are
+        // the floor the next one is measured from.
+        self.collect_compaction(&mut s.compaction, replicas).await;
         let control = &s.control;
         // Positions on the master only bound clean-up (each replica's
         // ledger is the truth), so recording them once per pass is enough;
@@ -62,6 +67,7 @@ impl Batcher {
         }
         self.bound_retention(control, replicas, susp, &in_use)
             .await?;
+        self.compact_if_due(&mut s.compaction, replicas, susp, &in_use);
         // An unreachable replica, else a node pinned for a resync (a failed
         // master, fenced out: its pin holds the clean-up).
         let mut kept_for = kept_for(replicas, susp);

@@ -35,6 +35,10 @@ impl Batcher {
                     .get_or_create(&label)
                     .set(r.away_for.map_or(0.0, |d| d.as_secs_f64()));
                 self.metrics
+                    .kept_near_bound
+                    .get_or_create(&label)
+                    .set(i64::from(r.near_bound));
+                self.metrics
                     .needs_resync
                     .get_or_create(&label)
                     .set(i64::from(needs_resync));
@@ -52,6 +56,7 @@ impl Batcher {
                     kept_age_seconds: r.away_for.map(|d| d.as_secs_f64()),
                     kept_keys: r.kept_keys,
                     released_in_seconds: r.released_in.map(|d| d.as_secs_f64()),
+                    kept_near_bound: r.near_bound,
                     needs_resync,
                     lag_seconds,
                     last_error: r.last_error.clone(),

@@ -24,6 +24,8 @@ pub(super) struct Session {
     pub seen_ddl: i64,
     pub last_batch: i64,
     pub next_housekeeping: Instant,
+    /// A compaction pass under way (see [`super::compaction`]).
+    pub compaction: Option<super::compaction::Running>,
 }
 
 impl Batcher {
@@ -92,6 +94,7 @@ impl Batcher {
             seen_ddl,
             last_batch,
             next_housekeeping: Instant::now(),
+            compaction: None,
         })
     }
 }

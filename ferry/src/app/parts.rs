@@ -103,6 +103,7 @@ pub(super) fn batcher_config(
         sync: Some(ticks.clone()),
         retention_max_bytes: cfg.retention.max_bytes.map(|b| b.0),
         retention_max_age: cfg.retention.max_age_s.map(Duration::from_secs),
+        compact_after: cfg.retention.compact_after.0,
         epoch: topo.epoch,
         verify: Arc::new(std::sync::Mutex::new(Verifier::new(
             VerifyConfig {

@@ -80,6 +80,7 @@ impl AppStatus {
                         kept_age_seconds: s.kept_age_seconds,
                         kept_keys: s.kept_keys,
                         released_in_seconds: s.released_in_seconds,
+                        kept_near_bound: s.kept_near_bound,
                         needs_resync: s.needs_resync,
                         divergent: s.divergent.clone(),
                         schema_warnings: s.schema_warnings.clone(),
@@ -133,6 +134,7 @@ impl AppStatus {
             schema_changes: r.schema_changes.clone(),
             verify: Some(r.verify.clone()),
             capture: r.capture.clone(),
+            compaction: r.compaction.clone(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use ferry::config::Mode;
 use ferry::status::{NodeStatus, Status};
-use ferry_batcher::status::CaptureStatus;
+use ferry_batcher::status::{CaptureStatus, CompactionStatus};
 use std::process::ExitCode;
 
 /// GETs a path from the admin endpoint and returns the body.
@@ -13,6 +13,23 @@ pub async fn get(base: &str, path: &str) -> anyhow::Result<String> {
         bail!("{path} answered {status}");
     }
     Ok(body)
+}
+
+/// What compaction of the changes kept for replicas away did, once it ran.
+fn compaction_notes(c: &CompactionStatus) -> String {
+    let mut out = String::new();
+    if c.passes > 0 || c.running {
+        out += &format!(
+            "\ncompaction of what is kept for replicas away: {} pass(es), {} superseded change(s) removed{}\n",
+            c.passes,
+            c.removed_rows,
+            if c.running { "; a pass is running" } else { "" },
+        );
+    }
+    if let Some(e) = &c.last_error {
+        out += &format!("compaction FAILED at its latest pass: {e}\n");
+    }
+    out
 }
 
 /// Renders the `/status` document for people.
@@ -65,6 +82,7 @@ pub fn render(doc: &Status) -> String {
         None => {}
     }
     out += &capture_notes(&doc.capture);
+    out += &compaction_notes(&doc.compaction);
     for n in &doc.nodes {
         out += &replica_notes(n);
     }
@@ -168,7 +186,7 @@ fn replica_notes(n: &NodeStatus) -> String {
         );
     } else if detail.kept_bytes > 0 && !n.reachable {
         out += &format!(
-            "\n{}: the master keeps {} bytes of changes for it ({} rows{}){}\n",
+            "\n{}: the master keeps {} bytes of changes for it ({} rows{}){}{}\n",
             n.name,
             detail.kept_bytes,
             n.lag_rows,
@@ -180,6 +198,11 @@ fn replica_notes(n: &NodeStatus) -> String {
                 .released_in_seconds
                 .map(|s| format!("; released in about {s:.0} s at this rate"))
                 .unwrap_or_default(),
+            if detail.kept_near_bound {
+                "; PAST 80% of [retention] max_bytes"
+            } else {
+                ""
+            },
         );
     }
     for w in &detail.schema_warnings {
@@ -247,6 +270,7 @@ mod tests {
                                 "pending_changes": 5, "pending_keys": 2,
                                 "hook": {"running": false, "exit_code": 0, "output_tail": ""}}}
             ],
+            "compaction": {"running": false, "passes": 3, "removed_rows": 990000},
             "schema_changes": [{"at": "now", "tag": "ALTER TABLE", "object": "public.t", "query": "q", "replicated": true},
                                {"at": "now", "tag": "CREATE TABLE", "object": "x.u", "query": "q", "replicated": false}]
         });
@@ -265,11 +289,17 @@ mod tests {
             text.contains("c: suspended at T (consistent as of T); 5 changes to 2 keys pending; hook exited 0"),
             "{text}"
         );
+        assert!(
+            text.contains("compaction of what is kept for replicas away: 3 pass(es), 990000 superseded change(s) removed"),
+            "{text}"
+        );
         assert!(text.contains("ALTER TABLE public.t (replicated)"), "{text}");
         assert!(text.contains("CREATE TABLE x.u (NOT replicated)"), "{text}");
         let quiet = render(&serde_json::from_value(serde_json::json!({"nodes": []})).unwrap());
         assert!(
-            !quiet.contains("sync:") && !quiet.contains("schema changes"),
+            !quiet.contains("sync:")
+                && !quiet.contains("schema changes")
+                && !quiet.contains("compaction"),
             "{quiet}"
         );
     }

@@ -7,7 +7,7 @@ mod validate;
 
 use env::apply_env;
 use serde::{Deserialize, Serialize};
-pub use size::ByteSize;
+pub use size::{ByteSize, Threshold};
 use std::path::Path;
 use thiserror::Error;
 use validate::check_choices;
@@ -254,6 +254,11 @@ pub struct RetentionSection {
     /// Likewise once an unreachable replica has been away this many
     /// seconds with changes kept for it. None: no bound.
     pub max_age_s: Option<u64>,
+    /// Once what is kept for a replica away or suspended grew by this much
+    /// since the previous compaction (a size, `"<n> rows"`), or stopped
+    /// growing, its changes are netted per key: it costs the master its
+    /// changed keys, not its changes. `"off"`: never.
+    pub compact_after: Threshold,
 }
 
 /// `[switchover]`: planned switchovers (`ferry switchover`).

@@ -219,6 +219,12 @@ impl Config {
         if self.retention.max_bytes.is_some_and(|b| b.0 == 0) {
             return Err(invalid("retention.max_bytes", "must be positive"));
         }
+        if self.retention.compact_after.is_zero() {
+            return Err(invalid(
+                "retention.compact_after",
+                "must be positive (\"off\" turns compaction off)",
+            ));
+        }
         if self.retention.max_age_s == Some(0) {
             return Err(invalid("retention.max_age_s", "must be positive"));
         }

@@ -47,6 +47,17 @@ impl Cluster {
         .await
     }
 
+    /// A sample of `/metrics`: the first line whose name (with its
+    /// labels) starts with `name`; 0 when there is none.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// One node's entry in `/status` (Null when absent).
     pub fn node_doc(&self, name: &str) -> serde_json::Value {
         self.status_doc()["nodes"]

@@ -1,0 +1,234 @@
+//! When the loop compacts what the master keeps for replicas that are
+//! away or suspended (see [`crate::compact`]): at a housekeeping pass, once
+//! what is kept for one of them grew by `[retention] compact_after` since
+//! the previous compaction — or stopped growing with changes added since
+//! it, so that a replica away over a quiet night costs its keys, not its
+//! night's changes. One pass at a time, on its own connection; the loop
+//! collects its result at a later pass.
+
+use super::{Batcher, Replica};
+use crate::compact::{self, CompactAfter, Compacted};
+use crate::housekeeping::Kept;
+use crate::suspend::Suspensions;
+use crate::BatchError;
+use ferry_sql::TableShape;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// A compaction pass under way; dropping it (a batcher session that ends)
+/// stops it, and the server rolls its statement back.
+pub(super) struct Running(JoinHandle<Result<Compacted, BatchError>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Per replica: what was kept for it after the latest compaction (the
+/// floor growth is counted from), at the previous pass, and when the
+/// latest compaction began.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Tracking {
+    floor: Kept,
+    last: Option<Kept>,
+    /// A compaction finished: the next figures measured are the floor.
+    floor_due: bool,
+    began_at: Option<Kept>,
+}
+
+impl Tracking {
+    /// Whether what is kept now (`keys`: distinct keys among it, when
+    /// counted) calls for a compaction: it grew by the threshold since the
+    /// floor; or it stopped growing (the same as at the previous pass),
+    /// changed since the latest compaction began (in rows), and at least an eighth
+    /// of it is superseded (a pass costs a scan of all of it).
+    fn due(&mut self, threshold: CompactAfter, kept: Kept, keys: Option<i64>) -> bool {
+        if std::mem::take(&mut self.floor_due) || kept.rows < self.floor.rows {
+            self.floor = kept;
+        }
+        // Rows, not bytes: a row's size as PostgreSQL reports it can vary
+        // by a few bytes between two reads.
+        let same = |other: Option<Kept>| other.is_some_and(|o| o.rows == kept.rows);
+        let superseded = keys.map_or(0, |k| kept.rows - k);
+        let quiet = same(self.last)
+            && !same(self.began_at)
+            && superseded > 0
+            && superseded * 8 >= kept.rows;
+        self.last = Some(kept);
+        threshold != CompactAfter::Off && (threshold.passed(self.floor, kept) || quiet)
+    }
+}
+
+impl Batcher {
+    /// Takes the result of a finished compaction pass, if there is one:
+    /// metrics, `/status`, a log line; what is kept next is each
+    /// replica's new floor.
+    pub(super) async fn collect_compaction(
+        &self,
+        running: &mut Option<Running>,
+        replicas: &mut [Replica],
+    ) {
+        let Some(running) = running.take_if(|r| r.0.is_finished()) else {
+            return;
+        };
+        let mut handle = running;
+        let outcome = match (&mut handle.0).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the compaction task failed: {e}")),
+        };
+        for r in replicas.iter_mut() {
+            r.compact.floor_due = true;
+        }
+        let mut st = self.status.write().ok();
+        match outcome {
+            Ok(done) => {
+                self.metrics.compactions.inc();
+                self.metrics.compacted_rows.inc_by(done.rows);
+                info!(node = %self.cfg.master.name, removed = done.rows, tables = done.tables,
+                    skipped = done.skipped, seconds = done.took.as_secs_f64(),
+                    "netted the changes kept for replicas away: {} superseded changes removed",
+                    done.rows);
+                if let Some(st) = st.as_mut() {
+                    let c = &mut st.compaction;
+                    c.passes += 1;
+                    c.removed_rows += done.rows;
+                    c.last_removed_rows = done.rows;
+                    c.last_seconds = done.took.as_secs_f64();
+                    c.last_error = None;
+                }
+            }
+            Err(e) => {
+                // Once per kind of failure, not at every pass it repeats.
+                let again = st
+                    .as_ref()
+                    .is_some_and(|st| st.compaction.last_error.as_ref() == Some(&e));
+                if again {
+                    debug!(node = %self.cfg.master.name, error = %e, "compaction failed again");
+                } else {
+                    warn!(node = %self.cfg.master.name, error = %e,
+                        "compacting the changes kept for replicas away failed; trying again at later passes");
+                }
+                if let Some(st) = st.as_mut() {
+                    st.compaction.last_error = Some(e);
+                }
+            }
+        }
+        if let Some(st) = st.as_mut() {
+            st.compaction.running = false;
+        }
+    }
+
+    /// Starts a compaction pass when what is kept for a replica that is
+    /// away (or suspended) is due for one. `in_use`: the outboxes that may
+    /// hold rows.
+    pub(super) fn compact_if_due(
+        &self,
+        running: &mut Option<Running>,
+        replicas: &mut [Replica],
+        susp: &Suspensions,
+        in_use: &[&TableShape],
+    ) {
+        let threshold = self.cfg.compact_after;
+        let mut due = false;
+        for r in replicas.iter_mut() {
+            if present(r, susp) || r.released {
+                r.compact = Tracking::default();
+                continue;
+            }
+            let kept = Kept {
+                rows: r.lag_rows,
+                bytes: r.kept_bytes,
+            };
+            let keys = match susp.get(&r.node.name).filter(|h| h.holds()) {
+                Some(h) => Some(h.pending_keys),
+                None => r.kept_keys,
+            };
+            due |= r.compact.due(threshold, kept, keys);
+        }
+        if !due || running.is_some() {
+            return;
+        }
+        // Rows still on their way to a replica that is present are left to
+        // the cut (netting them would be work for nothing): the bound is
+        // the oldest position among those replicas.
+        let mut bound: Option<(i64, String)> = None;
+        for r in replicas.iter().filter(|r| present(r, susp) && !r.released) {
+            match &r.position {
+                Some(p) if bound.as_ref().is_none_or(|b| p.0 < b.0) => bound = Some(p.clone()),
+                Some(_) => {}
+                // Connected, position not known yet: at a later pass.
+                None => return,
+            }
+        }
+        for r in replicas.iter_mut() {
+            r.compact.began_at = r.compact.last;
+        }
+        let master = self.cfg.master.clone();
+        let shapes: Vec<TableShape> = in_use.iter().map(|s| (*s).clone()).collect();
+        let bound = bound.map(|(_, snap)| snap);
+        *running = Some(Running(tokio::spawn(async move {
+            compact::run(&master.name, &master.target, &shapes, bound).await
+        })));
+        if let Ok(mut st) = self.status.write() {
+            st.compaction.running = true;
+        }
+    }
+}
+
+/// A replica that gets batches now: connected and not suspended.
+fn present(r: &Replica, susp: &Suspensions) -> bool {
+    r.session.is_some() && susp.get(&r.node.name).is_none_or(|h| !h.holds())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(rows: i64) -> Kept {
+        Kept {
+            rows,
+            bytes: rows * 50,
+        }
+    }
+
+    #[test]
+    fn a_pass_is_due_at_the_threshold_or_once_growth_stops() {
+        let mut t = Tracking::default();
+        let every = CompactAfter::Rows(50_000);
+        let keys = Some(10_000);
+        assert!(!t.due(every, kept(20_000), keys));
+        assert!(!t.due(every, kept(40_000), keys));
+        assert!(t.due(every, kept(60_000), keys));
+        t.began_at = t.last;
+        // The pass ends; 30,000 are kept, 20,000 of them superseded (they
+        // came meanwhile, or were still on their way to a replica that is
+        // present): once nothing more comes, a last pass is due.
+        t.floor_due = true;
+        assert!(!t.due(every, kept(30_000), keys));
+        assert!(t.due(every, kept(30_000), keys));
+        t.began_at = t.last;
+        t.floor_due = true;
+        // Netted to its keys: nothing more to do while nothing is added.
+        assert!(!t.due(every, kept(10_000), keys));
+        assert!(!t.due(every, kept(10_000), keys));
+        // A trickle too small to be worth a pass over 10,000 rows waits.
+        assert!(!t.due(every, kept(10_100), Some(10_000)));
+        assert!(!t.due(every, kept(10_100), Some(10_000)));
+        assert!(!t.due(CompactAfter::Off, kept(1_000_000), keys));
+    }
+
+    #[test]
+    fn a_pass_that_could_net_nothing_more_is_not_repeated() {
+        // Keys changed on both sides of a schema change net to two rows
+        // each: a pass leaves them, and the next quiet pass does not run.
+        let mut t = Tracking::default();
+        let every = CompactAfter::Rows(50_000);
+        assert!(!t.due(every, kept(20_000), Some(10_000)));
+        assert!(t.due(every, kept(20_000), Some(10_000)));
+        t.began_at = t.last;
+        t.floor_due = true;
+        assert!(!t.due(every, kept(20_000), Some(10_000)));
+        assert!(!t.due(every, kept(20_000), Some(10_000)));
+    }
+}
