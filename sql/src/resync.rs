@@ -44,7 +44,7 @@ pub fn quarantine(shape: &TableShape) -> String {
         "INSERT INTO ferry.quarantine (table_name, op, xid, seq, row_image) \
          SELECT $2, o._op::text, o._xid, o._seq, \
                 (SELECT pg_catalog.jsonb_object_agg(a.attname, j.value) \
-                   FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(o)) j \
+                   FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(o.*)) j \
                    JOIN pg_catalog.pg_attribute a \
                      ON a.attrelid = ($2::text)::pg_catalog.regclass AND j.key = 'a' || a.attnum) \
            FROM {} o \
@@ -115,7 +115,7 @@ pub fn changed_keys(shape: &TableShape) -> Option<String> {
         })
         .collect();
     Some(format!(
-        "SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT pg_catalog.to_jsonb(k)), '[]')::text \
+        "SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT pg_catalog.to_jsonb(k.*)), '[]')::text \
          FROM (SELECT {} FROM {} o \
                WHERE o._op <> 'T' \
                  AND NOT pg_catalog.pg_visible_in_snapshot(o._xid, ($1::text)::pg_catalog.pg_snapshot)) k",

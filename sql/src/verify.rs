@@ -60,7 +60,7 @@ DECLARE
     desc_keys text;
     own text;
     bound text := '';
-    hash text := '(''x'' || substr(md5(t::text), 1, 16))::bit(64)::bigint';
+    hash text := '(''x'' || substr(md5((t.*)::text), 1, 16))::bit(64)::bigint';
 BEGIN
     SELECT string_agg(format('%I', k), ', '), string_agg(format('t.%I', k), ', '),
            string_agg(format('%I DESC', k), ', ')
@@ -82,7 +82,7 @@ BEGIN
     END IF;
     EXECUTE format('WITH c AS (SELECT %s AS ferry_h, %s FROM %s AS t WHERE true%s%s) '
                    'SELECT count(*), coalesce(sum(ferry_h::numeric), 0), '
-                   '(SELECT to_jsonb(z) FROM (SELECT %s FROM c ORDER BY %s LIMIT 1) z) FROM c',
+                   '(SELECT to_jsonb(z.*) FROM (SELECT %s FROM c ORDER BY %s LIMIT 1) z) FROM c',
                    hash, tkeys, own, bound,
                    CASE WHEN lim IS NULL THEN '' ELSE format(' ORDER BY %s LIMIT %s', tkeys, lim) END,
                    keys, desc_keys)

@@ -511,6 +511,47 @@ async fn columns_named_like_the_capture_triggers_variables_replicate() {
     assert_equal(&c).await;
 }
 
+/// `ferry verify` compares whole rows whatever the columns are called: a
+/// table with a column named like the checksum's own row alias (`t`) used
+/// to be compared on that column alone (a difference in any other column
+/// went unseen), and one keyed by a column named like the chunk's alias
+/// (`z`) could not be compared at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_sees_every_column_whatever_the_columns_are_called() {
+    let c = Cluster::started(
+        bin(),
+        2,
+        "CREATE TABLE odd_t (id int PRIMARY KEY, t int, v text);
+         CREATE TABLE odd_z (z int PRIMARY KEY, v text);",
+    );
+    let client = c.proxy_client().await;
+    run(
+        &client,
+        "INSERT INTO odd_t SELECT g, 1, 'same' FROM generate_series(1, 20) g;
+         INSERT INTO odd_z SELECT g, 'same' FROM generate_series(1, 20) g;",
+    )
+    .await;
+    assert_equal(&c).await;
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
+    c.psql(
+        1,
+        "SET session_replication_role = replica; \
+         UPDATE odd_t SET v = 'changed behind Ferry' WHERE id = 7; \
+         UPDATE odd_z SET v = 'changed behind Ferry' WHERE z = 7",
+    );
+    let out = c.ferry(&["verify", "--config", &c.config_path.display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for table in ["odd_t", "odd_z"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(table) && l.contains("DIFFERS")),
+            "{table} not found different:\n{text}"
+        );
+    }
+}
+
 /// `ferry resync` of an old master that missed schema changes while it
 /// was away (a type, a column of that type, a new table, a dropped one):
 /// its definitions are replaced with the master's, its own late commit is
