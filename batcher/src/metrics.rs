@@ -32,6 +32,12 @@ pub struct Metrics {
     /// For an unreachable replica, the most the changes kept for it can
     /// be aged (0 otherwise).
     pub kept_age_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
+    /// Distinct keys among the changes kept for a replica away or
+    /// suspended (0 otherwise).
+    pub kept_keys: Family<ReplicaLabel, Gauge>,
+    /// At the current rate, seconds until a `[retention]` bound releases
+    /// an unreachable replica (no sample when none is projected).
+    pub released_in_seconds: Family<ReplicaLabel, Gauge<f64, AtomicU64>>,
     /// 1 while what is kept for a replica passed 80 % of `[retention]
     /// max_bytes`.
     pub kept_near_bound: Family<ReplicaLabel, Gauge>,
@@ -65,6 +71,8 @@ impl Metrics {
             kept_age_seconds: Family::default(),
             needs_resync: Family::default(),
             kept_near_bound: Family::default(),
+            kept_keys: Family::default(),
+            released_in_seconds: Family::default(),
             compactions: Counter::default(),
             compacted_rows: Counter::default(),
             lag_seconds: Family::default(),
@@ -135,8 +143,9 @@ impl Metrics {
         );
         registry.register(
             "ferry_replica_kept_age_seconds",
-            "For an unreachable replica, how long ago the master last recorded its position \
-             (the changes kept for it are at most this old); 0 otherwise",
+            "For an unreachable replica, how long ago the master last recorded its position; \
+             for a suspended one, how long since its instant (the changes kept for it are at \
+             most this old); 0 otherwise",
             m.kept_age_seconds.clone(),
         );
         registry.register(
@@ -144,6 +153,18 @@ impl Metrics {
             "1 when only ferry resync brings a replica back (the master stopped keeping changes \
              for it, or its position is older than the outbox clean-up)",
             m.needs_resync.clone(),
+        );
+        registry.register(
+            "ferry_replica_kept_keys",
+            "Distinct keys among the changes the master keeps for a replica away or suspended \
+             (what its catch-up ships at most); 0 otherwise",
+            m.kept_keys.clone(),
+        );
+        registry.register(
+            "ferry_replica_released_in_seconds",
+            "At the rate what is kept for an unreachable replica grows, seconds until a \
+             [retention] bound releases it (no sample when none is projected)",
+            m.released_in_seconds.clone(),
         );
         registry.register(
             "ferry_replica_kept_near_bound",

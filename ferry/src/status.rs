@@ -121,10 +121,11 @@ pub struct ReplicaDetail {
     /// Bytes of outbox changes the master keeps for it (not applied yet).
     pub kept_bytes: i64,
     /// For an unreachable replica, how long ago the master last recorded
-    /// its position: the changes kept for it are at most this old.
+    /// its position; for a suspended one, how long since its instant: the
+    /// changes kept for it are at most this old.
     pub kept_age_seconds: Option<f64>,
-    /// For an unreachable replica, distinct keys among the changes kept
-    /// for it.
+    /// For an unreachable or suspended replica, distinct keys among the
+    /// changes kept for it.
     pub kept_keys: Option<i64>,
     /// At the current rate, seconds until a `[retention]` bound makes the
     /// master stop keeping changes for it.

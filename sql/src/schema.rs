@@ -238,12 +238,13 @@ pub const RECORD_CLEANED: &str = "INSERT INTO ferry.cleaned (horizon) VALUES (($
 pub const BEHIND_CLEANUP: &str = "SELECT EXISTS (SELECT FROM ferry.cleaned \
      WHERE horizon > pg_snapshot_xmin(($1::text)::pg_snapshot))";
 
-/// The node outside the batcher's replicas whose resync pin holds the
-/// outbox clean-up back furthest (a failed master fenced out, a node being
-/// resynchronised or added), if any. Parameters: the replicas' names.
-pub const PINNED_FOR_RESYNC: &str = "SELECT name FROM ferry.replicas \
+/// The nodes outside the batcher's replicas whose resync pin holds the
+/// outbox clean-up back (a failed master fenced out, a node being
+/// resynchronised or added), the one that holds it furthest first, with
+/// their pinned snapshot as text. Parameters: the replicas' names.
+pub const PINNED_FOR_RESYNC: &str = "SELECT name, snap::text FROM ferry.replicas \
      WHERE resyncing AND NOT (name = ANY($1::text[])) \
-     ORDER BY pg_snapshot_xmin(snap) LIMIT 1";
+     ORDER BY pg_snapshot_xmin(snap)";
 
 /// The oldest settled replica position's xmin (the position recorded one
 /// clean-up pass before the latest, see [`RECORD_POSITION`]): every outbox

@@ -171,6 +171,10 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/compare-builds", "--before"),
         ("benchmarks/tls-cost", "--rounds"),
         ("benchmarks/paper", "--quick"),
+        ("benchmarks/tables-scaling", "--tables"),
+        ("benchmarks/big-transaction", "--rows"),
+        ("benchmarks/switchover-time", "--switchovers"),
+        ("benchmarks/retention-cost", "--compact-after"),
         ("benchmarks/run", "--no-paper"),
         ("benchmarks/run", "--no-scaling"),
     ] {

@@ -185,6 +185,8 @@ async fn a_replica_away_past_max_age_is_released() {
             && n["needs_resync"] == false
     })
     .await;
+    let projected = c.metric("ferry_replica_released_in_seconds{replica=\"c\"}");
+    assert!(projected > 0.0 && projected <= 8.0, "{projected}");
     c.wait_status(Duration::from_secs(30), "c released", |doc| {
         ferry_testkit::node(doc, "c")["needs_resync"] == true
     })
@@ -334,6 +336,60 @@ async fn compaction_keeps_the_changes_a_schema_change_in_between_needs() {
         .trim(),
         "1"
     );
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
+}
+
+/// A failed master fenced out holds the new master's changes for its
+/// resync for as long as it stays away: they are compacted like a
+/// replica's, and its keyed resync (which copies the keys changed since
+/// the failover) still finds every key and brings it back equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_kept_for_a_fenced_old_master_is_compacted_and_its_resync_stays_keyed() {
+    let c = cluster_of(
+        "CREATE TABLE kv (k int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO kv SELECT g, 0 FROM generate_series(1, 1000) g;",
+        "[retention]\ncompact_after = \"100kB\"\n",
+    );
+    c.wait_equal(Duration::from_secs(10)).await.unwrap();
+    c.psql(0, "CHECKPOINT");
+    c.signal_server(0, "KILL");
+    let client = crate::outage::eventually_client(&c).await;
+    for _ in 0..50 {
+        client
+            .batch_execute("UPDATE kv SET v = v + 1")
+            .await
+            .unwrap();
+    }
+    // 50,000 changes kept for a, netted to one per key.
+    c.wait_status(Duration::from_secs(30), "a's changes netted", |doc| {
+        doc["outbox_kept_for"] == "a" && doc["outbox_backlog"].as_i64().is_some_and(|n| n <= 1000)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the netted changes counted",
+        || {
+            let removed = c.metric("ferry_compacted_rows_total");
+            if removed >= 49_000.0 {
+                Ok(())
+            } else {
+                Err(removed)
+            }
+        },
+    )
+    .await;
+    c.servers[0].start().unwrap();
+    let out = c.ferry_admin(&["resync", "a"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("keys that differed"), "{said}");
+    c.wait_equal(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(c.psql(0, "SELECT sum(v) FROM kv").trim(), "50000");
     let (ok, out) = c.verify(5);
     assert!(ok, "{out}");
 }

@@ -419,6 +419,15 @@ async fn what_is_kept_for_a_suspended_replica_is_compacted_to_its_keys() {
     let s = suspension(&c, "c");
     assert_eq!(s["state"], "suspended", "{s}");
     assert_eq!(s["consistent_as_of"], at, "{s}");
+    // Shown as for a replica away: the keys, and how old the changes kept
+    // can be (since the instant).
+    let n = c.node_doc("c");
+    assert_eq!(n["kept_keys"], 2000, "{n}");
+    assert!(
+        n["kept_age_seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{n}"
+    );
+    assert_eq!(c.metric("ferry_replica_kept_keys{replica=\"c\"}"), 2000.0);
     assert_eq!(c.psql(2, "SELECT sum(v) FROM kv").trim(), "0");
     eventually(
         Duration::from_secs(10),

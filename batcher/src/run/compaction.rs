@@ -4,14 +4,18 @@
 //! the previous compaction — or stopped growing with changes added since
 //! it, so that a replica away over a quiet night costs its keys, not its
 //! night's changes. One pass at a time, on its own connection; the loop
-//! collects its result at a later pass.
+//! collects its result at a later pass. A node pinned for a resync (a
+//! failed master fenced out: the new master keeps its changes until it is
+//! resynced) is tracked the same way.
 
+use super::housekeeping::Pinned;
 use super::{Batcher, Replica};
 use crate::compact::{self, CompactAfter, Compacted};
 use crate::housekeeping::Kept;
 use crate::suspend::Suspensions;
 use crate::BatchError;
 use ferry_sql::TableShape;
+use std::collections::BTreeMap;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -23,6 +27,15 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The loop's side of compaction, kept for a batcher session.
+#[derive(Default)]
+pub(super) struct Compaction {
+    running: Option<Running>,
+    /// What is kept for each node pinned for a resync (a failed master
+    /// fenced out), tracked as a replica's is.
+    pinned: BTreeMap<String, Tracking>,
 }
 
 /// Per replica: what was kept for it after the latest compaction (the
@@ -64,12 +77,8 @@ impl Batcher {
     /// Takes the result of a finished compaction pass, if there is one:
     /// metrics, `/status`, a log line; what is kept next is each
     /// replica's new floor.
-    pub(super) async fn collect_compaction(
-        &self,
-        running: &mut Option<Running>,
-        replicas: &mut [Replica],
-    ) {
-        let Some(running) = running.take_if(|r| r.0.is_finished()) else {
+    pub(super) async fn collect_compaction(&self, c: &mut Compaction, replicas: &mut [Replica]) {
+        let Some(running) = c.running.take_if(|r| r.0.is_finished()) else {
             return;
         };
         let mut handle = running;
@@ -77,8 +86,12 @@ impl Batcher {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the compaction task failed: {e}")),
         };
-        for r in replicas.iter_mut() {
-            r.compact.floor_due = true;
+        for t in replicas
+            .iter_mut()
+            .map(|r| &mut r.compact)
+            .chain(c.pinned.values_mut())
+        {
+            t.floor_due = true;
         }
         let mut st = self.status.write().ok();
         match outcome {
@@ -120,14 +133,15 @@ impl Batcher {
     }
 
     /// Starts a compaction pass when what is kept for a replica that is
-    /// away (or suspended) is due for one. `in_use`: the outboxes that may
-    /// hold rows.
+    /// away (or suspended), or for a node pinned for a resync, is due for
+    /// one. `in_use`: the outboxes that may hold rows.
     pub(super) fn compact_if_due(
         &self,
-        running: &mut Option<Running>,
+        c: &mut Compaction,
         replicas: &mut [Replica],
         susp: &Suspensions,
         in_use: &[&TableShape],
+        pinned: &[Pinned],
     ) {
         let threshold = self.cfg.compact_after;
         let mut due = false;
@@ -146,7 +160,13 @@ impl Batcher {
             };
             due |= r.compact.due(threshold, kept, keys);
         }
-        if !due || running.is_some() {
+        c.pinned
+            .retain(|name, _| pinned.iter().any(|p| &p.name == name));
+        for p in pinned {
+            let t = c.pinned.entry(p.name.clone()).or_default();
+            due |= t.due(threshold, p.kept, Some(p.keys));
+        }
+        if !due || c.running.is_some() {
             return;
         }
         // Rows still on their way to a replica that is present are left to
@@ -161,13 +181,17 @@ impl Batcher {
                 None => return,
             }
         }
-        for r in replicas.iter_mut() {
-            r.compact.began_at = r.compact.last;
+        for t in replicas
+            .iter_mut()
+            .map(|r| &mut r.compact)
+            .chain(c.pinned.values_mut())
+        {
+            t.began_at = t.last;
         }
         let master = self.cfg.master.clone();
         let shapes: Vec<TableShape> = in_use.iter().map(|s| (*s).clone()).collect();
         let bound = bound.map(|(_, snap)| snap);
-        *running = Some(Running(tokio::spawn(async move {
+        c.running = Some(Running(tokio::spawn(async move {
             compact::run(&master.name, &master.target, &shapes, bound).await
         })));
         if let Ok(mut st) = self.status.write() {

@@ -67,17 +67,14 @@ impl Batcher {
         }
         self.bound_retention(control, replicas, susp, &in_use)
             .await?;
-        self.compact_if_due(&mut s.compaction, replicas, susp, &in_use);
+        let pinned = self.pinned(control, &s.names, &in_use).await?;
+        self.compact_if_due(&mut s.compaction, replicas, susp, &in_use, &pinned);
         // An unreachable replica, else a node pinned for a resync (a failed
         // master, fenced out: its pin holds the clean-up).
         let mut kept_for = kept_for(replicas, susp);
         let fenced = kept_for.is_none();
         if fenced {
-            kept_for = control
-                .query_opt(schema::PINNED_FOR_RESYNC, &[&s.names])
-                .await
-                .map_err(BatchError::pg(master))?
-                .map(|row| (row.get(0), None));
+            kept_for = pinned.first().map(|p| (p.name.clone(), Some(p.kept.rows)));
         }
         self.report_kept_for(kept_for.as_ref(), backlog, fenced);
         if let Ok(mut st) = self.status.write() {
@@ -122,6 +119,43 @@ impl Batcher {
             }
             (None, None) => {}
         }
+    }
+}
+
+/// A node outside the replicas whose resync pin holds the outbox clean-up
+/// back, and what is kept for it (see [`Batcher::pinned`]).
+pub(super) struct Pinned {
+    pub name: String,
+    pub kept: outbox::Kept,
+    pub keys: i64,
+}
+
+impl Batcher {
+    /// The nodes pinned for a resync (a failed master fenced out keeps its
+    /// pin until it is resynced, for as long as it stays away) and what is
+    /// kept for each: compaction nets it like a replica's.
+    async fn pinned(
+        &self,
+        control: &tokio_postgres::Client,
+        names: &[String],
+        in_use: &[&ferry_sql::TableShape],
+    ) -> Result<Vec<Pinned>, BatchError> {
+        let master = &self.cfg.master.name;
+        let rows = control
+            .query(schema::PINNED_FOR_RESYNC, &[&names])
+            .await
+            .map_err(BatchError::pg(master))?;
+        let mut pinned = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get(0).map_err(BatchError::pg(master))?;
+            let snap: String = row.try_get(1).map_err(BatchError::pg(master))?;
+            pinned.push(Pinned {
+                name,
+                kept: outbox::pending(master, control, in_use, &snap).await?,
+                keys: outbox::pending_keys(master, control, in_use, &snap).await?,
+            });
+        }
+        Ok(pinned)
     }
 }
 

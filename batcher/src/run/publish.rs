@@ -26,6 +26,29 @@ impl Batcher {
                     .set(lag_batches);
                 self.metrics.lag_rows.get_or_create(&label).set(r.lag_rows);
                 let needs_resync = r.behind_cleanup || r.released;
+                // A suspended replica's kept changes are counted with its
+                // suspension, and are as old as its instant at most.
+                let held = susp.get(&r.node.name).filter(|h| h.holds());
+                let kept_keys = held.map(|h| h.pending_keys).or(r.kept_keys);
+                let kept_age = match held {
+                    Some(h) => Some(std::time::Instant::now().saturating_duration_since(h.due)),
+                    None => r.away_for,
+                };
+                self.metrics
+                    .kept_keys
+                    .get_or_create(&label)
+                    .set(kept_keys.unwrap_or(0));
+                match r.released_in {
+                    Some(d) => {
+                        self.metrics
+                            .released_in_seconds
+                            .get_or_create(&label)
+                            .set(d.as_secs_f64());
+                    }
+                    None => {
+                        self.metrics.released_in_seconds.remove(&label);
+                    }
+                }
                 self.metrics
                     .kept_bytes
                     .get_or_create(&label)
@@ -33,7 +56,7 @@ impl Batcher {
                 self.metrics
                     .kept_age_seconds
                     .get_or_create(&label)
-                    .set(r.away_for.map_or(0.0, |d| d.as_secs_f64()));
+                    .set(kept_age.map_or(0.0, |d| d.as_secs_f64()));
                 self.metrics
                     .kept_near_bound
                     .get_or_create(&label)
@@ -53,8 +76,8 @@ impl Batcher {
                     lag_batches,
                     lag_rows: r.lag_rows,
                     kept_bytes: r.kept_bytes,
-                    kept_age_seconds: r.away_for.map(|d| d.as_secs_f64()),
-                    kept_keys: r.kept_keys,
+                    kept_age_seconds: kept_age.map(|d| d.as_secs_f64()),
+                    kept_keys,
                     released_in_seconds: r.released_in.map(|d| d.as_secs_f64()),
                     kept_near_bound: r.near_bound,
                     needs_resync,

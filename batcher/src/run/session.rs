@@ -24,8 +24,9 @@ pub(super) struct Session {
     pub seen_ddl: i64,
     pub last_batch: i64,
     pub next_housekeeping: Instant,
-    /// A compaction pass under way (see [`super::compaction`]).
-    pub compaction: Option<super::compaction::Running>,
+    /// Compaction: a pass under way, what is kept for pinned nodes (see
+    /// [`super::compaction`]).
+    pub compaction: super::compaction::Compaction,
 }
 
 impl Batcher {
@@ -94,7 +95,7 @@ impl Batcher {
             seen_ddl,
             last_batch,
             next_housekeeping: Instant::now(),
-            compaction: None,
+            compaction: Default::default(),
         })
     }
 }
