@@ -131,6 +131,13 @@ async fn a_replica_away_past_max_bytes_is_released_and_comes_back_by_resync() {
     // Nothing is kept for c any more: the outbox is cleaned up once b has
     // applied everything.
     c.wait_outbox_cleaned(Duration::from_secs(20)).await;
+    let n = c.node_doc("c");
+    assert_eq!(n["kept_bytes"], 0, "{n}");
+    assert_eq!(
+        c.metric("ferry_replica_kept_bytes{replica=\"c\"}"),
+        0.0,
+        "{n}"
+    );
     // c comes back: refused, and told what to do.
     c.servers[2].start().unwrap();
     write(&client, 510, 511).await;
