@@ -27,6 +27,7 @@ mod schema;
 mod session;
 mod ship;
 mod suspensions;
+mod tally;
 mod tick;
 mod wait;
 
@@ -111,9 +112,12 @@ struct Replica {
     /// Unreachable: how long ago the master last recorded its position
     /// (every change kept for it is younger).
     away_for: Option<Duration>,
-    /// Unreachable: distinct keys among the changes kept for it (what a
-    /// catch-up by netted images would ship at most).
+    /// Away or suspended: distinct keys among the changes kept for it
+    /// (what a catch-up by netted images would ship at most).
     kept_keys: Option<i64>,
+    /// Unreachable: the position the master recorded for it (what is kept
+    /// for it is counted from there when this batcher never learnt one).
+    recorded: Option<String>,
     /// Unreachable, with a `[retention]` bound: what was kept at the
     /// previous pass, and when (for the rate of growth).
     kept_before: Option<(i64, Instant)>,
@@ -208,6 +212,7 @@ impl Batcher {
                 kept_bytes: 0,
                 away_for: None,
                 kept_keys: None,
+                recorded: None,
                 kept_before: None,
                 released_in: None,
                 released: false,

@@ -7,6 +7,7 @@
 //! kept for reported.
 
 use super::session::Session;
+use super::tally::{Ask, Figure};
 use super::{Batcher, Replica};
 use crate::housekeeping as outbox;
 use crate::suspend::Suspensions;
@@ -55,26 +56,49 @@ impl Batcher {
         let counted_at = s.last_batch;
         let backlog = outbox::backlog(master, control, &in_use).await?;
         self.metrics.outbox_rows.set(backlog);
-        for r in replicas.iter_mut() {
-            if let Some((_, snap)) = &r.position {
-                let kept = outbox::pending(master, control, &in_use, snap).await?;
-                r.lag_rows = kept.rows;
-                r.kept_bytes = kept.bytes;
-                if let Some(h) = susp.get_mut(&r.node.name).filter(|h| h.holds()) {
-                    h.pending_keys = outbox::pending_keys(master, control, &in_use, snap).await?;
-                }
-            }
+        // What is kept for each replica and pinned node: the figures of the
+        // latest count (see [`super::tally`]); with no outbox in use,
+        // nothing is kept, and nothing needs counting.
+        let pinned = control
+            .query(schema::PINNED_FOR_RESYNC, &[&s.names])
+            .await
+            .map_err(BatchError::pg(master))?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()
+            .map_err(BatchError::pg(master))?;
+        let fresh = if in_use.is_empty() {
+            s.tally.cancel();
+            Some(Vec::new())
+        } else {
+            s.tally.take(master).await
+        };
+        if let Some(figures) = &fresh {
+            apply(figures, replicas, susp, &mut s.pinned, &pinned);
         }
-        self.bound_retention(control, replicas, susp, &in_use)
+        self.bound_retention(control, replicas, susp, fresh.is_some())
             .await?;
-        let pinned = self.pinned(control, &s.names, &in_use).await?;
-        self.compact_if_due(&mut s.compaction, replicas, susp, &in_use, &pinned);
+        if fresh.is_some() {
+            self.compact_if_due(&mut s.compaction, replicas, susp, &in_use, &s.pinned);
+        }
+        if !in_use.is_empty() && !s.tally.is_running() {
+            let asks = asks(replicas, susp, &pinned);
+            let shapes = in_use.iter().map(|s| (*s).clone()).collect();
+            s.tally.start(master, &self.cfg.master.target, shapes, asks);
+        }
         // An unreachable replica, else a node pinned for a resync (a failed
         // master, fenced out: its pin holds the clean-up).
         let mut kept_for = kept_for(replicas, susp);
         let fenced = kept_for.is_none();
         if fenced {
-            kept_for = pinned.first().map(|p| (p.name.clone(), Some(p.kept.rows)));
+            kept_for = pinned.first().map(|(name, _)| {
+                let rows = s
+                    .pinned
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .map(|p| p.kept.rows);
+                (name.clone(), rows)
+            });
         }
         self.report_kept_for(kept_for.as_ref(), backlog, fenced);
         if let Ok(mut st) = self.status.write() {
@@ -123,40 +147,88 @@ impl Batcher {
 }
 
 /// A node outside the replicas whose resync pin holds the outbox clean-up
-/// back, and what is kept for it (see [`Batcher::pinned`]).
+/// back (a failed master fenced out keeps its pin until it is resynced,
+/// for as long as it stays away), and what is kept for it: compaction nets
+/// it like a replica's.
+#[derive(Clone, Debug)]
 pub(super) struct Pinned {
     pub name: String,
     pub kept: outbox::Kept,
     pub keys: i64,
 }
 
-impl Batcher {
-    /// The nodes pinned for a resync (a failed master fenced out keeps its
-    /// pin until it is resynced, for as long as it stays away) and what is
-    /// kept for each: compaction nets it like a replica's.
-    async fn pinned(
-        &self,
-        control: &tokio_postgres::Client,
-        names: &[String],
-        in_use: &[&ferry_sql::TableShape],
-    ) -> Result<Vec<Pinned>, BatchError> {
-        let master = &self.cfg.master.name;
-        let rows = control
-            .query(schema::PINNED_FOR_RESYNC, &[&names])
-            .await
-            .map_err(BatchError::pg(master))?;
-        let mut pinned = Vec::with_capacity(rows.len());
-        for row in rows {
-            let name: String = row.try_get(0).map_err(BatchError::pg(master))?;
-            let snap: String = row.try_get(1).map_err(BatchError::pg(master))?;
-            pinned.push(Pinned {
-                name,
-                kept: outbox::pending(master, control, in_use, &snap).await?,
-                keys: outbox::pending_keys(master, control, in_use, &snap).await?,
-            });
+/// Takes up a count's figures (none at all: nothing is kept for anyone).
+/// A replica or node the count did not ask about keeps its figures.
+fn apply(
+    figures: &[Figure],
+    replicas: &mut [Replica],
+    susp: &mut Suspensions,
+    pinned_now: &mut Vec<Pinned>,
+    pinned: &[(String, String)],
+) {
+    // Nothing kept: no rows, no bytes, and no keys for those whose keys
+    // are counted (away, suspended, pinned).
+    let find = |name: &str, keyed: bool| {
+        if figures.is_empty() {
+            Some(Figure {
+                name: name.to_string(),
+                kept: outbox::Kept::default(),
+                keys: keyed.then_some(0),
+            })
+        } else {
+            figures.iter().find(|f| f.name == name).cloned()
         }
-        Ok(pinned)
+    };
+    for r in replicas.iter_mut() {
+        let held = susp.get_mut(&r.node.name).filter(|h| h.holds());
+        let Some(f) = find(&r.node.name, r.session.is_none() || held.is_some()) else {
+            continue;
+        };
+        r.lag_rows = f.kept.rows;
+        r.kept_bytes = f.kept.bytes;
+        r.kept_keys = f.keys;
+        if let Some(h) = held {
+            h.pending_keys = f.keys.unwrap_or(0);
+        }
     }
+    *pinned_now = pinned
+        .iter()
+        .filter_map(|(name, _)| find(name, true))
+        .map(|f| Pinned {
+            name: f.name,
+            kept: f.kept,
+            keys: f.keys.unwrap_or(0),
+        })
+        .collect();
+}
+
+/// What the next count asks: every replica with a known position (its
+/// distinct keys too when it is away or suspended; one the master has
+/// released is not counted: nothing is kept for it), and every pinned node.
+fn asks(replicas: &[Replica], susp: &Suspensions, pinned: &[(String, String)]) -> Vec<Ask> {
+    let mut asks: Vec<Ask> = replicas
+        .iter()
+        .filter(|r| !r.released)
+        .filter_map(|r| {
+            let snap = r
+                .position
+                .as_ref()
+                .map(|p| p.1.clone())
+                .or_else(|| r.recorded.clone())?;
+            let held = susp.get(&r.node.name).is_some_and(|h| h.holds());
+            Some(Ask {
+                name: r.node.name.clone(),
+                snap,
+                keys: r.session.is_none() || held,
+            })
+        })
+        .collect();
+    asks.extend(pinned.iter().map(|(name, snap)| Ask {
+        name: name.clone(),
+        snap: snap.clone(),
+        keys: true,
+    }));
+    asks
 }
 
 /// The replica the outbox is kept for, with its pending rows (None when

@@ -7,10 +7,9 @@
 //! `max_slot_wal_keep_size` sets for a replication slot.
 
 use super::{Batcher, Replica};
-use crate::housekeeping as outbox;
 use crate::suspend::Suspensions;
 use crate::BatchError;
-use ferry_sql::{schema, TableShape};
+use ferry_sql::schema;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::{error, warn};
@@ -19,13 +18,14 @@ impl Batcher {
     /// Per housekeeping pass: reads which replicas the master no longer
     /// keeps changes for (marks survive restarts), how long each
     /// unreachable one has been away, and releases one past a bound.
-    /// `in_use`: the outboxes that may hold rows.
+    /// `fresh`: what is kept was counted again since the previous pass
+    /// (the projection to the bound follows the counts).
     pub(super) async fn bound_retention(
         &self,
         control: &Client,
         replicas: &mut [Replica],
         susp: &Suspensions,
-        in_use: &[&TableShape],
+        fresh: bool,
     ) -> Result<(), BatchError> {
         let master = &self.cfg.master.name;
         // Only a replica without a session can be released: with every
@@ -44,17 +44,19 @@ impl Batcher {
         for r in replicas.iter_mut() {
             r.released = r.session.is_none() && released.contains(&r.node.name);
             r.away_for = None;
-            r.kept_keys = None;
-            r.released_in = None;
+            r.recorded = None;
             let away = r.session.is_none() && r.last_error.is_some();
             let suspended = susp.get(&r.node.name).is_some_and(|s| s.holds());
             if !away || suspended || r.released {
                 r.near_bound = false;
                 r.kept_before = None;
+                r.released_in = None;
                 continue;
             }
-            self.read_away(control, r, in_use).await?;
-            self.project(r);
+            self.read_away(control, r).await?;
+            if fresh {
+                self.project(r);
+            }
             if let Some(why) = self.past_bound(r) {
                 let marked = control
                     .execute(schema::RELEASE_REPLICA, &[&r.node.name])
@@ -76,15 +78,10 @@ impl Batcher {
     }
 
     /// How long an unreachable replica has been away, from the position
-    /// the master recorded; what is kept for it, from that position too
-    /// when this batcher never learnt one (unreachable since Ferry
-    /// started).
-    async fn read_away(
-        &self,
-        control: &Client,
-        r: &mut Replica,
-        in_use: &[&TableShape],
-    ) -> Result<(), BatchError> {
+    /// the master recorded (what is kept for it is counted from that
+    /// position when this batcher never learnt one: unreachable since
+    /// Ferry started).
+    async fn read_away(&self, control: &Client, r: &mut Replica) -> Result<(), BatchError> {
         let master = &self.cfg.master.name;
         let Some(row) = control
             .query_opt(schema::RECORDED_POSITION, &[&r.node.name])
@@ -96,16 +93,7 @@ impl Batcher {
         let recorded: String = row.try_get(0).map_err(BatchError::pg(master))?;
         let seconds: f64 = row.try_get(1).map_err(BatchError::pg(master))?;
         r.away_for = Some(Duration::from_secs_f64(seconds.max(0.0)));
-        let snap = match &r.position {
-            Some((_, snap)) => snap.clone(),
-            None => {
-                let kept = outbox::pending(master, control, in_use, &recorded).await?;
-                r.lag_rows = kept.rows;
-                r.kept_bytes = kept.bytes;
-                recorded
-            }
-        };
-        r.kept_keys = Some(outbox::pending_keys(master, control, in_use, &snap).await?);
+        r.recorded = Some(recorded);
         Ok(())
     }
 

@@ -27,6 +27,10 @@ pub(super) struct Session {
     /// Compaction: a pass under way, what is kept for pinned nodes (see
     /// [`super::compaction`]).
     pub compaction: super::compaction::Compaction,
+    /// Counts of what is kept for each replica, beside the loop.
+    pub tally: super::tally::Tally,
+    /// What is kept for each node pinned for a resync, as last counted.
+    pub pinned: Vec<super::housekeeping::Pinned>,
 }
 
 impl Batcher {
@@ -96,6 +100,8 @@ impl Batcher {
             last_batch,
             next_housekeeping: Instant::now(),
             compaction: Default::default(),
+            tally: Default::default(),
+            pinned: Vec::new(),
         })
     }
 }
