@@ -3,6 +3,8 @@
 //! of a row is the time from its commit returning to its first sighting.
 //!
 //! Usage: lagprobe MASTER_DSN REPLICA_DSN SECONDS [INTERVAL_MS] [SERIES_CSV]
+//! Runs may follow one another on the same table: ids continue above the
+//! rows already there.
 //! The table `ferry_lag_probe (id bigint primary key, at timestamptz)` must
 //! exist on both (and be replicated). Prints one line of percentiles in ms;
 //! with SERIES_CSV, also writes the percentiles of each second of the run
@@ -28,7 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let interval = Duration::from_millis(args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(50));
     let master = connect(&args[1]).await?;
     let replica = connect(&args[2]).await?;
-    master.batch_execute("DELETE FROM ferry_lag_probe").await?;
+    // Ids continue above what the table holds: rows of an earlier run may
+    // still be on their way to the replica (a DELETE first would be too).
+    let base: i64 = master
+        .query_one("SELECT coalesce(max(id), 0) FROM ferry_lag_probe", &[])
+        .await?
+        .get(0);
     let insert = master
         .prepare("INSERT INTO ferry_lag_probe VALUES ($1, clock_timestamp())")
         .await?;
@@ -44,12 +51,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let now = Instant::now();
         if now >= next_insert && now < end {
-            let id = committed.len() as i64 + 1;
+            let id = base + committed.len() as i64 + 1;
             master.execute(&insert, &[&id]).await?;
             committed.push(Instant::now());
             next_insert += interval;
         }
         let max: i64 = replica.query_one(&poll, &[]).await?.get(0);
+        let max = (max - base).clamp(0, committed.len() as i64);
         let now = Instant::now();
         while seen < max {
             lags.push(now.duration_since(committed[seen as usize]).as_secs_f64() * 1000.0);
