@@ -35,7 +35,7 @@ fn compaction_notes(c: &CompactionStatus) -> String {
 /// Renders the `/status` document for people.
 pub fn render(doc: &Status) -> String {
     let mut out = format!(
-        "master {}  mode {}  last batch {}  outbox {} rows awaiting clean-up{}  tables {}  clients {}\n\n",
+        "master {}  mode {}  last batch {}  outbox {} rows awaiting clean-up{}{}  tables {}  clients {}\n\n",
         doc.master,
         match doc.mode {
             Mode::Async => "async",
@@ -43,6 +43,11 @@ pub fn render(doc: &Status) -> String {
         },
         doc.last_batch,
         doc.outbox_backlog,
+        // A count predates the batches cut after it.
+        doc.outbox_counted_at_batch
+            .filter(|&at| at < doc.last_batch)
+            .map(|at| format!(" (counted at batch {at})"))
+            .unwrap_or_default(),
         doc.outbox_kept_for
             .as_deref()
             .map(|n| format!(" (kept for {n})"))
@@ -257,6 +262,7 @@ mod tests {
     fn renders_sync_failures_and_schema_changes() {
         let doc = serde_json::json!({
             "master": "a", "mode": "sync", "last_batch": 9, "outbox_backlog": 0, "tables": 1,
+            "outbox_counted_at_batch": 7,
             "client_connections": 2,
             "sync": {"replicas_required": 1, "degraded": true, "waiting_commits": 0},
             "nodes": [
@@ -277,7 +283,10 @@ mod tests {
         let doc: Status = serde_json::from_value(doc).unwrap();
         let text = render(&doc);
         assert!(text.contains("mode sync"), "{text}");
-        assert!(text.contains("outbox 0 rows awaiting clean-up"), "{text}");
+        assert!(
+            text.contains("outbox 0 rows awaiting clean-up (counted at batch 7)"),
+            "{text}"
+        );
         assert!(text.contains("DEGRADED"), "{text}");
         assert!(text.contains("b: batch 7 failed to apply"), "{text}");
         assert!(
