@@ -87,6 +87,11 @@ impl Cluster {
                 let _ = std::fs::remove_file(&lock);
             }
         }
+        // A backend the postmaster forked after the kill listed its children
+        // (Ferry reconnecting meanwhile) outlives it, attached to the old
+        // shared memory: the new postmaster refuses to start beside it.
+        // Backends work in the data directory; those left are killed.
+        kill_leftovers(&server.datadir);
         server.start()
     }
 
@@ -148,5 +153,40 @@ impl Cluster {
     /// Runs SQL on one node with psql.
     pub fn psql(&self, i: usize, sql: &str) -> String {
         self.servers[i].psql(DB, sql).expect("psql")
+    }
+}
+
+/// Kills the processes whose working directory is `datadir` (backends of a
+/// postmaster killed before them) and waits up to 5 s for them to go.
+fn kill_leftovers(datadir: &std::path::Path) {
+    let Ok(dir) = datadir.canonicalize() else {
+        return;
+    };
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == dir))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if leftovers.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill").arg("-KILL").args(&leftovers).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let alive = |pid: &String| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_string()))
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    while leftovers.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
