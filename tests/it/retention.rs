@@ -266,17 +266,10 @@ async fn a_replica_away_during_a_million_updates_to_ten_thousand_keys_costs_the_
     // Every change kept for c but the last of each key went (and perhaps
     // the first images, if the clean-up had not reached them yet); the
     // count is taken when the loop collects the pass, a pass later.
-    eventually(
+    c.wait_metric(
+        "ferry_compacted_rows_total",
+        990_000.0,
         Duration::from_secs(10),
-        "the netted changes counted",
-        || {
-            let removed = c.metric("ferry_compacted_rows_total");
-            if removed >= 990_000.0 {
-                Ok(())
-            } else {
-                Err(removed)
-            }
-        },
     )
     .await;
     // The present replica has everything, and nothing is kept for it.
@@ -373,17 +366,10 @@ async fn what_is_kept_for_a_fenced_old_master_is_compacted_and_its_resync_stays_
         doc["outbox_kept_for"] == "a" && doc["outbox_backlog"].as_i64().is_some_and(|n| n <= 1000)
     })
     .await;
-    eventually(
+    c.wait_metric(
+        "ferry_compacted_rows_total",
+        49_000.0,
         Duration::from_secs(10),
-        "the netted changes counted",
-        || {
-            let removed = c.metric("ferry_compacted_rows_total");
-            if removed >= 49_000.0 {
-                Ok(())
-            } else {
-                Err(removed)
-            }
-        },
     )
     .await;
     c.servers[0].start().unwrap();

@@ -6,6 +6,14 @@
 use ferry_batcher::compact::CompactAfter;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// How a size or threshold is written: a bare number (bytes) or text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Bytes(u64),
+    Text(String),
+}
+
 /// A size in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -33,12 +41,6 @@ impl ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
         match Raw::deserialize(d)? {
             Raw::Bytes(n) => Ok(ByteSize(n)),
             Raw::Text(t) => ByteSize::parse(&t).ok_or_else(|| {
@@ -90,12 +92,6 @@ impl Threshold {
 
 impl<'de> Deserialize<'de> for Threshold {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
         match Raw::deserialize(d)? {
             Raw::Bytes(n) => Ok(Threshold(CompactAfter::Bytes(n))),
             Raw::Text(t) => Threshold::parse(&t).ok_or_else(|| {

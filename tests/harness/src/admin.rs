@@ -58,6 +58,20 @@ impl Cluster {
             .unwrap_or(0.0)
     }
 
+    /// Waits until a `/metrics` sample reaches `at_least`; on timeout,
+    /// panics with the last value.
+    pub async fn wait_metric(&self, name: &str, at_least: f64, timeout: Duration) {
+        eventually(timeout, name, || {
+            let value = self.metric(name);
+            if value >= at_least {
+                Ok(())
+            } else {
+                Err(value)
+            }
+        })
+        .await
+    }
+
     /// One node's entry in `/status` (Null when absent).
     pub fn node_doc(&self, name: &str) -> serde_json::Value {
         self.status_doc()["nodes"]
