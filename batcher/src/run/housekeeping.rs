@@ -79,7 +79,13 @@ impl Batcher {
         self.bound_retention(control, replicas, susp, fresh.is_some())
             .await?;
         if fresh.is_some() {
-            self.compact_if_due(&mut s.compaction, replicas, susp, &in_use, &s.pinned);
+            self.compact_if_due(
+                &mut s.compaction,
+                (replicas, susp),
+                &in_use,
+                &s.pinned,
+                s.last_batch,
+            );
         }
         if !in_use.is_empty() && !s.tally.is_running() {
             let asks = asks(replicas, susp, &pinned);
