@@ -175,6 +175,7 @@ fn benchmark_scripts_start_and_parse_their_options() {
         ("benchmarks/big-transaction", "--rows"),
         ("benchmarks/switchover-time", "--switchovers"),
         ("benchmarks/retention-cost", "--compact-after"),
+        ("benchmarks/init-cost", "--before"),
         ("benchmarks/run", "--no-paper"),
         ("benchmarks/run", "--no-scaling"),
     ] {
