@@ -50,22 +50,23 @@ pub async fn clean(
     Ok(Some(horizon))
 }
 
-/// Rows in the outbox.
+/// Rows in each outbox of `shapes`, in their order.
 pub async fn backlog(
     node: &str,
     client: &Client,
     shapes: &[&TableShape],
-) -> Result<i64, BatchError> {
-    let mut total = 0;
+) -> Result<Vec<i64>, BatchError> {
+    let mut rows = Vec::with_capacity(shapes.len());
     for s in shapes {
         let n: i64 = client
             .query_one(&batch::backlog(s), &[])
             .await
             .map_err(BatchError::pg(node))?
-            .get(0);
-        total += n;
+            .try_get(0)
+            .map_err(BatchError::pg(node))?;
+        rows.push(n);
     }
-    Ok(total)
+    Ok(rows)
 }
 
 /// What the outbox keeps for a replica at `snap`: the rows it has not

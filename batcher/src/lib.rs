@@ -31,6 +31,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod install;
 pub mod metrics;
+pub mod outbox_index;
 pub mod pattern;
 pub mod payload;
 pub mod resync;

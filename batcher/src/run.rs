@@ -19,6 +19,7 @@
 mod checks;
 mod compaction;
 mod housekeeping;
+mod indexing;
 mod intact;
 mod publish;
 mod repair;

@@ -55,11 +55,25 @@ pub const STALE: &str = "SELECT u.t FROM pg_catalog.unnest($1::text[]) WITH ORDI
 /// role only): each would have returned at once for Ferry's own role
 /// (the guard) or its marked session (the DDL log), after PostgreSQL had
 /// collected the commands for it, a dozen statements per table.
+///
+/// Each table's install commits without waiting for its WAL to reach disk
+/// (`synchronous_commit = off`): a few thousand tables would otherwise
+/// cost a few thousand flushes, one after the other. Nothing relies on
+/// an install before a later commit that does wait: WAL is flushed in
+/// order, so the first application write acknowledged on a table (or
+/// the flush at the end of the session, [`INSTALL_SESSION_END`]) makes its
+/// capture durable with it; a crash before that loses the install, never
+/// the capture of an acknowledged write, and the next start installs it
+/// again.
 pub const INSTALL_SESSION: &str =
-    "SET lock_timeout = '10s'; SET session_replication_role = replica";
+    "SET lock_timeout = '10s'; SET session_replication_role = replica; \
+     SET synchronous_commit = off";
 
-/// Undoes [`INSTALL_SESSION`].
-pub const INSTALL_SESSION_END: &str = "RESET lock_timeout; RESET session_replication_role";
+/// Undoes [`INSTALL_SESSION`] and waits for every install's WAL to be on
+/// disk (a transaction that writes, committed with the server's own
+/// `synchronous_commit`, flushes all the WAL before it).
+pub const INSTALL_SESSION_END: &str = "RESET lock_timeout; RESET session_replication_role; \
+     RESET synchronous_commit; BEGIN; SELECT pg_catalog.pg_current_xact_id(); COMMIT";
 
 /// Makes a session's own schema changes invisible to the DDL event trigger
 /// (Ferry's installs and reinstalls are not the application's DDL).
@@ -419,10 +433,8 @@ BEGIN
             outbox,
             COALESCE((SELECT string_agg(format(', %I %s', w.name, w.type), '' ORDER BY w.i)
                         FROM unnest(want, want_types) WITH ORDINALITY w(name, type, i)), ''));
-        -- The cut reads only rows at or above the previous cut's xmin:
-        -- with this index that is a range scan however large a backlog a
-        -- down replica leaves behind.
-        EXECUTE format('CREATE INDEX %I ON %s (_xid)', 'o_' || stem || '_xid', outbox);
+        -- No `_xid` index yet: the batcher builds it once the outbox keeps
+        -- many rows for a replica that is away (see `outbox_index.rs`).
         have := want;
         have_types := want_types;
     END IF;

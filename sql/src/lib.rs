@@ -20,6 +20,7 @@ pub mod ddl;
 pub mod forbidden;
 pub mod guard;
 pub mod model;
+pub mod outbox_index;
 pub mod quote;
 pub mod resync;
 pub mod schema;

@@ -456,3 +456,77 @@ async fn compaction_under_writes_loses_nothing_when_the_replica_returns_midway()
     let (ok, out) = c.verify(5);
     assert!(ok, "{out}");
 }
+
+/// Outboxes are created without their `_xid` index (installing capture on
+/// thousands of tables costs one relation fewer each); the one that keeps
+/// many rows for a replica that is away gets it, built beside the loop,
+/// while the others stay as they are; the replica returns equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_that_keeps_many_rows_for_a_replica_away_is_indexed_and_no_other() {
+    let c = cluster_of(
+        "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
+         CREATE TABLE quiet (id int PRIMARY KEY);",
+        "",
+    );
+    let indexed = |c: &Cluster, table: &str| {
+        c.psql(
+            0,
+            &format!(
+                "SELECT count(*) FROM pg_index i JOIN pg_class o ON o.oid = i.indrelid \
+                 WHERE o.relnamespace = 'ferry'::regnamespace AND o.relname LIKE 'o\\_public\\_{table}\\_%' \
+                 AND i.indisvalid"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(indexed(&c, "items"), "0", "an index at install");
+    assert_eq!(indexed(&c, "quiet"), "0", "an index at install");
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    c.wait_equal(Duration::from_secs(20)).await.unwrap();
+    // Present replicas only: the clean-up keeps the outbox small, no index.
+    assert_eq!(
+        indexed(&c, "items"),
+        "0",
+        "indexed with every replica present"
+    );
+    c.servers[2].stop().unwrap();
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'y' FROM generate_series(101, 30100) g")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO quiet SELECT g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the outbox of items indexed",
+        || match indexed(&c, "items") {
+            n if n == "1" => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    assert_eq!(indexed(&c, "quiet"), "0", "a small outbox indexed");
+    // The present replica goes on receiving.
+    client
+        .batch_execute("UPDATE items SET v = 'z' WHERE id <= 10")
+        .await
+        .unwrap();
+    c.wait_psql(
+        1,
+        "SELECT count(*) FROM items WHERE v = 'z'",
+        "10",
+        Duration::from_secs(20),
+    )
+    .await;
+    c.servers[2].start().unwrap();
+    c.wait_equal(Duration::from_secs(60)).await.unwrap();
+    let (ok, out) = c.verify(5);
+    assert!(ok, "{out}");
+}

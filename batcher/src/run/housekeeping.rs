@@ -54,7 +54,8 @@ impl Batcher {
         let in_use = s.cutter.outboxes_in_use();
         // Every batch cut so far committed before the count began.
         let counted_at = s.last_batch;
-        let backlog = outbox::backlog(master, control, &in_use).await?;
+        let per_outbox = outbox::backlog(master, control, &in_use).await?;
+        let backlog = per_outbox.iter().sum();
         self.metrics.outbox_rows.set(backlog);
         // What is kept for each replica and pinned node: the figures of the
         // latest count (see [`super::tally`]); with no outbox in use,
@@ -107,6 +108,8 @@ impl Batcher {
             });
         }
         self.report_kept_for(kept_for.as_ref(), backlog, fenced);
+        self.index_outboxes(&mut s.indexing, &in_use, &per_outbox, kept_for.is_some())
+            .await;
         if let Ok(mut st) = self.status.write() {
             st.outbox_backlog = backlog;
             st.outbox_counted_at_batch = Some(counted_at);

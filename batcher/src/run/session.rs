@@ -31,6 +31,8 @@ pub(super) struct Session {
     pub tally: super::tally::Tally,
     /// What is kept for each node pinned for a resync, as last counted.
     pub pinned: Vec<super::housekeeping::Pinned>,
+    /// Outbox indexes built beside the loop.
+    pub indexing: super::indexing::Indexing,
 }
 
 impl Batcher {
@@ -102,6 +104,7 @@ impl Batcher {
             compaction: Default::default(),
             tally: Default::default(),
             pinned: Vec::new(),
+            indexing: Default::default(),
         })
     }
 }
