@@ -288,6 +288,7 @@ BEGIN
     RETURN NULL;
 END
 $f$;
+REVOKE ALL ON FUNCTION ferry.capture_truncate_end() FROM PUBLIC;
 -- What triggers generated before version 7 call, until their table's
 -- capture is generated again (at the next start).
 CREATE OR REPLACE FUNCTION ferry.touch(stem text) RETURNS void
@@ -302,7 +303,9 @@ BEGIN
     -- The table's own triggers (row triggers name its columns), and its
     -- partitions': a new partition needs only its own. The version bumps
     -- when the generated triggers change, so that every table gets new ones.
-    RETURN md5(concat_ws('|', 'v7', format('%I.%I', shape->>'schema', shape->>'name'),
+    -- v8: the functions are no longer PUBLIC's to execute (see
+    -- capture_table).
+    RETURN md5(concat_ws('|', 'v8', format('%I.%I', shape->>'schema', shape->>'name'),
                jsonb_typeof(shape->'key') = 'array', shape->>'key', mode,
                CASE WHEN mode <> 'plain' THEN shape->>'columns' END))
            || '/' || md5(members::text);
@@ -471,6 +474,18 @@ BEGIN
     IF installed IS DISTINCT FROM fp THEN
         PERFORM ferry.capture_triggers(rel, mode, now_shape, members,
             split_part(installed, '/', 1) IS DISTINCT FROM split_part(fp, '/', 1));
+        -- Fired as triggers only, where nobody's right to execute them is
+        -- checked. Whoever may create a trigger must not attach one: fired
+        -- from another table it would write this table's outbox with
+        -- Ferry's rights, and the replicas would take rows the master
+        -- never had. (CREATE OR REPLACE keeps a function's rights, so
+        -- functions of earlier versions lose PUBLIC's here too.)
+        FOR c IN SELECT p.oid::regprocedure AS f FROM pg_proc p
+                  WHERE p.pronamespace = 'ferry'::regnamespace
+                    AND p.proname = ANY (SELECT 'c_' || stem || '_' || op FROM unnest(ARRAY[
+                        'trn', 'ins', 'upd', 'del', 'key', 'ref', 'rins', 'rupd', 'rdel', 'rref', 'mtrn']) op) LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', c.f);
+        END LOOP;
         -- Rows captured by triggers of a version that did not name their
         -- tables in ferry.touched (writers are locked out here) would
         -- never be cut: name them now.

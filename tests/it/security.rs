@@ -383,3 +383,56 @@ async fn an_operator_in_the_callers_search_path_never_runs_with_capture_rights()
         "{refused:?}"
     );
 }
+
+/// Ferry's capture functions write a table's outbox with their owner's
+/// rights; an ordinary role that may create triggers (on a table of its
+/// own) must not be able to attach one of them: fired from its own table,
+/// it would put rows into another table's outbox, and the replicas would
+/// take rows the master never had — a write, on the replicas, to a table
+/// the role may not even write. (The DDL guard refuses a trigger on a
+/// capture function named otherwise than Ferry's, so the sneak is named
+/// like one of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_role_cannot_fire_ferrys_capture_functions_from_its_own_triggers() {
+    let c = Cluster::started(
+        env!("CARGO_BIN_EXE_ferry"),
+        2,
+        "CREATE TABLE ledger (id int PRIMARY KEY, v int);",
+    );
+    let client = c.proxy_client().await;
+    client
+        .batch_execute("CREATE TABLE mine (id int PRIMARY KEY, v int)")
+        .await
+        .expect("the application's role creates a table of its own");
+    let ledger_ins = c.psql(
+        0,
+        "SELECT p.oid::regproc FROM pg_proc p WHERE p.pronamespace = 'ferry'::regnamespace \
+         AND p.proname LIKE 'c\\_public\\_ledger\\_%\\_ins'",
+    );
+    assert!(!ledger_ins.trim().is_empty(), "no capture function found");
+    let direct = direct_as_app(&c, 0).await;
+    let attached = direct
+        .batch_execute(&format!(
+            "CREATE TRIGGER ferry_sneak AFTER INSERT ON mine REFERENCING NEW TABLE AS ferry_new \
+             FOR EACH STATEMENT EXECUTE FUNCTION {}()",
+            ledger_ins.trim()
+        ))
+        .await;
+    let code = attached.as_ref().err().and_then(|e| e.code()).cloned();
+    direct
+        .batch_execute("INSERT INTO mine VALUES (1, 99)")
+        .await
+        .expect("an insert into the role's own table");
+    c.wait_psql(1, "SELECT count(*) FROM mine", "1", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        c.psql(1, "SELECT count(*) FROM ledger").trim(),
+        "0",
+        "the replica's ledger took a row the master never had"
+    );
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "attaching a capture function: {attached:?}"
+    );
+}
