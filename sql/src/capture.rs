@@ -486,6 +486,19 @@ BEGIN
                         'trn', 'ins', 'upd', 'del', 'key', 'ref', 'rins', 'rupd', 'rdel', 'rref', 'mtrn']) op) LOOP
             EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', c.f);
         END LOOP;
+        -- A partitioned table's row triggers are cloned onto each new
+        -- partition by whoever creates or attaches it, which takes the
+        -- right to execute their functions: the table's owner (who alone
+        -- may add partitions) keeps it, for its own table's outbox only.
+        IF mode = 'partitioned' THEN
+            FOR c IN SELECT p.oid::regprocedure AS f, k.relowner::regrole AS owner
+                       FROM pg_proc p, pg_class k
+                      WHERE k.oid = rel AND p.pronamespace = 'ferry'::regnamespace
+                        AND p.proname = ANY (SELECT 'c_' || stem || '_' || op
+                                               FROM unnest(ARRAY['rins', 'rupd', 'rdel', 'ref']) op) LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', c.f, c.owner);
+            END LOOP;
+        END IF;
         -- Rows captured by triggers of a version that did not name their
         -- tables in ferry.touched (writers are locked out here) would
         -- never be cut: name them now.
