@@ -214,8 +214,13 @@ pub const BATCH_IDS_AT_LEAST: &str = "SELECT setval('ferry.batch_ids', $1::bigin
      FROM ferry.batch_ids \
      WHERE CASE WHEN is_called THEN last_value ELSE last_value - 1 END < $1::bigint";
 
-/// The batch id the master handed out last. No parameters.
-pub const LAST_BATCH_ID: &str = "SELECT last_value FROM ferry.batch_ids";
+/// The batch id the master handed out last (0 when none was: a fresh
+/// sequence reads `last_value` 1 before its first `nextval`, which made
+/// every replica of a cluster that had cut nothing yet one batch behind in
+/// `/status`). No parameters.
+pub const LAST_BATCH_ID: &str =
+    "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+     FROM ferry.batch_ids";
 
 /// Replicas the master holds a position for that are not among the named
 /// nodes (the configuration's): a node added at run time and not written
