@@ -16,6 +16,7 @@
 //! A failed session (a lost master, changed tables) ends; [`Batcher::run`]
 //! opens the next one.
 
+mod beside;
 mod checks;
 mod compaction;
 mod housekeeping;

@@ -8,6 +8,7 @@
 //! failed master fenced out: the new master keeps its changes until it is
 //! resynced) is tracked the same way.
 
+use super::beside::Beside;
 use super::housekeeping::Pinned;
 use super::{Batcher, Replica};
 use crate::compact::{self, CompactAfter, Compacted};
@@ -16,23 +17,13 @@ use crate::suspend::Suspensions;
 use crate::BatchError;
 use ferry_sql::TableShape;
 use std::collections::BTreeMap;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-
-/// A compaction pass under way; dropping it (a batcher session that ends)
-/// stops it, and the server rolls its statement back.
-pub(super) struct Running(JoinHandle<Result<Compacted, BatchError>>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// The loop's side of compaction, kept for a batcher session.
 #[derive(Default)]
 pub(super) struct Compaction {
-    running: Option<Running>,
+    /// A pass under way.
+    running: Option<Beside<Result<Compacted, BatchError>>>,
     /// What is kept for each node pinned for a resync (a failed master
     /// fenced out), tracked as a replica's is.
     pinned: BTreeMap<String, Tracking>,
@@ -106,11 +97,10 @@ impl Batcher {
     /// metrics, `/status`, a log line; what is kept next is each
     /// replica's new floor.
     pub(super) async fn collect_compaction(&self, c: &mut Compaction, replicas: &mut [Replica]) {
-        let Some(running) = c.running.take_if(|r| r.0.is_finished()) else {
+        let Some(running) = c.running.take_if(|r| r.is_finished()) else {
             return;
         };
-        let mut handle = running;
-        let outcome = match (&mut handle.0).await {
+        let outcome = match running.finish().await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the compaction task failed: {e}")),
         };
@@ -212,9 +202,9 @@ impl Batcher {
         }
         let master = self.cfg.master.clone();
         let shapes: Vec<TableShape> = in_use.iter().map(|s| (*s).clone()).collect();
-        c.running = Some(Running(tokio::spawn(async move {
+        c.running = Some(Beside::spawn(async move {
             compact::run(&master.name, &master.target, &shapes, horizon.snap).await
-        })));
+        }));
         if let Ok(mut st) = self.status.write() {
             st.compaction.running = true;
         }

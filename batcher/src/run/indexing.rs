@@ -6,32 +6,25 @@
 //! seen indexed in this batcher session. One build at a time; the loop
 //! collects its result at a later pass.
 
+use super::beside::Beside;
 use super::Batcher;
 use crate::outbox_index::{self, Built, INDEX_AFTER};
 use crate::BatchError;
 use ferry_sql::{TableName, TableShape};
 use std::collections::BTreeSet;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// The loop's side of index builds, kept for a batcher session.
 #[derive(Default)]
 pub(super) struct Indexing {
-    running: Option<JoinHandle<Result<Built, BatchError>>>,
+    /// A build under way (dropped with the session: the server rolls it
+    /// back, and the next session finds the invalid index and builds it
+    /// again).
+    running: Option<Beside<Result<Built, BatchError>>>,
     /// Outboxes whose index is known to be there.
     indexed: BTreeSet<TableName>,
     /// The latest failure, logged once until it changes.
     last_error: Option<String>,
-}
-
-impl Drop for Indexing {
-    fn drop(&mut self) {
-        if let Some(task) = &self.running {
-            // The server rolls the build back; the next session finds the
-            // invalid index and builds it again.
-            task.abort();
-        }
-    }
 }
 
 impl Batcher {
@@ -47,7 +40,7 @@ impl Batcher {
     ) {
         let master = &self.cfg.master.name;
         if let Some(task) = ix.running.take_if(|t| t.is_finished()) {
-            match task.await {
+            match task.finish().await {
                 Ok(Ok(built)) => {
                     info!(node = %master, tables = built.tables.len(), seconds = built.took.as_secs_f64(),
                         "outboxes that keep many rows for a replica away are indexed by transaction now");
@@ -71,7 +64,7 @@ impl Batcher {
             return;
         }
         let (master, target) = (master.clone(), self.cfg.master.target.clone());
-        ix.running = Some(tokio::spawn(async move {
+        ix.running = Some(Beside::spawn(async move {
             outbox_index::build(&master, &target, due).await
         }));
     }

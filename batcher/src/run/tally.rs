@@ -5,11 +5,11 @@
 //! present meanwhile. A count started at one housekeeping pass is taken up
 //! at the first pass after it finished; its figures stand until the next.
 
+use super::beside::Beside;
 use crate::housekeeping::{self as outbox, Kept};
 use crate::BatchError;
 use ferry_sql::TableShape;
 use ferry_wire::Target;
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tracing::warn;
 
@@ -35,16 +35,8 @@ type Outcome = (Option<Client>, Result<Vec<Figure>, BatchError>);
 /// they reuse between them.
 #[derive(Default)]
 pub(super) struct Tally {
-    running: Option<JoinHandle<Outcome>>,
+    running: Option<Beside<Outcome>>,
     client: Option<Client>,
-}
-
-impl Drop for Tally {
-    fn drop(&mut self) {
-        if let Some(task) = &self.running {
-            task.abort();
-        }
-    }
 }
 
 impl Tally {
@@ -52,7 +44,7 @@ impl Tally {
     /// while one runs, or when it failed: logged, counted again).
     pub async fn take(&mut self, node: &str) -> Option<Vec<Figure>> {
         let task = self.running.take_if(|t| t.is_finished())?;
-        match task.await {
+        match task.finish().await {
             Ok((client, Ok(figures))) => {
                 self.client = client;
                 Some(figures)
@@ -71,9 +63,8 @@ impl Tally {
     /// Drops a count under way: its figures would be older than what is
     /// known now (nothing kept at all).
     pub fn cancel(&mut self) {
-        if let Some(task) = self.running.take() {
-            task.abort();
-        }
+        // Dropped: aborted.
+        self.running = None;
     }
 
     pub fn is_running(&self) -> bool {
@@ -87,7 +78,7 @@ impl Tally {
             return;
         }
         let (node, target, client) = (node.to_string(), target.clone(), self.client.take());
-        self.running = Some(tokio::spawn(async move {
+        self.running = Some(Beside::spawn(async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
                 _ => match crate::install::connect(&node, &target, "ferry count").await {
